@@ -158,7 +158,13 @@ impl TtlCache {
     }
 
     /// Stores a value (`None`: the key is missing upstream) as of `now`.
+    ///
+    /// Key and value are copied: they usually arrive as slices of a
+    /// connection's receive buffer, which they would otherwise keep alive
+    /// uncounted by [`CacheConfig::max_bytes`].
     pub fn insert(&mut self, key: Bytes, value: Option<Bytes>, now: Instant) {
+        let key = Bytes::copy_from_slice(&key);
+        let value = value.map(|v| Bytes::copy_from_slice(&v));
         if value.is_none() && !self.config.negative {
             self.remove(&key);
             return;

@@ -412,17 +412,18 @@ pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 18 {
+    // 19 digits hold every i64; longer is overflow whatever the digits.
+    if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    let mut n: i64 = 0;
+    let mut n: i128 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        n = n * 10 + i64::from(d - b'0');
+        n = n * 10 + i128::from(d - b'0');
     }
-    Some(if neg { -n } else { n })
+    i64::try_from(if neg { -n } else { n }).ok()
 }
 
 const IAC: u8 = 0xFF;
@@ -636,7 +637,17 @@ mod tests {
     fn parse_int_rejects_junk() {
         assert_eq!(parse_int(b"123"), Some(123));
         assert_eq!(parse_int(b"-1"), Some(-1));
-        for bad in [&b""[..], b"-", b"+1", b" 1", b"1x", b"9999999999999999999"] {
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b" 1",
+            b"1x",
+            b"9223372036854775808",
+            b"12345678901234567890",
+        ] {
             assert_eq!(parse_int(bad), None);
         }
     }

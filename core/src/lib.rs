@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod cache;
 pub mod client;
 pub mod codec;

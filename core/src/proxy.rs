@@ -355,7 +355,7 @@ impl Proxy {
                     let dialect = frame.dialect();
                     (
                         dialect,
-                        Command::from_frame(frame, &limits).map_err(|e| Reply::error(e)),
+                        Command::from_frame(frame, &limits).map_err(Reply::error),
                     )
                 }
                 Err(e) => {
@@ -378,6 +378,25 @@ impl Proxy {
             }
         }
         self.flush_client(id);
+    }
+
+    /// Answers, in order with the client's other replies, an input the
+    /// transport refused before it reached the decoder (a WebSocket message
+    /// that is too large or not one command). The client carries on.
+    pub fn reject_client_input(&mut self, id: ClientId, message: &str, now: Instant) {
+        let now = self.clock.advance(now);
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        self.stats.requests += 1;
+        let seq = client.head_seq + client.slots.len() as u64;
+        client.slots.push_back(Slot {
+            dialect: Dialect::Inline,
+            received_at: now,
+            done: None,
+        });
+        let reply = Reply::Error(Bytes::from(format!("ERR {message}")));
+        self.complete(Waiter { client: id, seq }, reply, Source::Proxy, now);
     }
 
     fn dispatch(&mut self, client: ClientId, seq: u64, cmd: Command, now: Instant) {

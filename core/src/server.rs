@@ -8,21 +8,12 @@ use crate::store::Store;
 use bytes::{Bytes, BytesMut};
 
 /// Server settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     /// Input limits applied to every connection.
     pub limits: Limits,
     /// Seed for the store's hash function; the driver passes a random one.
     pub hash_seed: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            limits: Limits::default(),
-            hash_seed: 0,
-        }
-    }
 }
 
 /// Counters reported by `INFO`. The connection counters are kept by the

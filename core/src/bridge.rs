@@ -1,0 +1,269 @@
+//! The WebSocket bridge's message format, shared by the proxy (which encodes
+//! it) and the browser console (which decodes it).
+//!
+//! # Browser → proxy
+//! One command per message: a **text** message is one inline line (no line
+//! break inside), a **binary** message is RESP2 bytes. Either way the proxy
+//! treats the socket as one more downstream client, so it gets the same
+//! cache, coalescing and limits as a TCP client.
+//!
+//! # Proxy → browser
+//! One **text** message per reply, in request order, a JSON object:
+//!
+//! ```json
+//! {"reply":{"type":"bulk","value":"Derek Moss"},
+//!  "display":"\"Derek Moss\"",
+//!  "source":"cache","age_ms":1520.5,"proxy_us":14}
+//! ```
+//!
+//! - `reply`: the reply as data, its `type` one of `status`, `error`,
+//!   `integer`, `bulk`, `nil`, `array` (`items`), `pairs` (`pairs`: `[[k, v]…]`),
+//!   `text`. A `bulk` value that is not UTF-8 is sent as hex with
+//!   `"binary":true`.
+//! - `display`: the reply exactly as telnet would show it (one or more lines).
+//! - `source`: `cache` (then `age_ms` is the entry's age), `server`, or
+//!   `proxy` (answered by the proxy itself: `PING`, `INFO`, errors).
+//! - `proxy_us`: time the request spent inside the proxy.
+//!
+//! Telnet and RESP replies are unchanged by any of this.
+
+use crate::proxy::{AnnotatedReply, Source};
+use crate::reply::Reply;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// One reply as carried to the browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BridgeReply {
+    /// The reply as data.
+    pub reply: WireReply,
+    /// The reply in the inline (telnet) format.
+    pub display: String,
+    /// Where it came from.
+    pub source: WireSource,
+    /// The cache entry's age in milliseconds, for cache hits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<f64>,
+    /// Microseconds the request spent in the proxy.
+    pub proxy_us: u64,
+}
+
+/// Where a reply came from, as named on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireSource {
+    /// The proxy's cache.
+    Cache,
+    /// The upstream server.
+    Server,
+    /// The proxy itself.
+    Proxy,
+}
+
+/// A [`Reply`] as JSON data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WireReply {
+    /// A status such as `OK`.
+    Status {
+        /// The status text.
+        value: String,
+    },
+    /// An error.
+    Error {
+        /// The error text, code word first.
+        value: String,
+    },
+    /// A number.
+    Integer {
+        /// The number.
+        value: i64,
+    },
+    /// A value.
+    Bulk {
+        /// The value; hex digits when `binary`.
+        value: String,
+        /// Whether the value was not UTF-8 and is sent as hex.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
+    },
+    /// A missing key.
+    Nil,
+    /// A list.
+    Array {
+        /// The elements.
+        items: Vec<WireReply>,
+    },
+    /// Key/value pairs (`DUMP`).
+    Pairs {
+        /// The pairs, sorted by key as the server sent them.
+        pairs: Vec<(WireReply, WireReply)>,
+    },
+    /// Multi-line text (`INFO`, `HELP`).
+    Text {
+        /// The text.
+        value: String,
+    },
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn bulk(b: &[u8]) -> WireReply {
+    match std::str::from_utf8(b) {
+        Ok(s) => WireReply::Bulk {
+            value: s.to_owned(),
+            binary: false,
+        },
+        Err(_) => WireReply::Bulk {
+            value: b.iter().map(|x| format!("{x:02x}")).collect(),
+            binary: true,
+        },
+    }
+}
+
+impl From<&Reply> for WireReply {
+    fn from(r: &Reply) -> Self {
+        match r {
+            Reply::Status(s) => WireReply::Status { value: text(s) },
+            Reply::Error(s) => WireReply::Error { value: text(s) },
+            Reply::Integer(n) => WireReply::Integer { value: *n },
+            Reply::Bulk(b) => bulk(b),
+            Reply::Nil => WireReply::Nil,
+            Reply::Array(items) => WireReply::Array {
+                items: items.iter().map(WireReply::from).collect(),
+            },
+            Reply::Pairs(pairs) => WireReply::Pairs {
+                pairs: pairs.iter().map(|(k, v)| (bulk(k), bulk(v))).collect(),
+            },
+            Reply::Text(t) => WireReply::Text { value: t.clone() },
+        }
+    }
+}
+
+impl WireReply {
+    /// Back to a [`Reply`]; hex-encoded binary values are decoded.
+    pub fn to_reply(&self) -> Reply {
+        match self {
+            WireReply::Status { value } => Reply::Status(Bytes::from(value.clone())),
+            WireReply::Error { value } => Reply::Error(Bytes::from(value.clone())),
+            WireReply::Integer { value } => Reply::Integer(*value),
+            WireReply::Bulk { .. } => Reply::Bulk(self.bytes()),
+            WireReply::Nil => Reply::Nil,
+            WireReply::Array { items } => {
+                Reply::Array(items.iter().map(WireReply::to_reply).collect())
+            }
+            WireReply::Pairs { pairs } => {
+                Reply::Pairs(pairs.iter().map(|(k, v)| (k.bytes(), v.bytes())).collect())
+            }
+            WireReply::Text { value } => Reply::Text(value.clone()),
+        }
+    }
+
+    fn bytes(&self) -> Bytes {
+        match self {
+            WireReply::Bulk {
+                value,
+                binary: false,
+            } => Bytes::from(value.clone()),
+            WireReply::Bulk {
+                value,
+                binary: true,
+            } => Bytes::from(
+                (0..value.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(value.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect::<Vec<u8>>(),
+            ),
+            other => Bytes::from(format!("{other:?}")),
+        }
+    }
+}
+
+impl BridgeReply {
+    /// Builds the message for a reply the proxy produced.
+    pub fn from_annotated(a: &AnnotatedReply) -> Self {
+        let mut display = BytesMut::new();
+        a.reply.encode_inline(&mut display);
+        let display = text(&display)
+            .trim_end_matches("\r\n")
+            .replace("\r\n", "\n");
+        let (source, age_ms) = match a.source {
+            Source::Cache { age } => (WireSource::Cache, Some(age.as_secs_f64() * 1000.0)),
+            Source::Upstream => (WireSource::Server, None),
+            Source::Proxy => (WireSource::Proxy, None),
+        };
+        BridgeReply {
+            reply: WireReply::from(&a.reply),
+            display,
+            source,
+            age_ms,
+            proxy_us: (a.ready_at - a.received_at).as_micros() as u64,
+        }
+    }
+
+    /// The JSON text of the message.
+    pub fn to_json(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Parses a message received from the proxy.
+    pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Instant;
+    use std::time::Duration;
+
+    #[test]
+    fn cache_hit_message_round_trips() {
+        let a = AnnotatedReply {
+            reply: Reply::Bulk(Bytes::from_static(b"Derek Moss")),
+            source: Source::Cache {
+                age: Duration::from_millis(1500),
+            },
+            received_at: Instant::from_millis(10),
+            ready_at: Instant::from_nanos(10_000_000 + 14_000),
+        };
+        let m = BridgeReply::from_annotated(&a);
+        let json = m.to_json();
+        assert_eq!(
+            json,
+            r#"{"reply":{"type":"bulk","value":"Derek Moss"},"display":"\"Derek Moss\"","source":"cache","age_ms":1500.0,"proxy_us":14}"#
+        );
+        let back = BridgeReply::from_json(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.reply.to_reply(), a.reply);
+    }
+
+    #[test]
+    fn every_reply_kind_round_trips() {
+        let replies = [
+            Reply::ok(),
+            Reply::Error(Bytes::from_static(b"ERR x")),
+            Reply::Integer(-2),
+            Reply::Bulk(Bytes::from_static(b"\xff\x00a")),
+            Reply::Nil,
+            Reply::Array(vec![Reply::Nil, Reply::Integer(1)]),
+            Reply::Pairs(vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))]),
+            Reply::Text("a:1\nb:2".into()),
+        ];
+        for r in replies {
+            let a = AnnotatedReply {
+                reply: r.clone(),
+                source: Source::Upstream,
+                received_at: Instant::ZERO,
+                ready_at: Instant::ZERO,
+            };
+            let back = BridgeReply::from_json(&BridgeReply::from_annotated(&a).to_json()).unwrap();
+            assert_eq!(back.reply.to_reply(), r);
+            assert_eq!(back.source, WireSource::Server);
+            assert_eq!(back.age_ms, None);
+        }
+    }
+}

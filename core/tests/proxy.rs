@@ -1,0 +1,915 @@
+//! Scenario tests of `kv_core::Proxy` wired in memory to a real
+//! `kv_core::Server`, on a fake clock.
+//!
+//! The [`Harness`] plays the driver: it moves the proxy's upstream bytes into
+//! a `ServerConnection`, the server's replies back into the proxy, and each
+//! client's output into a per-client buffer. Replies can be *held* (the
+//! server has executed the requests, but its replies have not reached the
+//! proxy yet) to simulate requests in flight, and released one at a time.
+
+use bytes::{Bytes, BytesMut};
+use kv_core::{
+    CacheConfig, ClientId, ClientKind, Command, Instant, Proxy, ProxyConfig, ProxyEvent, Reply,
+    ReplyDecoder, Server, ServerConfig, ServerConnection, UpstreamState,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn ms(millis: u64) -> Instant {
+    Instant::from_millis(millis)
+}
+
+struct Harness {
+    proxy: Proxy,
+    server: Server,
+    /// The proxy's upstream connection, as seen from the server.
+    conn: ServerConnection,
+    /// The fake clock; every call into the proxy passes it.
+    now: Instant,
+    /// While set, the server's replies stay in `held` instead of reaching
+    /// the proxy.
+    holding: bool,
+    held: BytesMut,
+    clients: Vec<ClientId>,
+    output: HashMap<ClientId, Vec<u8>>,
+    /// Every event the proxy emitted other than `ClientReady`.
+    events: Vec<ProxyEvent>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(ProxyConfig::default())
+    }
+
+    fn with_config(config: ProxyConfig) -> Self {
+        let now = Instant::ZERO;
+        let server = Server::new(ServerConfig::default());
+        let conn = ServerConnection::new(server.config().limits);
+        let mut proxy = Proxy::new(config, now);
+        proxy.handle_upstream_connected(now);
+        Harness {
+            proxy,
+            server,
+            conn,
+            now,
+            holding: false,
+            held: BytesMut::new(),
+            clients: Vec::new(),
+            output: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Sets the fake clock (it may be set backwards on purpose).
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Writes straight into the server's store, bypassing the proxy.
+    fn server_put(&mut self, key: &str, value: &str) {
+        let reply = self.server.execute(Command::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        });
+        assert_eq!(reply, Reply::ok());
+    }
+
+    fn client(&mut self) -> ClientId {
+        let id = self.proxy.add_client(ClientKind::Stream, self.now);
+        self.clients.push(id);
+        self.output.insert(id, Vec::new());
+        id
+    }
+
+    fn remove_client(&mut self, id: ClientId) {
+        self.proxy.remove_client(id);
+        self.clients.retain(|&c| c != id);
+        self.pump();
+    }
+
+    /// Feeds client input at the current time, then pumps.
+    fn send(&mut self, id: ClientId, input: &[u8]) {
+        self.proxy.handle_client_input(id, input, self.now);
+        self.pump();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.proxy.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Moves bytes around until nothing moves: proxy → server, server →
+    /// proxy (unless holding), proxy → clients.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(event) = self.proxy.poll_event() {
+                if !matches!(event, ProxyEvent::ClientReady(_)) {
+                    self.events.push(event);
+                }
+            }
+            for &id in &self.clients {
+                if let Some(bytes) = self.proxy.poll_client_transmit(id) {
+                    self.output.entry(id).or_default().extend_from_slice(&bytes);
+                }
+            }
+            if let Some(request) = self.proxy.poll_upstream_transmit() {
+                self.conn.handle_input(&mut self.server, &request);
+                moved = true;
+            }
+            loop {
+                while let Some(reply) = self.conn.poll_transmit() {
+                    self.held.extend_from_slice(&reply);
+                }
+                if !self.conn.has_backlog() {
+                    break;
+                }
+                self.conn.process(&mut self.server);
+            }
+            if !self.holding && !self.held.is_empty() {
+                let replies = self.held.split();
+                self.proxy.handle_upstream_input(&replies, self.now);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        // Drain what the last round produced.
+        while let Some(event) = self.proxy.poll_event() {
+            if !matches!(event, ProxyEvent::ClientReady(_)) {
+                self.events.push(event);
+            }
+        }
+        for &id in &self.clients {
+            if let Some(bytes) = self.proxy.poll_client_transmit(id) {
+                self.output.entry(id).or_default().extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// From now on the server's replies are held back.
+    fn hold(&mut self) {
+        self.holding = true;
+        self.pump();
+    }
+
+    /// Delivers every held reply and stops holding.
+    fn release(&mut self) {
+        self.holding = false;
+        self.pump();
+    }
+
+    /// Delivers exactly one held reply and keeps holding the rest.
+    fn release_one(&mut self) {
+        assert!(self.holding);
+        let mut d = ReplyDecoder::default();
+        d.feed(&self.held);
+        d.next_reply()
+            .expect("the server sent a malformed reply")
+            .expect("no complete reply is held");
+        let len = self.held.len() - d.buffered();
+        let one = self.held.split_to(len);
+        self.proxy.handle_upstream_input(&one, self.now);
+        self.pump();
+    }
+
+    /// Replies the server produced that the proxy has not seen.
+    fn held_replies(&self) -> usize {
+        let mut d = ReplyDecoder::default();
+        d.feed(&self.held);
+        let mut n = 0;
+        while d.next_reply().expect("malformed held reply").is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// The upstream connection drops: held replies are lost with it.
+    fn lose_upstream(&mut self) {
+        self.held.clear();
+        self.conn = ServerConnection::new(self.server.config().limits);
+        self.proxy.handle_upstream_lost(self.now);
+        self.pump();
+    }
+
+    /// A fresh upstream connection (after a loss or a reset).
+    fn reconnect(&mut self) {
+        self.held.clear();
+        self.holding = false;
+        self.conn = ServerConnection::new(self.server.config().limits);
+        self.proxy.handle_upstream_connecting(self.now);
+        self.proxy.handle_upstream_connected(self.now);
+        self.pump();
+    }
+
+    /// Takes everything the client has received so far.
+    fn take(&mut self, id: ClientId) -> String {
+        let bytes = std::mem::take(self.output.get_mut(&id).expect("unknown client"));
+        String::from_utf8(bytes).expect("inline replies here are UTF-8")
+    }
+
+    fn upstream_requests(&self) -> u64 {
+        self.proxy.stats().upstream_requests
+    }
+}
+
+#[test]
+fn cache_hit_just_before_ttl_and_upstream_again_exactly_at_ttl() {
+    let mut h = Harness::new();
+    h.server_put("k", "v1");
+    let a = h.client();
+
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v1\"\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.cache_stats().misses, 1);
+    assert_eq!(h.proxy.cache_stats().hits, 0);
+
+    // The server changes behind the proxy's back: only a request that goes
+    // upstream can see it.
+    h.server_put("k", "v2");
+
+    h.set_now(ms(59_999));
+    h.send(a, b"GET k\r\n");
+    assert_eq!(
+        h.take(a),
+        "\"v1\"\r\n",
+        "fresh at 59.999 s: served from cache"
+    );
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.cache_stats().hits, 1);
+    assert_eq!(h.proxy.cache_stats().misses, 1);
+
+    h.set_now(ms(60_000));
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v2\"\r\n", "stale at exactly 60 s: upstream");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.proxy.cache_stats().hits, 1);
+    assert_eq!(h.proxy.cache_stats().misses, 2);
+    assert_eq!(h.proxy.cache_stats().expirations, 1);
+}
+
+#[test]
+fn timeout_purges_entry_at_its_expiry_and_is_safe_early_twice_and_backwards() {
+    let mut h = Harness::new();
+    h.server_put("k", "v");
+    let a = h.client();
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n");
+    assert_eq!(h.proxy.poll_timeout(), Some(ms(60_000)));
+
+    // Early calls change nothing.
+    h.handle_timeout(ms(0));
+    h.handle_timeout(ms(30_000));
+    h.handle_timeout(ms(59_999));
+    assert_eq!(h.proxy.cache_stats().expirations, 0);
+    assert_eq!(h.proxy.poll_timeout(), Some(ms(60_000)));
+    // The entry is still there and still served.
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.cache_stats().hits, 1);
+
+    // At the expiry it is purged, without any lookup.
+    h.handle_timeout(ms(60_000));
+    assert_eq!(h.proxy.cache_stats().expirations, 1);
+    assert_eq!(h.proxy.poll_timeout(), None);
+
+    // Twice is harmless.
+    h.handle_timeout(ms(60_000));
+    assert_eq!(h.proxy.cache_stats().expirations, 1);
+    assert_eq!(h.proxy.poll_timeout(), None);
+
+    // Time going backwards is clamped: nothing comes back to life.
+    h.handle_timeout(ms(10_000));
+    assert_eq!(h.proxy.cache_stats().expirations, 1);
+    assert_eq!(h.proxy.poll_timeout(), None);
+    h.server_put("k", "v2");
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v2\"\r\n", "purged entry must not be served");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.proxy.cache_stats().misses, 2);
+    // The refill happened at the clamped time (60 s), not at 10 s.
+    assert_eq!(h.proxy.poll_timeout(), Some(ms(120_000)));
+}
+
+#[test]
+fn timeout_with_an_earlier_now_uses_the_latest_time_seen() {
+    let mut h = Harness::new();
+    h.server_put("k", "v");
+    let a = h.client();
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n");
+
+    // Unrelated input at 60 s moves the proxy's clock past the expiry.
+    h.set_now(ms(60_000));
+    h.send(a, b"PING\r\n");
+    assert_eq!(h.take(a), "PONG\r\n");
+    assert_eq!(h.proxy.cache_stats().expirations, 0);
+
+    // A driver whose clock went backwards: clamped to 60 s, so it purges.
+    h.handle_timeout(ms(10_000));
+    assert_eq!(h.proxy.cache_stats().expirations, 1);
+    assert_eq!(h.proxy.poll_timeout(), None);
+
+    // A lookup "at 10 s" does not see the entry either.
+    h.server_put("k", "v2");
+    h.set_now(ms(10_000));
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v2\"\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.proxy.cache_stats().hits, 0);
+}
+
+#[test]
+fn fifty_concurrent_misses_coalesce_into_one_upstream_get() {
+    let mut h = Harness::new();
+    h.server_put("k", "shared");
+    let commands_before = h.server.stats().commands;
+    let clients: Vec<ClientId> = (0..50).map(|_| h.client()).collect();
+
+    h.hold();
+    for &c in &clients {
+        h.send(c, b"GET k\r\n");
+    }
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.upstream_in_flight(), 1);
+    assert_eq!(h.server.stats().commands - commands_before, 1);
+    assert_eq!(h.proxy.stats().coalesced, 49);
+    for &c in &clients {
+        assert_eq!(h.take(c), "", "no reply before upstream answers");
+    }
+
+    h.release();
+    for &c in &clients {
+        assert_eq!(h.take(c), "\"shared\"\r\n");
+    }
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.stats().coalesced, 49);
+    assert_eq!(h.proxy.upstream_in_flight(), 0);
+}
+
+#[test]
+fn write_acknowledged_after_racing_get_is_what_everyone_reads() {
+    let mut h = Harness::new();
+    h.server_put("k", "old");
+    let a = h.client();
+    let b = h.client();
+    let c = h.client();
+
+    h.hold();
+    h.send(a, b"GET k\r\n"); // in flight, will be answered with "old"
+    h.send(b, b"PUT k new\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.held_replies(), 2);
+
+    // The server is FIFO: the GET's reply ("old") comes first.
+    h.release_one();
+    assert_eq!(h.take(a), "\"old\"\r\n");
+    assert_eq!(h.take(b), "");
+
+    // The write is still unacknowledged; a GET now must not be served the
+    // value that the racing GET just brought back.
+    h.send(c, b"GET k\r\n");
+    assert_eq!(h.upstream_requests(), 3, "GET behind a write goes upstream");
+    assert_eq!(h.take(c), "");
+
+    h.release_one(); // PUT's OK
+    assert_eq!(h.take(b), "OK\r\n");
+    h.release_one(); // C's GET, executed after the PUT
+    assert_eq!(h.take(c), "\"new\"\r\n");
+    h.release();
+
+    // After the acknowledgement, everyone reads "new" from the cache.
+    let hits_before = h.proxy.cache_stats().hits;
+    for id in [a, b, c] {
+        h.send(id, b"GET k\r\n");
+        assert_eq!(h.take(id), "\"new\"\r\n");
+    }
+    assert_eq!(h.upstream_requests(), 3, "served from cache");
+    assert_eq!(h.proxy.cache_stats().hits, hits_before + 3);
+}
+
+#[test]
+fn racing_get_reply_does_not_overwrite_acknowledged_write_in_cache() {
+    // Same race, but both replies arrive in one read.
+    let mut h = Harness::new();
+    h.server_put("k", "old");
+    let a = h.client();
+    let b = h.client();
+    h.hold();
+    h.send(a, b"GET k\r\n");
+    h.send(b, b"PUT k new\r\n");
+    h.release();
+    assert_eq!(h.take(a), "\"old\"\r\n");
+    assert_eq!(h.take(b), "OK\r\n");
+
+    let d = h.client();
+    h.send(d, b"GET k\r\n");
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(d), "\"new\"\r\n");
+    assert_eq!(h.take(a), "\"new\"\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.proxy.cache_stats().hits, 2);
+}
+
+#[test]
+fn pipelined_put_then_get_reads_own_write_over_fresh_cached_value() {
+    let mut h = Harness::new();
+    h.server_put("k", "v1");
+    let b = h.client();
+    let other = h.client();
+    h.send(b, b"GET k\r\n");
+    assert_eq!(h.take(b), "\"v1\"\r\n");
+    // "v1" is fresh in the cache.
+    h.send(other, b"GET k\r\n");
+    assert_eq!(h.take(other), "\"v1\"\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+
+    h.hold();
+    h.send(b, b"PUT k v2\r\nGET k\r\n");
+    assert_eq!(h.upstream_requests(), 3, "the GET bypasses the cache");
+    // Another client reading while the write is in flight is not served the
+    // cached "v1" either: it queues behind the write.
+    h.send(other, b"GET k\r\n");
+    assert_eq!(h.take(b), "");
+    assert_eq!(h.take(other), "");
+
+    h.release();
+    assert_eq!(h.take(b), "OK\r\n\"v2\"\r\n");
+    assert_eq!(h.take(other), "\"v2\"\r\n");
+
+    // And the cache now holds v2.
+    let upstream = h.upstream_requests();
+    h.send(other, b"GET k\r\n");
+    assert_eq!(h.take(other), "\"v2\"\r\n");
+    assert_eq!(h.upstream_requests(), upstream);
+
+    // Without holding anything back too.
+    h.send(b, b"PUT k v3\r\nGET k\r\n");
+    assert_eq!(h.take(b), "OK\r\n\"v3\"\r\n");
+}
+
+#[test]
+fn cache_hits_wait_behind_earlier_misses_in_request_order() {
+    let mut h = Harness::new();
+    h.server_put("cached", "cv");
+    let a = h.client();
+    h.send(a, b"GET cached\r\n");
+    assert_eq!(h.take(a), "\"cv\"\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+
+    h.hold();
+    h.send(a, b"GET miss\r\nGET cached\r\nPUT x y\r\nGET cached\r\n");
+    assert_eq!(h.upstream_requests(), 3, "GET miss and PUT x go upstream");
+    assert_eq!(h.proxy.cache_stats().hits, 2, "both GET cached are hits");
+    assert_eq!(h.take(a), "", "the hits wait for the miss before them");
+    assert!(h.proxy.poll_client_transmit(a).is_none());
+
+    h.release_one(); // GET miss
+    assert_eq!(h.take(a), "(nil)\r\n\"cv\"\r\n");
+    h.release_one(); // PUT x y
+    assert_eq!(h.take(a), "OK\r\n\"cv\"\r\n");
+    assert_eq!(h.held_replies(), 0);
+}
+
+#[test]
+fn pipelined_replies_are_byte_exact_in_request_order() {
+    let mut h = Harness::new();
+    h.server_put("cached", "cv");
+    let a = h.client();
+    h.send(a, b"GET cached\r\n");
+    assert_eq!(h.take(a), "\"cv\"\r\n");
+
+    h.send(a, b"GET miss\r\nGET cached\r\nPUT x y\r\nGET cached\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n\"cv\"\r\nOK\r\n\"cv\"\r\n");
+}
+
+#[test]
+fn upstream_loss_fails_in_flight_requests_and_cache_still_serves() {
+    let mut h = Harness::new();
+    h.server_put("cached", "cv");
+    h.server_put("w", "old");
+    h.server_put("x", "xv");
+    let inline = h.client();
+    let resp = h.client();
+    let writer = h.client();
+    h.send(inline, b"GET cached\r\nGET w\r\n");
+    assert_eq!(h.take(inline), "\"cv\"\r\n\"old\"\r\n");
+
+    h.hold();
+    h.send(inline, b"GET x\r\n");
+    h.send(resp, b"*2\r\n$3\r\nGET\r\n$1\r\ny\r\n");
+    h.send(writer, b"PUT w new\r\n");
+    assert_eq!(h.proxy.upstream_in_flight(), 3);
+
+    h.lose_upstream();
+    assert_eq!(h.proxy.upstream_state(), UpstreamState::Down);
+    assert_eq!(h.proxy.upstream_in_flight(), 0);
+    let out = h.take(inline);
+    assert!(out.starts_with("(error) ERR upstream"), "{out:?}");
+    assert!(out.ends_with("\r\n") && out.matches("\r\n").count() == 1);
+    let out = h.take(resp);
+    assert!(out.starts_with("-ERR upstream"), "{out:?}");
+    assert!(out.ends_with("\r\n") && out.matches("\r\n").count() == 1);
+    let out = h.take(writer);
+    assert!(out.starts_with("(error) ERR upstream"), "{out:?}");
+
+    // While down: a fresh cached key is still served...
+    let upstream = h.upstream_requests();
+    h.send(inline, b"GET cached\r\n");
+    assert_eq!(h.take(inline), "\"cv\"\r\n");
+    // ...a key that is not cached fails at once...
+    h.send(inline, b"GET x\r\n");
+    let out = h.take(inline);
+    assert!(out.starts_with("(error) ERR upstream"), "{out:?}");
+    h.send(resp, b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n");
+    let out = h.take(resp);
+    assert!(out.starts_with("-ERR upstream"), "{out:?}");
+    // ...and the key whose write was lost is no longer served from cache
+    // (its value upstream is unknown).
+    h.send(inline, b"GET w\r\n");
+    let out = h.take(inline);
+    assert!(out.starts_with("(error) ERR upstream"), "{out:?}");
+    assert_eq!(h.upstream_requests(), upstream, "nothing sent while down");
+
+    h.reconnect();
+    assert_eq!(h.proxy.upstream_state(), UpstreamState::Up);
+    h.send(inline, b"GET x\r\nGET w\r\nPUT z 1\r\nGET z\r\n");
+    // The server did execute the lost PUT; only its reply was lost.
+    assert_eq!(h.take(inline), "\"xv\"\r\n\"new\"\r\nOK\r\n\"1\"\r\n");
+    h.send(resp, b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n");
+    assert_eq!(h.take(resp), "$2\r\nxv\r\n");
+}
+
+#[test]
+fn upstream_request_times_out_at_exactly_the_request_timeout() {
+    let config = ProxyConfig {
+        request_timeout: Duration::from_secs(5),
+        ..ProxyConfig::default()
+    };
+    let mut h = Harness::with_config(config);
+    h.server_put("k", "v");
+    let a = h.client();
+
+    h.hold();
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.proxy.poll_timeout(), Some(ms(5_000)));
+
+    h.handle_timeout(ms(4_999));
+    assert_eq!(h.take(a), "");
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    assert_eq!(h.proxy.upstream_in_flight(), 1);
+    assert_eq!(h.proxy.poll_timeout(), Some(ms(5_000)));
+
+    h.handle_timeout(ms(5_000));
+    assert_eq!(h.take(a), "(error) ERR upstream timed out\r\n");
+    assert_eq!(h.events, vec![ProxyEvent::ResetUpstream]);
+    assert_eq!(h.proxy.stats().upstream_timeouts, 1);
+    assert_eq!(h.proxy.upstream_in_flight(), 0);
+    assert_eq!(h.proxy.poll_timeout(), None);
+
+    // The driver resets the connection; requests work again.
+    h.set_now(ms(5_001));
+    h.reconnect();
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n");
+    assert_eq!(h.proxy.stats().upstream_timeouts, 1);
+}
+
+#[test]
+fn missing_key_is_cached_negatively() {
+    let mut h = Harness::new();
+    let a = h.client();
+    h.send(a, b"GET nope\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+    h.send(a, b"GET nope\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n");
+    assert_eq!(h.upstream_requests(), 1, "second GET is a cache hit");
+    assert_eq!(h.proxy.cache_stats().hits, 1);
+    assert_eq!(h.proxy.cache_stats().misses, 1);
+}
+
+#[test]
+fn missing_key_is_not_cached_when_negative_caching_is_off() {
+    let config = ProxyConfig {
+        cache: CacheConfig {
+            negative: false,
+            ..CacheConfig::default()
+        },
+        ..ProxyConfig::default()
+    };
+    let mut h = Harness::with_config(config);
+    let a = h.client();
+    h.send(a, b"GET nope\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n");
+    h.send(a, b"GET nope\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+    assert_eq!(h.proxy.cache_stats().hits, 0);
+    assert_eq!(h.proxy.cache_stats().misses, 2);
+    // Present keys are still cached.
+    h.server_put("yes", "1");
+    h.send(a, b"GET yes\r\nGET yes\r\n");
+    assert_eq!(h.take(a), "\"1\"\r\n\"1\"\r\n");
+    assert_eq!(h.upstream_requests(), 3);
+}
+
+#[test]
+fn info_is_answered_by_the_proxy_with_cache_counters() {
+    let mut h = Harness::new();
+    h.server_put("a", "1");
+    let c = h.client();
+    // One request per input, so that each lookup sees the previous fill
+    // (pipelined in one input, the misses would coalesce instead).
+    for get in ["GET a", "GET a", "GET b", "GET a"] {
+        h.send(c, format!("{get}\r\n").as_bytes());
+    }
+    assert_eq!(h.take(c), "\"1\"\r\n\"1\"\r\n(nil)\r\n\"1\"\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+    let upstream = h.upstream_requests();
+    let server_commands = h.server.stats().commands;
+
+    h.send(c, b"INFO\r\n");
+    assert_eq!(h.upstream_requests(), upstream, "INFO is not sent upstream");
+    assert_eq!(h.server.stats().commands, server_commands);
+    let out = h.take(c);
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(lines[0].starts_with('(') && lines[0].ends_with(" lines)"));
+    assert!(lines.contains(&"role:proxy"), "{out}");
+    assert!(lines.contains(&"cache_hits:2"), "{out}");
+    assert!(lines.contains(&"cache_misses:2"), "{out}");
+    assert!(lines.contains(&format!("upstream_requests:{upstream}").as_str()));
+
+    // In RESP, INFO is one bulk string.
+    h.send(c, b"*1\r\n$4\r\nINFO\r\n");
+    let out = h.take(c);
+    assert!(out.starts_with('$'), "{out}");
+    assert!(out.contains("\r\ncache_hits:2\r\n"), "{out}");
+    assert_eq!(h.upstream_requests(), upstream);
+}
+
+#[test]
+fn per_client_backpressure_stops_reading_at_max_pending() {
+    let config = ProxyConfig {
+        max_pending_per_client: 4,
+        ..ProxyConfig::default()
+    };
+    let mut h = Harness::with_config(config);
+    for i in 0..10 {
+        h.server_put(&format!("k{i}"), &format!("v{i}"));
+    }
+    let a = h.client();
+    let input: String = (0..10).map(|i| format!("GET k{i}\r\n")).collect();
+
+    h.hold();
+    assert!(h.proxy.client_wants_input(a));
+    h.send(a, input.as_bytes());
+    assert!(!h.proxy.client_wants_input(a));
+    assert_eq!(h.upstream_requests(), 4);
+    assert_eq!(h.proxy.stats().requests, 4);
+    // Feeding nothing while still full processes nothing.
+    h.send(a, b"");
+    assert_eq!(h.upstream_requests(), 4);
+
+    let mut expected = String::new();
+    for i in 0..10 {
+        expected.push_str(&format!("\"v{i}\"\r\n"));
+    }
+    let mut got = String::new();
+    let mut rounds = 0;
+    while got.len() < expected.len() {
+        rounds += 1;
+        assert!(rounds <= 3, "10 requests at 4 per round take 3 rounds");
+        let before = h.upstream_requests();
+        h.release();
+        got.push_str(&h.take(a));
+        assert!(h.proxy.client_wants_input(a));
+        h.hold();
+        h.send(a, b"");
+        assert!(h.upstream_requests() - before <= 4);
+    }
+    assert_eq!(got, expected);
+    assert_eq!(h.upstream_requests(), 10);
+    assert_eq!(h.proxy.stats().requests, 10);
+    assert!(h.proxy.client_wants_input(a));
+}
+
+#[test]
+fn removed_client_does_not_break_others_on_the_same_coalesced_get() {
+    let mut h = Harness::new();
+    h.server_put("k", "v");
+    let first = h.client();
+    let second = h.client();
+    let third = h.client();
+
+    h.hold();
+    h.send(first, b"GET k\r\n"); // owns the upstream request
+    h.send(second, b"GET k\r\n");
+    h.send(third, b"GET k\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+    h.remove_client(first);
+    h.remove_client(third);
+    assert_eq!(h.proxy.client_count(), 1);
+
+    // A client arriving after the removals still joins the request.
+    let late = h.client();
+    h.send(late, b"GET k\r\n");
+    assert_eq!(h.upstream_requests(), 1);
+    assert_eq!(h.proxy.stats().coalesced, 3);
+
+    h.release();
+    assert_eq!(h.take(second), "\"v\"\r\n");
+    assert_eq!(h.take(late), "\"v\"\r\n");
+    assert_eq!(h.take(first), "");
+    assert_eq!(h.take(third), "");
+    assert_eq!(h.proxy.upstream_in_flight(), 0);
+    assert!(h.events.is_empty(), "{:?}", h.events);
+
+    // The pipe is still in step: later requests pair with their replies.
+    h.server_put("other", "o");
+    h.send(second, b"GET other\r\nGET k\r\n");
+    assert_eq!(h.take(second), "\"o\"\r\n\"v\"\r\n");
+}
+
+#[test]
+fn removed_sole_waiter_reply_is_dropped_and_the_pipe_stays_in_step() {
+    let mut h = Harness::new();
+    h.server_put("k", "v");
+    h.server_put("j", "w");
+    let gone = h.client();
+    let stays = h.client();
+    h.hold();
+    h.send(gone, b"GET k\r\n");
+    h.send(stays, b"GET j\r\n");
+    h.remove_client(gone);
+    h.release();
+    assert_eq!(h.take(stays), "\"w\"\r\n");
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    // The removed client's request still filled the cache.
+    h.send(stays, b"GET k\r\n");
+    assert_eq!(h.take(stays), "\"v\"\r\n");
+    assert_eq!(h.upstream_requests(), 2);
+}
+
+#[test]
+fn resp_get_through_the_proxy_gets_resp_replies() {
+    let mut h = Harness::new();
+    let a = h.client();
+    h.send(a, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    assert_eq!(h.take(a), "$-1\r\n");
+
+    h.send(a, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n");
+    assert_eq!(h.take(a), "+OK\r\n");
+    let upstream = h.upstream_requests();
+    // Served from the write-through cache, still in RESP.
+    h.send(a, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    assert_eq!(h.take(a), "$5\r\nhello\r\n");
+    assert_eq!(h.upstream_requests(), upstream);
+
+    // A value put straight on the server, fetched through the proxy.
+    h.server_put("p", "a\r\nb");
+    h.send(a, b"*2\r\n$3\r\nGET\r\n$1\r\np\r\n");
+    assert_eq!(h.take(a), "$4\r\na\r\nb\r\n");
+    // Mixed dialects on one connection, each answered in its own.
+    h.send(a, b"GET p\r\n*2\r\n$3\r\nGET\r\n$1\r\nz\r\n");
+    assert_eq!(h.take(a), "\"a\\r\\nb\"\r\n$-1\r\n");
+}
+
+// ---------------------------------------------------------------------------
+// A model-based property over random interleavings.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    Get(usize, usize),
+    Put(usize, usize),
+    Del(usize, usize),
+    Hold,
+    ReleaseOne,
+    ReleaseAll,
+    Advance(u64),
+    LoseUpstream,
+    Reconnect,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let ck = || (0..3usize, 0..3usize);
+    prop_oneof![
+        6 => ck().prop_map(|(c, k)| Step::Get(c, k)),
+        3 => ck().prop_map(|(c, k)| Step::Put(c, k)),
+        1 => ck().prop_map(|(c, k)| Step::Del(c, k)),
+        2 => Just(Step::Hold),
+        3 => Just(Step::ReleaseOne),
+        1 => Just(Step::ReleaseAll),
+        2 => prop::sample::select(&[1u64, 1_000, 4_999, 5_000, 30_000, 60_000][..])
+            .prop_map(Step::Advance),
+        1 => Just(Step::LoseUpstream),
+        1 => Just(Step::Reconnect),
+    ]
+}
+
+/// Checks each client's new output lines against what it is owed, in order.
+/// An `ERR upstream` error is always acceptable (loss, timeout, refusal);
+/// any other reply must be exactly the expected one.
+fn check_outputs(h: &mut Harness, clients: &[ClientId], owed: &mut [Vec<String>]) {
+    for (i, &c) in clients.iter().enumerate() {
+        let out = h.take(c);
+        let lines: Vec<&str> = out.split_terminator("\r\n").collect();
+        for line in lines {
+            assert!(!owed[i].is_empty(), "client {i} got unexpected {line:?}");
+            let expected = owed[i].remove(0);
+            assert!(
+                line == expected || line.starts_with("(error) ERR upstream"),
+                "client {i}: got {line:?}, expected {expected:?}"
+            );
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 256,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// With every write going through the proxy, a GET must return what the
+    /// server's store holds when the GET is dispatched (the server executes
+    /// requests as soon as they are transmitted here; only replies are
+    /// held), whether it is answered from the cache, coalesced, or sent
+    /// upstream — never an older value.
+    #[test]
+    fn random_interleavings_never_serve_a_stale_value(
+        steps in proptest::collection::vec(step(), 1..80),
+    ) {
+        let mut h = Harness::new();
+        let clients: Vec<ClientId> = (0..3).map(|_| h.client()).collect();
+        let mut owed: Vec<Vec<String>> = vec![Vec::new(); 3];
+        let mut next_value = 0u64;
+        let key = |k: usize| format!("k{k}");
+        let stored = |h: &Harness, k: &str| {
+            h.server
+                .store()
+                .get(k.as_bytes())
+                .map(|v| format!("\"{}\"", String::from_utf8_lossy(v)))
+                .unwrap_or_else(|| "(nil)".to_string())
+        };
+        for s in steps {
+            match s {
+                Step::Get(c, k) => {
+                    let k = key(k);
+                    h.send(clients[c], format!("GET {k}\r\n").as_bytes());
+                    owed[c].push(stored(&h, &k));
+                }
+                Step::Put(c, k) => {
+                    next_value += 1;
+                    h.send(clients[c], format!("PUT {} v{next_value}\r\n", key(k)).as_bytes());
+                    owed[c].push("OK".to_string());
+                }
+                Step::Del(c, k) => {
+                    let k = key(k);
+                    let existed = h.server.store().get(k.as_bytes()).is_some();
+                    h.send(clients[c], format!("DEL {k}\r\n").as_bytes());
+                    owed[c].push(format!("(integer) {}", u8::from(existed)));
+                }
+                Step::Hold => h.hold(),
+                Step::ReleaseOne => {
+                    if h.holding && h.held_replies() > 0 {
+                        h.release_one();
+                    }
+                }
+                Step::ReleaseAll => h.release(),
+                Step::Advance(d) => {
+                    let now = Instant::from_nanos(h.now.as_nanos() + d * 1_000_000);
+                    h.handle_timeout(now);
+                    if h.events.contains(&ProxyEvent::ResetUpstream) {
+                        h.events.clear();
+                        h.reconnect();
+                    }
+                }
+                Step::LoseUpstream => h.lose_upstream(),
+                Step::Reconnect => {
+                    if h.proxy.upstream_state() != UpstreamState::Up {
+                        h.reconnect();
+                    }
+                }
+            }
+            proptest::prop_assert!(h.events.is_empty(), "{:?}", h.events);
+            check_outputs(&mut h, &clients, &mut owed);
+        }
+        if h.proxy.upstream_state() != UpstreamState::Up {
+            h.reconnect();
+        }
+        h.release();
+        check_outputs(&mut h, &clients, &mut owed);
+        for (i, o) in owed.iter().enumerate() {
+            proptest::prop_assert!(o.is_empty(), "client {} still owed {:?}", i, o);
+        }
+        proptest::prop_assert_eq!(h.proxy.upstream_in_flight(), 0);
+    }
+}
