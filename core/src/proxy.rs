@@ -199,6 +199,20 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// Reads a flat `key, value, …` array of bulk strings as pairs.
+fn flat_pairs(items: &[Reply]) -> Option<Vec<(Bytes, Bytes)>> {
+    if items.len() % 2 != 0 {
+        return None;
+    }
+    items
+        .chunks_exact(2)
+        .map(|kv| match kv {
+            [Reply::Bulk(k), Reply::Bulk(v)] => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The caching proxy. See the module docs for its rules and drain order.
 #[derive(Debug)]
 pub struct Proxy {
@@ -689,7 +703,7 @@ impl Proxy {
         }
     }
 
-    fn finish(&mut self, seq: u64, req: InFlight, reply: Reply, now: Instant) {
+    fn finish(&mut self, seq: u64, req: InFlight, mut reply: Reply, now: Instant) {
         match &req.op {
             Op::Get { key } => {
                 if self.coalesce.get(key) == Some(&seq) {
@@ -721,7 +735,15 @@ impl Proxy {
                     }
                 }
             }
-            Op::Dump => {}
+            Op::Dump => {
+                // RESP has no pair type: the server's pairs arrive as a flat
+                // array. Restore them so inline clients see `(N pairs)`.
+                if let Reply::Array(items) = &reply {
+                    if let Some(pairs) = flat_pairs(items) {
+                        reply = Reply::Pairs(pairs);
+                    }
+                }
+            }
         }
         // Clone for all but the last waiter: most requests have only one.
         if let Some((last, rest)) = req.waiters.split_last() {

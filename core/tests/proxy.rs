@@ -756,6 +756,24 @@ fn removed_sole_waiter_reply_is_dropped_and_the_pipe_stays_in_step() {
 }
 
 #[test]
+fn dump_through_the_proxy_keeps_pairs_in_both_dialects() {
+    let mut h = Harness::new();
+    let a = h.client();
+    h.send(a, b"PUT name Derek Moss\r\nput age 18\r\nPut gender M\r\n");
+    assert_eq!(h.take(a), "OK\r\nOK\r\nOK\r\n");
+    h.send(a, b"dump\r\n");
+    assert_eq!(
+        h.take(a),
+        "(3 pairs)\r\n\"age\" \"18\"\r\n\"gender\" \"M\"\r\n\"name\" \"Derek Moss\"\r\n"
+    );
+    h.send(a, b"*1\r\n$4\r\nDUMP\r\n");
+    assert_eq!(
+        h.take(a),
+        "*6\r\n$3\r\nage\r\n$2\r\n18\r\n$6\r\ngender\r\n$1\r\nM\r\n$4\r\nname\r\n$10\r\nDerek Moss\r\n"
+    );
+}
+
+#[test]
 fn resp_get_through_the_proxy_gets_resp_replies() {
     let mut h = Harness::new();
     let a = h.client();
