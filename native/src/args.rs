@@ -1,0 +1,434 @@
+//! Command-line arguments of the `kv` binary, and their translation into the
+//! settings of the drivers and the core.
+
+use crate::proxy::ProxyOptions;
+use crate::server::ServerOptions;
+use clap::{Args, Parser, Subcommand};
+use kv_core::{CacheConfig, Limits, ProxyConfig};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// The `kv` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kv",
+    version,
+    about = "A small key-value store with a caching proxy, speaking telnet lines and RESP2"
+)]
+pub struct KvArgs {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: KvCommand,
+}
+
+/// The subcommands of `kv`.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Run the key-value server.
+    Server(ServerArgs),
+    /// Run the caching proxy in front of a server.
+    Proxy(ProxyArgs),
+    /// Send one command (given as arguments) or open an interactive prompt.
+    Cli(CliArgs),
+    /// Run a server and a proxy in front of it, in one process.
+    Up(UpArgs),
+}
+
+/// Input limits, shared by the server and the proxy.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Longest inline (telnet) request line, in bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_line)]
+    pub max_line: usize,
+    /// Longest key, in bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_key)]
+    pub max_key: usize,
+    /// Longest value, in bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_value)]
+    pub max_value: usize,
+    /// Most arguments in one RESP request, the command name included.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_args)]
+    pub max_args: usize,
+}
+
+impl LimitArgs {
+    /// The limits for the core.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_line: self.max_line,
+            max_key: self.max_key,
+            max_value: self.max_value,
+            max_args: self.max_args,
+        }
+    }
+}
+
+/// Connection management, shared by the server and the proxy.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// Most concurrent client connections; more are refused with an error.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_clients: usize,
+    /// Close a client that sends nothing for this long (e.g. 300s, 5m; 0 = never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "300s")]
+    pub idle_timeout: Duration,
+}
+
+impl ConnArgs {
+    /// The idle timeout, `None` if disabled.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
+}
+
+/// Cache and upstream settings of the proxy.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// How long a cached value is served (e.g. 60s, 500ms; 0 disables the cache).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub cache_ttl: Duration,
+    /// Most entries in the cache.
+    #[arg(long, value_name = "ENTRIES", default_value_t = CacheConfig::default().max_entries)]
+    pub cache_capacity: usize,
+    /// Most bytes held by the cache (keys, values and overhead).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = CacheConfig::default().max_bytes)]
+    pub cache_max_bytes: usize,
+    /// Do not cache missing keys (negative caching is on by default).
+    #[arg(long)]
+    pub no_negative_cache: bool,
+    /// How long a request may wait for the server before it fails.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "5s")]
+    pub request_timeout: Duration,
+}
+
+impl CacheArgs {
+    /// The proxy core's settings.
+    pub fn proxy_config(&self, limits: Limits, hash_seed: u64) -> ProxyConfig {
+        ProxyConfig {
+            limits,
+            cache: CacheConfig {
+                ttl: self.cache_ttl,
+                max_entries: self.cache_capacity,
+                max_bytes: self.cache_max_bytes,
+                negative: !self.no_negative_cache,
+            },
+            request_timeout: self.request_timeout,
+            hash_seed,
+            ..ProxyConfig::default()
+        }
+    }
+}
+
+/// `kv server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Connection management.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Input limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+impl ServerArgs {
+    /// The server driver's settings.
+    pub fn options(&self, hash_seed: u64) -> ServerOptions {
+        ServerOptions {
+            listen: self.listen,
+            max_clients: self.conn.max_clients,
+            idle_timeout: self.conn.idle_timeout(),
+            limits: self.limits.limits(),
+            hash_seed,
+        }
+    }
+}
+
+/// `kv proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7071")]
+    pub listen: SocketAddr,
+    /// Address of the server to forward to.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
+    pub upstream: SocketAddr,
+    /// Cache and upstream settings.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Connection management.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Input limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+impl ProxyArgs {
+    /// The proxy driver's settings.
+    pub fn options(&self, hash_seed: u64) -> ProxyOptions {
+        ProxyOptions {
+            listen: self.listen,
+            upstream: self.upstream,
+            max_clients: self.conn.max_clients,
+            idle_timeout: self.conn.idle_timeout(),
+            proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+        }
+    }
+}
+
+/// `kv up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Address the server listens on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
+    pub server_listen: SocketAddr,
+    /// Address the proxy listens on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7071")]
+    pub proxy_listen: SocketAddr,
+    /// Cache and upstream settings.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Connection management.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Input limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+impl UpArgs {
+    /// The server's settings; the connection and input limits apply to both
+    /// sides, with one more client allowed at the server for the proxy's own
+    /// connection.
+    pub fn server_options(&self, hash_seed: u64) -> ServerOptions {
+        ServerOptions {
+            listen: self.server_listen,
+            max_clients: self.conn.max_clients.saturating_add(1),
+            idle_timeout: self.conn.idle_timeout(),
+            limits: self.limits.limits(),
+            hash_seed,
+        }
+    }
+
+    /// The proxy's settings, forwarding to `upstream` (the server's actual
+    /// address).
+    pub fn proxy_options(&self, upstream: SocketAddr, hash_seed: u64) -> ProxyOptions {
+        ProxyOptions {
+            listen: self.proxy_listen,
+            upstream,
+            max_clients: self.conn.max_clients,
+            idle_timeout: self.conn.idle_timeout(),
+            proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+        }
+    }
+}
+
+/// `kv cli`.
+#[derive(Debug, Clone, Args)]
+pub struct CliArgs {
+    /// Address of the proxy (or server) to talk to.
+    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    pub connect: String,
+    /// How long to wait for the connection and for each reply.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// A command to send, e.g. `GET name` (none: interactive prompt).
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// Parses a duration such as `60s`, `500ms` or `1m 30s`; a bare number is
+/// taken as seconds, as Redis writes its timeouts.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 60s, 500ms, 5m)"))
+}
+
+/// Like [`parse_duration`], but zero is refused: a request must get some
+/// time to be answered.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Parses a size in bytes: a plain integer, or one with a binary suffix
+/// (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, any case).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{s}' (expected e.g. 1048576 or 1MiB)"))?;
+    let unit: usize = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parses a socket address; host names (`localhost:7070`) are resolved once,
+/// here, and the first address is used.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("invalid address '{s}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> KvCommand {
+        KvArgs::try_parse_from(std::iter::once("kv").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("1ms").is_ok());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("268435456"), Ok(268_435_456));
+        assert_eq!(parse_size("256MiB"), Ok(268_435_456));
+        assert_eq!(parse_size("64k"), Ok(65_536));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("127.0.0.1:0"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(parse_addr("localhost:7070").is_ok());
+        assert!(parse_addr("nonsense").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let KvCommand::Proxy(p) = parse(&["proxy"]) else {
+            panic!("not proxy")
+        };
+        assert_eq!(p.listen, SocketAddr::from(([127, 0, 0, 1], 7071)));
+        assert_eq!(p.upstream, SocketAddr::from(([127, 0, 0, 1], 7070)));
+        assert_eq!(p.cache.cache_ttl, Duration::from_secs(60));
+        assert_eq!(p.cache.cache_capacity, 1_000_000);
+        assert_eq!(p.cache.cache_max_bytes, 256 * 1024 * 1024);
+        assert!(!p.cache.no_negative_cache);
+        assert_eq!(p.cache.request_timeout, Duration::from_secs(5));
+        assert_eq!(p.conn.max_clients, 10_000);
+        assert_eq!(p.conn.idle_timeout(), Some(Duration::from_secs(300)));
+        assert_eq!(p.limits.limits(), Limits::default());
+        let options = p.options(42);
+        assert_eq!(options.proxy.hash_seed, 42);
+        assert!(options.proxy.cache.negative);
+
+        let KvCommand::Server(s) = parse(&["server"]) else {
+            panic!("not server")
+        };
+        assert_eq!(s.listen, SocketAddr::from(([127, 0, 0, 1], 7070)));
+
+        let KvCommand::Up(u) = parse(&["up"]) else {
+            panic!("not up")
+        };
+        assert_eq!(u.server_listen.port(), 7070);
+        assert_eq!(u.proxy_listen.port(), 7071);
+
+        let KvCommand::Cli(c) = parse(&["cli"]) else {
+            panic!("not cli")
+        };
+        assert_eq!(c.connect, "127.0.0.1:7071");
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert!(c.command.is_empty());
+    }
+
+    #[test]
+    fn flags_are_applied() {
+        let KvCommand::Proxy(p) = parse(&[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-ttl",
+            "500ms",
+            "--no-negative-cache",
+            "--max-value",
+            "2MiB",
+            "--idle-timeout",
+            "0",
+            "--max-clients",
+            "3",
+        ]) else {
+            panic!("not proxy")
+        };
+        let o = p.options(1);
+        assert_eq!(o.listen.port(), 0);
+        assert_eq!(o.proxy.cache.ttl, Duration::from_millis(500));
+        assert!(!o.proxy.cache.negative);
+        assert_eq!(o.proxy.limits.max_value, 2 << 20);
+        assert_eq!(o.idle_timeout, None);
+        assert_eq!(o.max_clients, 3);
+    }
+
+    #[test]
+    fn cli_takes_the_rest_as_the_command() {
+        let KvCommand::Cli(c) = parse(&["cli", "-c", "127.0.0.1:1", "PUT", "k", "-5", "--x"])
+        else {
+            panic!("not cli")
+        };
+        assert_eq!(c.connect, "127.0.0.1:1");
+        assert_eq!(c.command, ["PUT", "k", "-5", "--x"]);
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        KvArgs::command().debug_assert();
+        for sub in KvArgs::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! `kv cli`: sends commands through a [`kv_core::Client`] and prints the
+//! replies in the human inline format.
+//!
+//! With a command on the command line it sends that one command and exits:
+//! 0 for a reply, 1 for an error reply or an invalid command, 2 if the
+//! connection cannot be made or the reply does not come. Without one it is an
+//! interactive prompt like `redis-cli`, which keeps going (and reconnects on
+//! the next command) when the connection fails.
+
+use crate::args::CliArgs;
+use crate::time::Clock;
+use bytes::{Bytes, BytesMut};
+use kv_core::{Client, ClientConfig, ClientEvent, Command, CommandError, Failure, Limits, Reply};
+use rustyline::error::ReadlineError;
+use std::io::{self, Write};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Exit status: a reply that is not an error.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: an error reply, or a command refused before sending.
+pub const EXIT_ERROR_REPLY: u8 = 1;
+/// Exit status: no connection, or no reply in time.
+pub const EXIT_UNREACHABLE: u8 = 2;
+
+/// Limits for checking commands before they are sent. They are wide on
+/// purpose: the server enforces its own (configurable) limits, and the CLI
+/// should not refuse what the server would take; it only catches unknown
+/// commands and wrong arities early.
+const CLI_LIMITS: Limits = Limits {
+    max_line: 1 << 30,
+    max_key: 1 << 30,
+    max_value: 1 << 30,
+    max_args: 1 << 20,
+};
+
+/// What can go wrong in the CLI.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// The connection could not be made.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request got no reply.
+    #[error("no reply from {addr}: {reason}")]
+    Request {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        reason: Failure,
+    },
+    /// The command is not valid; it was not sent.
+    #[error("(error) {0}")]
+    Invalid(#[from] CommandError),
+    /// The Tokio runtime or the line editor could not start.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl CliError {
+    /// The exit status this error stands for.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Invalid(_) => EXIT_ERROR_REPLY,
+            _ => EXIT_UNREACHABLE,
+        }
+    }
+}
+
+/// Runs `kv cli`; returns the process exit status.
+pub fn run(args: &CliArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let mut session = Session::new(args.connect.clone(), args.timeout);
+    if args.command.is_empty() {
+        match interactive(&runtime, &mut session) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("{e}");
+                e.exit_code()
+            }
+        }
+    } else {
+        one_shot(&runtime, &mut session, &args.command.join(" "))
+    }
+}
+
+fn one_shot(runtime: &tokio::runtime::Runtime, session: &mut Session, line: &str) -> u8 {
+    let cmd = match parse(line) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("{e}");
+            return e.exit_code();
+        }
+    };
+    match runtime.block_on(session.request(&cmd)) {
+        Ok(reply) => {
+            let code = if reply.is_error() {
+                EXIT_ERROR_REPLY
+            } else {
+                EXIT_OK
+            };
+            print_reply(&cmd, reply);
+            code
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn interactive(runtime: &tokio::runtime::Runtime, session: &mut Session) -> Result<(), CliError> {
+    let mut editor = rustyline::DefaultEditor::new().map_err(|e| CliError::Setup(e.to_string()))?;
+    let prompt = format!("{}> ", session.addr);
+    // Say at once if nothing listens there, as redis-cli does, but carry on:
+    // the next command tries again.
+    if let Err(e) = runtime.block_on(session.ensure_connected()) {
+        eprintln!("{e}");
+    }
+    loop {
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => return Ok(()),
+            Err(e) => return Err(CliError::Setup(e.to_string())),
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        if line.eq_ignore_ascii_case("quit") || line.eq_ignore_ascii_case("exit") {
+            return Ok(());
+        }
+        let cmd = match parse(line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                eprintln!("{e}");
+                continue;
+            }
+        };
+        match runtime.block_on(session.request(&cmd)) {
+            Ok(reply) => print_reply(&cmd, reply),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+}
+
+/// Parses a line as the server would parse an inline request, so invalid
+/// commands are caught before sending.
+fn parse(line: &str) -> Result<Command, CliError> {
+    Ok(Command::from_inline(
+        Bytes::copy_from_slice(line.as_bytes()),
+        &CLI_LIMITS,
+    )?)
+}
+
+/// Prints a reply in the inline format, with the local line ending: CRLF
+/// is for the wire, and escaping guarantees that every CRLF in the inline
+/// form is a line break, never part of a value.
+fn print_reply(cmd: &Command, reply: Reply) {
+    let text = render(cmd, reply);
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(&text);
+    let _ = stdout.flush();
+}
+
+/// The bytes [`print_reply`] prints (bytes, not text: a status from the
+/// server need not be UTF-8, and is shown as it came).
+fn render(cmd: &Command, reply: Reply) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    for_display(cmd, reply).encode_inline(&mut wire);
+    let mut out = Vec::with_capacity(wire.len());
+    for (i, &b) in wire.iter().enumerate() {
+        if !(b == b'\r' && wire.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Undoes what the RESP encoding loses, for display only: `DUMP` pairs come
+/// back as a flat array and `INFO`/`HELP` text as one bulk string, while the
+/// inline format (what telnet shows) has a form for each.
+fn for_display(cmd: &Command, reply: Reply) -> Reply {
+    match (cmd, reply) {
+        (Command::Dump, Reply::Array(items))
+            if items.len() % 2 == 0 && items.iter().all(|r| matches!(r, Reply::Bulk(_))) =>
+        {
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(Reply::Bulk(k)), Some(Reply::Bulk(v))) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            Reply::Pairs(pairs)
+        }
+        (Command::Info | Command::Help, Reply::Bulk(text)) => {
+            Reply::Text(String::from_utf8_lossy(&text).replace("\r\n", "\n"))
+        }
+        (_, reply) => reply,
+    }
+}
+
+/// A connection to the proxy or server, made on demand.
+struct Session {
+    addr: String,
+    timeout: Duration,
+    clock: Clock,
+    conn: Option<Connection>,
+}
+
+struct Connection {
+    stream: TcpStream,
+    client: Client,
+    buf: BytesMut,
+}
+
+impl Session {
+    fn new(addr: String, timeout: Duration) -> Self {
+        Session {
+            addr,
+            timeout,
+            clock: Clock::new(),
+            conn: None,
+        }
+    }
+
+    /// Connects unless a live connection exists. A connection the server
+    /// closed meanwhile (idle timeout, restart) is replaced.
+    async fn ensure_connected(&mut self) -> Result<&mut Connection, CliError> {
+        if self.conn.as_ref().is_some_and(|c| peer_closed(&c.stream)) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let connect_error = |reason: String| CliError::Connect {
+                addr: self.addr.clone(),
+                reason,
+            };
+            let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| connect_error("timed out".to_string()))?
+                .map_err(|e| connect_error(e.to_string()))?;
+            // One small request at a time: send it at once.
+            let _ = stream.set_nodelay(true);
+            let client = Client::new(
+                ClientConfig {
+                    request_timeout: self.timeout,
+                    ..ClientConfig::default()
+                },
+                self.clock.now(),
+            );
+            self.conn = Some(Connection {
+                stream,
+                client,
+                buf: BytesMut::with_capacity(16 * 1024),
+            });
+        }
+        Ok(self.conn.as_mut().expect("connection was just made"))
+    }
+
+    /// Sends one command and waits for its reply. On failure the connection
+    /// is dropped, and the next request makes a new one.
+    async fn request(&mut self, cmd: &Command) -> Result<Reply, CliError> {
+        let clock = self.clock;
+        let conn = self.ensure_connected().await?;
+        let result = conn.exchange(cmd, clock).await;
+        result.map_err(|reason| {
+            self.conn = None;
+            CliError::Request {
+                addr: self.addr.clone(),
+                reason,
+            }
+        })
+    }
+}
+
+impl Connection {
+    async fn exchange(&mut self, cmd: &Command, clock: Clock) -> Result<Reply, Failure> {
+        if self.client.send(cmd, clock.now()).is_err() {
+            return Err(Failure::Disconnected);
+        }
+        while let Some(out) = self.client.poll_transmit() {
+            if self.stream.write_all(&out).await.is_err() {
+                self.client.handle_disconnected(clock.now());
+            }
+        }
+        loop {
+            if let Some(event) = self.client.poll_event() {
+                return match event {
+                    ClientEvent::Reply { reply, .. } => Ok(reply),
+                    ClientEvent::Failed { reason, .. } => Err(reason),
+                };
+            }
+            let Some(deadline) = self.client.poll_timeout() else {
+                // Nothing in flight and no outcome: cannot happen with one
+                // request at a time, but do not wait forever if it does.
+                return Err(Failure::Disconnected);
+            };
+            self.buf.reserve(16 * 1024);
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.buf) => match read {
+                    Ok(n) if n > 0 => {
+                        self.client.handle_input(&self.buf, clock.now());
+                        self.buf.clear();
+                    }
+                    _ => self.client.handle_disconnected(clock.now()),
+                },
+                _ = tokio::time::sleep_until(clock.to_tokio(deadline)) => {
+                    self.client.handle_timeout(clock.now());
+                }
+            }
+        }
+    }
+}
+
+/// Whether the server has closed a connection we hold (or sent something
+/// nobody asked for, which leaves it out of step just the same). Peeks on a
+/// duplicate of the descriptor: Tokio's own readiness is only updated while
+/// the runtime runs, which it does not while the prompt waits for typing.
+#[cfg(unix)]
+fn peer_closed(stream: &TcpStream) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(fd) = stream.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    // The duplicate shares the original's non-blocking mode.
+    let probe = std::net::TcpStream::from(fd);
+    let mut byte = [0u8; 1];
+    match probe.peek(&mut byte) {
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        Ok(_) => true,
+    }
+}
+
+#[cfg(not(unix))]
+fn peer_closed(_stream: &TcpStream) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inline(cmd: &Command, reply: Reply) -> String {
+        String::from_utf8(render(cmd, reply)).unwrap()
+    }
+
+    #[test]
+    fn invalid_commands_are_caught_before_sending() {
+        assert!(matches!(parse("FROB x"), Err(CliError::Invalid(_))));
+        assert!(matches!(parse("GET"), Err(CliError::Invalid(_))));
+        assert_eq!(
+            parse("PUT name Derek Moss").unwrap(),
+            Command::Put {
+                key: Bytes::from_static(b"name"),
+                value: Bytes::from_static(b"Derek Moss"),
+            }
+        );
+        assert_eq!(
+            parse("FROB x").unwrap_err().to_string(),
+            "(error) ERR unknown command 'FROB'"
+        );
+        assert_eq!(parse("FROB").unwrap_err().exit_code(), EXIT_ERROR_REPLY);
+    }
+
+    #[test]
+    fn dump_and_info_display_like_telnet() {
+        // A value with a line break stays on one line, escaped.
+        assert_eq!(
+            inline(&Command::Dump, Reply::Bulk(Bytes::from_static(b"a\r\nb"))),
+            "\"a\\r\\nb\"\n"
+        );
+        let flat = Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"age")),
+            Reply::Bulk(Bytes::from_static(b"18")),
+        ]);
+        assert_eq!(
+            inline(&Command::Dump, flat.clone()),
+            "(1 pair)\n\"age\" \"18\"\n"
+        );
+        // Only DUMP replies are shown as pairs.
+        assert!(inline(&Command::Help, flat).starts_with("(2 items)"));
+        let info = Reply::Bulk(Bytes::from_static(b"# Proxy\r\nrole:proxy\r\n"));
+        assert_eq!(
+            inline(&Command::Info, info),
+            "(2 lines)\n# Proxy\nrole:proxy\n"
+        );
+        assert_eq!(
+            inline(
+                &Command::Get {
+                    key: Bytes::from_static(b"k")
+                },
+                Reply::Nil
+            ),
+            "(nil)\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_connect_error() {
+        // Bind and drop a listener to get a port that refuses connections.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let mut s = Session::new(addr.clone(), Duration::from_secs(2));
+        let e = s.request(&Command::Dump).await.unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot connect to {addr}: ")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_and_reconnect_after_the_server_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            // First connection: answer one request, then close.
+            for reply in [&b"$3\r\nabc\r\n"[..], b"-ERR nope\r\n"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(reply).await.unwrap();
+            }
+        });
+        let mut s = Session::new(addr, Duration::from_secs(5));
+        let get = Command::Get {
+            key: Bytes::from_static(b"k"),
+        };
+        assert_eq!(
+            s.request(&get).await.unwrap(),
+            Reply::Bulk(Bytes::from_static(b"abc"))
+        );
+        // Give the server's close time to arrive, then the next request must
+        // notice it and reconnect instead of failing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            s.request(&get).await.unwrap(),
+            Reply::Error(Bytes::from_static(b"ERR nope"))
+        );
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! Listener helpers shared by the server and the proxy: binding, the accept
+//! loop with its client cap, and the graceful drain at shutdown.
+
+use crate::shutdown::{Shutdown, GRACE_PERIOD};
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+/// Pending connections the kernel may queue before we accept them. The
+/// default of `std` (128) overflows when hundreds of clients connect at once,
+/// as benchmarks do; Redis uses 511.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// The line a client over the `--max-clients` cap receives before it is
+/// closed; the same words as Redis, so Redis tools show something familiar.
+pub const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Binds a listening socket. Must be called inside a Tokio runtime.
+///
+/// `SO_REUSEADDR` is set so that a restarted server can take its port back
+/// while connections of the previous run linger in `TIME_WAIT`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Raises the soft limit on open files to the hard limit, so that thousands
+/// of concurrent connections do not run out of descriptors (the usual soft
+/// limit is 1024). Failure is logged, not fatal.
+pub fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => debug!(limit, "open file limit"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
+}
+
+/// Counts live connections; the count drops when the guard of a connection
+/// is dropped, however its task ends (finished, failed or aborted).
+#[derive(Debug)]
+struct ActiveGuard(Rc<Cell<usize>>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// What the accept loop reports to its service, for the `INFO` counters.
+pub trait AcceptHooks {
+    /// A connection was refused because `max_clients` were connected.
+    fn rejected(&self);
+}
+
+/// Accepts connections until shutdown and runs `handle` for each on the
+/// current `LocalSet`; then stops accepting and gives the connections
+/// [`GRACE_PERIOD`] to finish before aborting them.
+///
+/// A connection past `max_clients` is answered with [`MAX_CLIENTS_REPLY`]
+/// and closed. Every accepted socket gets `TCP_NODELAY`: replies are small
+/// and a client waits for each one, so Nagle's algorithm would only add
+/// latency.
+pub async fn accept_loop<H, F, Fut>(
+    listener: TcpListener,
+    max_clients: usize,
+    mut shutdown: Shutdown,
+    hooks: &H,
+    mut handle: F,
+) where
+    H: AcceptHooks + ?Sized,
+    F: FnMut(TcpStream, SocketAddr, Shutdown) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    let active = Rc::new(Cell::new(0usize));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.requested() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        warn!("connection task panicked: {e}");
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(%peer, "cannot set TCP_NODELAY: {e}");
+                    }
+                    if active.get() >= max_clients {
+                        hooks.rejected();
+                        debug!(%peer, "connection rejected: max clients reached");
+                        tokio::task::spawn_local(reject(stream));
+                        continue;
+                    }
+                    active.set(active.get() + 1);
+                    let guard = ActiveGuard(active.clone());
+                    let conn = handle(stream, peer, shutdown.clone());
+                    tasks.spawn_local(async move {
+                        let _guard = guard;
+                        conn.await;
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: accepting
+                    // again at once would fail the same way, so pause a
+                    // little instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    if !tasks.is_empty() {
+        debug!(connections = tasks.len(), "draining connections");
+        let drained = tokio::time::timeout(GRACE_PERIOD, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = tasks.len(),
+                "connections still busy after the grace period; closing them"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}
+
+/// Tells a client over the cap why it is refused, then closes gently.
+async fn reject(mut stream: TcpStream) {
+    let written =
+        tokio::time::timeout(Duration::from_secs(1), stream.write_all(MAX_CLIENTS_REPLY)).await;
+    if matches!(written, Ok(Ok(()))) {
+        close_gently(&mut stream).await;
+    }
+}
+
+/// Closes the write side, then waits (a second at most) for the client to
+/// close, discarding what it still sends. Closing a socket with unread input
+/// makes the kernel send a reset, which can destroy the last replies before
+/// the client reads them; this gives it the time to.
+pub async fn close_gently(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+}
