@@ -94,17 +94,55 @@ fn start_server(options: ServerOptions) -> Result<Service, AppError> {
     Ok(service)
 }
 
-fn start_proxy(options: ProxyOptions) -> Result<Service, AppError> {
+fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
     crate::net::raise_nofile_limit();
     let upstream = options.upstream;
-    let service = Service::spawn("proxy", options.listen, move |listener, shutdown| {
-        proxy::run(listener, options, shutdown)
-    })?;
+    // Bound here, before the service thread starts, so that its address
+    // can be announced with the proxy's.
+    let http = match options.http.take() {
+        Some(http) => {
+            let listener = bind_std(http.listen).map_err(|source| ServiceError::Bind {
+                name: "console",
+                addr: http.listen,
+                source,
+            })?;
+            Some((listener, http))
+        }
+        None => None,
+    };
+    let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let service = Service::spawn(
+        "proxy",
+        options.listen,
+        move |listener, shutdown| async move {
+            let http =
+                http.and_then(|(std_listener, opts)| {
+                    match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => Some((l, opts)),
+                        Err(e) => {
+                            warn!("cannot serve the console: {e}");
+                            None
+                        }
+                    }
+                });
+            proxy::run(listener, http, options, shutdown).await
+        },
+    )?;
     announce(&format!(
         "kv proxy listening on {} (upstream {upstream})",
         service.local_addr()
     ));
+    if let Some(addr) = http_addr {
+        announce(&format!("kv console on http://{}/", connect_addr(addr)));
+    }
     Ok(service)
+}
+
+/// Binds a listening socket for a runtime that is not started yet.
+fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// Stops a service and says so.

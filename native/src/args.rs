@@ -146,6 +146,35 @@ impl ServerArgs {
     }
 }
 
+/// The console page and its WebSocket bridge.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Extra origin allowed to open the WebSocket besides the page's own
+    /// (repeatable), e.g. `http://localhost:3000`.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Folder with the console page (default: the source tree's `www/`, or
+    /// `$KV_WWW`).
+    #[arg(long, value_name = "DIR")]
+    pub www: Option<std::path::PathBuf>,
+}
+
+impl HttpArgs {
+    /// The bridge's settings for a given listening address.
+    pub fn options(&self, listen: SocketAddr, conn: &ConnArgs) -> crate::bridge::HttpOptions {
+        crate::bridge::HttpOptions {
+            listen,
+            www_dir: self
+                .www
+                .clone()
+                .unwrap_or_else(crate::bridge::default_www_dir),
+            allowed_origins: self.allow_origin.clone(),
+            max_clients: conn.max_clients,
+            idle_timeout: conn.idle_timeout(),
+        }
+    }
+}
+
 /// `kv proxy`.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
@@ -155,6 +184,13 @@ pub struct ProxyArgs {
     /// Address of the server to forward to.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
     pub upstream: SocketAddr,
+    /// Serve the browser console and its WebSocket on this address (off
+    /// unless given).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
+    /// Console settings.
+    #[command(flatten)]
+    pub web: HttpArgs,
     /// Cache and upstream settings.
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -175,6 +211,7 @@ impl ProxyArgs {
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+            http: self.http.map(|addr| self.web.options(addr, &self.conn)),
         }
     }
 }
@@ -188,6 +225,15 @@ pub struct UpArgs {
     /// Address the proxy listens on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7071")]
     pub proxy_listen: SocketAddr,
+    /// Address of the browser console and its WebSocket.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7080")]
+    pub http: SocketAddr,
+    /// Do not serve the browser console.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Console settings.
+    #[command(flatten)]
+    pub web: HttpArgs,
     /// Cache and upstream settings.
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -222,6 +268,7 @@ impl UpArgs {
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+            http: (!self.no_http).then(|| self.web.options(self.http, &self.conn)),
         }
     }
 }

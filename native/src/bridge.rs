@@ -65,12 +65,23 @@ impl AcceptHooks for Hooks {
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown`.
-pub async fn serve(handle: ProxyHandle, listener: TcpListener, options: HttpOptions, shutdown: Shutdown) {
+pub async fn serve(
+    handle: ProxyHandle,
+    listener: TcpListener,
+    options: HttpOptions,
+    shutdown: Shutdown,
+) {
     let options = Rc::new(options);
     let hooks = Hooks(handle.clone());
-    net::accept_loop(listener, options.max_clients, shutdown, &hooks, |stream, peer, shutdown| {
-        serve_conn(handle.clone(), stream, peer, options.clone(), shutdown)
-    })
+    net::accept_loop(
+        listener,
+        options.max_clients,
+        shutdown,
+        &hooks,
+        |stream, peer, shutdown| {
+            serve_conn(handle.clone(), stream, peer, options.clone(), shutdown)
+        },
+    )
     .await;
 }
 
@@ -106,7 +117,10 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>), HeadError>
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadError::Closed)?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
@@ -121,7 +135,12 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>), HeadError>
                     headers: req
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect(),
                 };
                 return Ok((head, buf[len..].to_vec()));
@@ -133,7 +152,13 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>), HeadError>
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8], with_body: bool) {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    with_body: bool,
+) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
@@ -145,20 +170,47 @@ async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body:
     net::close_gently(stream).await;
 }
 
-async fn serve_conn(handle: ProxyHandle, mut stream: TcpStream, peer: SocketAddr, options: Rc<HttpOptions>, shutdown: Shutdown) {
+async fn serve_conn(
+    handle: ProxyHandle,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    options: Rc<HttpOptions>,
+    shutdown: Shutdown,
+) {
     let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(x)) => x,
         Ok(Err(HeadError::TooLarge)) => {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n", true).await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request head too large\n",
+                true,
+            )
+            .await;
         }
         Ok(Err(HeadError::Malformed)) => {
-            return respond(&mut stream, "400 Bad Request", "text/plain", b"malformed request\n", true).await;
+            return respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"malformed request\n",
+                true,
+            )
+            .await;
         }
         Ok(Err(HeadError::Closed)) | Err(_) => return,
     };
     let path = head.path.split('?').next().unwrap_or("/").to_owned();
     if head.method != "GET" && head.method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n", true).await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"only GET\n",
+            true,
+        )
+        .await;
     }
     if path == "/ws" {
         return websocket(handle, stream, peer, &head, rest, &options, shutdown).await;
@@ -176,18 +228,31 @@ async fn serve_conn(handle: ProxyHandle, mut stream: TcpStream, peer: SocketAddr
                 respond(&mut stream, "404 Not Found", "text/plain", hint, with_body).await
             }
         },
-        None => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", with_body).await,
+        None => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                b"not found\n",
+                with_body,
+            )
+            .await
+        }
     }
 }
 
 /// Maps a URL path to a file under `www` and its content type. Only plain
 /// names are served: no `..`, no hidden files, nothing outside `www`.
 fn static_file(www: &Path, path: &str) -> Option<(PathBuf, &'static str)> {
-    let rel = path.trim_start_matches('/');
+    let rel = path.strip_prefix('/')?;
     let rel = if rel.is_empty() { "index.html" } else { rel };
-    let plain = rel
-        .split('/')
-        .all(|seg| !seg.is_empty() && !seg.starts_with('.') && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+    let plain = rel.split('/').all(|seg| {
+        !seg.is_empty()
+            && !seg.starts_with('.')
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
     if !plain {
         return None;
     }
@@ -228,7 +293,13 @@ fn host_is_literal_or_localhost(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
 }
@@ -247,12 +318,26 @@ async fn websocket(
         && head.header_has_token("Upgrade", "websocket")
         && head.header("Sec-WebSocket-Version") == Some("13");
     let (true, Some(key)) = (is_upgrade, key) else {
-        return respond(&mut stream, "400 Bad Request", "text/plain", b"expected a WebSocket upgrade (version 13)\n", true).await;
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            b"expected a WebSocket upgrade (version 13)\n",
+            true,
+        )
+        .await;
     };
     let origin = head.header("Origin");
     if !origin_allowed(origin, head.header("Host"), &options.allowed_origins) {
         info!(%peer, origin = origin.unwrap_or(""), "WebSocket refused: origin not allowed");
-        return respond(&mut stream, "403 Forbidden", "text/plain", b"origin not allowed\n", true).await;
+        return respond(
+            &mut stream,
+            "403 Forbidden",
+            "text/plain",
+            b"origin not allowed\n",
+            true,
+        )
+        .await;
     }
     let accept = derive_accept_key(key.as_bytes());
     let response = format!(
@@ -359,29 +444,71 @@ mod tests {
 
     #[test]
     fn same_origin_on_a_literal_host_is_allowed() {
-        assert!(origin_allowed(Some("http://127.0.0.1:7080"), Some("127.0.0.1:7080"), &[]));
-        assert!(origin_allowed(Some("http://localhost:7080"), Some("localhost:7080"), &[]));
-        assert!(origin_allowed(Some("http://[::1]:7080"), Some("[::1]:7080"), &[]));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:7080"),
+            Some("127.0.0.1:7080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            Some("http://localhost:7080"),
+            Some("localhost:7080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            Some("http://[::1]:7080"),
+            Some("[::1]:7080"),
+            &[]
+        ));
         assert!(origin_allowed(None, Some("127.0.0.1:7080"), &[]));
     }
 
     #[test]
     fn foreign_and_rebinding_origins_are_refused() {
-        assert!(!origin_allowed(Some("http://evil.example"), Some("127.0.0.1:7080"), &[]));
-        assert!(!origin_allowed(Some("http://127.0.0.1:9999"), Some("127.0.0.1:7080"), &[]));
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            Some("127.0.0.1:7080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            Some("http://127.0.0.1:9999"),
+            Some("127.0.0.1:7080"),
+            &[]
+        ));
         // DNS rebinding: the attacker's name resolves to us, so Host and Origin agree.
-        assert!(!origin_allowed(Some("http://evil.example:7080"), Some("evil.example:7080"), &[]));
+        assert!(!origin_allowed(
+            Some("http://evil.example:7080"),
+            Some("evil.example:7080"),
+            &[]
+        ));
         assert!(!origin_allowed(Some("null"), Some("127.0.0.1:7080"), &[]));
         let allowed = vec!["http://evil.example:7080".to_owned()];
-        assert!(origin_allowed(Some("http://evil.example:7080"), Some("evil.example:7080"), &allowed));
+        assert!(origin_allowed(
+            Some("http://evil.example:7080"),
+            Some("evil.example:7080"),
+            &allowed
+        ));
     }
 
     #[test]
     fn only_plain_files_under_www_are_served() {
         let www = Path::new("/w");
-        assert_eq!(static_file(www, "/"), Some((PathBuf::from("/w/index.html"), "text/html; charset=utf-8")));
-        assert_eq!(static_file(www, "/pkg/kv_wasm_client_bg.wasm").map(|f| f.1), Some("application/wasm"));
-        for bad in ["/../etc/passwd", "/pkg/../../x.js", "/.git/config", "//x.js", "/a\\b.js", "/x.sh", "/%2e%2e/x.js"] {
+        assert_eq!(
+            static_file(www, "/"),
+            Some((PathBuf::from("/w/index.html"), "text/html; charset=utf-8"))
+        );
+        assert_eq!(
+            static_file(www, "/pkg/kv_wasm_client_bg.wasm").map(|f| f.1),
+            Some("application/wasm")
+        );
+        for bad in [
+            "/../etc/passwd",
+            "/pkg/../../x.js",
+            "/.git/config",
+            "//x.js",
+            "/a\\b.js",
+            "/x.sh",
+            "/%2e%2e/x.js",
+        ] {
             assert_eq!(static_file(www, bad), None, "{bad}");
         }
     }

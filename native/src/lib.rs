@@ -22,6 +22,7 @@
 
 pub mod app;
 pub mod args;
+pub mod bridge;
 pub mod cli;
 pub mod net;
 pub mod proxy;

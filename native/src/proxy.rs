@@ -65,6 +65,8 @@ pub struct ProxyOptions {
     pub idle_timeout: Option<Duration>,
     /// The core's settings (limits, cache, request timeout, hash seed).
     pub proxy: ProxyConfig,
+    /// The browser console and WebSocket bridge, if served.
+    pub http: Option<crate::bridge::HttpOptions>,
 }
 
 impl Default for ProxyOptions {
@@ -79,6 +81,7 @@ impl Default for ProxyOptions {
                 cache: CacheConfig::default(),
                 ..ProxyConfig::default()
             },
+            http: None,
         }
     }
 }
@@ -203,6 +206,22 @@ impl ProxyHandle {
     /// protocol error, once its output was taken).
     pub fn client_should_close(&self, id: ClientId) -> bool {
         self.inner.proxy.borrow().client_should_close(id)
+    }
+
+    /// Answers, in order with its other replies, input the transport
+    /// refused (a WebSocket message too large or not one command).
+    pub fn reject_input(&self, id: ClientId, message: &str) {
+        let now = self.inner.clock.now();
+        self.inner
+            .proxy
+            .borrow_mut()
+            .reject_client_input(id, message, now);
+        self.drain(Some(id), false);
+    }
+
+    /// The input limits clients are held to.
+    pub fn limits(&self) -> Limits {
+        self.inner.proxy.borrow().config().limits
     }
 
     /// Whether the client stopped in the middle of a command.
@@ -342,9 +361,24 @@ impl AcceptHooks for ProxyHandle {
 /// Serves on `listener` until `shutdown`, then drains the clients. Must run
 /// inside a `LocalSet`; the upstream and timer tasks it spawns end when the
 /// `LocalSet` is dropped.
-pub async fn run(listener: TcpListener, options: ProxyOptions, shutdown: Shutdown) {
+///
+/// With `http`, the bridge serves on that already-bound listener alongside.
+pub async fn run(
+    listener: TcpListener,
+    http: Option<(TcpListener, crate::bridge::HttpOptions)>,
+    options: ProxyOptions,
+    shutdown: Shutdown,
+) {
     let handle = start(&options);
-    serve_stream_clients(&handle, listener, &options, shutdown).await;
+    match http {
+        Some((http_listener, http_options)) => {
+            tokio::join!(
+                serve_stream_clients(&handle, listener, &options, shutdown.clone()),
+                crate::bridge::serve(handle.clone(), http_listener, http_options, shutdown),
+            );
+        }
+        None => serve_stream_clients(&handle, listener, &options, shutdown).await,
+    }
 }
 
 /// Creates the proxy and spawns its upstream and timer tasks on the current
@@ -722,7 +756,7 @@ mod tests {
             },
             ..ProxyOptions::default()
         };
-        tokio::task::spawn_local(run(listener, options, shutdown));
+        tokio::task::spawn_local(run(listener, None, options, shutdown));
         (addr, trigger)
     }
 
