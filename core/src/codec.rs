@@ -104,6 +104,11 @@ pub enum DecodeError {
         /// The limit in force.
         limit: usize,
     },
+    /// An HTTP request arrived on the TCP port: a web page may be trying to
+    /// reach the store through the user's browser. Like Redis, the
+    /// connection is closed at once.
+    #[error("ERR HTTP request refused on the kv port (possible cross-protocol attack); closing")]
+    CrossProtocol,
     /// The RESP framing is broken; what follows cannot be trusted.
     #[error("ERR Protocol error: {0}")]
     Protocol(&'static str),
@@ -115,14 +120,14 @@ impl DecodeError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            DecodeError::TooManyArgs { .. } | DecodeError::Protocol(_)
+            DecodeError::TooManyArgs { .. } | DecodeError::Protocol(_) | DecodeError::CrossProtocol
         )
     }
 
     /// The dialect the error reply should be written in.
     pub fn dialect(&self) -> Dialect {
         match self {
-            DecodeError::LineTooLong { .. } => Dialect::Inline,
+            DecodeError::LineTooLong { .. } | DecodeError::CrossProtocol => Dialect::Inline,
             _ => Dialect::Resp,
         }
     }
@@ -367,6 +372,9 @@ impl Decoder {
                 if cleaned.iter().all(|b| b.is_ascii_whitespace()) {
                     return Ok(None);
                 }
+                if is_http_line(&cleaned) {
+                    return Err(DecodeError::CrossProtocol);
+                }
                 Ok(Some(Frame::Inline(cleaned)))
             }
             None => {
@@ -382,6 +390,17 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Whether an inline line is part of an HTTP request: a `POST` request line
+/// or a `Host:` header, as Redis checks. (`GET / HTTP/1.1` is answered as a
+/// bad `GET` first; the `Host:` line that follows then closes the connection.)
+fn is_http_line(line: &[u8]) -> bool {
+    let word = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .next()
+        .unwrap_or_default();
+    word.eq_ignore_ascii_case(b"POST") || word.eq_ignore_ascii_case(b"Host:")
 }
 
 /// Reads a `<prefix><integer>\r\n` header if complete.
@@ -622,6 +641,25 @@ mod tests {
                 len: 1025,
                 limit: 1024
             })]
+        );
+    }
+
+    #[test]
+    fn http_requests_close_the_connection() {
+        let got = frames(
+            Limits::default(),
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:7071\r\nPING\r\n",
+        );
+        assert_eq!(
+            got,
+            vec![inline("GET / HTTP/1.1"), Err(DecodeError::CrossProtocol)]
+        );
+        let got = frames(Limits::default(), b"POST /x HTTP/1.1\r\n");
+        assert_eq!(got, vec![Err(DecodeError::CrossProtocol)]);
+        // A key named like a header is fine as an argument.
+        assert_eq!(
+            frames(Limits::default(), b"GET Host:\r\n"),
+            vec![inline("GET Host:")]
         );
     }
 
