@@ -10,7 +10,9 @@
 //! - [`Conn`] is a TCP client that never waits without a deadline;
 //! - [`wait_until`] / [`wait_for`] poll for an observable condition instead of
 //!   sleeping;
-//! - [`require_tool`] finds external tools such as `redis-cli`.
+//! - [`require_tool`] finds external tools such as `redis-cli`;
+//! - [`http_get`] and [`KvProcess::console_addr`] reach the browser console's
+//!   HTTP side.
 //!
 //! Every wait in this crate has a deadline and panics with a description of
 //! what it was waiting for, so a broken binary fails a test instead of hanging
@@ -373,6 +375,35 @@ impl KvProcess {
             .proxy
             .or(self.listening.server)
             .expect("spawn only returns once an address is known")
+    }
+
+    /// The address of the browser console, from the `kv console on
+    /// http://ADDR/` line that `kv up` and `kv proxy --http` print after the
+    /// proxy's line; waits up to [`STARTUP_TIMEOUT`] for it.
+    ///
+    /// # Panics
+    ///
+    /// If the line does not come in time; the message carries the output.
+    pub fn console_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let found = self.stdout.lock().unwrap().iter().find_map(|line| {
+                let rest = line.trim().strip_prefix("kv console on http://")?;
+                Some(parse_addr(rest.trim_end_matches('/'), line))
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "kv {:?} printed no `kv console on http://ADDR/` line within {STARTUP_TIMEOUT:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.args,
+                    self.stdout_text(),
+                    self.stderr_text()
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// The stdout lines read so far.
@@ -834,6 +865,118 @@ impl Conn {
     pub fn expect_closed(&mut self) -> Vec<u8> {
         self.expect_closed_within(IO_TIMEOUT)
     }
+
+    /// Reads exactly `n` bytes (after any buffered ones), waiting up to
+    /// [`IO_TIMEOUT`].
+    ///
+    /// # Panics
+    ///
+    /// On EOF, an error, or the deadline.
+    pub fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.buf.len() < n {
+            if let Err(e) = self.fill(deadline) {
+                panic!(
+                    "reading {n} bytes from {}: {e}; got {} bytes",
+                    self.addr,
+                    self.buf.len()
+                );
+            }
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads an HTTP/1.1 response head: the status line and the header
+    /// lines up to the blank line.
+    ///
+    /// # Panics
+    ///
+    /// If the head does not come within [`IO_TIMEOUT`] or is malformed.
+    pub fn read_http_head(&mut self) -> HttpResponse {
+        let status_line = self.read_line();
+        let status = status_line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("{}: not an HTTP status line: {status_line:?}", self.addr));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("{}: malformed HTTP header line {line:?}", self.addr));
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        HttpResponse {
+            status_line,
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+}
+
+/// An HTTP response as read by [`http_get`] or [`Conn::read_http_head`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    /// The status code.
+    pub status: u16,
+    /// The headers in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for a head read alone).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body, lossily decoded.
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `GET PATH` (exactly as given: no normalisation, so `/../x` reaches
+/// the server as is) to `addr` over HTTP/1.1 with `Connection: close`, and
+/// reads the response; the body is read by `Content-Length`, or to EOF.
+///
+/// # Panics
+///
+/// If the server does not answer within [`IO_TIMEOUT`].
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut conn = Conn::connect(addr);
+    conn.send(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut response = conn.read_http_head();
+    response.body = match response.header("Content-Length") {
+        Some(len) => {
+            let len = len
+                .parse()
+                .unwrap_or_else(|_| panic!("{addr}: bad Content-Length {len:?}"));
+            conn.read_bytes(len)
+        }
+        None => conn.expect_closed(),
+    };
+    response
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and
+/// released), for a tool that can only be told a port, not print one.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
 }
 
 /// The `N` of an inline multi-line reply header `(N pairs)`, `(N lines)`,

@@ -12,6 +12,9 @@ fn up_serves_the_seed_transcript_cli_reads_it_and_sigterm_stops_it() {
         "127.0.0.1:0",
         "--proxy-listen",
         "127.0.0.1:0",
+        // A free port too, so the test never depends on 7080 being free.
+        "--http",
+        "127.0.0.1:0",
     ]);
     let server = up.server_addr();
     let proxy = up.proxy_addr();

@@ -252,7 +252,14 @@ fn append(a: &App, entry: &LogEntry) {
         EntryKind::Error => "error",
         EntryKind::Note => "note",
     };
-    row.set_class_name(&format!("entry {kind}"));
+    // Multi-line replies (DUMP, INFO) put their badge above the text rather
+    // than beside its widest line.
+    let multiline = if entry.text.contains('\n') {
+        " multiline"
+    } else {
+        ""
+    };
+    row.set_class_name(&format!("entry {kind}{multiline}"));
     if let Ok(text) = a.doc.create_element("span") {
         text.set_class_name("text");
         text.set_text_content(Some(&entry.text));
