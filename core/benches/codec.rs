@@ -1,6 +1,6 @@
 //! Codec micro-benchmarks: how fast kv-core turns request bytes into
-//! [`Command`]s and replies (or upstream commands) back into bytes, with no
-//! sockets involved.
+//! [`Command`]s, and replies and commands back into bytes, with no sockets
+//! involved.
 //!
 //! Every benchmark works on a realistic pipelined batch of [`BATCH`]
 //! commands: `SET key:000123 <64-byte value>` or `GET key:000123`, in both
@@ -163,8 +163,9 @@ fn encode_reply(c: &mut Criterion) {
     group.finish();
 }
 
-/// `Command::encode_resp`: what the proxy writes upstream for each request
-/// it forwards.
+/// `Command::encode_resp`: how clients (the CLI, the browser) put each
+/// request on the wire. The proxy frames what it forwards the same way, but
+/// through `encode_resp_args` without building a `Command`.
 fn encode_command(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_command");
     for op in [Op::Get, Op::Set] {

@@ -8,8 +8,8 @@
 use crate::store::Hasher;
 use crate::time::Instant;
 use bytes::Bytes;
-use lru::LruCache;
-use std::collections::VecDeque;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// Cache settings.
@@ -67,24 +67,69 @@ pub enum Lookup {
     Miss,
 }
 
+/// "No node": the end of a list.
+const NIL: u32 = u32::MAX;
+
+/// One cached entry, linked into two lists: recency (for LRU eviction) and
+/// age (for expiry). With one TTL for every entry, the age list is also
+/// expiry order, and rewriting a key moves it to the young end: no stale
+/// records, no scans, every operation O(1).
 #[derive(Debug)]
-struct Entry {
+struct Node {
+    key: Bytes,
     value: Option<Bytes>,
     stored_at: Instant,
-    /// Tells an expiry record for this entry from one for an entry that
-    /// has since been replaced under the same key.
-    generation: u64,
+    lru: Links,
+    age: Links,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    prev: u32,
+    next: u32,
+}
+
+impl Links {
+    const NONE: Links = Links {
+        prev: NIL,
+        next: NIL,
+    };
+}
+
+/// Head (oldest) and tail (newest) of one intrusive list.
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+impl List {
+    const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
+}
+
+/// Which of a node's two link pairs a list uses.
+#[derive(Clone, Copy)]
+enum Which {
+    Lru,
+    Age,
 }
 
 /// A bounded LRU cache whose entries expire after a TTL.
 #[derive(Debug)]
 pub struct TtlCache {
-    entries: LruCache<Bytes, Entry, Hasher>,
-    /// Expiry records in expiry order. The TTL is the same for every entry,
-    /// so insertion order is expiry order and a queue suffices.
-    expiry: VecDeque<(Instant, Bytes, u64)>,
+    /// Slot indices into `nodes`, hashed by key.
+    index: HashTable<u32>,
+    nodes: Vec<Node>,
+    /// Free slots of `nodes`.
+    free: Vec<u32>,
+    lru: List,
+    age: List,
+    len: usize,
+    hasher: Hasher,
     bytes: usize,
-    next_generation: u64,
     config: CacheConfig,
     stats: CacheStats,
 }
@@ -93,10 +138,14 @@ impl TtlCache {
     /// An empty cache; `hash_seed` keys its hash function.
     pub fn new(config: CacheConfig, hash_seed: u64) -> Self {
         TtlCache {
-            entries: LruCache::unbounded_with_hasher(Hasher::with_seed(hash_seed)),
-            expiry: VecDeque::new(),
+            index: HashTable::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            lru: List::EMPTY,
+            age: List::EMPTY,
+            len: 0,
+            hasher: Hasher::with_seed(hash_seed),
             bytes: 0,
-            next_generation: 0,
             config,
             stats: CacheStats::default(),
         }
@@ -114,12 +163,12 @@ impl TtlCache {
 
     /// Entries held (fresh or not yet purged).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Bytes charged against [`CacheConfig::max_bytes`].
@@ -127,33 +176,84 @@ impl TtlCache {
         self.bytes
     }
 
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        let nodes = &self.nodes;
+        self.index
+            .find(self.hash(key), |&i| nodes[i as usize].key[..] == *key)
+            .copied()
+    }
+
+    fn links(&mut self, i: u32, which: Which) -> &mut Links {
+        let node = &mut self.nodes[i as usize];
+        match which {
+            Which::Lru => &mut node.lru,
+            Which::Age => &mut node.age,
+        }
+    }
+
+    fn list(&mut self, which: Which) -> &mut List {
+        match which {
+            Which::Lru => &mut self.lru,
+            Which::Age => &mut self.age,
+        }
+    }
+
+    fn unlink(&mut self, i: u32, which: Which) {
+        let Links { prev, next } = *self.links(i, which);
+        if prev == NIL {
+            self.list(which).head = next;
+        } else {
+            self.links(prev, which).next = next;
+        }
+        if next == NIL {
+            self.list(which).tail = prev;
+        } else {
+            self.links(next, which).prev = prev;
+        }
+        *self.links(i, which) = Links::NONE;
+    }
+
+    fn push_back(&mut self, i: u32, which: Which) {
+        let tail = self.list(which).tail;
+        *self.links(i, which) = Links {
+            prev: tail,
+            next: NIL,
+        };
+        if tail == NIL {
+            self.list(which).head = i;
+        } else {
+            self.links(tail, which).next = i;
+        }
+        self.list(which).tail = i;
+    }
+
     /// Looks a key up, counting a hit or a miss; a hit makes the entry the
     /// most recently used.
     pub fn get(&mut self, key: &[u8], now: Instant) -> Lookup {
-        let ttl = self.config.ttl;
-        let found = match self.entries.get(key) {
-            Some(e) if now < e.stored_at + ttl => Some(Lookup::Hit {
-                value: e.value.clone(),
-                age: now - e.stored_at,
-            }),
-            Some(_) => None,
-            None => {
-                self.stats.misses += 1;
-                return Lookup::Miss;
-            }
+        let Some(i) = self.find(key) else {
+            self.stats.misses += 1;
+            return Lookup::Miss;
         };
-        match found {
-            Some(hit) => {
-                self.stats.hits += 1;
-                hit
-            }
-            None => {
-                // Stale, and its expiry record has not been processed yet.
-                self.remove_entry(key);
-                self.stats.expirations += 1;
-                self.stats.misses += 1;
-                Lookup::Miss
-            }
+        let node = &self.nodes[i as usize];
+        if now < node.stored_at + self.config.ttl {
+            let hit = Lookup::Hit {
+                value: node.value.clone(),
+                age: now - node.stored_at,
+            };
+            self.unlink(i, Which::Lru);
+            self.push_back(i, Which::Lru);
+            self.stats.hits += 1;
+            hit
+        } else {
+            // Stale, and the purge has not come round to it yet.
+            self.remove_slot(i);
+            self.stats.expirations += 1;
+            self.stats.misses += 1;
+            Lookup::Miss
         }
     }
 
@@ -163,8 +263,6 @@ impl TtlCache {
     /// connection's receive buffer, which they would otherwise keep alive
     /// uncounted by [`CacheConfig::max_bytes`].
     pub fn insert(&mut self, key: Bytes, value: Option<Bytes>, now: Instant) {
-        let key = Bytes::copy_from_slice(&key);
-        let value = value.map(|v| Bytes::copy_from_slice(&v));
         if value.is_none() && !self.config.negative {
             self.remove(&key);
             return;
@@ -175,80 +273,98 @@ impl TtlCache {
             self.remove(&key);
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        self.expiry
-            .push_back((now + self.config.ttl, key.clone(), generation));
-        let entry = Entry {
-            value,
-            stored_at: now,
-            generation,
-        };
-        if let Some((old_key, old)) = self.entries.push(key, entry) {
-            // `push` hands back the entry it replaced.
-            self.bytes -= charge(&old_key, old.value.as_ref());
-        }
-        self.bytes += size;
-        while self.entries.len() > self.config.max_entries || self.bytes > self.config.max_bytes {
-            let Some((k, e)) = self.entries.pop_lru() else {
-                break;
+        let value = value.map(|v| Bytes::copy_from_slice(&v));
+        if let Some(i) = self.find(&key) {
+            let node = &mut self.nodes[i as usize];
+            let old = charge(&node.key, node.value.as_ref());
+            node.value = value;
+            node.stored_at = now;
+            self.bytes = self.bytes - old + size;
+            self.unlink(i, Which::Lru);
+            self.push_back(i, Which::Lru);
+            self.unlink(i, Which::Age);
+            self.push_back(i, Which::Age);
+        } else {
+            let node = Node {
+                key: Bytes::copy_from_slice(&key),
+                value,
+                stored_at: now,
+                lru: Links::NONE,
+                age: Links::NONE,
             };
-            self.bytes -= charge(&k, e.value.as_ref());
+            let i = match self.free.pop() {
+                Some(i) => {
+                    self.nodes[i as usize] = node;
+                    i
+                }
+                None => {
+                    self.nodes.push(node);
+                    (self.nodes.len() - 1) as u32
+                }
+            };
+            let (nodes, hasher) = (&self.nodes, &self.hasher);
+            self.index
+                .insert_unique(hasher.hash_one(&key[..]), i, |&j| {
+                    hasher.hash_one(&nodes[j as usize].key[..])
+                });
+            self.push_back(i, Which::Lru);
+            self.push_back(i, Which::Age);
+            self.len += 1;
+            self.bytes += size;
+        }
+        while self.len > self.config.max_entries || self.bytes > self.config.max_bytes {
+            let victim = self.lru.head;
+            if victim == NIL {
+                break;
+            }
+            self.remove_slot(victim);
             self.stats.evictions += 1;
         }
-        self.compact_expiry_queue();
     }
 
     /// Drops a key (invalidation); whether it was held.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.remove_entry(key)
-    }
-
-    fn remove_entry(&mut self, key: &[u8]) -> bool {
-        match self.entries.pop_entry(key) {
-            Some((k, e)) => {
-                self.bytes -= charge(&k, e.value.as_ref());
+        match self.find(key) {
+            Some(i) => {
+                self.remove_slot(i);
                 true
             }
             None => false,
         }
     }
 
+    fn remove_slot(&mut self, i: u32) {
+        self.unlink(i, Which::Lru);
+        self.unlink(i, Which::Age);
+        let hash = self.hash(&self.nodes[i as usize].key);
+        if let Ok(entry) = self.index.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        let node = &mut self.nodes[i as usize];
+        self.bytes -= charge(&node.key, node.value.as_ref());
+        // Release the key and value now; the slot itself is reused.
+        node.key = Bytes::new();
+        node.value = None;
+        self.free.push(i);
+        self.len -= 1;
+    }
+
     /// When the next entry expires, so the driver can wake to purge it.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiry.front().map(|(at, _, _)| *at)
+        (self.age.head != NIL)
+            .then(|| self.nodes[self.age.head as usize].stored_at + self.config.ttl)
     }
 
     /// Purges entries whose TTL has passed by `now`. Safe to call at any
     /// time, early or late.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((at, _, _)) = self.expiry.front() {
-            if *at > now {
+        while let Some(at) = self.poll_timeout() {
+            if at > now {
                 break;
             }
-            let Some((_, key, generation)) = self.expiry.pop_front() else {
-                break;
-            };
-            if self
-                .entries
-                .peek(&key)
-                .is_some_and(|e| e.generation == generation)
-            {
-                self.remove_entry(&key);
-                self.stats.expirations += 1;
-            }
-        }
-    }
-
-    /// Records for replaced or evicted entries stay queued until their time
-    /// comes; when they outnumber live entries, drop them so the queue stays
-    /// proportional to the cache.
-    fn compact_expiry_queue(&mut self) {
-        if self.expiry.len() > 2 * self.entries.len() + 1024 {
-            let entries = &self.entries;
-            self.expiry
-                .retain(|(_, k, g)| entries.peek(k).is_some_and(|e| e.generation == *g));
+            self.remove_slot(self.age.head);
+            self.stats.expirations += 1;
         }
     }
 }
@@ -392,11 +508,36 @@ mod tests {
     }
 
     #[test]
-    fn expiry_queue_stays_bounded_under_rewrites() {
+    fn rewrites_reuse_one_slot() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
         for i in 0..100_000u64 {
             c.insert(b("hot"), Some(b("v")), t(i));
         }
-        assert!(c.expiry.len() <= 2 * c.len() + 1025);
+        assert_eq!((c.len(), c.nodes.len()), (1, 1));
+        assert_eq!(c.poll_timeout(), Some(t(99_999 + 60_000)));
+    }
+
+    #[test]
+    fn slots_are_reused_after_removal_and_lists_stay_consistent() {
+        let mut c = TtlCache::new(
+            CacheConfig {
+                max_entries: 3,
+                ..CacheConfig::default()
+            },
+            1,
+        );
+        for round in 0..50u64 {
+            for k in ["a", "b", "c", "d", "e"] {
+                c.insert(b(k), Some(b(k)), t(round * 10));
+            }
+            c.remove(b"d");
+            assert!(c.len() <= 3);
+            assert!(c.nodes.len() <= 4);
+        }
+        // "c" and "e" survive (LRU), expiring in insertion order.
+        assert_eq!(value_at(&mut c, "e", t(500)), Some(Some(b("e"))));
+        c.handle_timeout(t(490 + 60_000));
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
     }
 }

@@ -57,6 +57,13 @@ pub enum Command {
     },
     /// `CLIENT SETNAME/SETINFO/…`: accepted and ignored.
     Client,
+    /// `AUTH [username] password`.
+    Auth {
+        /// The password given (the username, if any, must be `default`).
+        password: Bytes,
+        /// Whether a username other than `default` was given.
+        other_user: bool,
+    },
     /// `SELECT db`: only database 0 exists.
     Select {
         /// The database index asked for.
@@ -84,6 +91,16 @@ pub enum CommandError {
     #[error("ERR key too long ({len} bytes, limit {limit})")]
     KeyTooLong {
         /// The key's length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// An inline command with more words than [`Limits::max_args`] (the
+    /// same bound RESP arrays have, so that whatever is accepted here can be
+    /// forwarded upstream in RESP).
+    #[error("ERR too many arguments ({len}, limit {limit})")]
+    TooManyArgs {
+        /// The number of words, command name included.
         len: usize,
         /// The limit in force.
         limit: usize,
@@ -131,6 +148,18 @@ impl Command {
         let mut args = Vec::with_capacity(4);
         args.push(Bytes::copy_from_slice(name));
         for (s, e) in words {
+            if args.len() == limits.max_args {
+                return Err(CommandError::TooManyArgs {
+                    len: args.len()
+                        + 1
+                        + Words {
+                            line: &line,
+                            pos: e,
+                        }
+                        .count(),
+                    limit: limits.max_args,
+                });
+            }
             args.push(line.slice(s..e));
         }
         Command::from_args(args, limits)
@@ -203,6 +232,14 @@ impl Command {
         } else if is("CLIENT") {
             arity(n >= 1, "client")?;
             Command::Client
+        } else if is("AUTH") {
+            arity(n == 1 || n == 2, "auth")?;
+            let password = args.pop().unwrap_or_default();
+            let other_user = n == 2 && !args[1].eq_ignore_ascii_case(b"default");
+            Command::Auth {
+                password,
+                other_user,
+            }
         } else if is("SELECT") {
             arity(n == 1, "select")?;
             Command::Select {
@@ -240,6 +277,7 @@ impl Command {
             Command::ConfigGet { .. } => "CONFIG",
             Command::Client => "CLIENT",
             Command::Select { .. } => "SELECT",
+            Command::Auth { .. } => "AUTH",
         }
     }
 
@@ -265,6 +303,7 @@ impl Command {
             }
             Command::Client => v.push(Bytes::from_static(b"SETNAME")),
             Command::Select { db } => v.push(db.clone()),
+            Command::Auth { password, .. } => v.push(password.clone()),
             Command::Dump
             | Command::Quit
             | Command::Info
@@ -275,6 +314,14 @@ impl Command {
             v.push(Bytes::from_static(b"kv"));
         }
         v
+    }
+
+    /// Whether a client that has not authenticated may run this command.
+    pub fn allowed_before_auth(&self) -> bool {
+        matches!(
+            self,
+            Command::Auth { .. } | Command::Ping { .. } | Command::Quit | Command::Help
+        )
     }
 
     /// Appends the command as a RESP2 array of bulk strings.

@@ -11,6 +11,8 @@
 //! - [`command`] and [`reply`]: requests and replies as values, and their
 //!   encodings.
 //! - [`server`]: the store and the per-connection session.
+//! - [`aof`]: the append-only log's format, its replay decoder, and the
+//!   journal that holds replies until their writes are stored.
 //! - [`cache`]: the TTL + LRU cache.
 //! - [`proxy`]: the caching proxy.
 //! - [`client`]: the request/reply client used by the CLI and the browser.
@@ -18,6 +20,8 @@
 
 #![warn(missing_docs)]
 
+pub mod aof;
+pub mod auth;
 pub mod bridge;
 pub mod cache;
 pub mod client;

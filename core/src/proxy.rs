@@ -7,6 +7,9 @@
 //!   the write, so a client that just wrote never reads the old value).
 //! - Concurrent misses for one key are coalesced into one upstream `GET`,
 //!   but never onto a `GET` that was sent before a write to the same key.
+//!   While such a `GET` is in flight, later `GET`s of the key join it even
+//!   if the cache holds the key: its answer can only be newer, and serving
+//!   the older cached value behind it would let a client read backwards.
 //! - A `GET` reply fills the cache only if no write to that key is in
 //!   flight; since the upstream connection is one ordered pipe, a `GET`
 //!   sent before a write is answered before that write, so its (older)
@@ -25,6 +28,7 @@
 //! [`Proxy::poll_upstream_transmit`], and finally sleep until
 //! [`Proxy::poll_timeout`]. Skipping a drain delays output but loses nothing.
 
+use crate::auth::{self, Password};
 use crate::cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 use crate::codec::{Decoder, Dialect, Limits};
 use crate::command::{encode_resp_args, Command};
@@ -54,6 +58,10 @@ pub struct ProxyConfig {
     pub max_upstream_in_flight: usize,
     /// Seed for hash functions; the driver passes a random one.
     pub hash_seed: u64,
+    /// Password clients must give with `AUTH` (none: no authentication).
+    pub password: Option<Password>,
+    /// Password the proxy gives the upstream server on every connection.
+    pub upstream_password: Option<Password>,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +73,8 @@ impl Default for ProxyConfig {
             max_pending_per_client: 1024,
             max_upstream_in_flight: 100_000,
             hash_seed: 0,
+            password: None,
+            upstream_password: None,
         }
     }
 }
@@ -176,6 +186,18 @@ struct ClientState {
     closing: bool,
     /// Already announced with [`ProxyEvent::ClientReady`] and not drained.
     notified: bool,
+    /// Whether the client may run every command (always, without a password).
+    authenticated: bool,
+    /// Input that arrived behind a rejected message while earlier input was
+    /// still undecoded: it waits here so that replies keep arrival order.
+    deferred: VecDeque<Deferred>,
+}
+
+/// Client input held back behind a rejection (see `ClientState::deferred`).
+#[derive(Debug)]
+enum Deferred {
+    Input(Bytes),
+    Reject(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -186,10 +208,19 @@ struct Waiter {
 
 #[derive(Debug)]
 enum Op {
-    Get { key: Bytes },
-    Put { key: Bytes, value: Bytes },
-    Del { keys: Vec<Bytes> },
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Del {
+        keys: Vec<Bytes>,
+    },
     Dump,
+    /// The proxy's own `AUTH` on a new upstream connection; no client waits.
+    Auth,
 }
 
 #[derive(Debug)]
@@ -254,7 +285,9 @@ impl Proxy {
             upstream_out: BytesMut::new(),
             upstream_in: ReplyDecoder::new(ReplyLimits::default()),
             in_flight: VecDeque::new(),
-            in_flight_head: 0,
+            // Far from zero: an AUTH put ahead of queued requests takes the
+            // number before the head (see `handle_upstream_connected`).
+            in_flight_head: 1 << 40,
             stats: ProxyStats::default(),
         }
     }
@@ -310,6 +343,8 @@ impl Proxy {
                 messages: VecDeque::new(),
                 closing: false,
                 notified: false,
+                authenticated: self.config.password.is_none(),
+                deferred: VecDeque::new(),
             },
         );
         id
@@ -353,7 +388,13 @@ impl Proxy {
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
-        client.decoder.feed(data);
+        if client.deferred.is_empty() {
+            client.decoder.feed(data);
+        } else if !data.is_empty() {
+            client
+                .deferred
+                .push_back(Deferred::Input(Bytes::copy_from_slice(data)));
+        }
         loop {
             let Some(client) = self.clients.get_mut(&id) else {
                 return;
@@ -364,7 +405,18 @@ impl Proxy {
             let frame = client.decoder.next_frame();
             let limits = *client.decoder.limits();
             let (dialect, request) = match frame {
-                Ok(None) => break,
+                Ok(None) => match client.deferred.pop_front() {
+                    // Everything before the deferred items is decoded.
+                    None => break,
+                    Some(Deferred::Input(bytes)) => {
+                        client.decoder.feed(&bytes);
+                        continue;
+                    }
+                    Some(Deferred::Reject(message)) => (
+                        Dialect::Inline,
+                        Err(Reply::Error(Bytes::from(format!("ERR {message}")))),
+                    ),
+                },
                 Ok(Some(frame)) => {
                     let dialect = frame.dialect();
                     (
@@ -402,32 +454,38 @@ impl Proxy {
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
-        self.stats.requests += 1;
-        let seq = client.head_seq + client.slots.len() as u64;
-        client.slots.push_back(Slot {
-            dialect: Dialect::Inline,
-            received_at: now,
-            done: None,
-        });
-        let reply = Reply::Error(Bytes::from(format!("ERR {message}")));
-        self.complete(Waiter { client: id, seq }, reply, Source::Proxy, now);
+        // Queued behind whatever input is still undecoded, then processed
+        // like input, so its reply takes its place in arrival order.
+        client
+            .deferred
+            .push_back(Deferred::Reject(message.to_owned()));
+        self.handle_client_input(id, b"", now);
     }
 
     fn dispatch(&mut self, client: ClientId, seq: u64, cmd: Command, now: Instant) {
         let waiter = Waiter { client, seq };
+        let authenticated = self.clients.get(&client).is_some_and(|c| c.authenticated);
+        if !authenticated && !cmd.allowed_before_auth() {
+            self.complete(waiter, auth::noauth(), Source::Proxy, now);
+            return;
+        }
         match cmd {
             Command::Get { key } => {
-                if !self.pending_writes.contains_key(&key) {
-                    if let Lookup::Hit { value, age } = self.cache.get(&key, now) {
-                        let reply = value.map_or(Reply::Nil, Reply::Bulk);
-                        self.complete(waiter, reply, Source::Cache { age }, now);
-                        return;
-                    }
-                }
+                // A GET already in flight for this key was sent after every
+                // write to it, so its answer is at least as new as anything
+                // cached: join it rather than read the cache, or a client
+                // could read a newer value, then an older one.
                 if let Some(&upstream_seq) = self.coalesce.get(&key) {
                     if let Some(req) = self.in_flight_mut(upstream_seq) {
                         req.waiters.push(waiter);
                         self.stats.coalesced += 1;
+                        return;
+                    }
+                }
+                if !self.pending_writes.contains_key(&key) {
+                    if let Lookup::Hit { value, age } = self.cache.get(&key, now) {
+                        let reply = value.map_or(Reply::Nil, Reply::Bulk);
+                        self.complete(waiter, reply, Source::Cache { age }, now);
                         return;
                     }
                 }
@@ -437,11 +495,9 @@ impl Proxy {
                 }
             }
             Command::Put { key, value } => {
-                self.begin_write(std::slice::from_ref(&key));
                 self.send_upstream(Op::Put { key, value }, waiter, now);
             }
             Command::Del { keys } => {
-                self.begin_write(&keys);
                 self.send_upstream(Op::Del { keys }, waiter, now);
             }
             Command::Dump => {
@@ -450,6 +506,16 @@ impl Proxy {
             Command::Info => {
                 let info = self.info();
                 self.complete(waiter, Reply::Text(info), Source::Proxy, now);
+            }
+            Command::Auth {
+                password,
+                other_user,
+            } => {
+                let (reply, ok) = auth::check(self.config.password.as_ref(), &password, other_user);
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.authenticated = ok;
+                }
+                self.complete(waiter, reply, Source::Proxy, now);
             }
             Command::Quit => {
                 if let Some(c) = self.clients.get_mut(&client) {
@@ -493,7 +559,8 @@ impl Proxy {
             _ => None,
         };
         if let Some(msg) = refusal {
-            self.abandon_op(&op, now);
+            // Refused before any bookkeeping: the cache and the coalescing
+            // of GETs stay as they were.
             self.complete(
                 waiter,
                 Reply::Error(Bytes::from_static(msg.as_bytes())),
@@ -501,6 +568,11 @@ impl Proxy {
                 now,
             );
             return None;
+        }
+        match &op {
+            Op::Put { key, .. } => self.begin_write(std::slice::from_ref(key)),
+            Op::Del { keys } => self.begin_write(keys),
+            Op::Get { .. } | Op::Dump | Op::Auth => {}
         }
         match &op {
             Op::Get { key } => encode_resp_args(
@@ -518,6 +590,7 @@ impl Proxy {
                 encode_resp_args(&args, &mut self.upstream_out);
             }
             Op::Dump => encode_resp_args(&[Bytes::from_static(b"DUMP")], &mut self.upstream_out),
+            Op::Auth => {}
         }
         self.stats.upstream_requests += 1;
         let seq = self.in_flight_head + self.in_flight.len() as u64;
@@ -548,7 +621,7 @@ impl Proxy {
                     self.cache.remove(k);
                 }
             }
-            Op::Get { .. } | Op::Dump => {}
+            Op::Get { .. } | Op::Dump | Op::Auth => {}
         }
     }
 
@@ -633,9 +706,27 @@ impl Proxy {
 
     /// The driver connected to the upstream server; queued requests go out.
     pub fn handle_upstream_connected(&mut self, now: Instant) {
-        self.clock.advance(now);
+        let now = self.clock.advance(now);
         self.upstream = UpstreamState::Up;
         self.upstream_in.reset();
+        if let Some(password) = &self.config.upstream_password {
+            // AUTH must precede what was queued while connecting. Putting it
+            // at the head with the head's number lowered keeps every other
+            // request's sequence number (the coalescing map holds them).
+            let mut out = BytesMut::new();
+            encode_resp_args(
+                &[Bytes::from_static(b"AUTH"), password.expose().clone()],
+                &mut out,
+            );
+            out.extend_from_slice(&self.upstream_out);
+            self.upstream_out = out;
+            self.in_flight_head -= 1;
+            self.in_flight.push_front(InFlight {
+                op: Op::Auth,
+                waiters: Vec::new(),
+                deadline: now + self.config.request_timeout,
+            });
+        }
     }
 
     /// The upstream connection failed or could not be made. Every request
@@ -733,6 +824,12 @@ impl Proxy {
                     } else {
                         self.cache.remove(k);
                     }
+                }
+            }
+            Op::Auth => {
+                if reply.is_error() {
+                    self.reset_upstream("ERR upstream refused the proxy's password", now);
+                    return;
                 }
             }
             Op::Dump => {

@@ -421,8 +421,13 @@ impl ReplyDecoder {
     }
 
     fn next_element(&mut self) -> Result<Option<Element>, ReplyDecodeError> {
-        let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
-            if self.buf.len() > 64 * 1024 {
+        // Status, error and header lines are short; bulk payloads are not
+        // lines. The same bound applies whether or not the newline has
+        // arrived yet, so the outcome does not depend on how input is split.
+        const MAX_LINE: usize = 64 * 1024;
+        let window = &self.buf[..self.buf.len().min(MAX_LINE + 2)];
+        let Some(nl) = memchr::memchr(b'\n', window) else {
+            if self.buf.len() > MAX_LINE + 1 {
                 return Err(ReplyDecodeError::Malformed("line too long"));
             }
             return Ok(None);

@@ -36,26 +36,40 @@ impl Store {
     /// arguments are slices of a connection's receive buffer, and keeping
     /// them would pin that whole buffer in memory for as long as the key lives.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.replace(key, value);
+    }
+
+    /// Like [`Store::put`], and returns the value it replaced (with one
+    /// lookup: the log keeps it to undo the write).
+    pub fn replace(&mut self, key: &[u8], value: &[u8]) -> Option<Bytes> {
         let value = Bytes::copy_from_slice(value);
         self.data_bytes += value.len();
         if let Some(old) = self.map.get_mut(key) {
             self.data_bytes -= old.len();
-            *old = value;
+            Some(std::mem::replace(old, value))
         } else {
             self.data_bytes += key.len();
             self.map.insert(Bytes::copy_from_slice(key), value);
+            None
         }
     }
 
     /// Removes a key; whether it existed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        match self.map.remove_entry(key) {
-            Some((k, v)) => {
-                self.data_bytes -= k.len() + v.len();
-                true
-            }
-            None => false,
-        }
+        self.take(key).is_some()
+    }
+
+    /// Removes a key and returns its value, if it existed.
+    pub fn take(&mut self, key: &[u8]) -> Option<Bytes> {
+        let (k, v) = self.map.remove_entry(key)?;
+        self.data_bytes -= k.len() + v.len();
+        Some(v)
+    }
+
+    /// Every pair, in no particular order (cheap: keys and values are
+    /// reference-counted, nothing is copied).
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.map.iter()
     }
 
     /// Every pair, sorted by key.

@@ -228,6 +228,7 @@ fn serve(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut server = Server::new(ServerConfig {
         limits: SMALL,
         hash_seed: 7,
+        password: None,
     });
     let mut conn = ServerConnection::new(SMALL);
     let mut out = Vec::new();

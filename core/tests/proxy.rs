@@ -931,3 +931,36 @@ proptest::proptest! {
         proptest::prop_assert_eq!(h.proxy.upstream_in_flight(), 0);
     }
 }
+
+#[test]
+fn clients_must_authenticate_when_the_proxy_has_a_password() {
+    let config = ProxyConfig {
+        password: Some(kv_core::auth::Password::new(Bytes::from_static(b"s3cret"))),
+        ..ProxyConfig::default()
+    };
+    let mut h = Harness::with_config(config);
+    let a = h.client();
+    h.send(a, b"GET k\r\nPING\r\nHELP\r\nAUTH wrong\r\nDUMP\r\n");
+    let out = h.take(a);
+    assert!(
+        out.starts_with("(error) NOAUTH Authentication required.\r\nPONG\r\n("),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("(error) WRONGPASS invalid username-password pair or user is disabled.\r\n(error) NOAUTH Authentication required.\r\n"),
+        "{out}"
+    );
+    assert_eq!(h.upstream_requests(), 0);
+    h.send(
+        a,
+        b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\nPUT k v\r\nGET k\r\n",
+    );
+    assert_eq!(h.take(a), "+OK\r\nOK\r\n\"v\"\r\n");
+    // Authentication is per connection.
+    let b = h.client();
+    h.send(b, b"GET k\r\nAUTH default s3cret\r\nGET k\r\n");
+    assert_eq!(
+        h.take(b),
+        "(error) NOAUTH Authentication required.\r\nOK\r\n\"v\"\r\n"
+    );
+}

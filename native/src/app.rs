@@ -29,6 +29,9 @@ pub enum AppError {
     /// A service stopped without being asked to.
     #[error("the {0} stopped unexpectedly")]
     Stopped(&'static str),
+    /// The server's log could not be opened or replayed.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
 }
 
 /// `kv server`.
@@ -87,8 +90,17 @@ pub fn run_up(args: &UpArgs) -> Result<(), AppError> {
 
 fn start_server(options: ServerOptions) -> Result<Service, AppError> {
     crate::net::raise_nofile_limit();
+    // The log is replayed before the port is bound: clients never see a
+    // half-loaded store, and a damaged log fails the start with its error.
+    let prepared = server::prepare(&options)?;
+    match &options.persistence {
+        Some(p) => {
+            info!(data_dir = %p.data_dir.display(), fsync = p.fsync.name(), "persistence on")
+        }
+        None => info!("persistence off (--in-memory)"),
+    }
     let service = Service::spawn("server", options.listen, move |listener, shutdown| {
-        server::run(listener, options, shutdown)
+        server::run_prepared(listener, options, prepared, shutdown)
     })?;
     announce(&format!("kv server listening on {}", service.local_addr()));
     Ok(service)

@@ -1,11 +1,14 @@
 //! Command-line arguments of the `kv` binary, and their translation into the
 //! settings of the drivers and the core.
 
+use crate::persist::{FsyncPolicy, PersistOptions};
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
 use clap::{Args, Parser, Subcommand};
+use kv_core::auth::Password;
 use kv_core::{CacheConfig, Limits, ProxyConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The `kv` command line.
@@ -81,6 +84,46 @@ impl ConnArgs {
     }
 }
 
+/// Persistence of the server: the append-only log.
+#[derive(Debug, Clone, Args)]
+pub struct PersistArgs {
+    /// Directory of the append-only log (created if missing; relative to the
+    /// current directory).
+    #[arg(long, value_name = "DIR", default_value = "kv-data")]
+    pub data_dir: PathBuf,
+    /// Keep the data in memory only: no log is read or written.
+    #[arg(long, conflicts_with_all = ["data_dir", "fsync", "repair", "aof_rewrite_min_size", "aof_rewrite_percentage"])]
+    pub in_memory: bool,
+    /// When the log is synced to disk: `always` (before each write is
+    /// acknowledged), `everysec` (once a second) or `no` (left to the OS).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "everysec")]
+    pub fsync: FsyncPolicy,
+    /// Start even if the log is damaged before its last record, truncating
+    /// it at the damage (the records after it are lost).
+    #[arg(long)]
+    pub repair: bool,
+    /// Do not rewrite (compact) the log while it is smaller than this.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64MiB")]
+    pub aof_rewrite_min_size: usize,
+    /// Rewrite the log once it has grown by this percentage over its size
+    /// after the last rewrite (0 = never).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100)]
+    pub aof_rewrite_percentage: u64,
+}
+
+impl PersistArgs {
+    /// The log's settings; `None` with `--in-memory`.
+    pub fn options(&self) -> Option<PersistOptions> {
+        (!self.in_memory).then(|| PersistOptions {
+            data_dir: self.data_dir.clone(),
+            fsync: self.fsync,
+            repair: self.repair,
+            rewrite_min_size: self.aof_rewrite_min_size as u64,
+            rewrite_percentage: self.aof_rewrite_percentage,
+        })
+    }
+}
+
 /// Cache and upstream settings of the proxy.
 #[derive(Debug, Clone, Args)]
 pub struct CacheArgs {
@@ -125,12 +168,18 @@ pub struct ServerArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Persistence.
+    #[command(flatten)]
+    pub persist: PersistArgs,
     /// Connection management.
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Input limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 impl ServerArgs {
@@ -142,8 +191,43 @@ impl ServerArgs {
             idle_timeout: self.conn.idle_timeout(),
             limits: self.limits.limits(),
             hash_seed,
+            persistence: self.persist.options(),
+            password: self.auth.password(),
         }
     }
+}
+
+/// Password authentication for clients.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Require clients to send `AUTH <password>` before anything but
+    /// AUTH, PING, QUIT and HELP.
+    #[arg(long, value_name = "PASSWORD", conflicts_with = "requirepass_file")]
+    pub requirepass: Option<String>,
+    /// Like --requirepass, reading the password from the first line of a
+    /// file, so that it does not show in the process list.
+    #[arg(long, value_name = "FILE", value_parser = read_password_file)]
+    pub requirepass_file: Option<String>,
+}
+
+impl AuthArgs {
+    /// The password clients must give, if any.
+    pub fn password(&self) -> Option<Password> {
+        self.requirepass
+            .as_ref()
+            .or(self.requirepass_file.as_ref())
+            .map(|p| Password::new(p.clone().into_bytes()))
+    }
+}
+
+/// Reads a password from the first line of a file.
+pub fn read_password_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(format!("{path} holds no password on its first line"));
+    }
+    Ok(line.to_owned())
 }
 
 /// The console page and its WebSocket bridge.
@@ -200,6 +284,19 @@ pub struct ProxyArgs {
     /// Input limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Authentication of clients (the proxy answers AUTH itself).
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Password the proxy sends the server (`AUTH`) on each connection.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        conflicts_with = "upstream_password_file"
+    )]
+    pub upstream_password: Option<String>,
+    /// Like --upstream-password, read from the first line of a file.
+    #[arg(long, value_name = "FILE", value_parser = read_password_file)]
+    pub upstream_password_file: Option<String>,
 }
 
 impl ProxyArgs {
@@ -210,7 +307,15 @@ impl ProxyArgs {
             upstream: self.upstream,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
-            proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+            proxy: ProxyConfig {
+                password: self.auth.password(),
+                upstream_password: self
+                    .upstream_password
+                    .as_ref()
+                    .or(self.upstream_password_file.as_ref())
+                    .map(|p| Password::new(p.clone().into_bytes())),
+                ..self.cache.proxy_config(self.limits.limits(), hash_seed)
+            },
             http: self.http.map(|addr| self.web.options(addr, &self.conn)),
         }
     }
@@ -231,6 +336,9 @@ pub struct UpArgs {
     /// Do not serve the browser console.
     #[arg(long)]
     pub no_http: bool,
+    /// Persistence of the server.
+    #[command(flatten)]
+    pub persist: PersistArgs,
     /// Console settings.
     #[command(flatten)]
     pub web: HttpArgs,
@@ -243,6 +351,10 @@ pub struct UpArgs {
     /// Input limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Authentication: the same password guards the server and the proxy,
+    /// and the proxy gives it to the server.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 impl UpArgs {
@@ -256,6 +368,8 @@ impl UpArgs {
             idle_timeout: self.conn.idle_timeout(),
             limits: self.limits.limits(),
             hash_seed,
+            persistence: self.persist.options(),
+            password: self.auth.password(),
         }
     }
 
@@ -267,7 +381,11 @@ impl UpArgs {
             upstream,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
-            proxy: self.cache.proxy_config(self.limits.limits(), hash_seed),
+            proxy: ProxyConfig {
+                password: self.auth.password(),
+                upstream_password: self.auth.password(),
+                ..self.cache.proxy_config(self.limits.limits(), hash_seed)
+            },
             http: (!self.no_http).then(|| self.web.options(self.http, &self.conn)),
         }
     }
@@ -282,6 +400,9 @@ pub struct CliArgs {
     /// How long to wait for the connection and for each reply.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Password to send with `AUTH` right after connecting.
+    #[arg(short = 'a', long, value_name = "PASSWORD")]
+    pub password: Option<String>,
     /// A command to send, e.g. `GET name` (none: interactive prompt).
     #[arg(
         value_name = "COMMAND",
@@ -451,6 +572,58 @@ mod tests {
         assert_eq!(o.proxy.limits.max_value, 2 << 20);
         assert_eq!(o.idle_timeout, None);
         assert_eq!(o.max_clients, 3);
+    }
+
+    #[test]
+    fn persistence_flags() {
+        let KvCommand::Server(s) = parse(&["server"]) else {
+            panic!("not server")
+        };
+        let p = s
+            .options(0)
+            .persistence
+            .expect("persistence is on by default");
+        assert_eq!(p.data_dir, PathBuf::from("kv-data"));
+        assert_eq!(p.fsync, FsyncPolicy::Everysec);
+        assert!(!p.repair);
+        assert_eq!(p.rewrite_min_size, 64 << 20);
+        assert_eq!(p.rewrite_percentage, 100);
+
+        let KvCommand::Server(s) = parse(&[
+            "server",
+            "--data-dir",
+            "/tmp/x",
+            "--fsync",
+            "always",
+            "--repair",
+            "--aof-rewrite-min-size",
+            "1k",
+            "--aof-rewrite-percentage",
+            "50",
+        ]) else {
+            panic!("not server")
+        };
+        let p = s.options(0).persistence.unwrap();
+        assert_eq!(p.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(p.fsync, FsyncPolicy::Always);
+        assert!(p.repair);
+        assert_eq!((p.rewrite_min_size, p.rewrite_percentage), (1024, 50));
+
+        let KvCommand::Up(u) = parse(&["up", "--in-memory"]) else {
+            panic!("not up")
+        };
+        assert!(u.server_options(0).persistence.is_none());
+        let KvCommand::Up(u) = parse(&["up", "--fsync", "no"]) else {
+            panic!("not up")
+        };
+        assert_eq!(
+            u.server_options(0).persistence.unwrap().fsync,
+            FsyncPolicy::No
+        );
+        assert!(
+            KvArgs::try_parse_from(["kv", "server", "--in-memory", "--fsync", "always"]).is_err()
+        );
+        assert!(KvArgs::try_parse_from(["kv", "server", "--fsync", "sometimes"]).is_err());
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum CliError {
     /// The command is not valid; it was not sent.
     #[error("(error) {0}")]
     Invalid(#[from] CommandError),
+    /// The server refused the password given with `--password`.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The Tokio runtime or the line editor could not start.
     #[error("{0}")]
     Setup(String),
@@ -67,7 +70,7 @@ impl CliError {
     /// The exit status this error stands for.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Invalid(_) => EXIT_ERROR_REPLY,
+            CliError::Invalid(_) | CliError::Auth(_) => EXIT_ERROR_REPLY,
             _ => EXIT_UNREACHABLE,
         }
     }
@@ -86,6 +89,7 @@ pub fn run(args: &CliArgs) -> u8 {
         }
     };
     let mut session = Session::new(args.connect.clone(), args.timeout);
+    session.password = args.password.clone().map(Bytes::from);
     if args.command.is_empty() {
         match interactive(&runtime, &mut session) {
             Ok(()) => EXIT_OK,
@@ -221,6 +225,8 @@ struct Session {
     timeout: Duration,
     clock: Clock,
     conn: Option<Connection>,
+    /// Sent with `AUTH` on every new connection.
+    password: Option<Bytes>,
 }
 
 struct Connection {
@@ -236,6 +242,7 @@ impl Session {
             timeout,
             clock: Clock::new(),
             conn: None,
+            password: None,
         }
     }
 
@@ -263,11 +270,30 @@ impl Session {
                 },
                 self.clock.now(),
             );
-            self.conn = Some(Connection {
+            let mut conn = Connection {
                 stream,
                 client,
                 buf: BytesMut::with_capacity(16 * 1024),
-            });
+            };
+            if let Some(password) = &self.password {
+                let auth = Command::Auth {
+                    password: password.clone(),
+                    other_user: false,
+                };
+                match conn.exchange(&auth, self.clock).await {
+                    Ok(Reply::Error(e)) => {
+                        return Err(CliError::Auth(String::from_utf8_lossy(&e).into_owned()))
+                    }
+                    Ok(_) => {}
+                    Err(reason) => {
+                        return Err(CliError::Request {
+                            addr: self.addr.clone(),
+                            reason,
+                        })
+                    }
+                }
+            }
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("connection was just made"))
     }

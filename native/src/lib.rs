@@ -8,6 +8,8 @@
 //! - [`server`]: one task per connection around [`kv_core::ServerConnection`].
 //! - [`proxy`]: client tasks, an upstream task and a timer task around one
 //!   [`kv_core::Proxy`], shared through a [`proxy::ProxyHandle`].
+//! - [`persist`]: the server's append-only log: replay at start, the
+//!   writer thread (group commit, fsync policies) and rewrites.
 //! - [`cli`]: the `kv cli` client around [`kv_core::Client`].
 //! - [`app`]: `kv server`, `kv proxy` and `kv up`: threads, announcements,
 //!   signals.
@@ -25,6 +27,7 @@ pub mod args;
 pub mod bridge;
 pub mod cli;
 pub mod net;
+pub mod persist;
 pub mod proxy;
 pub mod server;
 pub mod service;

@@ -479,12 +479,21 @@ async fn serve_client(
         while let Some(out) = handle.take_output(id) {
             let write = tokio::select! {
                 biased;
-                w = stream.write_all(&out) => w.map_err(|e| e.to_string()),
-                _ = idle.expired() => Err("write stalled".to_string()),
+                w = stream.write_all(&out) => w.map_err(|e| Some(e.to_string())),
+                // A client that stopped reading its replies: its output
+                // cannot drain, so it is cut off like an idle client.
+                _ = idle.expired() => Err(None),
             };
-            if let Err(e) = write {
-                debug!(%peer, "write failed: {e}");
-                break 'conn End::Closed;
+            match write {
+                Ok(()) => {}
+                Err(None) => {
+                    debug!(%peer, "write stalled for the idle timeout");
+                    break 'conn End::TimedOut;
+                }
+                Err(Some(e)) => {
+                    debug!(%peer, "write failed: {e}");
+                    break 'conn End::Closed;
+                }
             }
             idle.touch();
         }

@@ -3,8 +3,17 @@
 //!
 //! One task per connection, all on one thread; the store is shared through
 //! an `Rc<RefCell<…>>` and borrowed only between awaits.
+//!
+//! With persistence on, a connection whose batch of commands wrote something
+//! asks the log to take the records ([`Log::request_flush`]); the core holds
+//! the replies of writes (and everything after them on that connection)
+//! until the log reports them stored, and a task running [`Log::drive`]
+//! hands the records of the whole turn to the writer thread and wakes the
+//! connections when they are stored. Connections without a pending write
+//! are served meanwhile.
 
 use crate::net::{self, AcceptHooks};
+use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::shutdown::Shutdown;
 use crate::time::IdleTimer;
 use kv_core::{Limits, Server, ServerConfig, ServerConnection};
@@ -14,7 +23,8 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, error};
 
 /// How much room is made in the receive buffer before each read: enough for
 /// a deep pipeline of small commands in one system call.
@@ -33,6 +43,10 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Seed for the store's hash function.
     pub hash_seed: u64,
+    /// The append-only log (`None`: in memory only).
+    pub persistence: Option<PersistOptions>,
+    /// Password clients must give with `AUTH` (none: no authentication).
+    pub password: Option<kv_core::auth::Password>,
 }
 
 impl Default for ServerOptions {
@@ -43,13 +57,40 @@ impl Default for ServerOptions {
             idle_timeout: Some(Duration::from_secs(300)),
             limits: Limits::default(),
             hash_seed: 0,
+            persistence: None,
+            password: None,
         }
     }
+}
+
+/// A server ready to serve: its store loaded from the log, and the log open
+/// for writing (if persistence is on).
+#[derive(Debug)]
+pub struct Prepared {
+    server: Server,
+    log: Option<Log>,
+}
+
+/// Builds the server and, with persistence on, replays the log into it and
+/// opens the log. Done before listening, so that clients never see a
+/// half-loaded store and a damaged log stops the start with its error.
+pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
+    let mut server = Server::new(ServerConfig {
+        limits: options.limits,
+        hash_seed: options.hash_seed,
+        password: options.password.clone(),
+    });
+    let log = match &options.persistence {
+        Some(p) => Some(persist::open(p, &mut server)?),
+        None => None,
+    };
+    Ok(Prepared { server, log })
 }
 
 /// The state shared by the connections of one server.
 struct Shared {
     server: RefCell<Server>,
+    log: Option<Log>,
     limits: Limits,
     idle_timeout: Option<Duration>,
 }
@@ -61,15 +102,38 @@ impl AcceptHooks for Shared {
 }
 
 /// Serves on `listener` until `shutdown`, then drains the connections.
-/// Must run inside a `LocalSet`.
+/// Must run inside a `LocalSet`. Opens the log first if persistence is on
+/// (and logs the error and returns if it cannot); [`prepare`] and
+/// [`run_prepared`] do the two steps separately.
 pub async fn run(listener: TcpListener, options: ServerOptions, shutdown: Shutdown) {
+    match prepare(&options) {
+        Ok(prepared) => run_prepared(listener, options, prepared, shutdown).await,
+        Err(e) => error!("cannot start the server: {e}"),
+    }
+}
+
+/// Serves a [`prepare`]d server on `listener` until `shutdown`, then drains
+/// the connections and syncs and closes the log. Must run inside a
+/// `LocalSet`.
+pub async fn run_prepared(
+    listener: TcpListener,
+    options: ServerOptions,
+    prepared: Prepared,
+    shutdown: Shutdown,
+) {
     let shared = Rc::new(Shared {
-        server: RefCell::new(Server::new(ServerConfig {
-            limits: options.limits,
-            hash_seed: options.hash_seed,
-        })),
+        server: RefCell::new(prepared.server),
+        log: prepared.log,
         limits: options.limits,
         idle_timeout: options.idle_timeout,
+    });
+    let driver = shared.log.is_some().then(|| {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(log) = &shared.log {
+                log.drive(&shared.server).await;
+            }
+        })
     });
     let hooks = shared.clone();
     net::accept_loop(
@@ -80,6 +144,28 @@ pub async fn run(listener: TcpListener, options: ServerOptions, shutdown: Shutdo
         |stream, peer, shutdown| serve_connection(shared.clone(), stream, peer, shutdown),
     )
     .await;
+    if let Some(log) = &shared.log {
+        // Every connection is gone: hand over what they wrote last (a
+        // connection cut off at the end of the grace period may have left
+        // records), sync, and stop the writer, which ends the driver task.
+        log.flush(&mut shared.server.borrow_mut());
+        log.stop();
+    }
+    if let Some(driver) = driver {
+        let _ = driver.await;
+    }
+}
+
+/// Completes when the log reports progress (never without a log).
+async fn log_progress(released: &mut Option<watch::Receiver<u64>>) {
+    match released {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a connection ended.
@@ -123,16 +209,26 @@ async fn serve_connection(
     debug!(%peer, "connection accepted");
     let mut conn = ServerConnection::new(shared.limits);
     let mut idle = IdleTimer::new(shared.idle_timeout);
+    let mut released = shared.log.as_ref().map(Log::subscribe);
     let end = loop {
+        // Replies held for the log are still owed to the client: shutdown
+        // waits for them (within the grace period).
+        let waiting = conn.is_waiting();
         // Checked here as well as in the select below, where a client that
         // keeps sending would always win the race against the request.
-        if shutdown.is_requested() {
+        if shutdown.is_requested() && !waiting {
             break End::Shutdown;
         }
-        conn.read_buffer().reserve(READ_CHUNK);
+        // Over the high-water mark with replies held: read no more until the
+        // log releases them.
+        let reading = !conn.has_backlog();
+        if reading {
+            conn.read_buffer().reserve(READ_CHUNK);
+        }
         tokio::select! {
             biased;
-            read = stream.read_buf(conn.read_buffer()) => match read {
+            _ = log_progress(&mut released), if waiting => {}
+            read = stream.read_buf(conn.read_buffer()), if reading => match read {
                 Ok(0) => break End::Closed,
                 Ok(_) => idle.touch(),
                 Err(e) => {
@@ -142,32 +238,52 @@ async fn serve_connection(
             },
             // Everything received so far has been answered (replies are
             // written before the next read), so there is nothing to drain.
-            _ = shutdown.requested() => break End::Shutdown,
+            _ = shutdown.requested(), if !waiting => break End::Shutdown,
             _ = idle.expired() => break End::TimedOut,
         }
         // Replies to everything read, one write per batch; when the output
         // reached the core's high-water mark, the rest is processed after
-        // the write.
-        let written = loop {
-            conn.process(&mut shared.server.borrow_mut());
-            if let Some(out) = conn.poll_transmit() {
-                let write = tokio::select! {
-                    biased;
-                    w = stream.write_all(&out) => w.map_err(|e| e.to_string()),
-                    _ = idle.expired() => Err("write stalled".to_string()),
-                };
-                if let Err(e) = write {
-                    debug!(%peer, "write failed: {e}");
-                    break false;
+        // the write. Records go to the log before the replies are written,
+        // so the log works on them while this task waits on the socket.
+        let failed = loop {
+            {
+                let mut server = shared.server.borrow_mut();
+                conn.process(&mut server);
+                if let Some(log) = &shared.log {
+                    if server.journal().is_some_and(|j| j.has_pending()) {
+                        log.request_flush();
+                    }
                 }
-                idle.touch();
             }
+            let Some(out) = conn.poll_transmit() else {
+                // Nothing to send: everything left waits for the log.
+                break None;
+            };
+            let write = tokio::select! {
+                biased;
+                w = stream.write_all(&out) => w.map_err(|e| Some(e.to_string())),
+                // A client that stopped reading its replies: its output
+                // cannot drain, so it is cut off like an idle client.
+                _ = idle.expired() => Err(None),
+            };
+            match write {
+                Ok(()) => {}
+                Err(None) => {
+                    debug!(%peer, "write stalled for the idle timeout");
+                    break Some(End::TimedOut);
+                }
+                Err(Some(e)) => {
+                    debug!(%peer, "write failed: {e}");
+                    break Some(End::Closed);
+                }
+            }
+            idle.touch();
             if !conn.has_backlog() {
-                break true;
+                break None;
             }
         };
-        if !written {
-            break End::Closed;
+        if let Some(end) = failed {
+            break end;
         }
         if conn.should_close() {
             break End::Finished;
@@ -259,6 +375,97 @@ mod tests {
                 assert!(text.contains("connections_timed_out:1"), "{text}");
             })
             .await;
+    }
+
+    #[tokio::test]
+    async fn persists_across_restarts_and_compacts_the_log() {
+        let dir = std::env::temp_dir().join(format!("kv-server-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = ServerOptions {
+            persistence: Some(PersistOptions {
+                fsync: persist::FsyncPolicy::Always,
+                rewrite_min_size: 4096,
+                rewrite_percentage: 50,
+                ..PersistOptions::new(&dir)
+            }),
+            ..ServerOptions::default()
+        };
+        for round in 0..2 {
+            LocalSet::new()
+                .run_until(async {
+                    let listener = net::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                    let addr = listener.local_addr().unwrap();
+                    let (trigger, shutdown) = shutdown::channel();
+                    let server = tokio::task::spawn_local(run(listener, options.clone(), shutdown));
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if round == 0 {
+                        // The same 10 keys over and over: the log grows,
+                        // the data does not, and rewrites shrink the log.
+                        let mut batch = String::new();
+                        for i in 0..2000 {
+                            batch.push_str(&format!("PUT k{} value-{i}\r\n", i % 10));
+                        }
+                        batch.push_str("DEL k9\r\nPING\r\n");
+                        s.write_all(batch.as_bytes()).await.unwrap();
+                        let mut got = Vec::new();
+                        while !got.ends_with(b"PONG\r\n") {
+                            let n = s.read(&mut buf).await.unwrap();
+                            assert!(n > 0);
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        assert_eq!(
+                            got,
+                            b"OK\r\n"
+                                .repeat(2000)
+                                .into_iter()
+                                .chain(b"(integer) 1\r\nPONG\r\n".iter().copied())
+                                .collect::<Vec<u8>>()
+                        );
+                        // The rewrite runs in the background: wait for it.
+                        loop {
+                            s.write_all(b"INFO\r\n").await.unwrap();
+                            let mut info = String::new();
+                            while !info.contains("aof_last_rewrite_error:") {
+                                let n = s.read(&mut buf).await.unwrap();
+                                info.push_str(&String::from_utf8_lossy(&buf[..n]));
+                            }
+                            if !info.contains("aof_rewrites:0") {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    } else {
+                        s.write_all(b"DUMP\r\nINFO\r\n").await.unwrap();
+                        let mut got = String::new();
+                        while !got.contains("aof_last_rewrite_error:") {
+                            let n = s.read(&mut buf).await.unwrap();
+                            assert!(n > 0);
+                            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                        assert!(
+                            got.starts_with("(9 pairs)\r\n\"k0\" \"value-1990\"\r\n"),
+                            "{got}"
+                        );
+                        assert!(got.contains("\"k8\" \"value-1998\"\r\n"), "{got}");
+                        assert!(!got.contains("k9"), "{got}");
+                        assert!(got.contains("aof_enabled:1"), "{got}");
+                    }
+                    drop(s);
+                    trigger.trigger();
+                    server.await.unwrap();
+                })
+                .await;
+            let size = std::fs::metadata(dir.join(persist::LOG_FILE))
+                .unwrap()
+                .len();
+            // 2001 records of ~30 bytes without compaction.
+            assert!(
+                size < 20_000,
+                "round {round}: the log was not compacted: {size} bytes"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -217,11 +217,30 @@ fn parse_addr(text: &str, line: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("cannot parse the address in {line:?}: {e}"))
 }
 
+/// A new empty directory under the system's temp directory, unique to this
+/// call (`kv-tests-<pid>-<n>-<label>`).
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kv-tests-{}-{n}-{label}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
 /// A running `kv` process that listens (`server`, `proxy` or `up`).
 ///
-/// Dropping it kills the process (SIGKILL) and reaps it.
+/// It runs in a fresh scratch directory of its own, so that a server's
+/// default data directory (`kv-data/`, relative to the current directory)
+/// is never shared with another test's server; pass `--data-dir` to choose
+/// one.
+///
+/// Dropping it kills the process (SIGKILL), reaps it, and removes its
+/// scratch directory.
 pub struct KvProcess {
     child: Child,
+    cwd: PathBuf,
     args: Vec<String>,
     listening: Listening,
     stdout: Arc<Mutex<Vec<String>>>,
@@ -253,8 +272,10 @@ impl KvProcess {
             1
         };
         let bin = kv_bin();
+        let cwd = scratch_dir("cwd");
         let mut child = Command::new(&bin)
             .args(&args)
+            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -280,6 +301,7 @@ impl KvProcess {
 
         let mut process = KvProcess {
             child,
+            cwd,
             args,
             listening: Listening::default(),
             stdout: stdout_lines,
@@ -474,6 +496,7 @@ impl Drop for KvProcess {
             let _ = self.child.kill();
             let _ = wait_child(&mut self.child, Duration::from_secs(10));
         }
+        let _ = std::fs::remove_dir_all(&self.cwd);
     }
 }
 

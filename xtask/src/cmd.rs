@@ -3,7 +3,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -109,6 +111,65 @@ impl Cmd {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Starts the command in the background with stdin closed and the given
+    /// stdout and stderr, for servers and for runs that need a deadline.
+    /// The caller owns the child: it must wait for it or kill it.
+    pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<Child> {
+        eprintln!("$ {self}");
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("could not start `{self}`"))
+    }
+
+    /// Like [`Cmd::output`], but kills the command and fails if it has not
+    /// finished within `timeout`.
+    pub fn output_within(&self, timeout: Duration) -> Result<Output> {
+        let mut child = self.spawn(Stdio::piped(), Stdio::piped())?;
+        // Both pipes are drained on threads of their own: a child blocked on
+        // a full pipe would otherwise never exit.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("command `{self}` did not finish within {timeout:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
     }
 
     fn command(&self) -> Command {

@@ -4,12 +4,19 @@
 //! - `build-wasm`: builds the wasm client into `www/pkg`.
 //! - `test`: every check and test, in the order CI runs them.
 //! - `up`: builds the wasm client and starts `kv up`.
+//! - `bench`: kv side by side with Redis; writes `artifacts/bench/` and
+//!   `BENCHMARKS.md`.
+//! - `sim`: many seeds of the deterministic simulation, in release.
+//! - `fuzz`: every cargo-fuzz target in `fuzz/` for a while.
 //!
 //! Every external command is echoed as `$ ...` before it runs, and the first
 //! one that fails stops xtask with a non-zero exit status.
 
+mod bench;
 mod cmd;
+mod fuzz;
 mod setup;
+mod sim;
 
 use std::env;
 use std::ffi::OsString;
@@ -56,6 +63,40 @@ enum Task {
         /// Extra arguments for `kv up`, e.g. `cargo xtask up -- --help`.
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Benchmark kv server and proxy side by side with Redis and a null
+    /// server; writes artifacts/bench/ and BENCHMARKS.md.
+    Bench {
+        /// Repeat every measurement this many times and report medians
+        /// [default: 3, or 1 with --quick].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: Option<u32>,
+        /// A short smoke run: about a second per measurement.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run many seeds of the deterministic simulation (core/tests/sim.rs)
+    /// in release and report steps per second, or a shrunk failure.
+    Sim {
+        /// How many seeds.
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// Steps per seed [default: the simulation's, 3000].
+        #[arg(long)]
+        steps: Option<u64>,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
+    /// Run each fuzz target in fuzz/ (installing cargo-fuzz if missing) and
+    /// report executions and crashes; the corpus stays in fuzz/corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Run only this target (repeatable) [default: all].
+        #[arg(long = "target")]
+        targets: Vec<String>,
     },
 }
 
@@ -112,6 +153,27 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Test { skip_setup } => test(skip_setup)?,
         Task::Up { args } => return up(args),
+        Task::Bench { rounds, quick } => {
+            let default_rounds = if quick { 1 } else { 3 };
+            bench::run(&bench::Options {
+                rounds: rounds.map_or(default_rounds, |r| r as usize),
+                quick,
+                command_line: bench_command_line(rounds, quick),
+            })?;
+        }
+        Task::Sim {
+            seeds,
+            steps,
+            start,
+        } => sim::run(&sim::Options {
+            seeds,
+            steps,
+            start,
+        })?,
+        Task::Fuzz { time, targets } => fuzz::run(&fuzz::Options {
+            seconds: time,
+            targets,
+        })?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -243,6 +305,19 @@ fn test(skip_setup: bool) -> Result<()> {
     Ok(())
 }
 
+/// The `cargo xtask bench` command line that reproduces a run, for its
+/// report.
+fn bench_command_line(rounds: Option<u32>, quick: bool) -> String {
+    let mut line = String::from("cargo xtask bench");
+    if let Some(rounds) = rounds {
+        line.push_str(&format!(" --rounds {rounds}"));
+    }
+    if quick {
+        line.push_str(" --quick");
+    }
+    line
+}
+
 /// Runs one step of `cargo xtask test` under a heading, naming it on failure.
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("\n==> xtask test: {name}");
@@ -305,6 +380,44 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "up", "--", "--help", "x"]).unwrap();
         match cli.task {
             Task::Up { args } => assert_eq!(args, ["--help", "x"]),
+            _ => panic!("parsed as another task"),
+        }
+    }
+
+    #[test]
+    fn bench_options_parse() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--rounds", "2", "--quick"]).unwrap();
+        assert!(matches!(
+            cli.task,
+            Task::Bench {
+                rounds: Some(2),
+                quick: true
+            }
+        ));
+        assert!(Cli::try_parse_from(["xtask", "bench", "--rounds", "0"]).is_err());
+        assert_eq!(
+            bench_command_line(Some(2), true),
+            "cargo xtask bench --rounds 2 --quick"
+        );
+    }
+
+    #[test]
+    fn sim_and_fuzz_options_parse() {
+        let cli = Cli::try_parse_from(["xtask", "sim", "--seeds", "5", "--steps", "10"]).unwrap();
+        assert!(matches!(
+            cli.task,
+            Task::Sim {
+                seeds: 5,
+                steps: Some(10),
+                start: 0
+            }
+        ));
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--time", "3", "--target", "x"]).unwrap();
+        match cli.task {
+            Task::Fuzz { time, targets } => {
+                assert_eq!(time, 3);
+                assert_eq!(targets, ["x"]);
+            }
             _ => panic!("parsed as another task"),
         }
     }

@@ -1,0 +1,719 @@
+//! The append-only log (AOF): its on-disk format, an incremental decoder for
+//! replaying it, and the [`Journal`] that tracks which writes are stored.
+//!
+//! Like everything in the core this is pure: the driver owns the files, the
+//! threads and the clock. It feeds file bytes to a [`LogDecoder`] at start,
+//! takes encoded records from the [`Server`](crate::Server) after each batch
+//! of commands, and reports back when they are on disk (or failed to get
+//! there), which releases (or fails) the replies held by the connections.
+//!
+//! # File format (version 1)
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//! file   = header record*
+//! header = "KV-AOF" (6 bytes) | format version u16 (= 1)
+//! record = body length u32 | CRC32 of body u32 | CRC32 of the previous 8 bytes u32 | body
+//! body   = record version u8 (= 1) | type u8 | payload
+//!   type 1, PUT: key length u32 | key | value (the rest of the body)
+//!   type 2, DEL: key (the whole rest of the body)
+//! ```
+//!
+//! The checksum of the record header (its length and body checksum) lets the
+//! decoder tell a damaged length from a record cut short by a crash: without
+//! it, a flipped bit that inflates a length would look like a torn tail and
+//! everything after it would be dropped quietly. It also makes scanning for
+//! the next valid record after damage cheap ([`find_record`]), which is how
+//! the driver tells a damaged tail (nothing valid follows: cut it off) from
+//! damage in the middle of the file (stop and ask for `--repair`). CRC32
+//! detects every error burst of up to 32 bits, so any single damaged byte is
+//! always reported, never misread.
+//!
+//! How the driver reads the end of a replay:
+//!
+//! - the file ends inside a record (or the header) with nothing damaged
+//!   before: a write interrupted by a crash; cut it off;
+//! - damage ([`Corruption`]): scan for a valid record after it, from the end
+//!   of the damaged record when its header is intact
+//!   ([`Corruption::known_len`]: a record's own body cannot fool the scan),
+//!   else from the next byte. None found: a damaged tail, cut it off. One
+//!   found: damage in the middle, which is not cut without `--repair`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+use thiserror::Error;
+
+/// The first six bytes of a log file.
+pub const MAGIC: [u8; 6] = *b"KV-AOF";
+/// The file format version written after [`MAGIC`].
+pub const FORMAT_VERSION: u16 = 1;
+/// Length of the file header: [`MAGIC`] and the format version.
+pub const FILE_HEADER_LEN: usize = 8;
+/// Length of a record header: body length, body CRC, header CRC.
+pub const RECORD_HEADER_LEN: usize = 12;
+/// The record version written in every body.
+pub const RECORD_VERSION: u8 = 1;
+/// The longest body a record can have (its length is a `u32`).
+pub const MAX_BODY_LEN: usize = u32::MAX as usize;
+
+const TYPE_PUT: u8 = 1;
+const TYPE_DEL: u8 = 2;
+/// Record version, type and key length.
+const PUT_FIXED: usize = 6;
+/// Record version and type.
+const DEL_FIXED: usize = 2;
+
+/// The file header of a new log.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..6].copy_from_slice(&MAGIC);
+    h[6..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// One change to the store, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// `key` now holds `value`.
+    Put {
+        /// The key written.
+        key: Bytes,
+        /// Its new value.
+        value: Bytes,
+    },
+    /// `key` was removed.
+    Del {
+        /// The key removed.
+        key: Bytes,
+    },
+}
+
+impl Record {
+    /// Appends the encoded record to `out`.
+    ///
+    /// # Panics
+    ///
+    /// If the body would exceed [`MAX_BODY_LEN`]; see [`encode_put`].
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Record::Put { key, value } => encode_put(key, value, out),
+            Record::Del { key } => encode_del(key, out),
+        }
+    }
+
+    /// The key the record is about.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Record::Put { key, .. } | Record::Del { key } => key,
+        }
+    }
+}
+
+/// The encoded length of a `PUT` record.
+pub fn put_len(key: usize, value: usize) -> usize {
+    RECORD_HEADER_LEN + PUT_FIXED + key + value
+}
+
+/// Appends a `PUT` record to `out`: one copy of key and value, straight into
+/// the (reused) output buffer.
+///
+/// # Panics
+///
+/// If the body would exceed [`MAX_BODY_LEN`] (4 GiB); the
+/// [`Server`](crate::Server) refuses such writes before they get here.
+pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
+    let body_len = PUT_FIXED + key.len() + value.len();
+    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
+    out.reserve(RECORD_HEADER_LEN + body_len);
+    let start = out.len();
+    out.put_bytes(0, RECORD_HEADER_LEN);
+    out.put_u8(RECORD_VERSION);
+    out.put_u8(TYPE_PUT);
+    out.put_u32_le(key.len() as u32);
+    out.put_slice(key);
+    out.put_slice(value);
+    seal(out, start);
+}
+
+/// Appends a `DEL` record to `out`.
+///
+/// # Panics
+///
+/// If the key is over [`MAX_BODY_LEN`].
+pub fn encode_del(key: &[u8], out: &mut BytesMut) {
+    let body_len = DEL_FIXED + key.len();
+    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
+    out.reserve(RECORD_HEADER_LEN + body_len);
+    let start = out.len();
+    out.put_bytes(0, RECORD_HEADER_LEN);
+    out.put_u8(RECORD_VERSION);
+    out.put_u8(TYPE_DEL);
+    out.put_slice(key);
+    seal(out, start);
+}
+
+/// Fills in the header of the record that starts at `start` and runs to the
+/// end of `out`.
+fn seal(out: &mut BytesMut, start: usize) {
+    let body_start = start + RECORD_HEADER_LEN;
+    let body_len = (out.len() - body_start) as u32;
+    let body_crc = crc32fast::hash(&out[body_start..]);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&out[start..start + 8]);
+    out[start + 8..start + 12].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// What is wrong with damaged log bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CorruptKind {
+    /// The file does not start with [`MAGIC`]: not a kv log at all.
+    #[error("not a kv append-only file (bad magic)")]
+    BadMagic,
+    /// A file format this build does not know.
+    #[error("unsupported log format version {0}")]
+    FormatVersion(u16),
+    /// The record header (length, body checksum) is damaged.
+    #[error("record header checksum mismatch")]
+    HeaderChecksum,
+    /// The record body is damaged.
+    #[error("record checksum mismatch")]
+    BodyChecksum,
+    /// A record version this build does not know.
+    #[error("unsupported record version {0}")]
+    RecordVersion(u8),
+    /// A record type this build does not know.
+    #[error("unknown record type {0}")]
+    RecordType(u8),
+    /// A record whose checksums match but whose fields do not fit together
+    /// (written by a broken encoder).
+    #[error("malformed record")]
+    Malformed,
+}
+
+/// Damage found in a log, at a byte offset from the start of the file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("corrupt log at byte offset {offset}: {kind}")]
+pub struct Corruption {
+    /// Offset of the damaged record (0 for the file header).
+    pub offset: u64,
+    /// What is wrong.
+    pub kind: CorruptKind,
+    /// The damaged record's whole length, when its header is intact (only
+    /// the body is damaged): the next record, if any, starts right after.
+    /// `None` when the header itself cannot be trusted.
+    pub known_len: Option<u64>,
+}
+
+/// Where a body's key and value lie, once checked.
+enum Layout {
+    Put { key_end: usize },
+    Del,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Checks the record at the start of `bytes`: `Ok(Some(len))` if a whole,
+/// valid record of `len` bytes is there, `Ok(None)` if the bytes end before
+/// the record does, or what is wrong with it.
+pub fn check_record(bytes: &[u8]) -> Result<Option<usize>, CorruptKind> {
+    check(bytes)
+        .map(|r| r.map(|(len, _)| len))
+        .map_err(|(kind, _)| kind)
+}
+
+/// What is wrong with a record, and its length if its header is intact.
+type Damage = (CorruptKind, Option<usize>);
+
+/// Like [`check_record`], with the layout of a valid body, and with the
+/// record's length alongside an error when the header is intact.
+fn check(bytes: &[u8]) -> Result<Option<(usize, Layout)>, Damage> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Ok(None);
+    }
+    if crc32fast::hash(&bytes[..8]) != u32_at(bytes, 8) {
+        return Err((CorruptKind::HeaderChecksum, None));
+    }
+    let len = RECORD_HEADER_LEN + u32_at(bytes, 0) as usize;
+    let Some(body) = bytes.get(RECORD_HEADER_LEN..len) else {
+        return Ok(None);
+    };
+    if crc32fast::hash(body) != u32_at(bytes, 4) {
+        return Err((CorruptKind::BodyChecksum, Some(len)));
+    }
+    match check_body(body) {
+        Ok(layout) => Ok(Some((len, layout))),
+        Err(kind) => Err((kind, Some(len))),
+    }
+}
+
+/// Checks the fields of a body whose checksum matched.
+fn check_body(body: &[u8]) -> Result<Layout, CorruptKind> {
+    if body.len() < DEL_FIXED {
+        return Err(CorruptKind::Malformed);
+    }
+    if body[0] != RECORD_VERSION {
+        return Err(CorruptKind::RecordVersion(body[0]));
+    }
+    match body[1] {
+        TYPE_PUT => {
+            if body.len() < PUT_FIXED {
+                return Err(CorruptKind::Malformed);
+            }
+            let key_end = PUT_FIXED
+                .checked_add(u32_at(body, 2) as usize)
+                .filter(|&end| end <= body.len())
+                .ok_or(CorruptKind::Malformed)?;
+            Ok(Layout::Put { key_end })
+        }
+        TYPE_DEL => Ok(Layout::Del),
+        other => Err(CorruptKind::RecordType(other)),
+    }
+}
+
+/// The first position in `bytes` where a whole, valid record starts, if any.
+///
+/// Used after damage is found, to tell a damaged tail (nothing valid
+/// follows) from damage in the middle. The header checksum rejects almost
+/// every wrong position after hashing 8 bytes, so a scan costs little more
+/// than reading the bytes.
+pub fn find_record(bytes: &[u8]) -> Option<usize> {
+    (0..bytes.len()).find(|&at| matches!(check(&bytes[at..]), Ok(Some(_))))
+}
+
+/// Replays a log incrementally: feed it file bytes in chunks of any size and
+/// take whole records out.
+///
+/// [`LogDecoder::next_record`] returns a record, `Ok(None)` when the buffered bytes
+/// end before the next record does (read more; at the end of the file this is
+/// a torn tail of [`LogDecoder::pending`] bytes), or the damage found at a
+/// byte offset. After damage it keeps returning the same error.
+#[derive(Debug, Default)]
+pub struct LogDecoder {
+    buf: BytesMut,
+    /// File offset of `buf[0]`: the end of the last whole record.
+    offset: u64,
+    header_done: bool,
+    records: u64,
+    damage: Option<Corruption>,
+}
+
+impl LogDecoder {
+    /// A decoder at the start of a file.
+    pub fn new() -> Self {
+        LogDecoder::default()
+    }
+
+    /// Appends file bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The buffer to read file bytes into directly.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The file offset just past the last whole record returned (or past
+    /// the file header): where a damaged or torn tail should be cut.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes buffered past [`LogDecoder::offset`], not yet a whole record.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Records returned so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The next whole record, `Ok(None)` if more bytes are needed, or the
+    /// damage at [`LogDecoder::offset`].
+    pub fn next_record(&mut self) -> Result<Option<Record>, Corruption> {
+        if let Some(d) = &self.damage {
+            return Err(d.clone());
+        }
+        if !self.header_done {
+            let n = self.buf.len().min(MAGIC.len());
+            if self.buf[..n] != MAGIC[..n] {
+                return Err(self.damaged(CorruptKind::BadMagic, None));
+            }
+            if self.buf.len() < FILE_HEADER_LEN {
+                return Ok(None);
+            }
+            let version = u16::from_le_bytes([self.buf[6], self.buf[7]]);
+            if version != FORMAT_VERSION {
+                return Err(self.damaged(CorruptKind::FormatVersion(version), None));
+            }
+            self.buf.advance(FILE_HEADER_LEN);
+            self.offset = FILE_HEADER_LEN as u64;
+            self.header_done = true;
+        }
+        match check(&self.buf) {
+            Ok(None) => Ok(None),
+            Err((kind, len)) => Err(self.damaged(kind, len)),
+            Ok(Some((len, layout))) => {
+                let mut rec = self.buf.split_to(len).freeze();
+                self.offset += len as u64;
+                self.records += 1;
+                rec.advance(RECORD_HEADER_LEN);
+                Ok(Some(match layout {
+                    Layout::Put { key_end } => Record::Put {
+                        key: rec.slice(PUT_FIXED..key_end),
+                        value: rec.slice(key_end..),
+                    },
+                    Layout::Del => Record::Del {
+                        key: rec.slice(DEL_FIXED..),
+                    },
+                }))
+            }
+        }
+    }
+
+    fn damaged(&mut self, kind: CorruptKind, known_len: Option<usize>) -> Corruption {
+        let c = Corruption {
+            offset: self.offset,
+            kind,
+            known_len: known_len.map(|n| n as u64),
+        };
+        self.damage = Some(c.clone());
+        c
+    }
+}
+
+/// Facts about the log that `INFO` reports and only the driver knows (sizes,
+/// errors, times). The driver keeps them up to date through
+/// [`Server::log_status_mut`](crate::Server::log_status_mut).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStatus {
+    /// The fsync policy, as named on the command line.
+    pub fsync: String,
+    /// Bytes in the log file.
+    pub size: u64,
+    /// Size of the log right after the last rewrite (or at start): the base
+    /// the growth that triggers the next rewrite is measured from.
+    pub base_size: u64,
+    /// Whether a rewrite is running.
+    pub rewrite_in_progress: bool,
+    /// Completed rewrites since start.
+    pub rewrites: u64,
+    /// When the last rewrite completed, in Unix seconds (`None`: never).
+    pub last_rewrite: Option<u64>,
+    /// The last error writing the log, if any.
+    pub last_write_error: Option<String>,
+    /// The last error syncing the log to disk, if any.
+    pub last_fsync_error: Option<String>,
+    /// The last error of a rewrite, if any (the old log stays in use).
+    pub last_rewrite_error: Option<String>,
+}
+
+/// How a logged write stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Not yet reported stored: its reply must wait.
+    Pending,
+    /// Stored as the fsync policy requires: its reply may go.
+    Stored,
+    /// Not stored (and rolled back): its reply is this error instead.
+    Failed(Bytes),
+}
+
+/// How a write is undone if its record fails to reach the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Undo {
+    pub(crate) lsn: u64,
+    pub(crate) key: Bytes,
+    /// The value before the write; `None` if the key did not exist.
+    pub(crate) old: Option<Bytes>,
+}
+
+/// Failure ranges remembered for connections that have not collected their
+/// outcome yet. Ranges only accumulate while the disk keeps failing and
+/// recovering (one retry a second at most) and a connection stays blocked on
+/// a slow socket all that time; past this many, the oldest are forgotten.
+const MAX_FAILED_RANGES: usize = 1024;
+
+/// The server's side of the log: records encoded but not yet taken by the
+/// driver, the sequence numbers (LSNs, one per record) that tell which
+/// writes are stored, how to undo the ones that are not, and the status
+/// shown by `INFO`.
+///
+/// Writes are applied to the store at once, as in Redis, so that later
+/// commands see them; only their replies wait. When the driver reports a
+/// failure, every write not yet stored is rolled back, its reply becomes an
+/// error, and further writes are refused until the driver reports recovery:
+/// an acknowledged write is always in the log, and a failed one is not in
+/// memory either.
+#[derive(Debug, Default)]
+pub struct Journal {
+    out: BytesMut,
+    /// LSN of the newest record encoded.
+    last_lsn: u64,
+    /// Every record up to this LSN is stored (unless in a failed range).
+    stored_lsn: u64,
+    /// Inclusive LSN ranges that failed, with the error reply for them.
+    failed: VecDeque<(u64, u64, Bytes)>,
+    undo: VecDeque<Undo>,
+    /// While set, writes are refused with this error reply.
+    refusing: Option<Bytes>,
+    status: LogStatus,
+}
+
+impl Journal {
+    /// A journal with nothing logged yet.
+    pub fn new(status: LogStatus) -> Self {
+        Journal {
+            status,
+            ..Journal::default()
+        }
+    }
+
+    /// LSN of the newest record encoded (0: none yet).
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+
+    /// Every record up to this LSN has been reported stored.
+    pub fn stored_lsn(&self) -> u64 {
+        self.stored_lsn
+    }
+
+    /// Whether records are encoded but not yet taken by the driver.
+    pub fn has_pending(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The error writes are refused with, while the log is failed.
+    pub fn refusing(&self) -> Option<&Bytes> {
+        self.refusing.as_ref()
+    }
+
+    /// The status shown by `INFO`.
+    pub fn status(&self) -> &LogStatus {
+        &self.status
+    }
+
+    pub(crate) fn status_mut(&mut self) -> &mut LogStatus {
+        &mut self.status
+    }
+
+    /// Logs `key = value`, remembering `old` to undo it.
+    pub(crate) fn put(&mut self, key: &Bytes, value: &[u8], old: Option<Bytes>) {
+        encode_put(key, value, &mut self.out);
+        self.push_undo(key, old);
+    }
+
+    /// Logs the removal of `key`, which held `old`.
+    pub(crate) fn del(&mut self, key: &Bytes, old: Bytes) {
+        encode_del(key, &mut self.out);
+        self.push_undo(key, Some(old));
+    }
+
+    fn push_undo(&mut self, key: &Bytes, old: Option<Bytes>) {
+        self.last_lsn += 1;
+        // The key is usually a slice of the connection's receive buffer;
+        // holding it pins that buffer only until the record is stored.
+        self.undo.push_back(Undo {
+            lsn: self.last_lsn,
+            key: key.clone(),
+            old,
+        });
+    }
+
+    /// Takes the records encoded since the last call, with the LSN of the
+    /// last one.
+    pub fn take(&mut self) -> Option<(Bytes, u64)> {
+        (!self.out.is_empty()).then(|| (self.out.split().freeze(), self.last_lsn))
+    }
+
+    /// Every record up to `upto` is stored.
+    pub(crate) fn stored(&mut self, upto: u64) {
+        self.stored_lsn = self.stored_lsn.max(upto);
+        while self.undo.front().is_some_and(|u| u.lsn <= self.stored_lsn) {
+            self.undo.pop_front();
+        }
+    }
+
+    /// The log failed with `error`: every write not yet stored fails. Returns
+    /// their undo entries, oldest first, for the server to roll back.
+    pub(crate) fn fail(&mut self, error: &str) -> VecDeque<Undo> {
+        let reply = Bytes::from(format!("ERR persistence failed: {error}"));
+        if self.last_lsn > self.stored_lsn {
+            if self.failed.len() >= MAX_FAILED_RANGES {
+                self.failed.pop_front();
+            }
+            self.failed
+                .push_back((self.stored_lsn + 1, self.last_lsn, reply.clone()));
+        }
+        // Records not yet taken will never be written.
+        self.out.clear();
+        self.refusing = Some(reply);
+        std::mem::take(&mut self.undo)
+    }
+
+    /// The log works again: writes are accepted.
+    pub(crate) fn recovered(&mut self) {
+        self.refusing = None;
+    }
+
+    /// How the write whose last record has LSN `lsn` stands.
+    pub fn outcome(&self, lsn: u64) -> WriteOutcome {
+        if let Some((_, _, e)) = self
+            .failed
+            .iter()
+            .rev()
+            .find(|(from, to, _)| (*from..=*to).contains(&lsn))
+        {
+            return WriteOutcome::Failed(e.clone());
+        }
+        if lsn <= self.stored_lsn {
+            WriteOutcome::Stored
+        } else {
+            WriteOutcome::Pending
+        }
+    }
+
+    /// The `# Persistence` lines of `INFO`.
+    pub(crate) fn info(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.status;
+        let or_none = |e: &Option<String>| e.clone().unwrap_or_else(|| "none".to_string());
+        let _ = write!(
+            out,
+            "aof_enabled:1\naof_fsync:{}\naof_status:{}\naof_size:{}\naof_base_size:{}\naof_rewrite_in_progress:{}\naof_rewrites:{}\naof_last_rewrite:{}\naof_pending_records:{}\naof_last_write_error:{}\naof_last_fsync_error:{}\naof_last_rewrite_error:{}\n",
+            s.fsync,
+            if self.refusing.is_some() { "failed" } else { "ok" },
+            s.size,
+            s.base_size,
+            u8::from(s.rewrite_in_progress),
+            s.rewrites,
+            s.last_rewrite.map_or_else(|| "never".to_string(), |t| t.to_string()),
+            self.last_lsn - self.stored_lsn,
+            or_none(&s.last_write_error),
+            or_none(&s.last_fsync_error),
+            or_none(&s.last_rewrite_error),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(records: &[Record]) -> BytesMut {
+        let mut out = BytesMut::from(&file_header()[..]);
+        for r in records {
+            r.encode(&mut out);
+        }
+        out
+    }
+
+    fn put(k: &str, v: &str) -> Record {
+        Record::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let mut out = BytesMut::new();
+        encode_put(b"k", b"vv", &mut out);
+        assert_eq!(out.len(), put_len(1, 2));
+        assert_eq!(&out[..4], &9u32.to_le_bytes());
+        assert_eq!(&out[12..], b"\x01\x01\x01\x00\x00\x00kvv");
+        assert_eq!(&file_header(), b"KV-AOF\x01\x00");
+    }
+
+    #[test]
+    fn decodes_byte_by_byte() {
+        let records = vec![
+            put("a", "1"),
+            Record::Del {
+                key: Bytes::from_static(b"a"),
+            },
+            put("", ""),
+        ];
+        let bytes = log(&records);
+        let mut d = LogDecoder::new();
+        let mut got = Vec::new();
+        for b in bytes.iter() {
+            d.feed(&[*b]);
+            while let Some(r) = d.next_record().unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, records);
+        assert_eq!(d.offset(), bytes.len() as u64);
+        assert_eq!(d.pending(), 0);
+        assert_eq!(d.records(), 3);
+    }
+
+    #[test]
+    fn damage_is_reported_at_the_record() {
+        let bytes = log(&[put("a", "1"), put("b", "2")]);
+        let second = FILE_HEADER_LEN + put_len(1, 1);
+        let mut bad = bytes.to_vec();
+        bad[second + 2] ^= 0x40; // the length of the second record
+        let mut d = LogDecoder::new();
+        d.feed(&bad);
+        assert_eq!(d.next_record(), Ok(Some(put("a", "1"))));
+        let e = d.next_record().unwrap_err();
+        assert_eq!(e.offset, second as u64);
+        assert_eq!(e.kind, CorruptKind::HeaderChecksum);
+        assert!(e.to_string().contains("offset"));
+        assert_eq!(d.next_record().unwrap_err(), e);
+
+        let mut d = LogDecoder::new();
+        d.feed(b"REDIS0011");
+        assert_eq!(d.next_record().unwrap_err().kind, CorruptKind::BadMagic);
+        let mut d = LogDecoder::new();
+        d.feed(b"KV-AOF\x02\x00");
+        assert_eq!(
+            d.next_record().unwrap_err().kind,
+            CorruptKind::FormatVersion(2)
+        );
+    }
+
+    #[test]
+    fn find_record_skips_garbage() {
+        let rec = log(&[put("key", "value")]);
+        let mut bytes = vec![0u8; 40];
+        bytes.extend_from_slice(&rec[FILE_HEADER_LEN..]);
+        assert_eq!(find_record(&bytes), Some(40));
+        assert_eq!(find_record(&bytes[41..]), None);
+        assert_eq!(find_record(&rec[FILE_HEADER_LEN..rec.len() - 1]), None);
+    }
+
+    #[test]
+    fn journal_tracks_outcomes_and_failures() {
+        let mut j = Journal::new(LogStatus::default());
+        let k = Bytes::from_static(b"k");
+        j.put(&k, b"1", None);
+        j.put(&k, b"2", Some(Bytes::from_static(b"1")));
+        let (bytes, upto) = j.take().unwrap();
+        assert_eq!(upto, 2);
+        assert_eq!(bytes.len(), 2 * put_len(1, 1));
+        assert_eq!(j.outcome(1), WriteOutcome::Pending);
+        j.stored(1);
+        assert_eq!(j.outcome(1), WriteOutcome::Stored);
+        j.del(&k, Bytes::from_static(b"2"));
+        let undo = j.fail("disk full");
+        assert_eq!(undo.iter().map(|u| u.lsn).collect::<Vec<_>>(), [2, 3]);
+        assert!(matches!(j.outcome(2), WriteOutcome::Failed(_)));
+        assert!(matches!(j.outcome(3), WriteOutcome::Failed(_)));
+        assert!(!j.has_pending());
+        assert!(j.refusing().is_some());
+        j.recovered();
+        j.put(&k, b"4", None);
+        j.stored(4);
+        assert_eq!(j.outcome(4), WriteOutcome::Stored);
+        assert!(matches!(j.outcome(3), WriteOutcome::Failed(_)));
+    }
+}

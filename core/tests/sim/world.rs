@@ -1,0 +1,1784 @@
+//! The simulated system and its driver: clients, proxies and the server,
+//! wired through [`Pipe`]s, stepped by one seeded random stream, with the
+//! invariants checked as every reply arrives and after every step.
+//!
+//! The driver plays the part of the native (Tokio) driver: it follows each
+//! state machine's documented drain order, calls `handle_timeout` whenever
+//! `poll_timeout` is due, and reports connection changes the way sockets
+//! would. Everything else (latency, chunking, drops, restarts, clock jumps)
+//! is the network's and the operator's doing, chosen by the random stream.
+
+use super::model::{
+    fmt_t, fmt_value, key_name, minus, parse_key, parse_value, value_bytes, Model, ReadError,
+};
+use super::net::Pipe;
+use super::rng::Rng;
+use super::setup::{
+    Bug, Params, Setup, Via, CLIENT_DROP, CLOCK_JUMP, GHOST, LATENCY_SPIKE, PROXY_RESTART,
+    SERVER_RESTART, UPSTREAM_DROP,
+};
+use bytes::{Bytes, BytesMut};
+use kv_core::{
+    AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, Decoder,
+    Failure, Instant, Proxy, ProxyEvent, Reply, RequestId, Server, ServerConfig, ServerConnection,
+    Source,
+};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant: failures of the same kind count as "the same
+    /// failure" when shrinking.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+type Check = Result<(), Violation>;
+
+fn violation<T>(kind: &'static str, message: impl Into<String>) -> Result<T, Violation> {
+    Err(Violation {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// Error replies a correct proxy may give: the upstream failed, or it is
+/// saturated. Anything else means requests and replies got mixed up.
+const ALLOWED_ERRORS: &[&str] = &[
+    "ERR upstream connection lost",
+    "ERR upstream timed out",
+    "ERR upstream unavailable",
+    "ERR proxy overloaded",
+];
+
+const FOREVER: Instant = Instant::from_nanos(u64::MAX);
+
+/// The server's end of one connection, with a second decoder reading the
+/// same bytes so the model learns the order in which writes are applied.
+#[derive(Debug)]
+struct ServerSide {
+    conn: ServerConnection,
+    mirror: Decoder,
+}
+
+#[derive(Debug)]
+struct UpLink {
+    to_server: Pipe<Bytes>,
+    to_proxy: Pipe<Bytes>,
+    side: ServerSide,
+}
+
+/// The driver's view of a proxy's upstream connection.
+#[derive(Debug)]
+enum Upstream {
+    /// Lost; the next attempt starts at `retry_at`.
+    Down {
+        retry_at: Instant,
+    },
+    /// An attempt completes (or fails) at `done_at`.
+    Connecting {
+        done_at: Instant,
+    },
+    Up(Box<UpLink>),
+}
+
+#[derive(Debug)]
+struct ProxyNode {
+    /// `None` while restarting.
+    proxy: Option<Proxy>,
+    /// Bumped on every restart, so that a client's connection names the
+    /// proxy process it was made to.
+    incarnation: u64,
+    back_at: Instant,
+    upstream: Upstream,
+    /// Client connections: (proxy's id, client index).
+    attached: Vec<(ClientId, usize)>,
+}
+
+#[derive(Debug)]
+enum Conn {
+    Down {
+        retry_at: Instant,
+    },
+    Proxy {
+        incarnation: u64,
+        id: ClientId,
+        up: Pipe<Bytes>,
+        down: Pipe<Bytes>,
+        messages: Pipe<AnnotatedReply>,
+        /// The proxy stopped reading (too many replies owed): resume with
+        /// empty input once it wants more.
+        throttled: bool,
+    },
+    Direct {
+        up: Pipe<Bytes>,
+        down: Pipe<Bytes>,
+        side: Box<ServerSide>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(usize),
+    Put(usize, u64),
+    Del(Vec<usize>),
+    Ping(u64),
+}
+
+impl Op {
+    fn command(&self) -> Command {
+        match self {
+            Op::Get(k) => Command::Get { key: key_name(*k) },
+            Op::Put(k, seq) => Command::Put {
+                key: key_name(*k),
+                value: value_bytes(*k, *seq),
+            },
+            Op::Del(keys) => Command::Del {
+                keys: keys.iter().map(|k| key_name(*k)).collect(),
+            },
+            Op::Ping(t) => Command::Ping {
+                message: Some(Bytes::from(format!("t{t}"))),
+            },
+        }
+    }
+
+    /// The request as a telnet user would type it.
+    fn inline(&self) -> Bytes {
+        Bytes::from(match self {
+            Op::Get(k) => format!("GET k{k}\r\n"),
+            Op::Put(k, seq) => format!("PUT k{k} k{k}:v{seq}\r\n"),
+            Op::Del(keys) => {
+                let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
+                format!("DEL {}\r\n", names.join(" "))
+            }
+            Op::Ping(t) => format!("PING t{t}\r\n"),
+        })
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Op::Get(k) => format!("GET k{k}"),
+            Op::Put(k, seq) => format!("PUT k{k} v{seq}"),
+            Op::Del(keys) => {
+                let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
+                format!("DEL {}", names.join(" "))
+            }
+            Op::Ping(t) => format!("PING t{t}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Req {
+    id: RequestId,
+    op: Op,
+    issued_at: Instant,
+    /// The server's apply clock when the request was issued.
+    issued_apply: u64,
+    /// Issued after everything healed: must succeed.
+    probe: bool,
+    /// A probe read with no write anywhere and every cache expired: must
+    /// read exactly the server's current value.
+    exact: bool,
+}
+
+/// Why a session may not read below a position.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    Wrote(Option<u64>),
+    Read(Option<u64>),
+}
+
+#[derive(Debug)]
+struct ClientNode {
+    via: Via,
+    proxy: usize,
+    client: Client,
+    conn: Conn,
+    /// Requests awaiting their outcome, in order.
+    reqs: VecDeque<Req>,
+    /// Per key: the newest position of a write this session saw
+    /// acknowledged; its later reads may not be older.
+    writes: Vec<(usize, Why)>,
+    /// Per key: the newest position this session read.
+    reads: Vec<(usize, Why)>,
+}
+
+/// Bytes that were in flight to the server on a connection that died:
+/// the server still reads them, and its replies go nowhere.
+#[derive(Debug)]
+struct Zombie {
+    pipe: Pipe<Bytes>,
+    side: ServerSide,
+}
+
+/// Counters for the run summary.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub requests: u64,
+    pub replies: u64,
+    pub failed: u64,
+    /// Cache hits checked against their age (message clients).
+    pub cache_hits: u64,
+    /// Cache hits at all proxies (most are invisible to stream clients).
+    pub proxy_hits: u64,
+    pub faults: u64,
+}
+
+#[derive(Clone, Copy)]
+enum PipeRef {
+    Up(usize),
+    Down(usize),
+    ToServer(usize),
+    ToProxy(usize),
+    Zombie(usize),
+}
+
+macro_rules! trace {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.trace.is_some() {
+            let line = format!("[{}] #{} {}", fmt_t($w.now), $w.step, format!($($arg)*));
+            if let Some(t) = $w.trace.as_mut() {
+                t.push(line);
+            }
+        }
+    };
+}
+
+pub struct World {
+    p: Params,
+    pub setup: Setup,
+    rng: Rng,
+    pub now: Instant,
+    /// The step being run; `steps + 1` while quiescing.
+    pub step: u64,
+    server: Server,
+    server_back_at: Instant,
+    /// What a stale restart restores (planted bug only).
+    snapshot: Vec<(Bytes, Bytes)>,
+    model: Model,
+    proxies: Vec<ProxyNode>,
+    clients: Vec<ClientNode>,
+    zombies: Vec<Zombie>,
+    next_seq: u64,
+    next_token: u64,
+    spike_until: Instant,
+    /// Faults off, everything reconnects: the run is winding down.
+    healing: bool,
+    pub stats: Stats,
+    /// Human-readable log of every action; only kept when asked for,
+    /// since formatting it costs more than the simulation itself.
+    pub trace: Option<Vec<String>>,
+}
+
+impl World {
+    pub fn new(p: Params, trace: bool) -> World {
+        let setup = Setup::new(&p);
+        let now = Instant::ZERO;
+        let mut rng = Rng::fork(p.seed, 2);
+        let proxies = (0..setup.proxies)
+            .map(|_| ProxyNode {
+                proxy: Some(Proxy::new(setup.proxy.clone(), now)),
+                incarnation: 0,
+                back_at: now,
+                upstream: Upstream::Connecting {
+                    done_at: now + Duration::from_micros(rng.below(1_000)),
+                },
+                attached: Vec::new(),
+            })
+            .collect();
+        let client_config = ClientConfig {
+            request_timeout: setup.client_timeout,
+            max_in_flight: setup.max_in_flight,
+        };
+        let clients = setup
+            .clients
+            .iter()
+            .map(|&(via, proxy)| ClientNode {
+                via,
+                proxy,
+                client: Client::new(client_config.clone(), now),
+                conn: Conn::Down { retry_at: now },
+                reqs: VecDeque::new(),
+                writes: vec![(0, Why::Wrote(None)); setup.keys],
+                reads: vec![(0, Why::Read(None)); setup.keys],
+            })
+            .collect();
+        World {
+            model: Model::new(setup.keys, now),
+            setup,
+            rng,
+            now,
+            step: 0,
+            server: Server::new(ServerConfig {
+                hash_seed: p.seed,
+                ..ServerConfig::default()
+            }),
+            server_back_at: now,
+            snapshot: Vec::new(),
+            proxies,
+            clients,
+            zombies: Vec::new(),
+            next_seq: 0,
+            next_token: 0,
+            spike_until: now,
+            healing: false,
+            stats: Stats::default(),
+            trace: trace.then(Vec::new),
+            p,
+        }
+    }
+
+    /// Runs every step, then heals the system and probes it.
+    pub fn run(&mut self) -> Check {
+        trace!(self, "setup: {}", self.setup.describe());
+        self.fire_due()?;
+        for step in 1..=self.p.steps {
+            self.step = step;
+            self.one_step()?;
+        }
+        self.step = self.p.steps + 1;
+        self.quiesce()?;
+        for node in &self.proxies {
+            if let Some(p) = &node.proxy {
+                self.stats.proxy_hits += p.cache_stats().hits;
+            }
+        }
+        Ok(())
+    }
+
+    fn one_step(&mut self) -> Check {
+        self.fire_due()?;
+        let roll = self.rng.below(1000);
+        let fault = |w: &mut World, kind: u32| {
+            // Draw first, so the stream does not depend on the mask.
+            let happens = w.rng.chance(w.setup.fault_rate);
+            happens && w.p.has(kind) && !w.healing
+        };
+        match roll {
+            0..=279 => self.act_request(1)?,
+            280..=599 => self.act_deliver()?,
+            600..=799 => self.act_tick()?,
+            800..=839 => {
+                let n = self.rng.range(2, 6) as usize;
+                self.act_request(n)?;
+            }
+            840..=864 if fault(self, CLOCK_JUMP) => self.act_jump()?,
+            865..=899 if fault(self, CLIENT_DROP) => {
+                let ci = self.rng.index(self.clients.len());
+                if !matches!(self.clients[ci].conn, Conn::Down { .. }) {
+                    self.stats.faults += 1;
+                    trace!(self, "FAULT c{ci}: connection drops");
+                    self.drop_client_conn(ci, true)?;
+                }
+            }
+            900..=934 if fault(self, UPSTREAM_DROP) => {
+                let pi = self.rng.index(self.proxies.len());
+                if matches!(self.proxies[pi].upstream, Upstream::Up(_)) {
+                    self.stats.faults += 1;
+                    trace!(self, "FAULT p{pi}: upstream connection drops");
+                    self.upstream_lost(pi, true)?;
+                }
+            }
+            935..=954 if fault(self, PROXY_RESTART) => {
+                let pi = self.rng.index(self.proxies.len());
+                self.stats.faults += 1;
+                self.restart_proxy(pi)?;
+            }
+            955..=969 if fault(self, SERVER_RESTART) => {
+                self.stats.faults += 1;
+                self.restart_server()?;
+            }
+            970..=984 if fault(self, LATENCY_SPIKE) => {
+                self.stats.faults += 1;
+                let d = Duration::from_millis(self.rng.range(10, 500));
+                self.spike_until = self.now + d;
+                trace!(self, "FAULT latency spike for {d:?}");
+            }
+            _ => self.act_tick()?,
+        }
+        self.pump()?;
+        self.fire_due()?;
+        self.check_step()
+    }
+
+    // ----- actions -------------------------------------------------------
+
+    fn latency(&mut self) -> Duration {
+        let base = self.setup.latency.as_nanos() as u64;
+        let mut d = Duration::from_nanos(self.rng.below(base + 1));
+        if self.now < self.spike_until {
+            // Up to twice the proxy's request timeout: some requests make
+            // it, some time out at the proxy, some at the client.
+            let rt = self.setup.proxy.request_timeout.as_nanos() as u64;
+            d += Duration::from_nanos(self.rng.below(2 * rt));
+        }
+        d
+    }
+
+    fn backoff(&mut self) -> Instant {
+        self.now + Duration::from_micros(self.rng.below(300_000))
+    }
+
+    fn act_request(&mut self, n: usize) -> Check {
+        // A random client among those that can send now.
+        let len = self.clients.len();
+        let first = self.rng.index(len);
+        let Some(ci) = (0..len).map(|i| (first + i) % len).find(|&ci| {
+            let c = &self.clients[ci];
+            !matches!(c.conn, Conn::Down { .. }) && c.reqs.len() < self.setup.max_in_flight
+        }) else {
+            return self.act_tick();
+        };
+        for _ in 0..n {
+            let c = &self.clients[ci];
+            if matches!(c.conn, Conn::Down { .. }) || c.reqs.len() >= self.setup.max_in_flight {
+                return Ok(());
+            }
+            let op = self.random_op();
+            self.issue(ci, op, false, false)?;
+        }
+        Ok(())
+    }
+
+    fn random_op(&mut self) -> Op {
+        let keys = self.setup.keys;
+        match self.rng.below(100) {
+            0..=44 => Op::Get(self.rng.index(keys)),
+            45..=79 => {
+                self.next_seq += 1;
+                Op::Put(self.rng.index(keys), self.next_seq)
+            }
+            80..=89 => {
+                let first = self.rng.index(keys);
+                let mut del = vec![first];
+                if keys > 1 && self.rng.chance(400) {
+                    del.push((first + 1 + self.rng.index(keys - 1)) % keys);
+                }
+                Op::Del(del)
+            }
+            _ => {
+                self.next_token += 1;
+                Op::Ping(self.next_token)
+            }
+        }
+    }
+
+    fn issue(&mut self, ci: usize, op: Op, probe: bool, exact: bool) -> Check {
+        let now = self.now;
+        let lat = self.latency();
+        let c = &mut self.clients[ci];
+        let id = match c.via {
+            Via::Stream | Via::Direct => c.client.send(&op.command(), now),
+            Via::Messages => c.client.track(now),
+        };
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                return violation(
+                    "driver",
+                    format!("c{ci}: the client refused a request: {e}"),
+                )
+            }
+        };
+        let bytes = match c.via {
+            Via::Messages => op.inline(),
+            _ => c
+                .client
+                .poll_transmit()
+                .map(BytesMut::freeze)
+                .unwrap_or_default(),
+        };
+        match &mut c.conn {
+            Conn::Proxy { up, .. } | Conn::Direct { up, .. } => up.send(now + lat, bytes),
+            Conn::Down { .. } => return violation("driver", "issued on a closed connection"),
+        }
+        let text = op.text();
+        c.reqs.push_back(Req {
+            id,
+            op,
+            issued_at: now,
+            issued_apply: self.model.applied,
+            probe,
+            exact,
+        });
+        self.stats.requests += 1;
+        trace!(self, "c{ci} -> {text} (request {})", id.0);
+        Ok(())
+    }
+
+    fn act_tick(&mut self) -> Check {
+        let d = match self.rng.below(10) {
+            0..=6 => Duration::from_micros(self.rng.below(2_000)),
+            7..=8 => Duration::from_micros(self.rng.below(20_000)),
+            _ => Duration::ZERO,
+        };
+        self.advance_to(self.now + d, true)
+    }
+
+    /// A large jump: to just before, at or just after a TTL or a timeout
+    /// from now, or to the next timer exactly. Sometimes the driver wakes
+    /// late and fires every timer only at the end of the jump.
+    fn act_jump(&mut self) -> Check {
+        let cfg = &self.setup.proxy;
+        let base = match self.rng.below(5) {
+            0 => cfg.cache.ttl,
+            1 => cfg.request_timeout,
+            2 => self.setup.client_timeout,
+            3 => cfg.cache.ttl * 3 + cfg.request_timeout,
+            _ => Duration::ZERO,
+        };
+        let target = if base.is_zero() {
+            self.next_timer().unwrap_or(self.now)
+        } else {
+            self.now + base
+        };
+        let target = match self.rng.below(3) {
+            0 => minus(target, Duration::from_nanos(1)),
+            1 => target,
+            _ => target + Duration::from_nanos(1),
+        };
+        let exact = self.rng.chance(700);
+        trace!(
+            self,
+            "clock jumps to {}{}",
+            fmt_t(target),
+            if exact { "" } else { " (timers fire late)" }
+        );
+        self.advance_to(target, exact)
+    }
+
+    /// Pipes with something readable now. A throttled client's pipe is not:
+    /// the proxy is not reading it.
+    fn ready_pipes(&self) -> Vec<PipeRef> {
+        let now = self.now;
+        let mut out = Vec::new();
+        for (ci, c) in self.clients.iter().enumerate() {
+            match &c.conn {
+                Conn::Proxy {
+                    up,
+                    down,
+                    messages,
+                    throttled,
+                    ..
+                } => {
+                    if up.is_ready(now) && !throttled {
+                        out.push(PipeRef::Up(ci));
+                    }
+                    if down.is_ready(now) || messages.is_ready(now) {
+                        out.push(PipeRef::Down(ci));
+                    }
+                }
+                Conn::Direct { up, down, .. } => {
+                    if up.is_ready(now) {
+                        out.push(PipeRef::Up(ci));
+                    }
+                    if down.is_ready(now) {
+                        out.push(PipeRef::Down(ci));
+                    }
+                }
+                Conn::Down { .. } => {}
+            }
+        }
+        for (pi, p) in self.proxies.iter().enumerate() {
+            if let Upstream::Up(link) = &p.upstream {
+                if link.to_server.is_ready(now) {
+                    out.push(PipeRef::ToServer(pi));
+                }
+                if link.to_proxy.is_ready(now) {
+                    out.push(PipeRef::ToProxy(pi));
+                }
+            }
+        }
+        for (zi, z) in self.zombies.iter().enumerate() {
+            if z.pipe.is_ready(now) {
+                out.push(PipeRef::Zombie(zi));
+            }
+        }
+        out
+    }
+
+    fn chunk(&mut self, ready: usize) -> usize {
+        match self.rng.below(10) {
+            0..=3 => ready,
+            4..=6 => self.rng.range(1, ready.min(8) as u64) as usize,
+            _ => self.rng.range(1, ready as u64) as usize,
+        }
+    }
+
+    fn act_deliver(&mut self) -> Check {
+        let ready = self.ready_pipes();
+        if ready.is_empty() {
+            // Nothing to read: time passes until something is.
+            let next = self
+                .next_event()
+                .unwrap_or(self.now + Duration::from_millis(1));
+            return self.advance_to(next, true);
+        }
+        let pick = ready[self.rng.index(ready.len())];
+        self.deliver(pick, false)
+    }
+
+    /// Moves one chunk (or, with `all`, everything readable) along a pipe.
+    fn deliver(&mut self, pick: PipeRef, all: bool) -> Check {
+        let now = self.now;
+        match pick {
+            PipeRef::Up(ci) => {
+                let n = match &self.clients[ci].conn {
+                    Conn::Proxy { up, .. } | Conn::Direct { up, .. } => up.ready_bytes(now),
+                    Conn::Down { .. } => 0,
+                };
+                let n = if all { n } else { self.chunk(n) };
+                let pi = self.clients[ci].proxy;
+                let lat = self.latency();
+                let c = &mut self.clients[ci];
+                match &mut c.conn {
+                    Conn::Proxy {
+                        up, id, throttled, ..
+                    } => {
+                        let data = up.recv_bytes(now, n);
+                        let id = *id;
+                        let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
+                            return violation("driver", "connected to a proxy that is down");
+                        };
+                        trace!(self, "c{ci} => p{pi}: {} bytes", data.len());
+                        proxy.handle_client_input(id, &data, now);
+                        if !proxy.client_wants_input(id) {
+                            *throttled = true;
+                        }
+                        self.pump_proxy(pi)?;
+                    }
+                    Conn::Direct { up, down, side } => {
+                        let data = up.recv_bytes(now, n);
+                        let out = side.feed(&mut self.server, &mut self.model, &data, now)?;
+                        if !out.is_empty() {
+                            down.send(now + lat, out);
+                        }
+                        trace!(self, "c{ci} => server: {} bytes", data.len());
+                    }
+                    Conn::Down { .. } => {}
+                }
+            }
+            PipeRef::Down(ci) => {
+                if self.clients[ci].via == Via::Messages {
+                    let reorder = self.p.bug == Some(Bug::ReorderReplies) && self.rng.chance(300);
+                    let Conn::Proxy { messages, .. } = &mut self.clients[ci].conn else {
+                        return Ok(());
+                    };
+                    if reorder && messages.ready_count(now) >= 2 {
+                        messages.swap_front();
+                    }
+                    let Some(msg) = messages.recv(now) else {
+                        return Ok(());
+                    };
+                    trace!(self, "c{ci} <= {} ({:?})", short(&msg.reply), msg.source);
+                    self.clients[ci].client.handle_reply(msg.reply.clone(), now);
+                    self.client_events(ci, Some(&msg))?;
+                } else {
+                    let ready = match &self.clients[ci].conn {
+                        Conn::Proxy { down, .. } | Conn::Direct { down, .. } => {
+                            down.ready_bytes(now)
+                        }
+                        Conn::Down { .. } => return Ok(()),
+                    };
+                    let n = if all { ready } else { self.chunk(ready) };
+                    let data = match &mut self.clients[ci].conn {
+                        Conn::Proxy { down, .. } | Conn::Direct { down, .. } => {
+                            down.recv_bytes(now, n)
+                        }
+                        Conn::Down { .. } => return Ok(()),
+                    };
+                    trace!(self, "c{ci} <= {} bytes", data.len());
+                    self.clients[ci].client.handle_input(&data, now);
+                    self.client_events(ci, None)?;
+                }
+                if self.clients[ci].client.is_broken() {
+                    trace!(self, "c{ci}: connection broken; closing it");
+                    self.drop_client_conn(ci, true)?;
+                }
+            }
+            PipeRef::ToServer(pi) => {
+                let lat = self.latency();
+                let ready = match &self.proxies[pi].upstream {
+                    Upstream::Up(link) => link.to_server.ready_bytes(now),
+                    _ => return Ok(()),
+                };
+                let n = if all { ready } else { self.chunk(ready) };
+                let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+                    return Ok(());
+                };
+                let data = link.to_server.recv_bytes(now, n);
+                let out = link
+                    .side
+                    .feed(&mut self.server, &mut self.model, &data, now)?;
+                if !out.is_empty() {
+                    link.to_proxy.send(now + lat, out);
+                }
+                trace!(self, "p{pi} => server: {} bytes", data.len());
+            }
+            PipeRef::ToProxy(pi) => {
+                let ready = match &self.proxies[pi].upstream {
+                    Upstream::Up(link) => link.to_proxy.ready_bytes(now),
+                    _ => return Ok(()),
+                };
+                let n = if all { ready } else { self.chunk(ready) };
+                let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+                    return Ok(());
+                };
+                let data = link.to_proxy.recv_bytes(now, n);
+                trace!(self, "server => p{pi}: {} bytes", data.len());
+                if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+                    proxy.handle_upstream_input(&data, now);
+                }
+                self.pump_proxy(pi)?;
+            }
+            PipeRef::Zombie(zi) => {
+                let ready = self.zombies[zi].pipe.ready_bytes(now);
+                let n = if all { ready } else { self.chunk(ready) };
+                let z = &mut self.zombies[zi];
+                let data = z.pipe.recv_bytes(now, n);
+                z.side.feed(&mut self.server, &mut self.model, &data, now)?;
+                trace!(
+                    self,
+                    "dead connection => server: {} bytes (replies go nowhere)",
+                    data.len()
+                );
+                if self.zombies[zi].pipe.is_empty() {
+                    self.zombies.swap_remove(zi);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the driver's side of the state machines -------------------------
+
+    /// Drains every proxy in the documented order.
+    fn pump(&mut self) -> Check {
+        for pi in 0..self.proxies.len() {
+            self.pump_proxy(pi)?;
+        }
+        Ok(())
+    }
+
+    fn pump_proxy(&mut self, pi: usize) -> Check {
+        for _ in 0..1_000 {
+            let now = self.now;
+            let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
+                return Ok(());
+            };
+            let mut progressed = false;
+            let events: Vec<ProxyEvent> = std::iter::from_fn(|| proxy.poll_event()).collect();
+            for ev in events {
+                match ev {
+                    ProxyEvent::ClientReady(id) => self.drain_client(pi, id)?,
+                    ProxyEvent::ResetUpstream => self.upstream_reset(pi)?,
+                }
+            }
+            let lat = self.latency();
+            let node = &mut self.proxies[pi];
+            let Some(proxy) = node.proxy.as_mut() else {
+                return Ok(());
+            };
+            if let Some(bytes) = proxy.poll_upstream_transmit() {
+                match &mut node.upstream {
+                    Upstream::Up(link) => link.to_server.send(now + lat, bytes.freeze()),
+                    // The proxy believes it is connected because the driver
+                    // never told it otherwise: the bytes go into a dead socket.
+                    _ if self.p.bug == Some(Bug::SkipUpstreamLost) => {}
+                    _ => {
+                        return violation(
+                            "driver",
+                            format!("p{pi} transmitted upstream while not connected"),
+                        )
+                    }
+                }
+            }
+            // Clients the proxy stopped reading resume once it wants input:
+            // their buffered requests are processed by an empty feed.
+            for k in 0..self.proxies[pi].attached.len() {
+                let (id, ci) = self.proxies[pi].attached[k];
+                let Conn::Proxy { throttled, .. } = &mut self.clients[ci].conn else {
+                    continue;
+                };
+                let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
+                    return Ok(());
+                };
+                if *throttled && proxy.client_wants_input(id) {
+                    proxy.handle_client_input(id, &[], now);
+                    *throttled = !proxy.client_wants_input(id);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+        violation("driver", format!("p{pi} never stops producing work"))
+    }
+
+    fn drain_client(&mut self, pi: usize, id: ClientId) -> Check {
+        let now = self.now;
+        let Some(&(_, ci)) = self.proxies[pi].attached.iter().find(|(c, _)| *c == id) else {
+            // A client that is gone: nothing to send it.
+            return Ok(());
+        };
+        let lat = self.latency();
+        let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
+            return Ok(());
+        };
+        let Conn::Proxy { down, messages, .. } = &mut self.clients[ci].conn else {
+            return violation(
+                "driver",
+                format!("p{pi} names c{ci}, which is not connected"),
+            );
+        };
+        if let Some(bytes) = proxy.poll_client_transmit(id) {
+            down.send(now + lat, bytes.freeze());
+        }
+        while let Some(reply) = proxy.poll_client_reply(id) {
+            messages.send(now + lat, reply);
+        }
+        if proxy.client_should_close(id) {
+            return violation(
+                "reply",
+                format!("p{pi} wants to close c{ci}, which sent only valid requests"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Handles what a client reported after input, a timeout or a drop,
+    /// checking each outcome against the request it answers. `msg` is the
+    /// annotated reply just handed to a message client, if any.
+    fn client_events(&mut self, ci: usize, mut msg: Option<&AnnotatedReply>) -> Check {
+        while let Some(ev) = self.clients[ci].client.poll_event() {
+            let (id, outcome) = match ev {
+                ClientEvent::Reply { id, reply, .. } => (id, Ok(reply)),
+                ClientEvent::Failed { id, reason } => (id, Err(reason)),
+            };
+            let Some(req) = self.clients[ci].reqs.pop_front() else {
+                return violation(
+                    "exactly-once",
+                    format!("c{ci}: an outcome for request {} that is not awaited", id.0),
+                );
+            };
+            if req.id != id {
+                return violation(
+                    "exactly-once",
+                    format!(
+                        "c{ci}: outcome for request {} while {} ({}) is the oldest awaited",
+                        id.0,
+                        req.id.0,
+                        req.op.text()
+                    ),
+                );
+            }
+            match outcome {
+                Ok(reply) => {
+                    self.stats.replies += 1;
+                    trace!(self, "c{ci}: {} = {}", req.op.text(), short(&reply));
+                    self.check_reply(ci, &req, reply, msg.take())?;
+                }
+                Err(reason) => {
+                    self.stats.failed += 1;
+                    trace!(self, "c{ci}: {} failed: {reason}", req.op.text());
+                    if let Failure::Protocol(e) = &reason {
+                        return violation(
+                            "reply",
+                            format!("c{ci}: {} broke the protocol: {e}", req.op.text()),
+                        );
+                    }
+                    if req.probe && reason == Failure::TimedOut {
+                        return violation(
+                            "liveness",
+                            format!(
+                                "c{ci}: probe {} timed out after the system healed",
+                                req.op.text()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_reply(
+        &mut self,
+        ci: usize,
+        req: &Req,
+        reply: Reply,
+        msg: Option<&AnnotatedReply>,
+    ) -> Check {
+        let via = self.clients[ci].via;
+        let what = format!(
+            "c{ci} ({via:?}): {} (issued {})",
+            req.op.text(),
+            fmt_t(req.issued_at)
+        );
+        if let (Via::Messages, Some(m)) = (via, msg) {
+            let expected_proxy = reply.is_error() || matches!(req.op, Op::Ping(_));
+            if expected_proxy != (m.source == Source::Proxy) {
+                return violation(
+                    "reply",
+                    format!("{what}: {} came from {:?}", short(&reply), m.source),
+                );
+            }
+        }
+        match (&req.op, reply) {
+            (_, Reply::Error(e)) => {
+                let text = String::from_utf8_lossy(&e);
+                let allowed = via != Via::Direct
+                    && !matches!(req.op, Op::Ping(_))
+                    && ALLOWED_ERRORS.iter().any(|p| text.starts_with(p));
+                if !allowed {
+                    return violation("reply", format!("{what}: unexpected error {text:?}"));
+                }
+                if req.probe {
+                    return violation(
+                        "liveness",
+                        format!("{what}: probe failed after the system healed: {text}"),
+                    );
+                }
+                Ok(())
+            }
+            (Op::Get(k), Reply::Bulk(v)) => match parse_value(&v) {
+                Some((vk, seq)) if vk == *k => self.check_get(ci, req, *k, Some(seq), msg),
+                _ => violation(
+                    "reply",
+                    format!(
+                        "{what}: got {:?}, a value of another key: replies were paired \
+                         with the wrong requests",
+                        String::from_utf8_lossy(&v)
+                    ),
+                ),
+            },
+            (Op::Get(k), Reply::Nil) => self.check_get(ci, req, *k, None, msg),
+            (Op::Put(k, seq), Reply::Status(s)) if &s[..] == b"OK" => {
+                let Some((pk, pos)) = self.model.put_position(*seq) else {
+                    return violation("reply", format!("{what}: acknowledged, never applied"));
+                };
+                if pk != *k {
+                    return violation("server", format!("{what}: applied to k{pk}"));
+                }
+                if self.model.keys[*k].versions[pos].value != Some(*seq) {
+                    return violation("server", format!("{what}: model position mismatch"));
+                }
+                if self.model.is_lost(*k, pos) {
+                    return violation(
+                        "durability",
+                        format!(
+                            "{what}: acknowledged, but the write was lost in a server \
+                             restart\n    {}",
+                            self.model.describe(*k, pos)
+                        ),
+                    );
+                }
+                self.raise_floor(ci, *k, pos, Why::Wrote(Some(*seq)));
+                self.model.acknowledge(*k, pos);
+                Ok(())
+            }
+            (Op::Del(keys), Reply::Integer(n)) if n >= 0 && n as usize <= keys.len() => {
+                for &k in keys {
+                    let Some(pos) = self.model.del_position(k, req.issued_apply) else {
+                        return violation("reply", format!("{what}: acknowledged, never applied"));
+                    };
+                    self.raise_floor(ci, k, pos, Why::Wrote(None));
+                    self.model.acknowledge(k, pos);
+                }
+                Ok(())
+            }
+            (Op::Ping(t), Reply::Bulk(b)) if &b[..] == format!("t{t}").as_bytes() => Ok(()),
+            (_, reply) => violation(
+                "reply",
+                format!(
+                    "{what}: got {}: replies were paired with the wrong requests",
+                    short(&reply)
+                ),
+            ),
+        }
+    }
+
+    fn raise_floor(&mut self, ci: usize, key: usize, pos: usize, why: Why) {
+        let c = &mut self.clients[ci];
+        let f = match why {
+            Why::Wrote(_) => &mut c.writes[key],
+            Why::Read(_) => &mut c.reads[key],
+        };
+        if pos > f.0 {
+            *f = (pos, why);
+        }
+    }
+
+    /// Checks a value read against the server's history: the window of
+    /// time in which the value must have been current depends on where it
+    /// can have come from, and the session's floor must hold.
+    fn check_get(
+        &mut self,
+        ci: usize,
+        req: &Req,
+        key: usize,
+        value: Option<u64>,
+        msg: Option<&AnnotatedReply>,
+    ) -> Check {
+        let c = &self.clients[ci];
+        let ttl = self.setup.proxy.cache.ttl;
+        let rt = self.setup.proxy.request_timeout;
+        let what = format!(
+            "c{ci} ({:?}): GET k{key} issued at {} read {}",
+            c.via,
+            fmt_t(req.issued_at),
+            fmt_value(value)
+        );
+        // Where the value came from, and so the earliest time it may have
+        // been current at the server. A proxy's cache entry is younger than
+        // the TTL, and the reply that filled it was on the wire for less
+        // than the request timeout (the proxy gives up on a request after
+        // that); an upstream reply, possibly a `GET` this request joined,
+        // was executed less than a request timeout before it arrived.
+        let (lo, hi, from) = if req.exact {
+            (req.issued_at, self.now, "a probe (exact)")
+        } else {
+            match (c.via, msg.map(|m| (m.source, m.ready_at))) {
+                (Via::Direct, _) => (req.issued_at, self.now, "the server"),
+                (Via::Messages, Some((Source::Cache { age }, ready_at))) => {
+                    self.stats.cache_hits += 1;
+                    if age >= ttl {
+                        return violation(
+                            "cache-age",
+                            format!("{what} from the cache at age {age:?}, TTL {ttl:?}"),
+                        );
+                    }
+                    (minus(minus(ready_at, age), rt), ready_at, "the cache")
+                }
+                (Via::Messages, Some((_, ready_at))) => (minus(ready_at, rt), ready_at, "upstream"),
+                _ => (
+                    minus(req.issued_at, ttl + rt),
+                    self.now,
+                    "cache or upstream",
+                ),
+            }
+        };
+        // Everything the session saw before this reply binds it: writes
+        // acknowledged (the proxy sends a read behind a pending write to
+        // its key) and reads, pipelined ones included (replies come in
+        // order, so those are the requests issued before this one).
+        let read = c.reads[key];
+        let (floor, why) = if read.0 > c.writes[key].0 {
+            read
+        } else {
+            c.writes[key]
+        };
+        match self.model.check_read(key, value, lo, hi, floor) {
+            Ok(pos) => {
+                self.raise_floor(ci, key, pos, Why::Read(value));
+                Ok(())
+            }
+            Err(ReadError::Unknown(m)) => violation("reply", format!("{what}: {m}")),
+            Err(ReadError::Stale(m)) => violation(
+                if from == "the cache" {
+                    "cache-staleness"
+                } else {
+                    "stale-read"
+                },
+                format!(
+                    "{what} from {from}: {m}\n    {}",
+                    self.model
+                        .describe(key, self.model.keys[key].versions.len() - 1)
+                ),
+            ),
+            Err(ReadError::BelowFloor { got }) => {
+                let (kind, because) = match why {
+                    Why::Wrote(v) => (
+                        "read-your-writes",
+                        format!("it saw its own write of {} acknowledged", fmt_value(v)),
+                    ),
+                    Why::Read(v) => (
+                        "monotonic-reads",
+                        format!("it already read {}", fmt_value(v)),
+                    ),
+                };
+                violation(
+                    kind,
+                    format!(
+                        "{what} (position {got}) from {from}, but {because} (position \
+                         {floor})\n    {}",
+                        self.model.describe(key, floor)
+                    ),
+                )
+            }
+        }
+    }
+
+    // ----- connections -----------------------------------------------------
+
+    /// The fraction of bytes in flight that still reach the peer after the
+    /// connection died (drawn even when ghosts are off, to keep the random
+    /// stream aligned across shrinking attempts).
+    fn ghost_bytes(&mut self, in_flight: usize) -> usize {
+        let n = if self.rng.chance(500) {
+            0
+        } else {
+            self.rng.below(in_flight as u64 + 1) as usize
+        };
+        if self.p.has(GHOST) && !self.healing {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// A client connection dies; with `ghosts`, bytes it had sent may still
+    /// be read by the other end.
+    fn drop_client_conn(&mut self, ci: usize, ghosts: bool) -> Check {
+        let retry_at = self.backoff();
+        let now = self.now;
+        let conn = std::mem::replace(&mut self.clients[ci].conn, Conn::Down { retry_at });
+        match conn {
+            Conn::Proxy {
+                incarnation,
+                id,
+                mut up,
+                ..
+            } => {
+                let pi = self.clients[ci].proxy;
+                let keep = if ghosts {
+                    self.ghost_bytes(up.total_bytes())
+                } else {
+                    0
+                };
+                let node = &mut self.proxies[pi];
+                if let (Some(proxy), true) = (node.proxy.as_mut(), node.incarnation == incarnation)
+                {
+                    if keep > 0 {
+                        up.truncate_bytes(keep);
+                        let data = up.recv_bytes(FOREVER, usize::MAX);
+                        trace!(self, "c{ci} => p{pi}: {} bytes after the drop", data.len());
+                        proxy.handle_client_input(id, &data, now);
+                    }
+                    proxy.remove_client(id);
+                    node.attached.retain(|(c, _)| *c != id);
+                    self.pump_proxy(pi)?;
+                }
+            }
+            Conn::Direct { mut up, side, .. } => {
+                let keep = if ghosts {
+                    self.ghost_bytes(up.total_bytes())
+                } else {
+                    0
+                };
+                if keep > 0 {
+                    up.truncate_bytes(keep);
+                    self.zombies.push(Zombie {
+                        pipe: up,
+                        side: *side,
+                    });
+                }
+            }
+            Conn::Down { .. } => return Ok(()),
+        }
+        self.clients[ci].client.handle_disconnected(now);
+        self.client_events(ci, None)
+    }
+
+    fn reconnect_client(&mut self, ci: usize) -> Check {
+        let now = self.now;
+        let c = &self.clients[ci];
+        let pi = c.proxy;
+        let conn = match c.via {
+            Via::Direct if now >= self.server_back_at => Conn::Direct {
+                up: Pipe::default(),
+                down: Pipe::default(),
+                side: Box::new(ServerSide::new(&self.server)),
+            },
+            Via::Stream | Via::Messages => {
+                let node = &mut self.proxies[pi];
+                let Some(proxy) = node.proxy.as_mut() else {
+                    self.clients[ci].conn = Conn::Down {
+                        retry_at: self.backoff(),
+                    };
+                    return Ok(());
+                };
+                let kind = if c.via == Via::Messages {
+                    ClientKind::Messages
+                } else {
+                    ClientKind::Stream
+                };
+                let id = proxy.add_client(kind, now);
+                node.attached.push((id, ci));
+                Conn::Proxy {
+                    incarnation: node.incarnation,
+                    id,
+                    up: Pipe::default(),
+                    down: Pipe::default(),
+                    messages: Pipe::default(),
+                    throttled: false,
+                }
+            }
+            Via::Direct => {
+                self.clients[ci].conn = Conn::Down {
+                    retry_at: self.backoff(),
+                };
+                return Ok(());
+            }
+        };
+        trace!(self, "c{ci} connects");
+        let c = &mut self.clients[ci];
+        c.conn = conn;
+        c.client.handle_reconnected(now);
+        self.client_events(ci, None)
+    }
+
+    /// Turns a dead upstream link into a zombie: part of what the proxy had
+    /// sent may still reach the server.
+    fn bury(&mut self, link: UpLink) {
+        let UpLink {
+            mut to_server,
+            side,
+            ..
+        } = link;
+        let keep = self.ghost_bytes(to_server.total_bytes());
+        if keep > 0 {
+            to_server.truncate_bytes(keep);
+            self.zombies.push(Zombie {
+                pipe: to_server,
+                side,
+            });
+        }
+    }
+
+    /// The driver sees the upstream connection die (or fail to open).
+    fn upstream_lost(&mut self, pi: usize, ghosts: bool) -> Check {
+        let retry_at = self.backoff();
+        let old = std::mem::replace(&mut self.proxies[pi].upstream, Upstream::Down { retry_at });
+        if let Upstream::Up(link) = old {
+            if ghosts {
+                self.bury(*link);
+            }
+        }
+        if self.p.bug != Some(Bug::SkipUpstreamLost) {
+            if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+                proxy.handle_upstream_lost(self.now);
+            }
+        }
+        trace!(self, "p{pi}: upstream lost");
+        self.pump_proxy(pi)
+    }
+
+    /// The proxy asked for a reset: drop the connection and reconnect.
+    fn upstream_reset(&mut self, pi: usize) -> Check {
+        let done_at = self.now + Duration::from_micros(self.rng.below(20_000));
+        let old = std::mem::replace(
+            &mut self.proxies[pi].upstream,
+            Upstream::Connecting { done_at },
+        );
+        if let Upstream::Up(link) = old {
+            self.bury(*link);
+        }
+        if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+            proxy.handle_upstream_connecting(self.now);
+        }
+        trace!(self, "p{pi}: upstream reset requested; reconnecting");
+        Ok(())
+    }
+
+    fn restart_proxy(&mut self, pi: usize) -> Check {
+        let down_for = Duration::from_micros(self.rng.below(400_000));
+        trace!(self, "FAULT p{pi} restarts (down for {down_for:?})");
+        let attached = std::mem::take(&mut self.proxies[pi].attached);
+        let node = &mut self.proxies[pi];
+        if let Some(p) = node.proxy.take() {
+            self.stats.proxy_hits += p.cache_stats().hits;
+        }
+        node.back_at = self.now + down_for;
+        let old = std::mem::replace(&mut node.upstream, Upstream::Down { retry_at: FOREVER });
+        if let Upstream::Up(link) = old {
+            self.bury(*link);
+        }
+        for (_, ci) in attached {
+            let retry_at = self.backoff();
+            self.clients[ci].conn = Conn::Down { retry_at };
+            self.clients[ci].client.handle_disconnected(self.now);
+            self.client_events(ci, None)?;
+        }
+        Ok(())
+    }
+
+    fn restart_server(&mut self) -> Check {
+        let down_for = Duration::from_micros(self.rng.below(500_000));
+        trace!(self, "FAULT server restarts (down for {down_for:?})");
+        // The process dies: bytes in flight to it are gone.
+        self.zombies.clear();
+        for pi in 0..self.proxies.len() {
+            if matches!(self.proxies[pi].upstream, Upstream::Up(_)) {
+                self.upstream_lost(pi, false)?;
+            }
+        }
+        for ci in 0..self.clients.len() {
+            if matches!(self.clients[ci].conn, Conn::Direct { .. }) {
+                self.drop_client_conn(ci, false)?;
+            }
+        }
+        self.server_back_at = self.now + down_for;
+        if self.p.bug == Some(Bug::StaleRestart) {
+            // Restores the state of the previous restart, and keeps the
+            // current one for the next.
+            let old = std::mem::replace(&mut self.snapshot, self.server.store().dump());
+            self.server = Server::new(self.server.config().clone());
+            for (k, v) in old {
+                let _ = self.server.execute(Command::Put { key: k, value: v });
+            }
+        }
+        self.check_durability()
+    }
+
+    /// After a restart, every key must still hold the newest write any
+    /// client saw acknowledged, or something applied after it. (The server
+    /// is kept in memory across restarts, so with no planted bug the store
+    /// is exactly the model's; this is the check a persistent server's
+    /// recovery would have to pass.)
+    fn check_durability(&mut self) -> Check {
+        for k in 0..self.setup.keys {
+            let held = self
+                .server
+                .store()
+                .get(&key_name(k))
+                .map(|v| parse_value(v).map(|(_, seq)| seq).unwrap_or(u64::MAX));
+            let h = &self.model.keys[k];
+            let ok = h.versions[h.acked..].iter().any(|v| v.value == held);
+            if !ok {
+                return violation(
+                    "durability",
+                    format!(
+                        "after the server restart k{k} holds {}, but position {} ({}) was \
+                         acknowledged to a client: an acknowledged write was lost\n    {}",
+                        fmt_value(held),
+                        h.acked,
+                        fmt_value(h.versions[h.acked].value),
+                        self.model.describe(k, h.acked)
+                    ),
+                );
+            }
+            if held != self.model.current(k) {
+                trace!(self, "k{k} restored to {}", fmt_value(held));
+                self.model.lose(k, held, self.now);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- time ------------------------------------------------------------
+
+    fn next_timer(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for node in &self.proxies {
+            match &node.proxy {
+                Some(p) => at(p.poll_timeout()),
+                None => at(Some(node.back_at)),
+            }
+            match node.upstream {
+                Upstream::Down { retry_at } if node.proxy.is_some() => at(Some(retry_at)),
+                Upstream::Connecting { done_at } => at(Some(done_at)),
+                _ => {}
+            }
+        }
+        for c in &self.clients {
+            at(c.client.poll_timeout());
+            if let Conn::Down { retry_at } = c.conn {
+                at(Some(retry_at));
+            }
+        }
+        t
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        let mut t = self.next_timer();
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for c in &self.clients {
+            match &c.conn {
+                Conn::Proxy {
+                    up,
+                    down,
+                    messages,
+                    throttled,
+                    ..
+                } => {
+                    if !throttled {
+                        at(up.next_ready());
+                    }
+                    at(down.next_ready());
+                    at(messages.next_ready());
+                }
+                Conn::Direct { up, down, .. } => {
+                    at(up.next_ready());
+                    at(down.next_ready());
+                }
+                Conn::Down { .. } => {}
+            }
+        }
+        for p in &self.proxies {
+            if let Upstream::Up(link) = &p.upstream {
+                at(link.to_server.next_ready());
+                at(link.to_proxy.next_ready());
+            }
+        }
+        for z in &self.zombies {
+            at(z.pipe.next_ready());
+        }
+        t
+    }
+
+    /// Moves the clock to `target`. With `exact`, every timer on the way
+    /// fires at its own time, as an event loop would; without, they all
+    /// fire at `target` (a driver that woke late).
+    fn advance_to(&mut self, target: Instant, exact: bool) -> Check {
+        if exact {
+            while let Some(t) = self.next_timer().filter(|t| *t <= target) {
+                if t > self.now {
+                    self.now = t;
+                }
+                self.fire_due()?;
+            }
+        }
+        self.now = self.now.max(target);
+        self.fire_due()
+    }
+
+    /// Fires every timer due at `now`, until none is.
+    fn fire_due(&mut self) -> Check {
+        for _ in 0..100 {
+            if !self.fire_once()? {
+                return Ok(());
+            }
+            self.pump()?;
+        }
+        violation("timer", "timers keep firing without time passing")
+    }
+
+    fn fire_once(&mut self) -> Result<bool, Violation> {
+        let now = self.now;
+        let mut fired = false;
+        for pi in 0..self.proxies.len() {
+            let node = &mut self.proxies[pi];
+            match node.proxy.as_mut() {
+                None if node.back_at <= now => {
+                    node.proxy = Some(Proxy::new(self.setup.proxy.clone(), now));
+                    node.incarnation += 1;
+                    node.upstream = Upstream::Connecting {
+                        done_at: now + Duration::from_micros(self.rng.below(20_000)),
+                    };
+                    trace!(self, "p{pi} is back (empty cache)");
+                    fired = true;
+                    continue;
+                }
+                None => continue,
+                Some(proxy) => {
+                    if proxy.poll_timeout().is_some_and(|t| t <= now) {
+                        proxy.handle_timeout(now);
+                        if let Some(t) = proxy.poll_timeout().filter(|t| *t <= now) {
+                            return violation(
+                                "timer",
+                                format!(
+                                    "p{pi}: poll_timeout is {} after handle_timeout({})",
+                                    fmt_t(t),
+                                    fmt_t(now)
+                                ),
+                            );
+                        }
+                        fired = true;
+                        // Drain at once, as after any input: a reset it asks
+                        // for concerns the connection of this moment.
+                        self.pump_proxy(pi)?;
+                    }
+                }
+            }
+            match self.proxies[pi].upstream {
+                Upstream::Down { retry_at } if retry_at <= now => {
+                    let done_at = now + Duration::from_micros(self.rng.below(20_000));
+                    self.proxies[pi].upstream = Upstream::Connecting { done_at };
+                    if let Some(p) = self.proxies[pi].proxy.as_mut() {
+                        p.handle_upstream_connecting(now);
+                    }
+                    fired = true;
+                    self.pump_proxy(pi)?;
+                }
+                Upstream::Connecting { done_at } if done_at <= now => {
+                    fired = true;
+                    if now >= self.server_back_at {
+                        self.proxies[pi].upstream = Upstream::Up(Box::new(UpLink {
+                            to_server: Pipe::default(),
+                            to_proxy: Pipe::default(),
+                            side: ServerSide::new(&self.server),
+                        }));
+                        if let Some(p) = self.proxies[pi].proxy.as_mut() {
+                            p.handle_upstream_connected(now);
+                        }
+                        trace!(self, "p{pi}: upstream connected");
+                        self.pump_proxy(pi)?;
+                    } else {
+                        trace!(self, "p{pi}: upstream connection refused");
+                        self.upstream_lost(pi, false)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ci in 0..self.clients.len() {
+            let c = &mut self.clients[ci];
+            if c.client.poll_timeout().is_some_and(|t| t <= now) {
+                c.client.handle_timeout(now);
+                if c.client.poll_timeout().is_some_and(|t| t <= now) {
+                    return violation("timer", format!("c{ci}: poll_timeout stays due"));
+                }
+                fired = true;
+                self.client_events(ci, None)?;
+                if self.clients[ci].client.is_broken() {
+                    trace!(self, "c{ci}: timed out; closing the connection");
+                    self.drop_client_conn(ci, true)?;
+                }
+            }
+            if let Conn::Down { retry_at } = self.clients[ci].conn {
+                if retry_at <= now {
+                    fired = true;
+                    self.reconnect_client(ci)?;
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    // ----- checks and the end of the run ------------------------------------
+
+    fn check_step(&self) -> Check {
+        for (pi, node) in self.proxies.iter().enumerate() {
+            if let Some(p) = &node.proxy {
+                if p.client_count() != node.attached.len() {
+                    return violation(
+                        "driver",
+                        format!(
+                            "p{pi} has {} clients, the driver {}",
+                            p.client_count(),
+                            node.attached.len()
+                        ),
+                    );
+                }
+            }
+        }
+        for (ci, c) in self.clients.iter().enumerate() {
+            if c.client.in_flight() != c.reqs.len() {
+                return violation(
+                    "exactly-once",
+                    format!(
+                        "c{ci}: the client awaits {} outcomes, the model {}",
+                        c.client.in_flight(),
+                        c.reqs.len()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn settled(&self) -> bool {
+        self.zombies.is_empty()
+            && self
+                .proxies
+                .iter()
+                .all(|p| p.proxy.is_some() && matches!(p.upstream, Upstream::Up(_)))
+            && self.clients.iter().all(|c| {
+                c.reqs.is_empty()
+                    && match &c.conn {
+                        Conn::Proxy {
+                            up, down, messages, ..
+                        } => up.is_empty() && down.is_empty() && messages.is_empty(),
+                        Conn::Direct { up, down, .. } => up.is_empty() && down.is_empty(),
+                        Conn::Down { .. } => false,
+                    }
+            })
+            && self.proxies.iter().all(|p| match &p.upstream {
+                Upstream::Up(link) => link.to_server.is_empty() && link.to_proxy.is_empty(),
+                _ => true,
+            })
+    }
+
+    /// Delivers everything and lets every timer run until the system is
+    /// idle, or fails if it never gets there.
+    fn settle(&mut self, what: &str) -> Check {
+        let deadline = self.now + Duration::from_secs(600);
+        while !self.settled() {
+            if self.now > deadline {
+                return violation(
+                    "liveness",
+                    format!("the system did not settle ({what}) within 10 simulated minutes"),
+                );
+            }
+            let ready = self.ready_pipes();
+            if ready.is_empty() {
+                let next = self
+                    .next_event()
+                    .unwrap_or(self.now + Duration::from_millis(1));
+                self.advance_to(next, true)?;
+            } else {
+                // One at a time: delivering may remove a finished zombie and
+                // so shift the others' indices.
+                self.deliver(ready[0], true)?;
+                self.pump()?;
+                self.fire_due()?;
+            }
+            self.check_step()?;
+        }
+        Ok(())
+    }
+
+    /// The end of a run: faults stop, everything reconnects and drains,
+    /// caches expire, and then every client must read exactly the server's
+    /// current value of every key and its own fresh write.
+    fn quiesce(&mut self) -> Check {
+        trace!(self, "quiesce: faults off; draining");
+        self.healing = true;
+        self.spike_until = self.now;
+        self.settle("draining")?;
+        let cfg = &self.setup.proxy;
+        let expire = cfg.cache.ttl + cfg.request_timeout + Duration::from_millis(1);
+        self.advance_to(self.now + expire, true)?;
+        trace!(self, "quiesce: probing");
+        // Reads first, while nothing writes: every cache has expired, so
+        // each read must return exactly the server's value.
+        for ci in 0..self.clients.len() {
+            for k in 0..self.setup.keys {
+                self.issue(ci, Op::Get(k), true, true)?;
+                self.settle("probe read")?;
+            }
+        }
+        // Then each client writes and reads back: a direct writer makes
+        // other proxies' caches stale again, so these reads get the usual
+        // windows, but read-your-writes still pins them.
+        for ci in 0..self.clients.len() {
+            let k = ci % self.setup.keys;
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            self.issue(ci, Op::Put(k, seq), true, false)?;
+            self.settle("probe write")?;
+            if self.model.current(k) != Some(seq) {
+                return violation(
+                    "liveness",
+                    format!("c{ci}: the probe write of v{seq} to k{k} is not the server's value"),
+                );
+            }
+            self.issue(ci, Op::Get(k), true, false)?;
+            self.settle("probe read-back")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerSide {
+    fn new(server: &Server) -> Self {
+        let limits = server.config().limits;
+        ServerSide {
+            conn: ServerConnection::new(limits),
+            mirror: Decoder::new(limits),
+        }
+    }
+
+    /// The server reads `data`: the model applies the same commands in the
+    /// same order, and the store must agree with the model afterwards.
+    fn feed(
+        &mut self,
+        server: &mut Server,
+        model: &mut Model,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<Bytes, Violation> {
+        let limits = *self.mirror.limits();
+        self.mirror.feed(data);
+        loop {
+            let frame = match self.mirror.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return violation("server", format!("the server was sent garbage: {e}")),
+            };
+            match Command::from_frame(frame, &limits) {
+                Ok(Command::Put { key, value }) => {
+                    let (Some(k), Some((vk, seq))) = (parse_key(&key), parse_value(&value)) else {
+                        return violation(
+                            "server",
+                            format!("unexpected write {key:?} = {value:?}"),
+                        );
+                    };
+                    if k != vk || k >= model.keys.len() {
+                        return violation(
+                            "server",
+                            format!("a value of k{vk} was written to k{k}: requests were mixed up"),
+                        );
+                    }
+                    if let Err(m) = model.apply_put(k, seq, now) {
+                        return violation("server", m);
+                    }
+                }
+                Ok(Command::Del { keys }) => {
+                    for key in keys {
+                        match parse_key(&key).filter(|k| *k < model.keys.len()) {
+                            Some(k) => model.apply_del(k, now),
+                            None => return violation("server", format!("DEL of {key:?}")),
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return violation("server", format!("the server was sent {e}")),
+            }
+        }
+        self.conn.handle_input(server, data);
+        let mut out = BytesMut::new();
+        loop {
+            while let Some(b) = self.conn.poll_transmit() {
+                out.extend_from_slice(&b);
+            }
+            if !self.conn.has_backlog() {
+                break;
+            }
+            self.conn.process(server);
+        }
+        if self.conn.should_close() {
+            return violation(
+                "server",
+                "the server closed a connection: it was sent garbage",
+            );
+        }
+        for k in 0..model.keys.len() {
+            let held = server.store().get(&key_name(k));
+            let expected = model.current(k).map(|seq| value_bytes(k, seq));
+            if held != expected.as_ref() {
+                return violation(
+                    "server",
+                    format!("k{k}: the store holds {held:?}, the model {expected:?}"),
+                );
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// A reply in a few words, for traces and messages.
+fn short(reply: &Reply) -> String {
+    match reply {
+        Reply::Bulk(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        Reply::Status(s) => String::from_utf8_lossy(s).into_owned(),
+        Reply::Error(e) => format!("error {:?}", String::from_utf8_lossy(e)),
+        Reply::Integer(n) => format!("(integer) {n}"),
+        Reply::Nil => "(nil)".into(),
+        other => format!("{other:?}"),
+    }
+}
