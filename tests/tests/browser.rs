@@ -375,7 +375,14 @@ fn the_console_plays_the_seed_transcript_in_headless_chromium() {
         let reply = rows
             .get(i + 1)
             .unwrap_or_else(|| panic!("no row after the echo of {line:?}: {rows:#?}"));
-        assert_eq!(reply.class, "entry reply", "reply to {line:?}: {rows:#?}");
+        // Multi-line replies (DUMP) also carry `multiline`, which puts their
+        // badge above the text.
+        let class = if expected.contains('\n') {
+            "entry reply multiline"
+        } else {
+            "entry reply"
+        };
+        assert_eq!(reply.class, class, "reply to {line:?}: {rows:#?}");
         assert_eq!(reply.text, expected, "reply to {line:?}: {rows:#?}");
         assert!(
             reply.rtt.as_deref().is_some_and(is_rtt),
