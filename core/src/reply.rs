@@ -183,6 +183,20 @@ impl Reply {
     }
 }
 
+/// Appends the reply to a `GET` straight from the stored bytes: the same
+/// encoding as [`Reply::Bulk`] (or [`Reply::Nil`]) without building one.
+pub fn encode_value(dialect: Dialect, value: Option<&[u8]>, out: &mut BytesMut) {
+    match (dialect, value) {
+        (Dialect::Resp, Some(v)) => bulk(out, v),
+        (Dialect::Resp, None) => out.put_slice(b"$-1\r\n"),
+        (Dialect::Inline, Some(v)) => {
+            quote(out, v);
+            out.put_slice(b"\r\n");
+        }
+        (Dialect::Inline, None) => out.put_slice(b"(nil)\r\n"),
+    }
+}
+
 fn line(out: &mut BytesMut, prefix: u8, s: &[u8]) {
     out.put_u8(prefix);
     // A status or error line must not contain a line break, or the RESP

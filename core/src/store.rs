@@ -1,16 +1,66 @@
 //! The key/value store itself.
+//!
+//! Each pair lives in one allocation, `[key length: u32][key][value]`,
+//! behind a reference-counted thin handle ([`Entry`]), in a hash table of
+//! those handles. One allocation and a 16-byte table slot per key is what
+//! keeps the memory per key below Redis's; the reference count makes a
+//! snapshot of the whole store (for log compaction) a matter of counters.
 
 use bytes::Bytes;
-use std::collections::HashMap;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// The map's hasher, seeded by the driver: the core reads no random source,
 /// yet keys chosen by a peer must not be able to force hash collisions.
 pub type Hasher = foldhash::fast::FixedState;
 
+/// One stored pair, cheap to clone (a reference count).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry(Arc<[u8]>);
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &Bytes::copy_from_slice(self.key()))
+            .field("value_len", &self.value().len())
+            .finish()
+    }
+}
+
+impl Entry {
+    fn new(key: &[u8], value: &[u8]) -> Self {
+        // Keys are bounded far below 4 GiB by the codec's limits.
+        let klen = u32::try_from(key.len()).expect("key shorter than 4 GiB");
+        let mut buf = Vec::with_capacity(4 + key.len() + value.len());
+        buf.extend_from_slice(&klen.to_le_bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        Entry(Arc::from(buf))
+    }
+
+    fn key_len(&self) -> usize {
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&self.0[..4]);
+        u32::from_le_bytes(n) as usize
+    }
+
+    /// The key.
+    pub fn key(&self) -> &[u8] {
+        &self.0[4..4 + self.key_len()]
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.0[4 + self.key_len()..]
+    }
+}
+
 /// Keys and values are arbitrary bytes.
 #[derive(Debug)]
 pub struct Store {
-    map: HashMap<Bytes, Bytes, Hasher>,
+    table: HashTable<Entry>,
+    hasher: Hasher,
     /// Bytes held in keys and values, for `INFO`.
     data_bytes: usize,
 }
@@ -20,77 +70,114 @@ impl Store {
     /// random number in production, a constant in tests).
     pub fn new(hash_seed: u64) -> Self {
         Store {
-            map: HashMap::with_hasher(Hasher::with_seed(hash_seed)),
+            table: HashTable::new(),
+            hasher: Hasher::with_seed(hash_seed),
             data_bytes: 0,
         }
     }
 
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     /// The value stored under `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.table
+            .find(self.hash(key), |e| e.key() == key)
+            .map(Entry::value)
     }
 
     /// Stores a value, replacing any previous one.
     ///
-    /// Key and value are copied into allocations of their own: decoded
+    /// Key and value are copied into the entry's own allocation: decoded
     /// arguments are slices of a connection's receive buffer, and keeping
     /// them would pin that whole buffer in memory for as long as the key lives.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.replace(key, value);
+        self.insert(key, value);
     }
 
-    /// Like [`Store::put`], and returns the value it replaced (with one
-    /// lookup: the log keeps it to undo the write).
+    /// Like [`Store::put`], and returns the value it replaced (the log
+    /// keeps it to undo the write).
     pub fn replace(&mut self, key: &[u8], value: &[u8]) -> Option<Bytes> {
-        let value = Bytes::copy_from_slice(value);
-        self.data_bytes += value.len();
-        if let Some(old) = self.map.get_mut(key) {
-            self.data_bytes -= old.len();
-            Some(std::mem::replace(old, value))
-        } else {
-            self.data_bytes += key.len();
-            self.map.insert(Bytes::copy_from_slice(key), value);
-            None
+        self.insert(key, value)
+            .map(|old| Bytes::copy_from_slice(old.value()))
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        let hash = self.hash(key);
+        let entry = Entry::new(key, value);
+        self.data_bytes += key.len() + value.len();
+        let hasher = &self.hasher;
+        match self.table.find_entry(hash, |e| e.key() == key) {
+            Ok(mut found) => {
+                let old = std::mem::replace(found.get_mut(), entry);
+                self.data_bytes -= old.key().len() + old.value().len();
+                Some(old)
+            }
+            Err(_) => {
+                self.table
+                    .insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
+                None
+            }
         }
     }
 
     /// Removes a key; whether it existed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.take(key).is_some()
+        self.remove_entry(key).is_some()
     }
 
     /// Removes a key and returns its value, if it existed.
     pub fn take(&mut self, key: &[u8]) -> Option<Bytes> {
-        let (k, v) = self.map.remove_entry(key)?;
-        self.data_bytes -= k.len() + v.len();
-        Some(v)
+        self.remove_entry(key)
+            .map(|e| Bytes::copy_from_slice(e.value()))
     }
 
-    /// Every pair, in no particular order (cheap: keys and values are
-    /// reference-counted, nothing is copied).
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.map.iter()
+    fn remove_entry(&mut self, key: &[u8]) -> Option<Entry> {
+        let hash = self.hash(key);
+        let (entry, _) = self
+            .table
+            .find_entry(hash, |e| e.key() == key)
+            .ok()?
+            .remove();
+        self.data_bytes -= entry.key().len() + entry.value().len();
+        Some(entry)
+    }
+
+    /// Every pair, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.table.iter().map(|e| (e.key(), e.value()))
+    }
+
+    /// Every entry, in no particular order: a snapshot that costs a
+    /// reference count per key, not a copy.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.table.iter().cloned()
     }
 
     /// Every pair, sorted by key.
     pub fn dump(&self) -> Vec<(Bytes, Bytes)> {
-        let mut pairs: Vec<(Bytes, Bytes)> = self
-            .map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        pairs
+        let mut entries: Vec<&Entry> = self.table.iter().collect();
+        entries.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        entries
+            .into_iter()
+            .map(|e| {
+                (
+                    Bytes::copy_from_slice(e.key()),
+                    Bytes::copy_from_slice(e.value()),
+                )
+            })
+            .collect()
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 
     /// Bytes held in keys and values (not counting overhead).
@@ -108,8 +195,8 @@ mod tests {
         let mut s = Store::new(7);
         s.put(b"b", b"2");
         s.put(b"a", b"1");
-        s.put(b"b", b"22");
-        assert_eq!(s.get(b"b").map(|v| &v[..]), Some(&b"22"[..]));
+        assert_eq!(s.replace(b"b", b"22"), Some(Bytes::from_static(b"2")));
+        assert_eq!(s.get(b"b"), Some(&b"22"[..]));
         assert_eq!(s.data_bytes(), 5);
         assert_eq!(
             s.dump(),
@@ -120,7 +207,24 @@ mod tests {
         );
         assert!(s.remove(b"a"));
         assert!(!s.remove(b"a"));
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.data_bytes(), 3);
+        assert_eq!(s.take(b"b"), Some(Bytes::from_static(b"22")));
+        assert!(s.is_empty());
+        assert_eq!(s.data_bytes(), 0);
+    }
+
+    #[test]
+    fn empty_keys_and_values_and_snapshots() {
+        let mut s = Store::new(1);
+        s.put(b"", b"");
+        s.put(b"k", b"");
+        assert_eq!(s.get(b""), Some(&b""[..]));
+        assert_eq!(s.get(b"k"), Some(&b""[..]));
+        let snapshot: Vec<Entry> = s.entries().collect();
+        s.put(b"k", b"new");
+        // The snapshot keeps what was there when it was taken.
+        let mut old: Vec<(&[u8], &[u8])> = snapshot.iter().map(|e| (e.key(), e.value())).collect();
+        old.sort();
+        assert_eq!(old, vec![(&b""[..], &b""[..]), (&b"k"[..], &b""[..])]);
+        assert_eq!(s.get(b"k"), Some(&b"new"[..]));
     }
 }

@@ -32,6 +32,7 @@
 
 use bytes::{Bytes, BytesMut};
 use kv_core::aof::{self, CorruptKind, LogDecoder, LogStatus};
+use kv_core::store::Entry;
 use kv_core::Server;
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
@@ -458,10 +459,7 @@ enum ToWriter {
     /// learnt of a failure are dropped (they were rolled back).
     Append { data: Bytes, upto: u64, epoch: u64 },
     /// Start a rewrite from this snapshot of the store.
-    Rewrite {
-        snapshot: Vec<(Bytes, Bytes)>,
-        epoch: u64,
-    },
+    Rewrite { snapshot: Vec<Entry>, epoch: u64 },
     /// From the rewrite thread: the snapshot (and most of the tail) is in
     /// the temp file.
     SnapshotWritten { id: u64, result: io::Result<File> },
@@ -658,7 +656,7 @@ impl Writer {
         });
     }
 
-    fn start_rewrite(&mut self, snapshot: Vec<(Bytes, Bytes)>, epoch: u64) {
+    fn start_rewrite(&mut self, snapshot: Vec<Entry>, epoch: u64) {
         if epoch != self.epoch {
             // Asked for before a failure; the driver knows it was dropped.
             return;
@@ -766,7 +764,7 @@ impl Writer {
 /// the tail as keeps coming, synced.
 fn write_snapshot(
     tmp: &Path,
-    snapshot: Vec<(Bytes, Bytes)>,
+    snapshot: Vec<Entry>,
     tail: &Mutex<Vec<Bytes>>,
     cancel: &AtomicBool,
 ) -> io::Result<File> {
@@ -778,8 +776,8 @@ fn write_snapshot(
     let mut file = OpenOptions::new().append(true).create_new(true).open(tmp)?;
     let mut buf = BytesMut::with_capacity(REWRITE_CHUNK + 4096);
     buf.extend_from_slice(&aof::file_header());
-    for (key, value) in snapshot {
-        aof::encode_put(&key, &value, &mut buf);
+    for entry in snapshot {
+        aof::encode_put(entry.key(), entry.value(), &mut buf);
         if buf.len() >= REWRITE_CHUNK {
             file.write_all(&buf)?;
             buf.clear();
@@ -1082,11 +1080,7 @@ impl Log {
             return;
         }
         self.flush(server);
-        let snapshot: Vec<(Bytes, Bytes)> = server
-            .store()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let snapshot: Vec<Entry> = server.store().entries().collect();
         let epoch = self.state.borrow().epoch;
         if self
             .to_writer

@@ -123,8 +123,17 @@ impl Console {
         if line.is_empty() {
             return (Vec::new(), None);
         }
-        self.remember(line);
-        let echo = LogEntry::note(EntryKind::Command, line);
+        // A password stays out of the history and the log on screen.
+        let is_auth = line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("AUTH"));
+        let echo = if is_auth {
+            LogEntry::note(EntryKind::Command, "AUTH ••••••")
+        } else {
+            self.remember(line);
+            LogEntry::note(EntryKind::Command, line)
+        };
         let cmd = match Command::from_inline(line.as_bytes().to_vec().into(), &self.limits) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -152,7 +161,7 @@ impl Console {
         let is_get = matches!(cmd, Command::Get { .. });
         match self.client.send(&cmd, now) {
             Ok(id) => {
-                self.pending.insert(id, (line.to_owned(), is_get));
+                self.pending.insert(id, (echo.text.clone(), is_get));
                 let bytes = self
                     .client
                     .poll_transmit()
@@ -349,6 +358,16 @@ mod tests {
             c.handle_timeout(t(10_000))[0].text,
             "(error) DUMP: timed out"
         );
+    }
+
+    #[test]
+    fn passwords_stay_off_the_screen_and_out_of_the_history() {
+        let mut c = Console::new(t(0));
+        c.handle_connected(t(0));
+        let (log, out) = c.submit("auth s3cret", t(1));
+        assert_eq!(log[0].text, "AUTH ••••••");
+        assert_eq!(out.unwrap().bytes, b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n");
+        assert_eq!(c.history_up(), None);
     }
 
     #[test]

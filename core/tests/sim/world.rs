@@ -1760,7 +1760,7 @@ impl ServerSide {
         for k in 0..model.keys.len() {
             let held = server.store().get(&key_name(k));
             let expected = model.current(k).map(|seq| value_bytes(k, seq));
-            if held != expected.as_ref() {
+            if held != expected.as_deref() {
                 return violation(
                     "server",
                     format!("k{k}: the store holds {held:?}, the model {expected:?}"),
