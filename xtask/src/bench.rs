@@ -11,12 +11,17 @@
 //!    and 16), interleaved and repeated, and keeps the medians.
 //! 5. Loads 1,000,000 keys into fresh Redis and kv servers and compares the
 //!    memory each needs per key.
-//! 6. Writes `artifacts/bench/report.md` and `chart.svg`, and the same
-//!    table and chart into `BENCHMARKS.md` and `docs/bench-chart.svg`.
+//! 6. Durable writes: for each fsync policy (`always`, `everysec`, `no`),
+//!    Redis with `appendonly yes` and that `appendfsync`, and `kv server`
+//!    with that `--fsync`, each on a fresh data directory, driven with SETs
+//!    (pipeline 1 and 16) the same interleaved way as in step 4.
+//! 7. Writes `artifacts/bench/report.md`, `chart.svg` and
+//!    `durable-chart.svg`, and the same tables and the first chart into
+//!    `BENCHMARKS.md` and `docs/bench-chart.svg`.
 //!
-//! Every process started is killed when the phase that started it ends,
-//! whether it succeeded or not ([`Processes`]), and every wait has a
-//! deadline.
+//! Every process started is killed, and every data directory created is
+//! removed, when the phase that started it ends, whether it succeeded or not
+//! ([`Processes`]); and every wait has a deadline.
 
 mod report;
 mod resp;
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::cmd::Cmd;
-use report::{CodecFigure, Memory, Report};
+use report::{CodecFigure, Durable, Memory, Report};
 use resp::{info_number, Conn, NullServer};
 
 /// Where the report, the chart and the logs of the servers go.
@@ -61,6 +66,17 @@ const LOAD_BATCH: u64 = 1000;
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The fsync policies of the durable-writes comparison, as both
+/// `kv server --fsync` and Redis's `appendfsync` name them.
+const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "no"];
+
+/// Below this rate a `redis-benchmark` run is taken to hang and is killed
+/// (with 30 s to spare): in memory, anything slower is broken, not slow.
+const SLOWEST_RPS: u64 = 2_000;
+
+/// The same for writes that wait for a disk, which may be slow indeed.
+const SLOWEST_DURABLE_RPS: u64 = 100;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Clone)]
@@ -209,6 +225,7 @@ pub fn run(options: &Options) -> Result<()> {
     } = throughput(&kv, &server_args, options, &out)?;
     let load_after = load_average();
     let memory = memory(&kv, &server_args, &out)?;
+    let durable = durable(&kv, options, &out)?;
 
     let report = Report {
         options: options.clone(),
@@ -223,6 +240,7 @@ pub fn run(options: &Options) -> Result<()> {
         cases,
         proxy_cache,
         memory,
+        durable,
         codec,
     };
     report::write(&report, &out)?;
@@ -374,26 +392,44 @@ struct Service {
     command: String,
 }
 
-/// The processes started by one phase. Dropping it kills and reaps them
-/// all, so that nothing outlives the benchmark, whether it fails or not.
+/// The processes started by one phase, and the data directories made for
+/// them. Dropping it kills and reaps the processes, then removes the
+/// directories, so that nothing outlives the benchmark, whether it fails or
+/// not.
 #[derive(Default)]
 struct Processes {
     children: Vec<(String, Child)>,
+    dirs: Vec<PathBuf>,
 }
 
 impl Processes {
     /// Starts `redis-server` on a free port, persistence off, logging to
     /// `logs/NAME.log`, and waits until it answers `PING`.
     fn redis(&mut self, out: &Path, name: &str) -> Result<Service> {
-        let port = free_port()?;
         let dir = out.join(name);
         fs::create_dir_all(&dir)?;
+        self.redis_with(out, name, &dir, &["--appendonly", "no"])
+    }
+
+    /// Starts `redis-server` like [`Processes::redis`], but with the
+    /// persistence settings `persistence` (RDB snapshots stay off) and its
+    /// files in `dir`.
+    fn redis_with(
+        &mut self,
+        out: &Path,
+        name: &str,
+        dir: &Path,
+        persistence: &[&str],
+    ) -> Result<Service> {
+        let port = free_port()?;
         let log = log_file(out, name)?;
         let cmd = Cmd::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", ""])
+            .args(persistence)
+            .args(["--daemonize", "no"])
             .arg("--dir")
-            .arg(&dir);
+            .arg(dir);
         let command = cmd.to_string();
         let child = cmd.spawn(Stdio::from(log.try_clone()?), Stdio::from(log))?;
         let pid = child.id();
@@ -405,6 +441,19 @@ impl Processes {
         let pong = conn.command(&[b"PING"])?;
         ensure!(pong == "PONG", "{name} answered PING with {pong:?}");
         Ok(Service { addr, pid, command })
+    }
+
+    /// An empty directory at `path` (anything left there by an earlier run
+    /// is removed first), removed again when `self` is dropped.
+    fn fresh_dir(&mut self, path: PathBuf) -> Result<PathBuf> {
+        if path.exists() {
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("could not remove {}", path.display()))?;
+        }
+        fs::create_dir_all(&path)
+            .with_context(|| format!("could not create {}", path.display()))?;
+        self.dirs.push(path.clone());
+        Ok(path)
     }
 
     /// Starts `kv ARGS` (which must include `--listen 127.0.0.1:0`) and
@@ -460,6 +509,23 @@ impl Drop for Processes {
             match child.wait() {
                 Ok(_) => eprintln!("xtask bench: stopped {name} (pid {})", child.id()),
                 Err(e) => eprintln!("xtask bench: warning: could not reap {name}: {e}"),
+            }
+        }
+        for dir in &self.dirs {
+            // A Redis killed during a log rewrite leaves its forked rewriter
+            // behind for a moment (it exits once it finds its parent gone),
+            // which may still hold files here: one retry after it is gone.
+            let removed = fs::remove_dir_all(dir).or_else(|_| {
+                std::thread::sleep(Duration::from_secs(2));
+                fs::remove_dir_all(dir)
+            });
+            match removed {
+                Ok(()) => eprintln!("xtask bench: removed {}", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!(
+                    "xtask bench: warning: could not remove {}: {e}",
+                    dir.display()
+                ),
             }
         }
     }
@@ -637,47 +703,28 @@ fn throughput(
         Target::Null => null.addr(),
     };
 
-    // Calibration doubles as warm-up: one short run per case, whose rate
-    // sets `-n` so that the measured runs last about `run_seconds`.
     let mut cases = Vec::new();
     for op in [Op::Get, Op::Set] {
         for pipeline in PIPELINES {
             for target in TARGETS {
                 let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
-                let sample = redis_benchmark(addr(target), op, pipeline, warm_up)?;
-                let requests = ((sample.rps * options.run_seconds()) as u64)
-                    .clamp(warm_up, 50_000_000)
-                    .div_ceil(1000)
-                    * 1000;
-                cases.push(Case {
+                let calibration = Calibration {
+                    warm_up,
+                    floor: warm_up,
+                    slowest_rps: SLOWEST_RPS,
+                };
+                cases.push(calibrate(
+                    addr(target),
                     target,
                     op,
                     pipeline,
-                    requests,
-                    samples: Vec::new(),
-                });
+                    calibration,
+                    options,
+                )?);
             }
         }
     }
-
-    for round in 1..=options.rounds {
-        // Cases are stored op, pipeline, target: running them in order
-        // alternates Redis and kv on the same test.
-        for case in &mut cases {
-            let sample = redis_benchmark(addr(case.target), case.op, case.pipeline, case.requests)?;
-            eprintln!(
-                "xtask bench: round {round}/{}: {} {} P{}: {:.0} req/s, p50 {} ms, p99 {} ms",
-                options.rounds,
-                report::label(case.target, case.op),
-                case.op.test(),
-                case.pipeline,
-                sample.rps,
-                sample.p50_ms.map_or("?".into(), |v| format!("{v:.3}")),
-                sample.p99_ms.map_or("?".into(), |v| format!("{v:.3}")),
-            );
-            case.samples.push(sample);
-        }
-    }
+    measure_rounds(&mut cases, addr, SLOWEST_RPS, options, "")?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let info = Conn::connect(proxy.addr, deadline)?.info(None)?;
@@ -695,16 +742,104 @@ fn throughput(
     })
 }
 
-/// One `redis-benchmark` run against `addr`.
-fn redis_benchmark(addr: SocketAddr, op: Op, pipeline: u32, requests: u64) -> Result<Sample> {
+/// How a case's `-n` is found.
+#[derive(Debug, Clone, Copy)]
+struct Calibration {
+    /// Requests of the calibration run.
+    warm_up: u64,
+    /// The fewest requests a measured run may have.
+    floor: u64,
+    /// Below this rate a run is taken to hang (see [`SLOWEST_RPS`]).
+    slowest_rps: u64,
+}
+
+/// Calibration doubles as warm-up: one short run, whose rate sets `-n` so
+/// that the measured runs of the case last about `run_seconds`.
+fn calibrate(
+    addr: SocketAddr,
+    target: Target,
+    op: Op,
+    pipeline: u32,
+    calibration: Calibration,
+    options: &Options,
+) -> Result<Case> {
+    let sample = redis_benchmark(
+        addr,
+        op,
+        pipeline,
+        calibration.warm_up,
+        calibration.slowest_rps,
+    )?;
+    Ok(Case {
+        target,
+        op,
+        pipeline,
+        requests: requests_for(sample.rps, options.run_seconds(), calibration.floor),
+        samples: Vec::new(),
+    })
+}
+
+/// Requests for a run of about `seconds` at `rps`, at least `floor`, in
+/// whole thousands.
+fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
+    ((rps * seconds) as u64)
+        .clamp(floor, 50_000_000)
+        .div_ceil(1000)
+        * 1000
+}
+
+/// Runs every case once per round, in order, `options.rounds` times.
+/// Cases are stored test by test with the targets in [`TARGETS`] order, so
+/// that running them in order alternates Redis and kv on the same test.
+/// `what` prefixes the progress lines.
+fn measure_rounds(
+    cases: &mut [Case],
+    addr: impl Fn(Target) -> SocketAddr,
+    slowest_rps: u64,
+    options: &Options,
+    what: &str,
+) -> Result<()> {
+    for round in 1..=options.rounds {
+        for case in cases.iter_mut() {
+            let sample = redis_benchmark(
+                addr(case.target),
+                case.op,
+                case.pipeline,
+                case.requests,
+                slowest_rps,
+            )?;
+            eprintln!(
+                "xtask bench: {what}round {round}/{}: {} {} P{}: {:.0} req/s, p50 {} ms, p99 {} ms",
+                options.rounds,
+                report::label(case.target, case.op),
+                case.op.test(),
+                case.pipeline,
+                sample.rps,
+                sample.p50_ms.map_or("?".into(), |v| format!("{v:.3}")),
+                sample.p99_ms.map_or("?".into(), |v| format!("{v:.3}")),
+            );
+            case.samples.push(sample);
+        }
+    }
+    Ok(())
+}
+
+/// One `redis-benchmark` run against `addr`, killed if it runs slower than
+/// `slowest_rps` (plus 30 s).
+fn redis_benchmark(
+    addr: SocketAddr,
+    op: Op,
+    pipeline: u32,
+    requests: u64,
+    slowest_rps: u64,
+) -> Result<Sample> {
     let cmd = Cmd::new("redis-benchmark")
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-t", op.test(), "-c", &CLIENTS.to_string()])
         .args(["-P", &pipeline.to_string(), "-d", &VALUE_LEN.to_string()])
         .args(["-r", &KEYSPACE.to_string(), "-n", &requests.to_string()])
         .arg("--csv");
-    // Anything slower than 2,000 req/s is broken, not slow.
-    let timeout = Duration::from_secs(30 + requests / 2_000);
+    let timeout = Duration::from_secs(30 + requests / slowest_rps);
     let output = cmd.output_within(timeout)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -800,9 +935,220 @@ fn memory(kv: &Path, server_args: &[String], out: &Path) -> Result<Memory> {
     })
 }
 
+/// The durable-writes comparison, one fsync policy after the other, each
+/// with fresh servers on fresh, empty data directories.
+fn durable(kv: &Path, options: &Options, out: &Path) -> Result<Vec<Durable>> {
+    let help = Cmd::new(kv).args(["server", "--help"]).read()?;
+    if !help.contains("--fsync") {
+        eprintln!("xtask bench: skipping durable writes: this kv server has no --fsync");
+        return Ok(Vec::new());
+    }
+    FSYNC_POLICIES
+        .into_iter()
+        .map(|policy| durable_policy(kv, policy, options, out))
+        .collect()
+}
+
+/// SETs on Redis (`appendonly yes`, `appendfsync POLICY`) and on
+/// `kv server --fsync POLICY`, interleaved over the rounds.
+fn durable_policy(
+    kv: &Path,
+    policy: &'static str,
+    options: &Options,
+    out: &Path,
+) -> Result<Durable> {
+    eprintln!("xtask bench: durable writes, fsync {policy}");
+    let mut procs = Processes::default();
+    let redis_dir = procs.fresh_dir(out.join(format!("redis-aof-{policy}")))?;
+    let kv_dir = procs.fresh_dir(out.join(format!("kv-data-{policy}")))?;
+    let redis = procs.redis_with(
+        out,
+        &format!("redis-aof-{policy}"),
+        &redis_dir,
+        &["--appendonly", "yes", "--appendfsync", policy],
+    )?;
+    let mut kv_args: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--fsync", policy]
+        .map(String::from)
+        .into();
+    kv_args.push("--data-dir".into());
+    kv_args.push(kv_dir.display().to_string());
+    let server = procs.kv(kv, &kv_args, out, &format!("kv-server-{policy}"))?;
+
+    // Both must really be logging, under the policy asked for.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = Conn::connect(redis.addr, deadline)?.info(Some("persistence"))?;
+    ensure!(
+        info_field(&info, "aof_enabled") == Some("1"),
+        "redis (appendfsync {policy}) runs without its append-only file"
+    );
+    let mut request = Vec::new();
+    resp::encode(&mut request, &[b"CONFIG", b"GET", b"appendfsync"]);
+    let reply = Conn::connect(redis.addr, deadline)?.pipeline(&request, 1)?;
+    ensure!(
+        String::from_utf8_lossy(&reply).contains(&format!("\r\n{policy}\r\n")),
+        "redis reports appendfsync {:?}, not {policy}",
+        String::from_utf8_lossy(&reply)
+    );
+    let info = Conn::connect(server.addr, deadline)?.info(None)?;
+    ensure!(
+        info_field(&info, "aof_enabled") == Some("1")
+            && info_field(&info, "aof_fsync") == Some(policy),
+        "kv server (--fsync {policy}) reports aof_enabled {:?}, aof_fsync {:?}",
+        info_field(&info, "aof_enabled"),
+        info_field(&info, "aof_fsync")
+    );
+
+    let addr = |target| match target {
+        Target::KvServer => server.addr,
+        _ => redis.addr,
+    };
+    let mut cases = Vec::new();
+    for pipeline in PIPELINES {
+        for target in [Target::Redis, Target::KvServer] {
+            // Shorter than in memory: under `always` every batch of writes
+            // waits for the disk.
+            let calibration = Calibration {
+                warm_up: if pipeline == 1 { 5_000 } else { 50_000 },
+                floor: 1_000,
+                slowest_rps: SLOWEST_DURABLE_RPS,
+            };
+            cases.push(calibrate(
+                addr(target),
+                target,
+                Op::Set,
+                pipeline,
+                calibration,
+                options,
+            )?);
+        }
+    }
+    measure_rounds(
+        &mut cases,
+        addr,
+        SLOWEST_DURABLE_RPS,
+        options,
+        &format!("fsync {policy}: "),
+    )?;
+
+    // Redis rewrites its log in a forked child, which a kill of Redis would
+    // leave running for a while: stop new rewrites and let any running one
+    // finish before the servers are killed. (kv rewrites on a thread.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut conn = Conn::connect(redis.addr, deadline)?;
+    conn.command(&[b"CONFIG", b"SET", b"auto-aof-rewrite-percentage", b"0"])?;
+    let redis_info = loop {
+        let info = conn.info(Some("persistence"))?;
+        let busy = |field| info_field(&info, field).is_some_and(|v| v != "0");
+        if !busy("aof_rewrite_in_progress") && !busy("aof_rewrite_scheduled") {
+            break info;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "redis (appendfsync {policy}) is still rewriting its log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for field in ["aof_last_write_status", "aof_last_bgrewrite_status"] {
+        let status = info_field(&redis_info, field);
+        ensure!(
+            status.is_none_or(|v| v == "ok"),
+            "redis (appendfsync {policy}) reports {field}:{}",
+            status.unwrap_or("")
+        );
+    }
+    let kv_info = Conn::connect(server.addr, deadline)?.info(None)?;
+    ensure!(
+        info_field(&kv_info, "aof_status") == Some("ok"),
+        "kv server (--fsync {policy}) reports aof_status {:?}",
+        info_field(&kv_info, "aof_status")
+    );
+    let rewrites = (
+        info_number(&redis_info, "aof_rewrites").ok(),
+        info_number(&kv_info, "aof_rewrites").ok(),
+    );
+
+    let kv_fs = filesystem(&kv_dir);
+    let redis_fs = filesystem(&redis_dir);
+    let filesystem = if kv_fs == redis_fs {
+        kv_fs
+    } else {
+        format!("kv: {kv_fs}, Redis: {redis_fs}")
+    };
+    let durable = Durable {
+        policy,
+        filesystem,
+        mount: mount(&kv_dir),
+        servers: vec![redis.command, server.command],
+        cases,
+        rewrites,
+    };
+    drop(procs);
+    Ok(durable)
+}
+
+/// The value of `field` in an `INFO` answer.
+fn info_field<'a>(info: &'a [(String, String)], field: &str) -> Option<&'a str> {
+    info.iter().find(|(k, _)| k == field).map(|(_, v)| v.trim())
+}
+
+/// The type of the filesystem holding `dir`, as `stat -f -c %T` names it
+/// (which tells ext2, ext3 and ext4 apart by none of them).
+fn filesystem(dir: &Path) -> String {
+    Cmd::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .read()
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// The type and options of the mount holding `dir`, as `findmnt` shows
+/// them, when it can.
+fn mount(dir: &Path) -> Option<String> {
+    let text = Cmd::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,OPTIONS", "--target"])
+        .arg(dir)
+        .read()
+        .ok()?;
+    let (fstype, mount_options) = text.trim().split_once(char::is_whitespace)?;
+    Some(format!("{fstype} {}", mount_options.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_dirs_are_emptied_and_removed_with_the_guard() {
+        let base = std::env::temp_dir().join(format!("xtask-bench-test-{}", std::process::id()));
+        let path = base.join("kv-data-always");
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("appendonly.kv"), b"left over").unwrap();
+        let mut procs = Processes::default();
+        let dir = procs.fresh_dir(path.clone()).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::write(dir.join("appendonly.kv"), b"written").unwrap();
+        drop(procs);
+        assert!(!path.exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn calibrated_requests() {
+        assert_eq!(requests_for(41_234.0, 3.0, 10_000), 124_000);
+        assert_eq!(requests_for(900.0, 1.0, 1_000), 1_000);
+        assert_eq!(requests_for(1e9, 3.0, 1_000), 50_000_000);
+    }
+
+    #[test]
+    fn finds_info_fields() {
+        let info = vec![
+            ("aof_enabled".to_owned(), "1".to_owned()),
+            ("aof_fsync".to_owned(), "always\r".to_owned()),
+        ];
+        assert_eq!(info_field(&info, "aof_fsync"), Some("always"));
+        assert_eq!(info_field(&info, "aof_status"), None);
+    }
 
     #[test]
     fn parses_csv_with_header() {
