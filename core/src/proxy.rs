@@ -230,6 +230,17 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// Where a `GET` is answered from.
+#[derive(Debug)]
+enum GetRoute {
+    /// Joins the upstream `GET` with this sequence number.
+    Join(u64),
+    /// A fresh cache entry (`None`: cached as missing).
+    Hit { value: Option<Bytes>, age: Duration },
+    /// A new upstream `GET`.
+    Upstream,
+}
+
 /// Reads a flat `key, value, …` array of bulk strings as pairs.
 fn flat_pairs(items: &[Reply]) -> Option<Vec<(Bytes, Bytes)>> {
     if items.len() % 2 != 0 {
@@ -250,7 +261,9 @@ pub struct Proxy {
     config: ProxyConfig,
     clock: Clock,
     cache: TtlCache,
-    clients: HashMap<ClientId, ClientState>,
+    /// Seeded like the other maps: std's default hasher would draw its keys
+    /// from the OS's random source, which the core never reads.
+    clients: HashMap<ClientId, ClientState, Hasher>,
     next_client: u64,
     events: VecDeque<ProxyEvent>,
     upstream: UpstreamState,
@@ -276,9 +289,10 @@ impl Proxy {
             cache: TtlCache::new(config.cache.clone(), config.hash_seed),
             coalesce: HashMap::with_hasher(Hasher::with_seed(config.hash_seed)),
             pending_writes: HashMap::with_hasher(Hasher::with_seed(config.hash_seed)),
+            clients: HashMap::with_hasher(Hasher::with_seed(config.hash_seed)),
             config,
             clock,
-            clients: HashMap::new(),
+
             next_client: 0,
             events: VecDeque::new(),
             upstream: UpstreamState::Connecting,
@@ -432,15 +446,37 @@ impl Proxy {
                 }
             };
             self.stats.requests += 1;
+            // The hot path: a cache hit for a byte-stream client with no
+            // reply queued ahead of it is encoded straight into its output,
+            // with no reply slot and no `Reply` value.
+            let direct = client.kind == ClientKind::Stream && client.slots.is_empty();
+            let route = match &request {
+                Ok(Command::Get { key }) if client.authenticated => Some(self.route_get(key, now)),
+                _ => None,
+            };
+            if let (true, Some(GetRoute::Hit { value, .. })) = (direct, &route) {
+                if let Some(client) = self.clients.get_mut(&id) {
+                    crate::reply::encode_value(dialect, value.as_deref(), &mut client.out);
+                }
+                continue;
+            }
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
             let seq = client.head_seq + client.slots.len() as u64;
             client.slots.push_back(Slot {
                 dialect,
                 received_at: now,
                 done: None,
             });
-            match request {
-                Ok(cmd) => self.dispatch(id, seq, cmd, now),
-                Err(reply) => self.complete(Waiter { client: id, seq }, reply, Source::Proxy, now),
+            match (request, route) {
+                (Ok(Command::Get { key }), Some(route)) => {
+                    self.get_by_route(Waiter { client: id, seq }, key, route, now)
+                }
+                (Ok(cmd), _) => self.dispatch(id, seq, cmd, now),
+                (Err(reply), _) => {
+                    self.complete(Waiter { client: id, seq }, reply, Source::Proxy, now)
+                }
             }
         }
         self.flush_client(id);
@@ -471,28 +507,8 @@ impl Proxy {
         }
         match cmd {
             Command::Get { key } => {
-                // A GET already in flight for this key was sent after every
-                // write to it, so its answer is at least as new as anything
-                // cached: join it rather than read the cache, or a client
-                // could read a newer value, then an older one.
-                if let Some(&upstream_seq) = self.coalesce.get(&key) {
-                    if let Some(req) = self.in_flight_mut(upstream_seq) {
-                        req.waiters.push(waiter);
-                        self.stats.coalesced += 1;
-                        return;
-                    }
-                }
-                if !self.pending_writes.contains_key(&key) {
-                    if let Lookup::Hit { value, age } = self.cache.get(&key, now) {
-                        let reply = value.map_or(Reply::Nil, Reply::Bulk);
-                        self.complete(waiter, reply, Source::Cache { age }, now);
-                        return;
-                    }
-                }
-                let key2 = key.clone();
-                if let Some(upstream_seq) = self.send_upstream(Op::Get { key }, waiter, now) {
-                    self.coalesce.insert(key2, upstream_seq);
-                }
+                let route = self.route_get(&key, now);
+                self.get_by_route(waiter, key, route, now);
             }
             Command::Put { key, value } => {
                 self.send_upstream(Op::Put { key, value }, waiter, now);
@@ -526,6 +542,50 @@ impl Proxy {
             other => {
                 let reply = local_reply(other, "proxy");
                 self.complete(waiter, reply, Source::Proxy, now);
+            }
+        }
+    }
+
+    /// Where a `GET` of `key` is answered from (see the consistency rules).
+    /// Counts the cache lookup, if one is made, as a hit or a miss.
+    fn route_get(&mut self, key: &Bytes, now: Instant) -> GetRoute {
+        // A GET already in flight for this key was sent after every write
+        // to it, so its answer is at least as new as anything cached: join
+        // it rather than read the cache, or a client could read a newer
+        // value, then an older one. (The emptiness checks spare hashing the
+        // key when nothing is in flight.)
+        if !self.coalesce.is_empty() {
+            if let Some(&seq) = self.coalesce.get(key) {
+                if self.in_flight_mut(seq).is_some() {
+                    return GetRoute::Join(seq);
+                }
+            }
+        }
+        if self.pending_writes.is_empty() || !self.pending_writes.contains_key(key) {
+            if let Lookup::Hit { value, age } = self.cache.get(key, now) {
+                return GetRoute::Hit { value, age };
+            }
+        }
+        GetRoute::Upstream
+    }
+
+    fn get_by_route(&mut self, waiter: Waiter, key: Bytes, route: GetRoute, now: Instant) {
+        match route {
+            GetRoute::Join(seq) => {
+                if let Some(req) = self.in_flight_mut(seq) {
+                    req.waiters.push(waiter);
+                    self.stats.coalesced += 1;
+                }
+            }
+            GetRoute::Hit { value, age } => {
+                let reply = value.map_or(Reply::Nil, Reply::Bulk);
+                self.complete(waiter, reply, Source::Cache { age }, now);
+            }
+            GetRoute::Upstream => {
+                let key2 = key.clone();
+                if let Some(seq) = self.send_upstream(Op::Get { key }, waiter, now) {
+                    self.coalesce.insert(key2, seq);
+                }
             }
         }
     }
@@ -669,7 +729,9 @@ impl Proxy {
                 }),
             }
         }
-        if (moved || client.closing) && !client.notified {
+        // Output written straight by the cache-hit fast path counts too.
+        let pending = moved || client.closing || !client.out.is_empty();
+        if pending && !client.notified {
             client.notified = true;
             self.events.push_back(ProxyEvent::ClientReady(id));
         }
