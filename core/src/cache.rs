@@ -36,8 +36,8 @@ impl Default for CacheConfig {
     }
 }
 
-/// Bytes charged per entry on top of its key and value, roughly what the
-/// map, the LRU links and the expiry queue cost.
+/// Bytes charged per entry on top of its key and value, roughly what its
+/// index slot, its node with the two lists' links, and the allocations cost.
 pub const ENTRY_OVERHEAD: usize = 96;
 
 /// Cache counters.
