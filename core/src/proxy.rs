@@ -669,7 +669,7 @@ impl Proxy {
 
     /// Undoes the bookkeeping of a write that will never be acknowledged:
     /// its effect upstream is unknown, so the cached value is dropped.
-    fn abandon_op(&mut self, op: &Op, _now: Instant) {
+    fn abandon_op(&mut self, op: &Op) {
         match op {
             Op::Put { key, .. } => {
                 self.end_write(key);
@@ -820,7 +820,7 @@ impl Proxy {
         let failed: Vec<InFlight> = self.in_flight.drain(..).collect();
         self.in_flight_head += failed.len() as u64;
         for req in failed {
-            self.abandon_op(&req.op, now);
+            self.abandon_op(&req.op);
             for w in req.waiters {
                 self.complete(
                     w,

@@ -724,31 +724,16 @@ fn svg(r: &Report) -> String {
             .map(Case::rps)
             .collect();
         let max = values.iter().copied().fold(0.0, f64::max);
-        let step = nice_step(max, 5);
-        let top_value = (max / step).ceil().max(1.0) * step;
-        let y = |v: f64| BOTTOM - (BOTTOM - TOP) * v / top_value;
-        // Grid and axis labels.
-        let mut tick = 0.0;
-        while tick <= top_value + step / 2.0 {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" x2="{right}" y1="{0:.1}" y2="{0:.1}" stroke="#e0e0e0"/><text x="{1}" y="{2:.1}" text-anchor="end" font-size="11" fill="#555">{3}</text>"##,
-                y(tick),
-                left - 6.0,
-                y(tick) + 4.0,
-                short(tick)
-            );
-            tick += step;
-        }
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{right}" y1="{BOTTOM}" y2="{BOTTOM}" stroke="#333"/>"##
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-weight="bold">pipeline {pipeline} (-P {pipeline})</text>"##,
-            (left + right) / 2.0,
-            TOP - 14.0
+        let y = panel_axes(
+            &mut s,
+            Panel {
+                left,
+                right,
+                top: TOP,
+                bottom: BOTTOM,
+            },
+            pipeline,
+            max,
         );
         // Groups.
         let group_w = TARGETS.len() as f64 * (BAR + GAP) - GAP;
@@ -804,6 +789,52 @@ fn svg(r: &Report) -> String {
     );
     s.push_str("</svg>\n");
     s
+}
+
+/// Where one chart panel sits.
+#[derive(Clone, Copy)]
+struct Panel {
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+}
+
+/// Draws a panel's grid, value labels, baseline and title, scaled so that
+/// `max` fits; returns the value-to-y mapping for its bars.
+fn panel_axes(s: &mut String, p: Panel, pipeline: u32, max: f64) -> impl Fn(f64) -> f64 {
+    let Panel {
+        left,
+        right,
+        top,
+        bottom,
+    } = p;
+    let step = nice_step(max, 5);
+    let top_value = (max / step).ceil().max(1.0) * step;
+    let y = move |v: f64| bottom - (bottom - top) * v / top_value;
+    let mut tick = 0.0;
+    while tick <= top_value + step / 2.0 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{right}" y1="{0:.1}" y2="{0:.1}" stroke="#e0e0e0"/><text x="{1}" y="{2:.1}" text-anchor="end" font-size="11" fill="#555">{3}</text>"##,
+            y(tick),
+            left - 6.0,
+            y(tick) + 4.0,
+            short(tick)
+        );
+        tick += step;
+    }
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-weight="bold">pipeline {pipeline} (-P {pipeline})</text>"##,
+        (left + right) / 2.0,
+        top - 14.0
+    );
+    y
 }
 
 /// A small grouped bar chart of durable SETs per second: one panel per
@@ -862,30 +893,16 @@ fn durable_svg(r: &Report) -> Option<String> {
             .filter(|c| c.pipeline == pipeline)
             .map(Case::rps)
             .fold(0.0, f64::max);
-        let step = nice_step(max, 5);
-        let top_value = (max / step).ceil().max(1.0) * step;
-        let y = |v: f64| BOTTOM - (BOTTOM - TOP) * v / top_value;
-        let mut tick = 0.0;
-        while tick <= top_value + step / 2.0 {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" x2="{right}" y1="{0:.1}" y2="{0:.1}" stroke="#e0e0e0"/><text x="{1}" y="{2:.1}" text-anchor="end" font-size="11" fill="#555">{3}</text>"##,
-                y(tick),
-                left - 6.0,
-                y(tick) + 4.0,
-                short(tick)
-            );
-            tick += step;
-        }
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{right}" y1="{BOTTOM}" y2="{BOTTOM}" stroke="#333"/>"##
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-weight="bold">pipeline {pipeline} (-P {pipeline})</text>"##,
-            (left + right) / 2.0,
-            TOP - 14.0
+        let y = panel_axes(
+            &mut s,
+            Panel {
+                left,
+                right,
+                top: TOP,
+                bottom: BOTTOM,
+            },
+            pipeline,
+            max,
         );
         let group_w = targets.len() as f64 * (BAR + GAP) - GAP;
         let slot = (right - left) / r.durable.len() as f64;
