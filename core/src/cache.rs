@@ -1,9 +1,16 @@
 //! The proxy's TTL cache, on an injected clock.
 //!
 //! An entry is fresh while `now < stored_at + ttl`: at exactly one TTL it is
-//! stale. Entries are bounded by count and by bytes, evicted least recently
-//! used first, and purged when they expire ([`TtlCache::poll_timeout`] says
-//! when the next one does) so that dead entries do not hold memory.
+//! stale. Entries are bounded by count and by bytes, evicted roughly least
+//! recently used first, and purged when they expire ([`TtlCache::poll_timeout`]
+//! says when the next one does) so that dead entries do not hold memory.
+//!
+//! A hit is the proxy's hot path, so it writes nothing but one flag: the
+//! entry's key and value share one allocation, and recency is kept the
+//! CLOCK way (a hit marks the entry; eviction gives a marked entry a second
+//! chance) instead of relinking a list on every hit, which would touch two
+//! more entries' memory each time. The profile that prompted this is in
+//! `BENCHMARKS.md`.
 
 use crate::store::Hasher;
 use crate::time::Instant;
@@ -37,8 +44,8 @@ impl Default for CacheConfig {
 }
 
 /// Bytes charged per entry on top of its key and value, roughly what its
-/// index slot, its node with the two lists' links, and the allocations cost.
-pub const ENTRY_OVERHEAD: usize = 96;
+/// index slot, its node with the two lists' links, and its allocation cost.
+pub const ENTRY_OVERHEAD: usize = 80;
 
 /// Cache counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,13 +60,13 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
-/// What a lookup found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+/// What a lookup found, borrowed from the cache (see [`TtlCache::lookup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<V> {
     /// A fresh entry: the value (`None` for a cached "missing") and its age.
     Hit {
         /// The cached value, or `None` if the key was cached as missing.
-        value: Option<Bytes>,
+        value: Option<V>,
         /// How long ago the entry was stored.
         age: Duration,
     },
@@ -67,20 +74,69 @@ pub enum Lookup {
     Miss,
 }
 
+impl<V> Lookup<V> {
+    /// The same outcome with the value mapped (say, copied out of the cache).
+    pub fn map<W>(self, f: impl FnOnce(V) -> W) -> Lookup<W> {
+        match self {
+            Lookup::Hit { value, age } => Lookup::Hit {
+                value: value.map(f),
+                age,
+            },
+            Lookup::Miss => Lookup::Miss,
+        }
+    }
+}
+
 /// "No node": the end of a list.
 const NIL: u32 = u32::MAX;
 
-/// One cached entry, linked into two lists: recency (for LRU eviction) and
-/// age (for expiry). With one TTL for every entry, the age list is also
-/// expiry order, and rewriting a key moves it to the young end: no stale
-/// records, no scans, every operation O(1).
+/// One cached entry, linked into two lists: eviction order and age (for
+/// expiry). With one TTL for every entry, the age list is also expiry
+/// order, and rewriting a key moves it to the young end: no stale records
+/// and no scans.
 #[derive(Debug)]
 struct Node {
-    key: Bytes,
-    value: Option<Bytes>,
+    /// `[key length: u32][key][value]`, one allocation; empty in a free slot.
+    data: Box<[u8]>,
     stored_at: Instant,
-    lru: Links,
+    /// The key is cached as missing (`data` then holds no value bytes).
+    missing: bool,
+    /// Hit since the eviction hand last passed (the CLOCK bit).
+    referenced: bool,
+    evict: Links,
     age: Links,
+}
+
+impl Node {
+    fn pack(key: &[u8], value: Option<&[u8]>) -> Box<[u8]> {
+        // Keys are bounded far below 4 GiB by the codec's limits.
+        let klen = u32::try_from(key.len()).expect("key shorter than 4 GiB");
+        let value = value.unwrap_or_default();
+        let mut buf = Vec::with_capacity(4 + key.len() + value.len());
+        buf.extend_from_slice(&klen.to_le_bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        buf.into_boxed_slice()
+    }
+
+    fn key_len(&self) -> usize {
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&self.data[..4]);
+        u32::from_le_bytes(n) as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[4..4 + self.key_len()]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        (!self.missing).then(|| &self.data[4 + self.key_len()..])
+    }
+
+    /// Bytes charged for this entry.
+    fn charge(&self) -> usize {
+        self.data.len() - 4 + ENTRY_OVERHEAD
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,11 +169,12 @@ impl List {
 /// Which of a node's two link pairs a list uses.
 #[derive(Clone, Copy)]
 enum Which {
-    Lru,
+    Evict,
     Age,
 }
 
-/// A bounded LRU cache whose entries expire after a TTL.
+/// A bounded cache whose entries expire after a TTL, evicting entries not
+/// used lately first (CLOCK, an approximation of LRU).
 #[derive(Debug)]
 pub struct TtlCache {
     /// Slot indices into `nodes`, hashed by key.
@@ -125,7 +182,9 @@ pub struct TtlCache {
     nodes: Vec<Node>,
     /// Free slots of `nodes`.
     free: Vec<u32>,
-    lru: List,
+    /// Eviction order: entries in the order they were stored or last given
+    /// a second chance; the head is the next candidate.
+    evict: List,
     age: List,
     len: usize,
     hasher: Hasher,
@@ -141,7 +200,7 @@ impl TtlCache {
             index: HashTable::new(),
             nodes: Vec::new(),
             free: Vec::new(),
-            lru: List::EMPTY,
+            evict: List::EMPTY,
             age: List::EMPTY,
             len: 0,
             hasher: Hasher::with_seed(hash_seed),
@@ -176,28 +235,26 @@ impl TtlCache {
         self.bytes
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
     fn find(&self, key: &[u8]) -> Option<u32> {
         let nodes = &self.nodes;
         self.index
-            .find(self.hash(key), |&i| nodes[i as usize].key[..] == *key)
+            .find(self.hasher.hash_one(key), |&i| {
+                nodes[i as usize].key() == key
+            })
             .copied()
     }
 
     fn links(&mut self, i: u32, which: Which) -> &mut Links {
         let node = &mut self.nodes[i as usize];
         match which {
-            Which::Lru => &mut node.lru,
+            Which::Evict => &mut node.evict,
             Which::Age => &mut node.age,
         }
     }
 
     fn list(&mut self, which: Which) -> &mut List {
         match which {
-            Which::Lru => &mut self.lru,
+            Which::Evict => &mut self.evict,
             Which::Age => &mut self.age,
         }
     }
@@ -231,23 +288,23 @@ impl TtlCache {
         self.list(which).tail = i;
     }
 
-    /// Looks a key up, counting a hit or a miss; a hit makes the entry the
-    /// most recently used.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Lookup {
+    /// Looks a key up, counting a hit or a miss; a hit marks the entry as
+    /// recently used. The value is borrowed: copy it out with
+    /// [`Lookup::map`] if it must outlive the next change to the cache.
+    pub fn lookup(&mut self, key: &[u8], now: Instant) -> Lookup<&[u8]> {
         let Some(i) = self.find(key) else {
             self.stats.misses += 1;
             return Lookup::Miss;
         };
-        let node = &self.nodes[i as usize];
-        if now < node.stored_at + self.config.ttl {
-            let hit = Lookup::Hit {
-                value: node.value.clone(),
-                age: now - node.stored_at,
-            };
-            self.unlink(i, Which::Lru);
-            self.push_back(i, Which::Lru);
+        let ttl = self.config.ttl;
+        if now < self.nodes[i as usize].stored_at + ttl {
             self.stats.hits += 1;
-            hit
+            let node = &mut self.nodes[i as usize];
+            node.referenced = true;
+            Lookup::Hit {
+                value: node.value(),
+                age: now - node.stored_at,
+            }
         } else {
             // Stale, and the purge has not come round to it yet.
             self.remove_slot(i);
@@ -257,39 +314,46 @@ impl TtlCache {
         }
     }
 
+    /// Like [`TtlCache::lookup`], with the value copied out.
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Lookup<Bytes> {
+        self.lookup(key, now).map(Bytes::copy_from_slice)
+    }
+
     /// Stores a value (`None`: the key is missing upstream) as of `now`.
     ///
     /// Key and value are copied: they usually arrive as slices of a
     /// connection's receive buffer, which they would otherwise keep alive
     /// uncounted by [`CacheConfig::max_bytes`].
-    pub fn insert(&mut self, key: Bytes, value: Option<Bytes>, now: Instant) {
+    pub fn insert(&mut self, key: &[u8], value: Option<&[u8]>, now: Instant) {
         if value.is_none() && !self.config.negative {
-            self.remove(&key);
+            self.remove(key);
             return;
         }
-        let size = charge(&key, value.as_ref());
+        let size = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
         if size > self.config.max_bytes || self.config.max_entries == 0 || self.config.ttl.is_zero()
         {
-            self.remove(&key);
+            self.remove(key);
             return;
         }
-        let value = value.map(|v| Bytes::copy_from_slice(&v));
-        if let Some(i) = self.find(&key) {
+        let data = Node::pack(key, value);
+        if let Some(i) = self.find(key) {
             let node = &mut self.nodes[i as usize];
-            let old = charge(&node.key, node.value.as_ref());
-            node.value = value;
+            let old = node.charge();
+            node.data = data;
+            node.missing = value.is_none();
             node.stored_at = now;
             self.bytes = self.bytes - old + size;
-            self.unlink(i, Which::Lru);
-            self.push_back(i, Which::Lru);
+            // A rewrite is a use, and restarts the entry's life.
+            self.nodes[i as usize].referenced = true;
             self.unlink(i, Which::Age);
             self.push_back(i, Which::Age);
         } else {
             let node = Node {
-                key: Bytes::copy_from_slice(&key),
-                value,
+                data,
                 stored_at: now,
-                lru: Links::NONE,
+                missing: value.is_none(),
+                referenced: false,
+                evict: Links::NONE,
                 age: Links::NONE,
             };
             let i = match self.free.pop() {
@@ -299,26 +363,45 @@ impl TtlCache {
                 }
                 None => {
                     self.nodes.push(node);
-                    (self.nodes.len() - 1) as u32
+                    u32::try_from(self.nodes.len() - 1).expect("fewer than 4 G entries")
                 }
             };
             let (nodes, hasher) = (&self.nodes, &self.hasher);
-            self.index
-                .insert_unique(hasher.hash_one(&key[..]), i, |&j| {
-                    hasher.hash_one(&nodes[j as usize].key[..])
-                });
-            self.push_back(i, Which::Lru);
+            self.index.insert_unique(hasher.hash_one(key), i, |&j| {
+                hasher.hash_one(nodes[j as usize].key())
+            });
+            self.push_back(i, Which::Evict);
             self.push_back(i, Which::Age);
             self.len += 1;
             self.bytes += size;
         }
         while self.len > self.config.max_entries || self.bytes > self.config.max_bytes {
-            let victim = self.lru.head;
-            if victim == NIL {
+            if !self.evict_one() {
                 break;
             }
-            self.remove_slot(victim);
-            self.stats.evictions += 1;
+        }
+    }
+
+    /// Evicts the first entry in eviction order that was not used since
+    /// it was last considered; the used ones it passes are marked unused and
+    /// moved to the back (their second chance). Each mark is cleared once,
+    /// so eviction costs O(1) amortized over the hits that set the marks.
+    fn evict_one(&mut self) -> bool {
+        loop {
+            let victim = self.evict.head;
+            if victim == NIL {
+                return false;
+            }
+            let node = &mut self.nodes[victim as usize];
+            if node.referenced {
+                node.referenced = false;
+                self.unlink(victim, Which::Evict);
+                self.push_back(victim, Which::Evict);
+            } else {
+                self.remove_slot(victim);
+                self.stats.evictions += 1;
+                return true;
+            }
         }
     }
 
@@ -334,17 +417,18 @@ impl TtlCache {
     }
 
     fn remove_slot(&mut self, i: u32) {
-        self.unlink(i, Which::Lru);
+        self.unlink(i, Which::Evict);
         self.unlink(i, Which::Age);
-        let hash = self.hash(&self.nodes[i as usize].key);
+        let hash = self.hasher.hash_one(self.nodes[i as usize].key());
         if let Ok(entry) = self.index.find_entry(hash, |&j| j == i) {
             entry.remove();
         }
         let node = &mut self.nodes[i as usize];
-        self.bytes -= charge(&node.key, node.value.as_ref());
+        self.bytes -= node.charge();
         // Release the key and value now; the slot itself is reused.
-        node.key = Bytes::new();
-        node.value = None;
+        node.data = Box::default();
+        node.missing = false;
+        node.referenced = false;
         self.free.push(i);
         self.len -= 1;
     }
@@ -369,10 +453,6 @@ impl TtlCache {
     }
 }
 
-fn charge(key: &[u8], value: Option<&Bytes>) -> usize {
-    key.len() + value.map_or(0, |v| v.len()) + ENTRY_OVERHEAD
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,7 +475,7 @@ mod tests {
     #[test]
     fn fresh_until_just_before_the_ttl_stale_at_it() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
-        c.insert(b("k"), Some(b("v")), t(1_000));
+        c.insert(b"k", Some(&b"v"[..]), t(1_000));
         assert_eq!(
             c.get(b"k", t(1_000 + 59_999)),
             Lookup::Hit {
@@ -419,7 +499,7 @@ mod tests {
     #[test]
     fn nanosecond_boundary() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
-        c.insert(b("k"), Some(b("v")), Instant::ZERO);
+        c.insert(b"k", Some(&b"v"[..]), Instant::ZERO);
         let ttl_ns = 60_000_000_000;
         assert!(matches!(
             c.get(b"k", Instant::from_nanos(ttl_ns - 1)),
@@ -431,8 +511,8 @@ mod tests {
     #[test]
     fn purge_on_timeout_without_lookups() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
-        c.insert(b("a"), Some(b("1")), t(0));
-        c.insert(b("b"), Some(b("2")), t(10_000));
+        c.insert(b"a", Some(&b"1"[..]), t(0));
+        c.insert(b"b", Some(&b"2"[..]), t(10_000));
         assert_eq!(c.poll_timeout(), Some(t(60_000)));
         c.handle_timeout(t(59_999));
         assert_eq!(c.len(), 2);
@@ -449,8 +529,8 @@ mod tests {
     #[test]
     fn a_refreshed_entry_is_not_purged_by_its_old_record() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
-        c.insert(b("k"), Some(b("old")), t(0));
-        c.insert(b("k"), Some(b("new")), t(30_000));
+        c.insert(b"k", Some(&b"old"[..]), t(0));
+        c.insert(b"k", Some(&b"new"[..]), t(30_000));
         c.handle_timeout(t(60_000));
         assert_eq!(value_at(&mut c, "k", t(89_999)), Some(Some(b("new"))));
         c.handle_timeout(t(90_000));
@@ -464,10 +544,10 @@ mod tests {
             ..CacheConfig::default()
         };
         let mut c = TtlCache::new(config, 1);
-        c.insert(b("a"), Some(b("1")), t(0));
-        c.insert(b("b"), Some(b("2")), t(0));
+        c.insert(b"a", Some(&b"1"[..]), t(0));
+        c.insert(b"b", Some(&b"2"[..]), t(0));
         assert!(value_at(&mut c, "a", t(1)).is_some()); // a is now most recent
-        c.insert(b("c"), Some(b("3")), t(2));
+        c.insert(b"c", Some(&b"3"[..]), t(2));
         assert_eq!(value_at(&mut c, "b", t(3)), None);
         assert!(value_at(&mut c, "a", t(3)).is_some());
         assert!(value_at(&mut c, "c", t(3)).is_some());
@@ -480,21 +560,42 @@ mod tests {
         };
         let mut c = TtlCache::new(config, 1);
         for k in ["x", "y", "z"] {
-            c.insert(b(k), Some(Bytes::from(vec![0u8; 10])), t(0));
+            c.insert(k.as_bytes(), Some(&[0u8; 10][..]), t(0));
         }
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), 2 * per);
         assert_eq!(value_at(&mut c, "x", t(1)), None);
         // A value larger than the whole cache is not cached at all.
-        c.insert(b("huge"), Some(Bytes::from(vec![0u8; 4 * per])), t(1));
+        c.insert(b"huge", Some(&vec![0u8; 4 * per]), t(1));
         assert_eq!(value_at(&mut c, "huge", t(1)), None);
         assert_eq!(c.len(), 2);
     }
 
     #[test]
+    fn keys_in_use_survive_a_stream_of_one_off_keys() {
+        let config = CacheConfig {
+            max_entries: 4,
+            ..CacheConfig::default()
+        };
+        let mut c = TtlCache::new(config, 1);
+        c.insert(b"hot", Some(&b"1"[..]), t(0));
+        for i in 0..1_000u64 {
+            assert!(value_at(&mut c, "hot", t(i)).is_some(), "lost at {i}");
+            c.insert(format!("cold{i}").as_bytes(), Some(&b"x"[..]), t(i));
+            assert_eq!(c.len(), 4.min(i as usize + 2));
+        }
+        // Unused, it goes the way of the others within one round.
+        for i in 0..4u64 {
+            c.insert(format!("new{i}").as_bytes(), Some(&b"x"[..]), t(1_000));
+        }
+        assert_eq!(value_at(&mut c, "hot", t(1_000)), None);
+        assert_eq!(c.stats().evictions, 1_000 + 4 - 3);
+    }
+
+    #[test]
     fn negative_caching_and_its_switch() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
-        c.insert(b("gone"), None, t(0));
+        c.insert(b"gone", None, t(0));
         assert_eq!(value_at(&mut c, "gone", t(1)), Some(None));
         let mut c = TtlCache::new(
             CacheConfig {
@@ -503,7 +604,7 @@ mod tests {
             },
             1,
         );
-        c.insert(b("gone"), None, t(0));
+        c.insert(b"gone", None, t(0));
         assert_eq!(value_at(&mut c, "gone", t(1)), None);
     }
 
@@ -511,7 +612,7 @@ mod tests {
     fn rewrites_reuse_one_slot() {
         let mut c = TtlCache::new(CacheConfig::default(), 1);
         for i in 0..100_000u64 {
-            c.insert(b("hot"), Some(b("v")), t(i));
+            c.insert(b"hot", Some(&b"v"[..]), t(i));
         }
         assert_eq!((c.len(), c.nodes.len()), (1, 1));
         assert_eq!(c.poll_timeout(), Some(t(99_999 + 60_000)));
@@ -528,7 +629,7 @@ mod tests {
         );
         for round in 0..50u64 {
             for k in ["a", "b", "c", "d", "e"] {
-                c.insert(b(k), Some(b(k)), t(round * 10));
+                c.insert(k.as_bytes(), Some(k.as_bytes()), t(round * 10));
             }
             c.remove(b"d");
             assert!(c.len() <= 3);

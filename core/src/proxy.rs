@@ -235,8 +235,8 @@ struct InFlight {
 enum GetRoute {
     /// Joins the upstream `GET` with this sequence number.
     Join(u64),
-    /// A fresh cache entry (`None`: cached as missing).
-    Hit { value: Option<Bytes>, age: Duration },
+    /// The cache, if it holds the key fresh; upstream otherwise.
+    Cache,
     /// A new upstream `GET`.
     Upstream,
 }
@@ -450,15 +450,24 @@ impl Proxy {
             // reply queued ahead of it is encoded straight into its output,
             // with no reply slot and no `Reply` value.
             let direct = client.kind == ClientKind::Stream && client.slots.is_empty();
-            let route = match &request {
-                Ok(Command::Get { key }) if client.authenticated => Some(self.route_get(key, now)),
+            let mut route = match &request {
+                Ok(Command::Get { key }) if client.authenticated => Some(self.route_get(key)),
                 _ => None,
             };
-            if let (true, Some(GetRoute::Hit { value, .. })) = (direct, &route) {
-                if let Some(client) = self.clients.get_mut(&id) {
-                    crate::reply::encode_value(dialect, value.as_deref(), &mut client.out);
+            if let (true, Some(GetRoute::Cache), Ok(Command::Get { key })) =
+                (direct, &route, &request)
+            {
+                // Disjoint fields: the value is borrowed from the cache and
+                // copied once, into the client's output.
+                match self.cache.lookup(key, now) {
+                    Lookup::Hit { value, .. } => {
+                        if let Some(client) = self.clients.get_mut(&id) {
+                            crate::reply::encode_value(dialect, value, &mut client.out);
+                        }
+                        continue;
+                    }
+                    Lookup::Miss => route = Some(GetRoute::Upstream),
                 }
-                continue;
             }
             let Some(client) = self.clients.get_mut(&id) else {
                 return;
@@ -507,7 +516,7 @@ impl Proxy {
         }
         match cmd {
             Command::Get { key } => {
-                let route = self.route_get(&key, now);
+                let route = self.route_get(&key);
                 self.get_by_route(waiter, key, route, now);
             }
             Command::Put { key, value } => {
@@ -546,9 +555,9 @@ impl Proxy {
         }
     }
 
-    /// Where a `GET` of `key` is answered from (see the consistency rules).
-    /// Counts the cache lookup, if one is made, as a hit or a miss.
-    fn route_get(&mut self, key: &Bytes, now: Instant) -> GetRoute {
+    /// Where a `GET` of `key` is answered from (see the consistency rules),
+    /// short of the cache lookup itself, which the caller makes.
+    fn route_get(&mut self, key: &[u8]) -> GetRoute {
         // A GET already in flight for this key was sent after every write
         // to it, so its answer is at least as new as anything cached: join
         // it rather than read the cache, or a client could read a newer
@@ -562,11 +571,10 @@ impl Proxy {
             }
         }
         if self.pending_writes.is_empty() || !self.pending_writes.contains_key(key) {
-            if let Lookup::Hit { value, age } = self.cache.get(key, now) {
-                return GetRoute::Hit { value, age };
-            }
+            GetRoute::Cache
+        } else {
+            GetRoute::Upstream
         }
-        GetRoute::Upstream
     }
 
     fn get_by_route(&mut self, waiter: Waiter, key: Bytes, route: GetRoute, now: Instant) {
@@ -577,16 +585,21 @@ impl Proxy {
                     self.stats.coalesced += 1;
                 }
             }
-            GetRoute::Hit { value, age } => {
-                let reply = value.map_or(Reply::Nil, Reply::Bulk);
-                self.complete(waiter, reply, Source::Cache { age }, now);
-            }
-            GetRoute::Upstream => {
-                let key2 = key.clone();
-                if let Some(seq) = self.send_upstream(Op::Get { key }, waiter, now) {
-                    self.coalesce.insert(key2, seq);
+            GetRoute::Cache => match self.cache.get(&key, now) {
+                Lookup::Hit { value, age } => {
+                    let reply = value.map_or(Reply::Nil, Reply::Bulk);
+                    self.complete(waiter, reply, Source::Cache { age }, now);
                 }
-            }
+                Lookup::Miss => self.get_upstream(waiter, key, now),
+            },
+            GetRoute::Upstream => self.get_upstream(waiter, key, now),
+        }
+    }
+
+    /// Sends a `GET` upstream that later `GET`s of the key may join.
+    fn get_upstream(&mut self, waiter: Waiter, key: Bytes, now: Instant) {
+        if let Some(seq) = self.send_upstream(Op::Get { key: key.clone() }, waiter, now) {
+            self.coalesce.insert(key, seq);
         }
     }
 
@@ -864,8 +877,8 @@ impl Proxy {
                 }
                 if !self.pending_writes.contains_key(key) {
                     match &reply {
-                        Reply::Bulk(v) => self.cache.insert(key.clone(), Some(v.clone()), now),
-                        Reply::Nil => self.cache.insert(key.clone(), None, now),
+                        Reply::Bulk(v) => self.cache.insert(key, Some(v), now),
+                        Reply::Nil => self.cache.insert(key, None, now),
                         _ => {}
                     }
                 }
@@ -873,7 +886,7 @@ impl Proxy {
             Op::Put { key, value } => {
                 self.end_write(key);
                 if matches!(reply, Reply::Status(_)) && !self.pending_writes.contains_key(key) {
-                    self.cache.insert(key.clone(), Some(value.clone()), now);
+                    self.cache.insert(key, Some(value), now);
                 } else {
                     self.cache.remove(key);
                 }
@@ -882,7 +895,7 @@ impl Proxy {
                 for k in keys {
                     self.end_write(k);
                     if matches!(reply, Reply::Integer(_)) && !self.pending_writes.contains_key(k) {
-                        self.cache.insert(k.clone(), None, now);
+                        self.cache.insert(k, None, now);
                     } else {
                         self.cache.remove(k);
                     }
