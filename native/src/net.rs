@@ -2,13 +2,13 @@
 //! loop with its client cap, and the graceful drain at shutdown.
 
 use crate::shutdown::{Shutdown, GRACE_PERIOD};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -157,11 +157,54 @@ async fn reject(mut stream: TcpStream) {
 /// makes the kernel send a reset, which can destroy the last replies before
 /// the client reads them; this gives it the time to.
 pub async fn close_gently(stream: &mut TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    // Boxed: only a closing connection should pay for the timer's room,
+    // not every connection's task for its whole life.
+    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    })
+        loop {
+            stream.readable().await?;
+            if let ReadOutcome::Closed = read_ready(stream, |_| {})? {
+                return io::Result::Ok(());
+            }
+        }
+    }))
     .await;
+}
+
+/// Size of each service thread's read buffer: enough for a deep pipeline of
+/// small commands, or a good slice of a large value, in one system call.
+pub const READ_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per service thread, shared by its connections: a
+    /// buffer of their own, reserved while they wait for input, would cost
+    /// every idle connection its full size. The connections of a thread
+    /// run one at a time, and none holds the buffer across an `await`.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
+}
+
+/// What one non-blocking read of a socket found.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// This many bytes were handed over.
+    Data(usize),
+    /// The peer closed its side.
+    Closed,
+    /// Nothing to read after all (the readiness was stale): wait again.
+    NotReady,
+}
+
+/// Reads what `stream` has ready into the thread's shared buffer and hands
+/// the bytes to `consume`, which must copy what it keeps. Call it once
+/// [`TcpStream::readable`] completes.
+pub fn read_ready(stream: &TcpStream, consume: impl FnOnce(&[u8])) -> io::Result<ReadOutcome> {
+    SCRATCH.with_borrow_mut(|buf| match stream.try_read(buf) {
+        Ok(0) => Ok(ReadOutcome::Closed),
+        Ok(n) => {
+            consume(&buf[..n]);
+            Ok(ReadOutcome::Data(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::NotReady),
+        Err(e) => Err(e),
+    })
 }

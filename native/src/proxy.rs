@@ -21,7 +21,7 @@
 //! [`ProxyHandle::take_reply`] and [`ProxyHandle::remove_client`] as the TCP
 //! client tasks here do with their bytes.
 
-use crate::net::{self, AcceptHooks};
+use crate::net::{self, AcceptHooks, ReadOutcome};
 use crate::shutdown::Shutdown;
 use crate::time::{Clock, IdleTimer};
 use bytes::BytesMut;
@@ -39,8 +39,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-/// Room made in a client's receive buffer before each read.
-const CLIENT_READ_CHUNK: usize = 16 * 1024;
 /// Room made in the upstream receive buffer before each read: replies for
 /// many clients arrive together.
 const UPSTREAM_READ_CHUNK: usize = 64 * 1024;
@@ -465,7 +463,6 @@ async fn serve_client(
     };
     handle.update_stats(|s| s.connections_total += 1);
     debug!(%peer, client = id.0, "client accepted");
-    let mut buf = BytesMut::with_capacity(CLIENT_READ_CHUNK);
     let mut idle = IdleTimer::new(idle_timeout);
     // The proxy stopped taking this client's input; it must be resumed with
     // an empty feed once it wants input again.
@@ -530,25 +527,28 @@ async fn serve_client(
             Phase::HalfClosed(t) => Some(t),
             _ => None,
         };
-        buf.reserve(CLIENT_READ_CHUNK);
         tokio::select! {
             biased;
             _ = notify.notified() => {}
-            read = stream.read_buf(&mut buf), if reading => match read {
-                Ok(0) => {
-                    phase = Phase::HalfClosed(tokio::time::Instant::now() + handle.settle_time());
+            ready = stream.readable(), if reading => {
+                let read = ready.and_then(|()| {
+                    net::read_ready(&stream, |data| handle.feed_client(id, data))
+                });
+                match read {
+                    Ok(ReadOutcome::Data(_)) => {
+                        idle.touch();
+                        throttled = !handle.client_wants_input(id);
+                    }
+                    Ok(ReadOutcome::NotReady) => {}
+                    Ok(ReadOutcome::Closed) => {
+                        phase = Phase::HalfClosed(tokio::time::Instant::now() + handle.settle_time());
+                    }
+                    Err(e) => {
+                        debug!(%peer, "read failed: {e}");
+                        break End::Closed;
+                    }
                 }
-                Ok(_) => {
-                    idle.touch();
-                    handle.feed_client(id, &buf);
-                    buf.clear();
-                    throttled = !handle.client_wants_input(id);
-                }
-                Err(e) => {
-                    debug!(%peer, "read failed: {e}");
-                    break End::Closed;
-                }
-            },
+            }
             _ = shutdown.requested(), if phase != Phase::Draining => phase = Phase::Draining,
             _ = idle.expired(), if reading => break End::TimedOut,
             _ = handle.upstream_idle_wait(), if phase != Phase::Open => {}

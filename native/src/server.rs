@@ -12,7 +12,7 @@
 //! connections when they are stored. Connections without a pending write
 //! are served meanwhile.
 
-use crate::net::{self, AcceptHooks};
+use crate::net::{self, AcceptHooks, ReadOutcome};
 use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::shutdown::Shutdown;
 use crate::time::IdleTimer;
@@ -21,14 +21,10 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, error};
-
-/// How much room is made in the receive buffer before each read: enough for
-/// a deep pipeline of small commands in one system call.
-pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Settings of the server driver.
 #[derive(Debug, Clone)]
@@ -222,20 +218,23 @@ async fn serve_connection(
         // Over the high-water mark with replies held: read no more until the
         // log releases them.
         let reading = !conn.has_backlog();
-        if reading {
-            conn.read_buffer().reserve(READ_CHUNK);
-        }
         tokio::select! {
             biased;
             _ = log_progress(&mut released), if waiting => {}
-            read = stream.read_buf(conn.read_buffer()), if reading => match read {
-                Ok(0) => break End::Closed,
-                Ok(_) => idle.touch(),
-                Err(e) => {
-                    debug!(%peer, "read failed: {e}");
-                    break End::Closed;
+            ready = stream.readable(), if reading => {
+                let read = ready.and_then(|()| {
+                    net::read_ready(&stream, |data| conn.read_buffer().extend_from_slice(data))
+                });
+                match read {
+                    Ok(ReadOutcome::Data(_)) => idle.touch(),
+                    Ok(ReadOutcome::NotReady) => continue,
+                    Ok(ReadOutcome::Closed) => break End::Closed,
+                    Err(e) => {
+                        debug!(%peer, "read failed: {e}");
+                        break End::Closed;
+                    }
                 }
-            },
+            }
             // Everything received so far has been answered (replies are
             // written before the next read), so there is nothing to drain.
             _ = shutdown.requested(), if !waiting => break End::Shutdown,
