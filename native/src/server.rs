@@ -302,6 +302,7 @@ async fn serve_connection(
 mod tests {
     use super::*;
     use crate::shutdown::{self, ShutdownTrigger};
+    use tokio::io::AsyncReadExt;
     use tokio::task::LocalSet;
 
     async fn start(options: ServerOptions) -> (SocketAddr, ShutdownTrigger) {
