@@ -141,6 +141,14 @@ impl Command {
             let (Some(key), Some(value_start)) = (words.next(), words.rest_start()) else {
                 return Err(CommandError::WrongArity { command: "put" });
             };
+            // Three arguments, however many words the value has: held to the
+            // same limit as in RESP, which is how the proxy forwards it.
+            if limits.max_args < 3 {
+                return Err(CommandError::TooManyArgs {
+                    len: 3,
+                    limit: limits.max_args,
+                });
+            }
             let key = line.slice(key.0..key.1);
             let value = line.slice(value_start..);
             return checked_put(key, value, limits);

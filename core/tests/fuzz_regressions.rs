@@ -166,3 +166,30 @@ fn long_reply_lines_decode_the_same_however_split() {
         }
     }
 }
+
+/// The last inline escape from `max_args`: an inline `PUT` was accepted
+/// whatever the limit, while the same command in RESP (three arguments) is
+/// refused below three, so a proxy with such limits forwarded what its
+/// server would refuse.
+#[test]
+fn inline_put_is_held_to_max_args_like_resp() {
+    for max_args in 1..=3 {
+        let limits = Limits {
+            max_args,
+            ..Limits::default()
+        };
+        let inline = Command::from_inline(Bytes::from_static(b"PUT k a value"), &limits);
+        let mut d = kv_core::Decoder::new(limits);
+        d.feed(b"*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$7\r\na value\r\n");
+        let resp = d.next_frame().map_err(|e| e.to_string()).and_then(|f| {
+            let f = f.expect("a whole frame");
+            Command::from_frame(f, &limits).map_err(|e| e.to_string())
+        });
+        assert_eq!(
+            inline.is_ok(),
+            resp.is_ok(),
+            "max_args {max_args}: {inline:?} vs {resp:?}"
+        );
+        assert_eq!(inline.is_ok(), max_args >= 3, "max_args {max_args}");
+    }
+}

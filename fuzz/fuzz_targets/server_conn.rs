@@ -38,6 +38,7 @@ fuzz_target!(|input: Input| {
     let mut server = Server::new(ServerConfig {
         limits,
         hash_seed: 7,
+        ..ServerConfig::default()
     });
     let mut conn = ServerConnection::new(limits);
     let mut out = Vec::new();

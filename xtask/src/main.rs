@@ -254,6 +254,22 @@ fn test(skip_setup: bool) -> Result<()> {
             ])
             .run()
     })?;
+    // The fuzz targets live outside the workspace (cargo-fuzz builds them
+    // with a sanitizer); checking them here keeps `cargo xtask fuzz` from
+    // breaking unnoticed when the core's API moves.
+    step("fuzz targets", || {
+        Cmd::cargo()
+            .args([
+                "clippy",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .run()
+    })?;
     // kv-core must stay portable to the browser, whether or not the wasm
     // client exists yet.
     step("kv-core for wasm", || {
