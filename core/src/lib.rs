@@ -13,7 +13,7 @@
 //! - [`server`]: the store and the per-connection session.
 //! - [`aof`]: the append-only log's format, its replay decoder, and the
 //!   journal that holds replies until their writes are stored.
-//! - [`cache`]: the TTL + LRU cache.
+//! - [`cache`]: the TTL cache, evicting by CLOCK (approximately LRU).
 //! - [`proxy`]: the caching proxy.
 //! - [`client`]: the request/reply client used by the CLI and the browser.
 //! - [`time`]: the core's own [`Instant`].
