@@ -788,9 +788,12 @@ fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
         * 1000
 }
 
-/// Runs every case once per round, in order, `options.rounds` times.
-/// Cases are stored test by test with the targets in [`TARGETS`] order, so
-/// that running them in order alternates Redis and kv on the same test.
+/// Runs every case once per round, `options.rounds` times. Cases are
+/// stored test by test (the same command and pipeline depth), and a test's
+/// targets run back to back, so each round pairs them on the same test.
+/// Their order rotates by one each round: a target that always ran right
+/// after another would carry whatever that one left behind (sockets being
+/// torn down, caches and CPU state), which no number of rounds averages out.
 /// `what` prefixes the progress lines.
 fn measure_rounds(
     cases: &mut [Case],
@@ -800,28 +803,52 @@ fn measure_rounds(
     what: &str,
 ) -> Result<()> {
     for round in 1..=options.rounds {
-        for case in cases.iter_mut() {
-            let sample = redis_benchmark(
-                addr(case.target),
-                case.op,
-                case.pipeline,
-                case.requests,
-                slowest_rps,
-            )?;
-            eprintln!(
-                "xtask bench: {what}round {round}/{}: {} {} P{}: {:.0} req/s, p50 {} ms, p99 {} ms",
-                options.rounds,
-                report::label(case.target, case.op),
-                case.op.test(),
-                case.pipeline,
-                sample.rps,
-                sample.p50_ms.map_or("?".into(), |v| format!("{v:.3}")),
-                sample.p99_ms.map_or("?".into(), |v| format!("{v:.3}")),
-            );
-            case.samples.push(sample);
+        for group in test_groups(cases) {
+            for i in rotated(group.len(), round - 1) {
+                let case = &mut cases[group.start + i];
+                let sample = redis_benchmark(
+                    addr(case.target),
+                    case.op,
+                    case.pipeline,
+                    case.requests,
+                    slowest_rps,
+                )?;
+                eprintln!(
+                    "xtask bench: {what}round {round}/{}: {} {} P{}: {:.0} req/s, p50 {} ms, p99 {} ms",
+                    options.rounds,
+                    report::label(case.target, case.op),
+                    case.op.test(),
+                    case.pipeline,
+                    sample.rps,
+                    sample.p50_ms.map_or("?".into(), |v| format!("{v:.3}")),
+                    sample.p99_ms.map_or("?".into(), |v| format!("{v:.3}")),
+                );
+                case.samples.push(sample);
+            }
         }
     }
     Ok(())
+}
+
+/// The index ranges of consecutive cases of the same test.
+fn test_groups(cases: &[Case]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < cases.len() {
+        let test = (cases[start].op, cases[start].pipeline);
+        let len = cases[start..]
+            .iter()
+            .take_while(|c| (c.op, c.pipeline) == test)
+            .count();
+        groups.push(start..start + len);
+        start += len;
+    }
+    groups
+}
+
+/// `0..len`, starting at `by` (mod `len`) and wrapping around.
+fn rotated(len: usize, by: usize) -> impl Iterator<Item = usize> {
+    (0..len).map(move |i| (i + by) % len)
 }
 
 /// One `redis-benchmark` run against `addr`, killed if it runs slower than
@@ -1168,6 +1195,29 @@ mod tests {
         assert_eq!(s.rps, 12345.0);
         assert_eq!(s.p50_ms, None);
         assert!(parse_csv("WARNING: nothing\n", "GET").is_err());
+    }
+
+    #[test]
+    fn each_target_takes_each_place_in_turn() {
+        let case = |target, op, pipeline| Case {
+            target,
+            op,
+            pipeline,
+            requests: 1,
+            samples: Vec::new(),
+        };
+        let cases = [
+            case(Target::Redis, Op::Get, 1),
+            case(Target::KvServer, Op::Get, 1),
+            case(Target::KvProxy, Op::Get, 1),
+            case(Target::Redis, Op::Get, 16),
+            case(Target::KvServer, Op::Get, 16),
+            case(Target::Redis, Op::Set, 16),
+        ];
+        assert_eq!(test_groups(&cases), vec![0..3, 3..5, 5..6]);
+        let orders: Vec<Vec<usize>> = (0..3).map(|r| rotated(3, r).collect()).collect();
+        assert_eq!(orders, vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1]]);
+        assert_eq!(rotated(1, 5).collect::<Vec<_>>(), vec![0]);
     }
 
     #[test]

@@ -274,8 +274,9 @@ fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> String {
     let _ = writeln!(
         s,
         "Measured {} with `{}`: {} round{} of every case, interleaved \
-         (Redis, kv server, kv proxy, null for each test in turn); the tables show \
-         medians.\n",
+         (Redis, kv server, kv proxy, null for each test in turn, starting one \
+         place later each round, so that no target always follows the same \
+         one); the tables show medians.\n",
         r.date,
         o.command_line,
         o.rounds,
@@ -504,7 +505,8 @@ fn durable_section(r: &Report, chart: Option<&str>) -> String {
          --csv`, N calibrated per case as above (but at least 1,000), against Redis with \
          `appendonly yes` and `appendfsync POLICY` and `kv server --fsync POLICY`, for each \
          policy a fresh pair of servers on fresh, empty data directories (removed \
-         afterwards), run in turn Redis, kv for each pipeline depth in every round. Both \
+         afterwards), run in turn Redis, kv for each pipeline depth in every round (kv \
+         first every other round). Both \
          servers reply to a write only once it is in their log (written to the OS); \
          under `always` also synced to disk first, once per batch of writes from all \
          clients; under `everysec` the log is synced once a second in the background; \
