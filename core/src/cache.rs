@@ -348,6 +348,16 @@ impl TtlCache {
             self.unlink(i, Which::Age);
             self.push_back(i, Which::Age);
         } else {
+            // Room is made first: a new entry joins the list unmarked, so if
+            // it were in the list while the hand gave every marked entry a
+            // second chance, it would be the one evicted.
+            while self.len + 1 > self.config.max_entries
+                || self.bytes + size > self.config.max_bytes
+            {
+                if !self.evict_one() {
+                    break;
+                }
+            }
             let node = Node {
                 data,
                 stored_at: now,
@@ -375,6 +385,8 @@ impl TtlCache {
             self.len += 1;
             self.bytes += size;
         }
+        // A rewrite may have grown the entry; it is marked, so the others go
+        // first.
         while self.len > self.config.max_entries || self.bytes > self.config.max_bytes {
             if !self.evict_one() {
                 break;
@@ -569,6 +581,24 @@ mod tests {
         c.insert(b"huge", Some(&vec![0u8; 4 * per]), t(1));
         assert_eq!(value_at(&mut c, "huge", t(1)), None);
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_new_entry_is_not_the_one_evicted_to_make_room_for_it() {
+        let config = CacheConfig {
+            max_entries: 2,
+            ..CacheConfig::default()
+        };
+        let mut c = TtlCache::new(config, 1);
+        c.insert(b"a", Some(&b"1"[..]), t(0));
+        c.insert(b"b", Some(&b"2"[..]), t(0));
+        // Both marked: the hand clears them both before it evicts.
+        assert!(value_at(&mut c, "a", t(1)).is_some());
+        assert!(value_at(&mut c, "b", t(1)).is_some());
+        c.insert(b"c", Some(&b"3"[..]), t(2));
+        assert_eq!(value_at(&mut c, "c", t(3)), Some(Some(b("3"))));
+        assert_eq!(value_at(&mut c, "a", t(3)), None);
+        assert_eq!((c.len(), c.stats().evictions), (2, 1));
     }
 
     #[test]

@@ -155,6 +155,12 @@ impl Command {
         }
         let mut args = Vec::with_capacity(4);
         args.push(Bytes::copy_from_slice(name));
+        if limits.max_args == 0 {
+            return Err(CommandError::TooManyArgs {
+                len: 1 + words.count(),
+                limit: 0,
+            });
+        }
         for (s, e) in words {
             if args.len() == limits.max_args {
                 return Err(CommandError::TooManyArgs {

@@ -4,6 +4,7 @@
 //! stored, nor with a stale one, stays within its bounds, and, while it has
 //! evicted nothing, answers every key the model holds fresh.
 
+use kv_core::cache::ENTRY_OVERHEAD;
 use kv_core::{CacheConfig, Instant, Lookup, TtlCache};
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -54,13 +55,14 @@ proptest! {
     fn the_cache_agrees_with_its_model(
         max_entries in prop_oneof![1usize..4, Just(1_000)],
         max_bytes in prop_oneof![Just(usize::MAX), 100usize..400],
+        negative in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..200),
     ) {
         let config = CacheConfig {
             ttl: Duration::from_millis(TTL_MS),
             max_entries,
             max_bytes,
-            negative: true,
+            negative,
         };
         let mut cache = TtlCache::new(config, 3);
         // key -> (value, stored at)
@@ -71,7 +73,14 @@ proptest! {
             match op {
                 Op::Insert { key, value } => {
                     cache.insert(&key_bytes(key), value.as_deref(), now(now_ms));
-                    model.insert(key, (value, now_ms));
+                    // An entry larger than the whole cache is not stored,
+                    // and the key's older value is dropped.
+                    let charge = key_bytes(key).len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+                    if charge > max_bytes || (value.is_none() && !negative) {
+                        model.remove(&key);
+                    } else {
+                        model.insert(key, (value, now_ms));
+                    }
                 }
                 Op::Remove { key } => {
                     cache.remove(&key_bytes(key));
@@ -110,6 +119,9 @@ proptest! {
             prop_assert!(cache.len() <= max_entries);
             prop_assert!(cache.bytes() <= max_bytes);
             prop_assert!(cache.len() <= model.len());
+            if cache.is_empty() {
+                prop_assert_eq!(cache.bytes(), 0);
+            }
         }
     }
 }

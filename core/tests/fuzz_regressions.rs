@@ -26,7 +26,6 @@ fn now() -> Instant {
 /// waits in the decoder when it rejects a message. Any other driver that
 /// feeds a throttled client (as `handle_client_input` allows) does.
 #[test]
-
 fn rejected_input_is_answered_after_requests_that_arrived_before_it() {
     let config = ProxyConfig {
         max_pending_per_client: 1,
@@ -173,7 +172,7 @@ fn long_reply_lines_decode_the_same_however_split() {
 /// server would refuse.
 #[test]
 fn inline_put_is_held_to_max_args_like_resp() {
-    for max_args in 1..=3 {
+    for max_args in 0..=3 {
         let limits = Limits {
             max_args,
             ..Limits::default()
@@ -191,5 +190,8 @@ fn inline_put_is_held_to_max_args_like_resp() {
             "max_args {max_args}: {inline:?} vs {resp:?}"
         );
         assert_eq!(inline.is_ok(), max_args >= 3, "max_args {max_args}");
+        // And a one-word command against a limit of none at all.
+        let dump = Command::from_inline(Bytes::from_static(b"DUMP"), &limits);
+        assert_eq!(dump.is_ok(), max_args >= 1, "max_args {max_args}: {dump:?}");
     }
 }

@@ -195,6 +195,23 @@ pub enum ReadOutcome {
     NotReady,
 }
 
+/// Whether a short read proves the socket drained. True where mio waits
+/// with epoll or kqueue, which report new data whatever was read before;
+/// elsewhere (Windows) the registration is re-armed only by a read that
+/// fails with `WouldBlock`, so the readiness must not be cleared without one.
+/// The same condition as Tokio's own `read`.
+const SHORT_READ_DRAINS: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+));
+
 /// Reads what `stream` has ready into the thread's shared buffer and hands
 /// the bytes to `consume`, which must copy what it keeps. Call it once
 /// [`TcpStream::readable`] completes.
@@ -210,7 +227,7 @@ pub fn read_ready(stream: &TcpStream, consume: impl FnOnce(&[u8])) -> io::Result
         let mut got = 0;
         let read = stream.try_io(Interest::READABLE, || {
             got = stream.try_read(buf)?;
-            if got > 0 && got < buf.len() {
+            if SHORT_READ_DRAINS && got > 0 && got < buf.len() {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(())

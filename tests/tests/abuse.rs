@@ -230,19 +230,32 @@ const IDLE_BYTES_PER_CONNECTION: u64 = 8 * 1024;
 
 #[test]
 fn five_thousand_idle_connections_stay_cheap_and_all_still_answer() {
-    // Our 5,000 sockets plus the probes; the server raises its own limit,
-    // and inherits this one too.
+    // Our 5,000 sockets plus the probes; the services raise their own
+    // limit, and inherit this one too.
     raise_fd_limit(IDLE_CONNECTIONS as u64 * 2 + 1024);
     let server = start_server(&["--in-memory"]);
-    let addr = server.server_addr();
-    let pid = server.pid();
+    check_idle_connections(
+        server.server_addr(),
+        server.pid(),
+        "server",
+        "connections_current",
+    );
+    let proxy = start_proxy(server.server_addr(), &[]);
+    check_idle_connections(proxy.proxy_addr(), proxy.pid(), "proxy", "clients");
+}
+
+/// Opens [`IDLE_CONNECTIONS`] connections to the service at `addr` (process
+/// `pid`), checks what they cost, then that every one still answers.
+/// `count_field` is the `INFO` field that counts its connections.
+fn check_idle_connections(addr: SocketAddr, pid: u32, what: &str, count_field: &str) {
     let rss_before = vm_rss_bytes(pid);
 
     let start = Instant::now();
     let mut conns: Vec<Conn> = (0..IDLE_CONNECTIONS)
         .map(|i| {
-            Conn::try_connect(addr)
-                .unwrap_or_else(|e| panic!("connection {i} of {IDLE_CONNECTIONS} failed: {e}"))
+            Conn::try_connect(addr).unwrap_or_else(|e| {
+                panic!("{what}: connection {i} of {IDLE_CONNECTIONS} failed: {e}")
+            })
         })
         .collect();
     let opened_in = start.elapsed();
@@ -250,9 +263,9 @@ fn five_thousand_idle_connections_stay_cheap_and_all_still_answer() {
     let mut probe = Conn::connect(addr);
     let current = wait_for(
         Duration::from_secs(15),
-        "the server counts all 5,000 idle connections",
+        &format!("the {what} counts all 5,000 idle connections"),
         || {
-            let n = info_u64(&mut probe, "connections_current");
+            let n = info_u64(&mut probe, count_field);
             (n > IDLE_CONNECTIONS as u64).then_some(n)
         },
     );
@@ -260,7 +273,7 @@ fn five_thousand_idle_connections_stay_cheap_and_all_still_answer() {
 
     let rss = vm_rss_bytes(pid);
     println!(
-        "{IDLE_CONNECTIONS} idle connections (opened in {opened_in:?}, connections_current:{current}): \
+        "{what}: {IDLE_CONNECTIONS} idle connections (opened in {opened_in:?}, {count_field}:{current}): \
          RSS {:.1} MiB (before: {:.1} MiB, {:.1} KiB per connection)",
         mib(rss),
         mib(rss_before),
@@ -269,14 +282,14 @@ fn five_thousand_idle_connections_stay_cheap_and_all_still_answer() {
     let per_connection = |rss: u64| rss.saturating_sub(rss_before) / IDLE_CONNECTIONS as u64;
     assert!(
         per_connection(rss) < IDLE_BYTES_PER_CONNECTION,
-        "{} bytes per idle connection, over the bound of {IDLE_BYTES_PER_CONNECTION}",
+        "{what}: {} bytes per idle connection, over the bound of {IDLE_BYTES_PER_CONNECTION}",
         per_connection(rss)
     );
 
     // A sample of 200 spread across them, one round trip at a time...
     let step = IDLE_CONNECTIONS / 200;
     for i in (0..IDLE_CONNECTIONS).step_by(step) {
-        assert_eq!(conns[i].cmd("PING"), "PONG", "idle connection {i}");
+        assert_eq!(conns[i].cmd("PING"), "PONG", "{what}: idle connection {i}");
     }
     // ...then all of them: every PING sent first, then every reply read.
     let start = Instant::now();
@@ -284,21 +297,21 @@ fn five_thousand_idle_connections_stay_cheap_and_all_still_answer() {
         c.send_line("PING");
     }
     for (i, c) in conns.iter_mut().enumerate() {
-        assert_eq!(c.read_line(), "PONG", "idle connection {i}");
+        assert_eq!(c.read_line(), "PONG", "{what}: idle connection {i}");
     }
     println!(
-        "all {IDLE_CONNECTIONS} connections answered PING in {:?}",
+        "{what}: all {IDLE_CONNECTIONS} connections answered PING in {:?}",
         start.elapsed()
     );
     let rss_after = vm_rss_bytes(pid);
     println!(
-        "after one PING on each: RSS {:.1} MiB, {} bytes per connection",
+        "{what}: after one PING on each: RSS {:.1} MiB, {} bytes per connection",
         mib(rss_after),
         per_connection(rss_after)
     );
     assert!(
         per_connection(rss_after) < IDLE_BYTES_PER_CONNECTION,
-        "{} bytes per connection after a PING on each, over the bound of \
+        "{what}: {} bytes per connection after a PING on each, over the bound of \
          {IDLE_BYTES_PER_CONNECTION}",
         per_connection(rss_after)
     );

@@ -791,9 +791,10 @@ fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
 /// Runs every case once per round, `options.rounds` times. Cases are
 /// stored test by test (the same command and pipeline depth), and a test's
 /// targets run back to back, so each round pairs them on the same test.
-/// Their order rotates by one each round: a target that always ran right
-/// after another would carry whatever that one left behind (sockets being
-/// torn down, caches and CPU state), which no number of rounds averages out.
+/// Their order changes each round ([`order`]): a target that always ran
+/// first, or always right after the same other one, would carry whatever
+/// that left behind (sockets being torn down, caches and CPU state), which
+/// no number of rounds averages out.
 /// `what` prefixes the progress lines.
 fn measure_rounds(
     cases: &mut [Case],
@@ -804,7 +805,7 @@ fn measure_rounds(
 ) -> Result<()> {
     for round in 1..=options.rounds {
         for group in test_groups(cases) {
-            for i in rotated(group.len(), round - 1) {
+            for i in order(group.len(), round - 1) {
                 let case = &mut cases[group.start + i];
                 let sample = redis_benchmark(
                     addr(case.target),
@@ -846,9 +847,29 @@ fn test_groups(cases: &[Case]) -> Vec<std::ops::Range<usize>> {
     groups
 }
 
-/// `0..len`, starting at `by` (mod `len`) and wrapping around.
-fn rotated(len: usize, by: usize) -> impl Iterator<Item = usize> {
-    (0..len).map(move |i| (i + by) % len)
+/// The order of `len` targets in round `round` (from 0): the rows of a
+/// balanced Latin square (Williams design). Over `len` rounds (`2 * len`
+/// for an odd `len`), each target runs once in each place and once right
+/// after each other target.
+fn order(len: usize, round: usize) -> Vec<usize> {
+    if len == 0 {
+        return Vec::new();
+    }
+    // First row 0, 1, len-1, 2, len-2, …; the others shift it by one.
+    let first = (0..len).map(|i| match i {
+        0 => 0,
+        i if i % 2 == 1 => i.div_ceil(2),
+        i => len - i / 2,
+    });
+    let rows = if len % 2 == 0 { len } else { 2 * len };
+    let row = round % rows;
+    let shifted: Vec<usize> = first.map(|c| (c + row) % len).collect();
+    if row < len {
+        shifted
+    } else {
+        // Odd sizes need the mirror images too.
+        shifted.into_iter().rev().collect()
+    }
 }
 
 /// One `redis-benchmark` run against `addr`, killed if it runs slower than
@@ -1198,7 +1219,7 @@ mod tests {
     }
 
     #[test]
-    fn each_target_takes_each_place_in_turn() {
+    fn each_target_takes_each_place_and_follows_each_other_once() {
         let case = |target, op, pipeline| Case {
             target,
             op,
@@ -1215,9 +1236,34 @@ mod tests {
             case(Target::Redis, Op::Set, 16),
         ];
         assert_eq!(test_groups(&cases), vec![0..3, 3..5, 5..6]);
-        let orders: Vec<Vec<usize>> = (0..3).map(|r| rotated(3, r).collect()).collect();
-        assert_eq!(orders, vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1]]);
-        assert_eq!(rotated(1, 5).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(order(1, 5), vec![0]);
+        assert_eq!(order(2, 0), vec![0, 1]);
+        assert_eq!(order(2, 1), vec![1, 0]);
+        for len in 2..=6 {
+            let rows = if len % 2 == 0 { len } else { 2 * len };
+            let orders: Vec<Vec<usize>> = (0..rows).map(|r| order(len, r)).collect();
+            let mut places = vec![vec![0; len]; len];
+            let mut follows = vec![vec![0; len]; len];
+            for o in &orders {
+                let mut sorted = o.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..len).collect::<Vec<_>>(), "{o:?}");
+                for (place, &t) in o.iter().enumerate() {
+                    places[t][place] += 1;
+                }
+                for w in o.windows(2) {
+                    follows[w[1]][w[0]] += 1;
+                }
+            }
+            let per = rows / len;
+            for t in 0..len {
+                assert!(places[t].iter().all(|&n| n == per), "len {len}: {places:?}");
+                for before in 0..len {
+                    let expected = if before == t { 0 } else { per };
+                    assert_eq!(follows[t][before], expected, "len {len}: {follows:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -274,9 +274,10 @@ fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> String {
     let _ = writeln!(
         s,
         "Measured {} with `{}`: {} round{} of every case, interleaved \
-         (Redis, kv server, kv proxy, null for each test in turn, starting one \
-         place later each round, so that no target always follows the same \
-         one); the tables show medians.\n",
+         (Redis, kv server, kv proxy and null back to back for each test, in an \
+         order that changes each round: over four rounds each target runs once \
+         in each place and once right after each other target); the tables show \
+         medians.\n",
         r.date,
         o.command_line,
         o.rounds,
