@@ -477,6 +477,18 @@ mod tests {
         Instant::from_millis(ms)
     }
 
+    /// A cache holding at most `n` entries, with `a` and `b` stored at 0.
+    fn holding_a_and_b(n: usize) -> TtlCache {
+        let config = CacheConfig {
+            max_entries: n,
+            ..CacheConfig::default()
+        };
+        let mut c = TtlCache::new(config, 1);
+        c.insert(b"a", Some(&b"1"[..]), t(0));
+        c.insert(b"b", Some(&b"2"[..]), t(0));
+        c
+    }
+
     fn value_at(c: &mut TtlCache, key: &str, now: Instant) -> Option<Option<Bytes>> {
         match c.get(key.as_bytes(), now) {
             Lookup::Hit { value, .. } => Some(value),
@@ -551,13 +563,7 @@ mod tests {
 
     #[test]
     fn lru_eviction_by_count_and_by_bytes() {
-        let config = CacheConfig {
-            max_entries: 2,
-            ..CacheConfig::default()
-        };
-        let mut c = TtlCache::new(config, 1);
-        c.insert(b"a", Some(&b"1"[..]), t(0));
-        c.insert(b"b", Some(&b"2"[..]), t(0));
+        let mut c = holding_a_and_b(2);
         assert!(value_at(&mut c, "a", t(1)).is_some()); // a is now most recent
         c.insert(b"c", Some(&b"3"[..]), t(2));
         assert_eq!(value_at(&mut c, "b", t(3)), None);
@@ -585,13 +591,7 @@ mod tests {
 
     #[test]
     fn a_new_entry_is_not_the_one_evicted_to_make_room_for_it() {
-        let config = CacheConfig {
-            max_entries: 2,
-            ..CacheConfig::default()
-        };
-        let mut c = TtlCache::new(config, 1);
-        c.insert(b"a", Some(&b"1"[..]), t(0));
-        c.insert(b"b", Some(&b"2"[..]), t(0));
+        let mut c = holding_a_and_b(2);
         // Both marked: the hand clears them both before it evicts.
         assert!(value_at(&mut c, "a", t(1)).is_some());
         assert!(value_at(&mut c, "b", t(1)).is_some());
