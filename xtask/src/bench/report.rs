@@ -668,6 +668,28 @@ fn checks(r: &Report) -> Vec<Check> {
     v
 }
 
+/// The start of a chart of `w` by `h` pixels: white background, a title
+/// and a subtitle (already escaped) centred at the top.
+fn svg_header(w: f64, h: f64, title: &str, subtitle: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif">"##
+    );
+    let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#ffffff"/>"##);
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="30" text-anchor="middle" font-size="18" font-weight="bold">{title}</text>"##,
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="50" text-anchor="middle" font-size="12" fill="#555">{subtitle}</text>"##,
+        w / 2.0
+    );
+    s
+}
+
 /// Colours of the bars, one per target, in [`TARGETS`] order.
 const COLOURS: [&str; 4] = ["#d62728", "#1f5fa8", "#6fa8dc", "#9e9e9e"];
 
@@ -681,23 +703,15 @@ fn svg(r: &Report) -> String {
     const BOTTOM: f64 = 400.0;
     const BAR: f64 = 34.0;
     const GAP: f64 = 8.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="Helvetica, Arial, sans-serif">"##
-    );
-    let _ = writeln!(s, r##"<rect width="{W}" height="{H}" fill="#ffffff"/>"##);
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="30" text-anchor="middle" font-size="18" font-weight="bold">Requests per second, kv vs Redis (higher is better)</text>"##,
-        W / 2.0
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="50" text-anchor="middle" font-size="12" fill="#555">redis-benchmark -c 50 -d 64 -r 100000, median of {} round(s); {}</text>"##,
-        W / 2.0,
-        r.options.rounds,
-        escape(&r.date)
+    let mut s = svg_header(
+        W,
+        H,
+        "Requests per second, kv vs Redis (higher is better)",
+        &format!(
+            "redis-benchmark -c 50 -d 64 -r 100000, median of {} round(s); {}",
+            r.options.rounds,
+            escape(&r.date)
+        ),
     );
     // Legend.
     let legend = [
@@ -854,24 +868,16 @@ fn durable_svg(r: &Report) -> Option<String> {
         return None;
     }
     let targets = [(Target::Redis, COLOURS[0]), (Target::KvServer, COLOURS[1])];
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="Helvetica, Arial, sans-serif">"##
-    );
-    let _ = writeln!(s, r##"<rect width="{W}" height="{H}" fill="#ffffff"/>"##);
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="30" text-anchor="middle" font-size="18" font-weight="bold">Durable SETs per second, kv vs Redis (higher is better)</text>"##,
-        W / 2.0
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="50" text-anchor="middle" font-size="12" fill="#555">append-only log on {}; redis-benchmark -t set -c 50 -d 64 -r 100000, median of {} round(s); {}</text>"##,
-        W / 2.0,
-        escape(&r.durable[0].filesystem),
-        r.options.rounds,
-        escape(&r.date)
+    let mut s = svg_header(
+        W,
+        H,
+        "Durable SETs per second, kv vs Redis (higher is better)",
+        &format!(
+            "append-only log on {}; redis-benchmark -t set -c 50 -d 64 -r 100000, median of {} round(s); {}",
+            escape(&r.durable[0].filesystem),
+            r.options.rounds,
+            escape(&r.date)
+        ),
     );
     let mut x = 60.0;
     for (name, (_, colour)) in ["redis (appendfsync)", "kv server (--fsync)"]
