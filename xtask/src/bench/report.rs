@@ -690,6 +690,30 @@ fn svg_header(w: f64, h: f64, title: &str, subtitle: &str) -> String {
     s
 }
 
+/// One bar, `[x, y, width, height]`, with `title` as its tooltip and its
+/// value written above it.
+fn bar(s: &mut String, [x, y, width, height]: [f64; 4], colour: &str, title: &str, value: f64) {
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x:.1}" y="{y:.1}" width="{width}" height="{height:.1}" fill="{colour}"><title>{title}</title></rect>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"##,
+        x + width / 2.0,
+        y - 4.0,
+        short(value)
+    );
+}
+
+/// The name under a group of bars, centred on `x`.
+fn group_label(s: &mut String, x: f64, y: f64, text: &str) {
+    let _ = writeln!(
+        s,
+        r##"<text x="{x:.1}" y="{y}" text-anchor="middle" font-size="14">{text}</text>"##
+    );
+}
+
 /// Colours of the bars, one per target, in [`TARGETS`] order.
 const COLOURS: [&str; 4] = ["#d62728", "#1f5fa8", "#6fa8dc", "#9e9e9e"];
 
@@ -764,31 +788,21 @@ fn svg(r: &Report) -> String {
                 };
                 let v = case.rps();
                 let bx = gx + ti as f64 * (BAR + GAP);
-                let _ = writeln!(
-                    s,
-                    r##"<rect x="{bx:.1}" y="{:.1}" width="{BAR}" height="{:.1}" fill="{}"><title>{} {} P{pipeline}: {} req/s</title></rect>"##,
-                    y(v),
-                    BOTTOM - y(v),
-                    COLOURS[ti],
+                let title = format!(
+                    "{} {} P{pipeline}: {} req/s",
                     label(target, op),
                     op.test(),
                     thousands(v)
                 );
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"##,
-                    bx + BAR / 2.0,
-                    y(v) - 4.0,
-                    short(v)
+                bar(
+                    &mut s,
+                    [bx, y(v), BAR, BOTTOM - y(v)],
+                    COLOURS[ti],
+                    &title,
+                    v,
                 );
             }
-            let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="14">{}</text>"##,
-                gx + group_w / 2.0,
-                BOTTOM + 20.0,
-                op.test()
-            );
+            group_label(&mut s, gx + group_w / 2.0, BOTTOM + 20.0, op.test());
         }
     }
     let machine: Vec<String> = r
@@ -923,30 +937,15 @@ fn durable_svg(r: &Report) -> Option<String> {
                 };
                 let v = case.rps();
                 let bx = gx + ti as f64 * (BAR + GAP);
-                let _ = writeln!(
-                    s,
-                    r##"<rect x="{bx:.1}" y="{:.1}" width="{BAR}" height="{:.1}" fill="{colour}"><title>{} SET P{pipeline}, fsync {}: {} req/s</title></rect>"##,
-                    y(v),
-                    BOTTOM - y(v),
+                let title = format!(
+                    "{} SET P{pipeline}, fsync {}: {} req/s",
                     label(target, Op::Set),
                     d.policy,
                     thousands(v)
                 );
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"##,
-                    bx + BAR / 2.0,
-                    y(v) - 4.0,
-                    short(v)
-                );
+                bar(&mut s, [bx, y(v), BAR, BOTTOM - y(v)], colour, &title, v);
             }
-            let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="14">{}</text>"##,
-                gx + group_w / 2.0,
-                BOTTOM + 20.0,
-                d.policy
-            );
+            group_label(&mut s, gx + group_w / 2.0, BOTTOM + 20.0, d.policy);
         }
     }
     let _ = writeln!(
