@@ -30,51 +30,49 @@ const VALUE: &[u8; 64] = b"vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv
 
 /// Which command a batch is made of.
 #[derive(Clone, Copy)]
-enum Op {
+enum Workload {
     Get,
     Set,
 }
 
-impl Op {
+impl Workload {
     fn name(self) -> &'static str {
         match self {
-            Op::Get => "get",
-            Op::Set => "set",
+            Workload::Get => "get",
+            Workload::Set => "set",
         }
     }
 
     /// The `i`th command of a batch. Keys vary so that nothing benefits
     /// from seeing the same bytes twice.
     fn command(self, i: usize) -> Command {
-        let key = Bytes::from(format!("key:{i:06}"));
+        let key = format!("key:{i:06}");
         match self {
-            Op::Get => Command::Get { key },
-            Op::Set => Command::Put {
-                key,
-                value: Bytes::from_static(VALUE),
-            },
+            Workload::Get => Command::build(&[&b"GET"[..], key.as_bytes()]),
+            Workload::Set => Command::build(&[&b"SET"[..], key.as_bytes(), VALUE]),
         }
+        .expect("a valid command")
     }
 
     /// The reply the server sends to each command of the batch.
     fn reply(self) -> Reply {
         match self {
-            Op::Get => Reply::Bulk(Bytes::from_static(VALUE)),
-            Op::Set => Reply::ok(),
+            Workload::Get => Reply::Bulk(Bytes::from_static(VALUE)),
+            Workload::Set => Reply::ok(),
         }
     }
 }
 
 /// A batch of requests as a client pipelines them in `dialect`.
-fn request_batch(op: Op, dialect: Dialect) -> Vec<u8> {
+fn request_batch(workload: Workload, dialect: Dialect) -> Vec<u8> {
     let mut out = BytesMut::new();
     for i in 0..BATCH {
         match dialect {
-            Dialect::Resp => op.command(i).encode_resp(&mut out),
+            Dialect::Resp => workload.command(i).encode_resp(&mut out),
             Dialect::Inline => {
-                let line = match op {
-                    Op::Get => format!("GET key:{i:06}\r\n"),
-                    Op::Set => format!(
+                let line = match workload {
+                    Workload::Get => format!("GET key:{i:06}\r\n"),
+                    Workload::Set => format!(
                         "SET key:{i:06} {}\r\n",
                         std::str::from_utf8(VALUE).expect("ASCII")
                     ),
@@ -116,7 +114,7 @@ fn both_throughputs(
 fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     for dialect in [Dialect::Resp, Dialect::Inline] {
-        for op in [Op::Get, Op::Set] {
+        for op in [Workload::Get, Workload::Set] {
             let input = request_batch(op, dialect);
             let limits = Limits::default();
             // One decoder for the whole run, as one long-lived connection
@@ -143,7 +141,7 @@ fn parse(c: &mut Criterion) {
 fn encode_reply(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_reply");
     for dialect in [Dialect::Resp, Dialect::Inline] {
-        for op in [Op::Get, Op::Set] {
+        for op in [Workload::Get, Workload::Set] {
             let replies: Vec<Reply> = (0..BATCH).map(|_| op.reply()).collect();
             let mut out = BytesMut::new();
             for r in &replies {
@@ -168,7 +166,7 @@ fn encode_reply(c: &mut Criterion) {
 /// through `encode_resp_args` without building a `Command`.
 fn encode_command(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_command");
-    for op in [Op::Get, Op::Set] {
+    for op in [Workload::Get, Workload::Set] {
         let commands: Vec<Command> = (0..BATCH).map(|i| op.command(i)).collect();
         let mut out = BytesMut::new();
         for cmd in &commands {

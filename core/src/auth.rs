@@ -2,6 +2,7 @@
 //! at the proxy: until a connection sends the right `AUTH`, it may only run
 //! `AUTH`, `PING`, `QUIT` and `HELP`.
 
+use crate::errors::ExecError;
 use crate::reply::Reply;
 use bytes::Bytes;
 
@@ -41,28 +42,13 @@ impl Password {
     }
 }
 
-/// The reply to a command refused before authentication.
-pub fn noauth() -> Reply {
-    Reply::Error(Bytes::from_static(b"NOAUTH Authentication required."))
-}
-
 /// Checks an `AUTH`; returns the reply and whether the connection is now
 /// authenticated.
 pub fn check(password: Option<&Password>, given: &[u8], other_user: bool) -> (Reply, bool) {
     match password {
-        None => (
-            Reply::Error(Bytes::from_static(
-                b"ERR AUTH called without any password configured. Are you sure your configuration is correct?",
-            )),
-            true,
-        ),
+        None => (ExecError::NoPasswordConfigured.into(), true),
         Some(p) if !other_user && p.matches(given) => (Reply::ok(), true),
-        Some(_) => (
-            Reply::Error(Bytes::from_static(
-                b"WRONGPASS invalid username-password pair or user is disabled.",
-            )),
-            false,
-        ),
+        Some(_) => (ExecError::WrongPass.into(), false),
     }
 }
 

@@ -26,11 +26,73 @@
 //! - `proxy_us`: time the request spent inside the proxy.
 //!
 //! Telnet and RESP replies are unchanged by any of this.
+//!
+//! # Message rules
+//! [`inbound_text`] and [`inbound_binary`] decide what a browser message
+//! becomes: input for the proxy, or a refusal answered in its place (an
+//! error reply, in order with the others; the socket carries on). A
+//! message over [`max_message`] is not even buffered: the socket layer
+//! closes the connection.
 
+use crate::codec::Limits;
 use crate::proxy::{AnnotatedReply, Source};
 use crate::reply::Reply;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+
+/// What one browser message becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Bytes for the client's decoder.
+    Input(Vec<u8>),
+    /// Refused: the proxy answers this reason as an error reply in the
+    /// message's place ([`Proxy::reject_client_input`](crate::Proxy::reject_client_input)).
+    Refused(String),
+}
+
+/// The longest binary message that can hold one command: a key, a value,
+/// and room for the RESP framing.
+pub fn max_binary(limits: &Limits) -> usize {
+    limits.max_key + limits.max_value + 1024
+}
+
+/// The longest message the socket layer buffers. Messages up to it that
+/// break the rules get an error reply; longer ones close the socket, since
+/// their content was never held.
+pub fn max_message(limits: &Limits) -> usize {
+    (2 * 1024 * 1024).max(max_binary(limits) + 64 * 1024)
+}
+
+/// A text message: one inline line, no line break inside.
+pub fn inbound_text(text: &str, limits: &Limits) -> Inbound {
+    if text.len() > limits.max_line {
+        Inbound::Refused(format!(
+            "message too long ({} bytes, limit {})",
+            text.len(),
+            limits.max_line
+        ))
+    } else if text.contains(['\r', '\n']) {
+        Inbound::Refused("one command per message".to_owned())
+    } else {
+        let mut line = Vec::with_capacity(text.len() + 1);
+        line.extend_from_slice(text.as_bytes());
+        line.push(b'\n');
+        Inbound::Input(line)
+    }
+}
+
+/// A binary message: RESP bytes of one command.
+pub fn inbound_binary(data: &[u8], limits: &Limits) -> Inbound {
+    let max = max_binary(limits);
+    if data.len() > max {
+        Inbound::Refused(format!(
+            "message too long ({} bytes, limit {max})",
+            data.len()
+        ))
+    } else {
+        Inbound::Input(data.to_vec())
+    }
+}
 
 /// One reply as carried to the browser.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +281,36 @@ mod tests {
     use super::*;
     use crate::time::Instant;
     use std::time::Duration;
+
+    #[test]
+    fn messages_are_one_command_within_the_limits() {
+        let limits = Limits {
+            max_line: 12,
+            ..Limits::default()
+        };
+        assert_eq!(
+            inbound_text("GET k", &limits),
+            Inbound::Input(b"GET k\n".to_vec())
+        );
+        assert_eq!(
+            inbound_text("GET k\nGET j", &limits),
+            Inbound::Refused("one command per message".into())
+        );
+        assert_eq!(
+            inbound_text("GET longer-key", &limits),
+            Inbound::Refused("message too long (14 bytes, limit 12)".into())
+        );
+        let max = max_binary(&limits);
+        assert!(matches!(
+            inbound_binary(&vec![0; max], &limits),
+            Inbound::Input(_)
+        ));
+        assert!(matches!(
+            inbound_binary(&vec![0; max + 1], &limits),
+            Inbound::Refused(_)
+        ));
+        assert!(max_message(&limits) > max);
+    }
 
     #[test]
     fn cache_hit_message_round_trips() {

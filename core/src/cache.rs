@@ -12,7 +12,7 @@
 //! more entries' memory each time. The profile that prompted this is in
 //! `BENCHMARKS.md`.
 
-use crate::store::Hasher;
+use crate::db::Hasher;
 use crate::time::Instant;
 use bytes::Bytes;
 use hashbrown::HashTable;

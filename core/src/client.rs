@@ -257,18 +257,20 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn dump() -> Command {
+        Command::build(&["DUMP"]).unwrap()
+    }
+
     #[test]
     fn replies_pair_in_order_with_rtt() {
         let mut c = Client::new(ClientConfig::default(), Instant::ZERO);
         let a = c
             .send(
-                &Command::Get {
-                    key: Bytes::from_static(b"a"),
-                },
+                &Command::build(&["GET", "a"]).unwrap(),
                 Instant::from_millis(1),
             )
             .unwrap();
-        let b = c.send(&Command::Dump, Instant::from_millis(2)).unwrap();
+        let b = c.send(&dump(), Instant::from_millis(2)).unwrap();
         let sent = c.poll_transmit().unwrap();
         assert_eq!(
             &sent[..],
@@ -302,8 +304,8 @@ mod tests {
             ..ClientConfig::default()
         };
         let mut c = Client::new(config, Instant::ZERO);
-        let a = c.send(&Command::Dump, Instant::ZERO).unwrap();
-        let b = c.send(&Command::Dump, Instant::from_millis(500)).unwrap();
+        let a = c.send(&dump(), Instant::ZERO).unwrap();
+        let b = c.send(&dump(), Instant::from_millis(500)).unwrap();
         assert_eq!(c.poll_timeout(), Some(Instant::from_millis(2_000)));
         c.handle_timeout(Instant::from_millis(1_999));
         assert_eq!(c.poll_event(), None);
@@ -323,11 +325,11 @@ mod tests {
             })
         );
         assert_eq!(
-            c.send(&Command::Dump, Instant::from_millis(2_001)),
+            c.send(&dump(), Instant::from_millis(2_001)),
             Err(ClientError::NotConnected)
         );
         c.handle_reconnected(Instant::from_millis(2_100));
-        assert!(c.send(&Command::Dump, Instant::from_millis(2_101)).is_ok());
+        assert!(c.send(&dump(), Instant::from_millis(2_101)).is_ok());
     }
 
     #[test]
@@ -337,9 +339,9 @@ mod tests {
             ..ClientConfig::default()
         };
         let mut c = Client::new(config, Instant::ZERO);
-        c.send(&Command::Dump, Instant::ZERO).unwrap();
+        c.send(&dump(), Instant::ZERO).unwrap();
         assert_eq!(
-            c.send(&Command::Dump, Instant::ZERO),
+            c.send(&dump(), Instant::ZERO),
             Err(ClientError::TooManyInFlight(1))
         );
         c.handle_input(b"+OK\r\n+OK\r\n", Instant::ZERO);

@@ -10,9 +10,9 @@
 //! input is split (h11's lesson). Every way the buffer could grow is capped by
 //! [`Limits`].
 
+pub use crate::errors::DecodeError;
 use bytes::{Buf, Bytes, BytesMut};
 use std::borrow::Cow;
-use thiserror::Error;
 
 /// Size limits for one connection's input. Each is enforced with an error
 /// reply, and the decoder never holds much more than the largest of them.
@@ -77,43 +77,6 @@ impl Frame {
     }
 }
 
-/// Input that cannot be decoded. [`DecodeError::is_fatal`] tells whether the
-/// connection can carry on after the error reply.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum DecodeError {
-    /// An inline line exceeded [`Limits::max_line`]; the rest of it is skipped.
-    #[error("ERR line too long (limit {limit} bytes)")]
-    LineTooLong {
-        /// The limit in force.
-        limit: usize,
-    },
-    /// A RESP bulk string exceeded [`Limits::max_bulk`]; the command is
-    /// skipped without buffering it.
-    #[error("ERR argument too long ({len} bytes, limit {limit})")]
-    BulkTooLong {
-        /// The announced length.
-        len: usize,
-        /// The limit in force.
-        limit: usize,
-    },
-    /// A RESP array announced more than [`Limits::max_args`] elements.
-    #[error("ERR Protocol error: too many arguments ({len}, limit {limit})")]
-    TooManyArgs {
-        /// The announced length.
-        len: usize,
-        /// The limit in force.
-        limit: usize,
-    },
-    /// An HTTP request arrived on the TCP port: a web page may be trying to
-    /// reach the store through the user's browser. Like Redis, the
-    /// connection is closed at once.
-    #[error("ERR HTTP request refused on the kv port (possible cross-protocol attack); closing")]
-    CrossProtocol,
-    /// The RESP framing is broken; what follows cannot be trusted.
-    #[error("ERR Protocol error: {0}")]
-    Protocol(&'static str),
-}
-
 impl DecodeError {
     /// Whether the connection must be closed after replying: once RESP
     /// framing is lost there is no way to find the next command.
@@ -173,6 +136,10 @@ pub struct Decoder {
     /// Where the search for the inline line's `\n` resumes.
     scan: usize,
     limits: Limits,
+    /// The arguments vector of a finished command, given back with
+    /// [`Decoder::recycle`] to hold the next one's: a pipeline of commands
+    /// allocates one vector, not one each.
+    spare: Vec<Bytes>,
 }
 
 impl Decoder {
@@ -183,6 +150,18 @@ impl Decoder {
             state: State::Start,
             scan: 0,
             limits,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Gives back the arguments vector of a finished command, to hold the
+    /// next command's. Kept only while more input is buffered (a pipeline
+    /// is under way) and only if small, so that an idle connection holds
+    /// no vector and a huge `DEL` leaves none behind.
+    pub fn recycle(&mut self, mut args: Vec<Bytes>) {
+        if !self.buf.is_empty() && args.capacity() <= 16 {
+            args.clear();
+            self.spare = args;
         }
     }
 
@@ -265,9 +244,18 @@ impl Decoder {
                                 limit: self.limits.max_args,
                             });
                         }
+                        // A fresh vector is allocated at its size at once
+                        // (cheaper than growing an empty one).
+                        let args = if self.spare.capacity() == 0 {
+                            Vec::with_capacity(n.min(16))
+                        } else {
+                            let mut args = std::mem::take(&mut self.spare);
+                            args.reserve(n.min(16));
+                            args
+                        };
                         self.state = State::Array(ArrayState {
                             remaining: n,
-                            args: Vec::with_capacity(n.min(16)),
+                            args,
                             pending_bulk: None,
                             discard: 0,
                             error: None,

@@ -8,40 +8,59 @@
 //!
 //! - [`codec`]: the request decoder for both dialects (inline for telnet,
 //!   RESP2 for Redis tools), with limits on everything a peer can grow.
-//! - [`command`] and [`reply`]: requests and replies as values, and their
-//!   encodings.
-//! - [`server`]: the store and the per-connection session.
+//! - [`command`]: the command table (what each command is), parsing, and
+//!   the one dispatch step; [`families`]: the commands themselves, by
+//!   family, each spec next to its handler.
+//! - [`db`]: the database layer, whose writes report their effects, and
+//!   the store under it.
+//! - [`reply`]: replies as values and their encodings; [`errors`]: every
+//!   error text that goes on the wire.
+//! - [`server`]: the server and its per-connection session; [`session`]:
+//!   the connection state both nodes keep.
 //! - [`aof`]: the append-only log's format, its replay decoder, and the
 //!   journal that holds replies until their writes are stored.
 //! - [`cache`]: the TTL cache, evicting by CLOCK (approximately LRU).
 //! - [`proxy`]: the caching proxy.
-//! - [`client`]: the request/reply client used by the CLI and the browser.
+//! - [`conn`]: the timing policy of a client connection (idle, stalled
+//!   output, half-close, shutdown); [`backoff`]: reconnection backoff.
+//! - [`client`]: the request/reply client used by the CLI and the browser;
+//!   [`bridge`]: the browser's WebSocket message format and rules.
 //! - [`time`]: the core's own [`Instant`].
 
 #![warn(missing_docs)]
 
 pub mod aof;
 pub mod auth;
+pub mod backoff;
 pub mod bridge;
 pub mod cache;
 pub mod client;
 pub mod codec;
 pub mod command;
+pub mod conn;
+pub mod db;
+pub mod errors;
+pub mod families;
+pub mod glob;
 pub mod proxy;
 pub mod reply;
 pub mod server;
-pub mod store;
+pub mod session;
 pub mod time;
 
+pub use backoff::{Backoff, Reconnect};
 pub use cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 pub use client::{Client, ClientConfig, ClientError, ClientEvent, Failure, RequestId};
-pub use codec::{DecodeError, Decoder, Dialect, Frame, Limits};
-pub use command::{Command, CommandError};
+pub use codec::{Decoder, Dialect, Frame, Limits};
+pub use command::Command;
+pub use conn::{ConnConfig, ConnPolicy, End, Owed, Stall};
+pub use db::{Db, Effect};
+pub use errors::{CommandError, DecodeError, ExecError, UpstreamError};
 pub use proxy::{
-    AnnotatedReply, ClientId, ClientKind, Proxy, ProxyConfig, ProxyEvent, ProxyStats, Source,
-    UpstreamState,
+    AnnotatedReply, ClientId, ClientKind, ClientStatus, Proxy, ProxyConfig, ProxyEvent, ProxyStats,
+    Source, UpstreamState,
 };
 pub use reply::{Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};
-pub use store::Store;
+pub use session::Session;
 pub use time::{Clock, Instant};

@@ -183,6 +183,63 @@ impl Reply {
     }
 }
 
+/// Where a handler writes its reply: straight into a connection's output
+/// at the server, or into a value where one is wanted.
+pub trait ReplyOut {
+    /// Writes a reply.
+    fn reply(&mut self, reply: Reply);
+
+    /// Writes a value borrowed from the store (`None`: nil) without building
+    /// a [`Reply`]: the hot path of every read.
+    fn value(&mut self, value: Option<&[u8]>);
+}
+
+/// Encodes replies in one dialect into a buffer, counting the errors.
+#[derive(Debug)]
+pub struct ReplyEncoder<'a> {
+    /// The dialect of the request being answered.
+    pub dialect: Dialect,
+    /// Where the encoded reply goes.
+    pub out: &'a mut BytesMut,
+    /// Error replies written.
+    pub errors: u64,
+}
+
+impl<'a> ReplyEncoder<'a> {
+    /// An encoder appending to `out`.
+    pub fn new(dialect: Dialect, out: &'a mut BytesMut) -> Self {
+        ReplyEncoder {
+            dialect,
+            out,
+            errors: 0,
+        }
+    }
+}
+
+impl ReplyOut for ReplyEncoder<'_> {
+    fn reply(&mut self, reply: Reply) {
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        reply.encode(self.dialect, self.out);
+    }
+
+    fn value(&mut self, value: Option<&[u8]>) {
+        encode_value(self.dialect, value, self.out);
+    }
+}
+
+/// Keeps the last reply written, as a value.
+impl ReplyOut for Option<Reply> {
+    fn reply(&mut self, reply: Reply) {
+        *self = Some(reply);
+    }
+
+    fn value(&mut self, value: Option<&[u8]>) {
+        *self = Some(value.map_or(Reply::Nil, |v| Reply::Bulk(Bytes::copy_from_slice(v))));
+    }
+}
+
 /// Appends the reply to a `GET` straight from the stored bytes: the same
 /// encoding as [`Reply::Bulk`] (or [`Reply::Nil`]) without building one.
 pub fn encode_value(dialect: Dialect, value: Option<&[u8]>, out: &mut BytesMut) {

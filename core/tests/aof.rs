@@ -4,7 +4,8 @@
 //! replays to the server's state.
 
 use bytes::{Bytes, BytesMut};
-use kv_core::aof::{self, CorruptKind, LogDecoder, LogStatus, Record};
+use kv_core::aof::{self, CorruptKind, LogDecoder, LogStatus};
+use kv_core::Effect;
 use kv_core::{Server, ServerConfig, ServerConnection};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -19,23 +20,23 @@ fn config() -> ProptestConfig {
 }
 
 /// Records over a few keys, so that puts overwrite and deletes hit.
-fn records() -> impl Strategy<Value = Vec<Record>> {
+fn records() -> impl Strategy<Value = Vec<Effect>> {
     let key = prop::sample::select(vec!["a", "b", "c", "", "key with spaces", "\u{e9}"])
         .prop_map(|k| Bytes::from_static(k.as_bytes()));
     let record = prop_oneof![
         3 => (key.clone(), prop::collection::vec(any::<u8>(), 0..40))
-            .prop_map(|(key, v)| Record::Put { key, value: Bytes::from(v) }),
-        1 => key.prop_map(|key| Record::Del { key }),
+            .prop_map(|(key, v)| Effect::Set { key, value: Bytes::from(v) }),
+        1 => key.prop_map(|key| Effect::Del { key }),
     ];
     prop::collection::vec(record, 0..24)
 }
 
 /// The log of `records`, and the offset where each record ends.
-fn encode(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+fn encode(records: &[Effect]) -> (Vec<u8>, Vec<usize>) {
     let mut out = BytesMut::from(&aof::file_header()[..]);
     let mut ends = Vec::new();
     for r in records {
-        r.encode(&mut out);
+        aof::encode(r, &mut out);
         ends.push(out.len());
     }
     (out.to_vec(), ends)
@@ -43,12 +44,12 @@ fn encode(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
 
 type Model = BTreeMap<Bytes, Bytes>;
 
-fn apply(model: &mut Model, r: &Record) {
+fn apply(model: &mut Model, r: &Effect) {
     match r {
-        Record::Put { key, value } => {
+        Effect::Set { key, value } => {
             model.insert(key.clone(), value.clone());
         }
-        Record::Del { key } => {
+        Effect::Del { key } => {
             model.remove(key);
         }
     }
@@ -76,7 +77,7 @@ fn replay(bytes: &[u8], cuts: &[Index]) -> (Server, LogDecoder, Option<aof::Corr
         d.feed(&bytes[w[0]..w[1]]);
         loop {
             match d.next_record() {
-                Ok(Some(r)) => s.apply_record(&r),
+                Ok(Some(r)) => s.replay(&r),
                 Ok(None) => break,
                 Err(e) => return (s, d, Some(e)),
             }

@@ -67,10 +67,9 @@ impl Harness {
 
     /// Writes straight into the server's store, bypassing the proxy.
     fn server_put(&mut self, key: &str, value: &str) {
-        let reply = self.server.execute(Command::Put {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        });
+        let reply = self
+            .server
+            .execute(Command::build(&["SET", key, value]).unwrap());
         assert_eq!(reply, Reply::ok());
     }
 

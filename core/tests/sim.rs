@@ -235,10 +235,7 @@ fn pipelined_reads_do_not_go_back_in_time() {
     proxy.handle_client_input(c, b"PUT k v1\r\n", now);
     let ok = to_server(&mut proxy, &mut server);
     // Another writer (another proxy, or a direct client) writes v2.
-    let _ = server.execute(Command::Put {
-        key: Bytes::from_static(b"k"),
-        value: Bytes::from_static(b"v2"),
-    });
+    let _ = server.execute(Command::build(&["SET", "k", "v2"]).unwrap());
     // The client reads: a write to k is pending, so the GET goes upstream,
     // where it reads v2.
     proxy.handle_client_input(c, b"GET k\r\n", now);
@@ -302,10 +299,7 @@ fn refused_write_does_not_let_a_read_go_back_in_time() {
     proxy.handle_client_input(c, b"PUT k v1\r\n", now);
     let ok = to_server(&mut proxy, &mut server);
     // Another writer writes v2.
-    let _ = server.execute(Command::Put {
-        key: Bytes::from_static(b"k"),
-        value: Bytes::from_static(b"v2"),
-    });
+    let _ = server.execute(Command::build(&["SET", "k", "v2"]).unwrap());
     // The client reads behind its pending write: upstream, where it reads v2.
     proxy.handle_client_input(c, b"GET k\r\n", now);
     let v2 = to_server(&mut proxy, &mut server);

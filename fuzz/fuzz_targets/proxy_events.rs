@@ -91,41 +91,30 @@ enum Cmd {
 }
 
 impl Cmd {
-    fn command(&self) -> Command {
-        let key = |k: &u8| Bytes::from(format!("k{}", k % 4));
+    fn words(&self) -> Vec<String> {
+        let key = |k: &u8| format!("k{}", k % 4);
         match self {
-            Cmd::Get(k) => Command::Get { key: key(k) },
-            Cmd::Put(k, v) => Command::Put {
-                key: key(k),
-                value: Bytes::from(format!("v{v}")),
-            },
-            Cmd::Del(a, b) => Command::Del {
-                keys: vec![key(a), key(b)],
-            },
-            Cmd::Ping(t) => Command::Ping {
-                message: Some(Bytes::from(format!("ping:{t}"))),
-            },
-            Cmd::Echo(m) => Command::Echo {
-                message: Bytes::from(format!("echo:{m}")),
-            },
-            Cmd::Dump => Command::Dump,
-            Cmd::Info => Command::Info,
-            Cmd::Quit => Command::Quit,
-            Cmd::Auth { right } => Command::Auth {
-                password: Bytes::from_static(if *right { b"secret" } else { b"wrong" }),
-                other_user: false,
-            },
+            Cmd::Get(k) => vec!["GET".into(), key(k)],
+            Cmd::Put(k, v) => vec!["PUT".into(), key(k), format!("v{v}")],
+            Cmd::Del(a, b) => vec!["DEL".into(), key(a), key(b)],
+            Cmd::Ping(t) => vec!["PING".into(), format!("ping:{t}")],
+            Cmd::Echo(m) => vec!["ECHO".into(), format!("echo:{m}")],
+            Cmd::Dump => vec!["DUMP".into()],
+            Cmd::Info => vec!["INFO".into()],
+            Cmd::Quit => vec!["QUIT".into()],
+            Cmd::Auth { right } => vec![
+                "AUTH".into(),
+                if *right { "secret" } else { "wrong" }.into(),
+            ],
         }
     }
 
+    fn command(&self) -> Command {
+        Command::build(&self.words()).expect("the target sends valid commands")
+    }
+
     fn inline(&self) -> Vec<u8> {
-        let args: Vec<String> = self
-            .command()
-            .to_args()
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        format!("{}\r\n", args.join(" ")).into_bytes()
+        format!("{}\r\n", self.words().join(" ")).into_bytes()
     }
 }
 
@@ -221,9 +210,9 @@ impl Driver {
             }
             for k in 0..self.clients.len() {
                 let id = self.clients[k].id;
-                if self.proxy.client_wants_input(id) {
+                if self.proxy.client_resumable(id) {
                     let before = self.proxy.stats().requests;
-                    self.proxy.handle_client_input(id, &[], self.now);
+                    self.proxy.handle_client_resume(id, self.now);
                     moved |= self.proxy.stats().requests != before;
                 }
             }

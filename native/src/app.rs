@@ -1,5 +1,5 @@
 //! The long-running commands of the `kv` binary: `kv server`, `kv proxy` and
-//! `kv up`. Each service runs on its own thread ([`Service`]); the calling
+//! `kv up`. Each service runs on its own thread (a `Service`); the calling
 //! thread announces the addresses, waits for Ctrl-C or SIGTERM, and stops
 //! the services gracefully.
 //!
@@ -9,9 +9,9 @@
 
 use crate::args::{ProxyArgs, ServerArgs, UpArgs};
 use crate::proxy::{self, ProxyOptions};
+use crate::runtime::service::{Service, ServiceError};
+use crate::runtime::shutdown::Signals;
 use crate::server::{self, ServerOptions};
-use crate::service::{Service, ServiceError};
-use crate::shutdown::Signals;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use thiserror::Error;
@@ -89,7 +89,7 @@ pub fn run_up(args: &UpArgs) -> Result<(), AppError> {
 }
 
 fn start_server(options: ServerOptions) -> Result<Service, AppError> {
-    crate::net::raise_nofile_limit();
+    crate::runtime::net::raise_nofile_limit();
     // The log is replayed before the port is bound: clients never see a
     // half-loaded store, and a damaged log fails the start with its error.
     let prepared = server::prepare(&options)?;
@@ -107,7 +107,7 @@ fn start_server(options: ServerOptions) -> Result<Service, AppError> {
 }
 
 fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
-    crate::net::raise_nofile_limit();
+    crate::runtime::net::raise_nofile_limit();
     let upstream = options.upstream;
     // Bound here, before the service thread starts, so that its address
     // can be announced with the proxy's.

@@ -245,13 +245,13 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     /// The bridge's settings for a given listening address.
-    pub fn options(&self, listen: SocketAddr, conn: &ConnArgs) -> crate::bridge::HttpOptions {
-        crate::bridge::HttpOptions {
+    pub fn options(&self, listen: SocketAddr, conn: &ConnArgs) -> crate::proxy::ws::HttpOptions {
+        crate::proxy::ws::HttpOptions {
             listen,
             www_dir: self
                 .www
                 .clone()
-                .unwrap_or_else(crate::bridge::default_www_dir),
+                .unwrap_or_else(crate::proxy::ws::default_www_dir),
             allowed_origins: self.allow_origin.clone(),
             max_clients: conn.max_clients,
             idle_timeout: conn.idle_timeout(),

@@ -8,7 +8,7 @@
 //! the next command) when the connection fails.
 
 use crate::args::CliArgs;
-use crate::time::Clock;
+use crate::runtime::clock::Epoch;
 use bytes::{Bytes, BytesMut};
 use kv_core::{Client, ClientConfig, ClientEvent, Command, CommandError, Failure, Limits, Reply};
 use rustyline::error::ReadlineError;
@@ -199,31 +199,17 @@ fn render(cmd: &Command, reply: Reply) -> Vec<u8> {
 
 /// Undoes what the RESP encoding loses, for display only: `DUMP` pairs come
 /// back as a flat array and `INFO`/`HELP` text as one bulk string, while the
-/// inline format (what telnet shows) has a form for each.
+/// inline format (what telnet shows) has a form for each. The command's
+/// spec says which shape it has.
 fn for_display(cmd: &Command, reply: Reply) -> Reply {
-    match (cmd, reply) {
-        (Command::Dump, Reply::Array(items))
-            if items.len() % 2 == 0 && items.iter().all(|r| matches!(r, Reply::Bulk(_))) =>
-        {
-            let mut pairs = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(Reply::Bulk(k)), Some(Reply::Bulk(v))) = (it.next(), it.next()) {
-                pairs.push((k, v));
-            }
-            Reply::Pairs(pairs)
-        }
-        (Command::Info | Command::Help, Reply::Bulk(text)) => {
-            Reply::Text(String::from_utf8_lossy(&text).replace("\r\n", "\n"))
-        }
-        (_, reply) => reply,
-    }
+    cmd.spec().shape.restore(reply)
 }
 
 /// A connection to the proxy or server, made on demand.
 struct Session {
     addr: String,
     timeout: Duration,
-    clock: Clock,
+    clock: Epoch,
     conn: Option<Connection>,
     /// Sent with `AUTH` on every new connection.
     password: Option<Bytes>,
@@ -240,7 +226,7 @@ impl Session {
         Session {
             addr,
             timeout,
-            clock: Clock::new(),
+            clock: Epoch::new(),
             conn: None,
             password: None,
         }
@@ -276,10 +262,8 @@ impl Session {
                 buf: BytesMut::with_capacity(16 * 1024),
             };
             if let Some(password) = &self.password {
-                let auth = Command::Auth {
-                    password: password.clone(),
-                    other_user: false,
-                };
+                let auth = Command::build(&[&b"AUTH"[..], password])
+                    .map_err(|e| CliError::Auth(e.to_string()))?;
                 match conn.exchange(&auth, self.clock).await {
                     Ok(Reply::Error(e)) => {
                         return Err(CliError::Auth(String::from_utf8_lossy(&e).into_owned()))
@@ -315,7 +299,7 @@ impl Session {
 }
 
 impl Connection {
-    async fn exchange(&mut self, cmd: &Command, clock: Clock) -> Result<Reply, Failure> {
+    async fn exchange(&mut self, cmd: &Command, clock: Epoch) -> Result<Reply, Failure> {
         if self.client.send(cmd, clock.now()).is_err() {
             return Err(Failure::Disconnected);
         }
@@ -381,6 +365,10 @@ fn peer_closed(_stream: &TcpStream) -> bool {
 mod tests {
     use super::*;
 
+    fn cmd(words: &[&str]) -> Command {
+        Command::build(words).unwrap()
+    }
+
     fn inline(cmd: &Command, reply: Reply) -> String {
         String::from_utf8(render(cmd, reply)).unwrap()
     }
@@ -391,10 +379,7 @@ mod tests {
         assert!(matches!(parse("GET"), Err(CliError::Invalid(_))));
         assert_eq!(
             parse("PUT name Derek Moss").unwrap(),
-            Command::Put {
-                key: Bytes::from_static(b"name"),
-                value: Bytes::from_static(b"Derek Moss"),
-            }
+            cmd(&["SET", "name", "Derek Moss"])
         );
         assert_eq!(
             parse("FROB x").unwrap_err().to_string(),
@@ -407,7 +392,7 @@ mod tests {
     fn dump_and_info_display_like_telnet() {
         // A value with a line break stays on one line, escaped.
         assert_eq!(
-            inline(&Command::Dump, Reply::Bulk(Bytes::from_static(b"a\r\nb"))),
+            inline(&cmd(&["DUMP"]), Reply::Bulk(Bytes::from_static(b"a\r\nb"))),
             "\"a\\r\\nb\"\n"
         );
         let flat = Reply::Array(vec![
@@ -415,25 +400,17 @@ mod tests {
             Reply::Bulk(Bytes::from_static(b"18")),
         ]);
         assert_eq!(
-            inline(&Command::Dump, flat.clone()),
+            inline(&cmd(&["DUMP"]), flat.clone()),
             "(1 pair)\n\"age\" \"18\"\n"
         );
         // Only DUMP replies are shown as pairs.
-        assert!(inline(&Command::Help, flat).starts_with("(2 items)"));
+        assert!(inline(&cmd(&["HELP"]), flat).starts_with("(2 items)"));
         let info = Reply::Bulk(Bytes::from_static(b"# Proxy\r\nrole:proxy\r\n"));
         assert_eq!(
-            inline(&Command::Info, info),
+            inline(&cmd(&["INFO"]), info),
             "(2 lines)\n# Proxy\nrole:proxy\n"
         );
-        assert_eq!(
-            inline(
-                &Command::Get {
-                    key: Bytes::from_static(b"k")
-                },
-                Reply::Nil
-            ),
-            "(nil)\n"
-        );
+        assert_eq!(inline(&cmd(&["GET", "k"]), Reply::Nil), "(nil)\n");
     }
 
     #[tokio::test]
@@ -445,7 +422,7 @@ mod tests {
         };
         let addr = format!("127.0.0.1:{port}");
         let mut s = Session::new(addr.clone(), Duration::from_secs(2));
-        let e = s.request(&Command::Dump).await.unwrap_err();
+        let e = s.request(&cmd(&["DUMP"])).await.unwrap_err();
         assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
         assert!(
             e.to_string()
@@ -468,9 +445,7 @@ mod tests {
             }
         });
         let mut s = Session::new(addr, Duration::from_secs(5));
-        let get = Command::Get {
-            key: Bytes::from_static(b"k"),
-        };
+        let get = cmd(&["GET", "k"]);
         assert_eq!(
             s.request(&get).await.unwrap(),
             Reply::Bulk(Bytes::from_static(b"abc"))

@@ -2,25 +2,26 @@
 //! and to the WebSocket at `/ws` of the page's own origin.
 
 use crate::model::{Console, EntryKind, LogEntry};
-use kv_core::Instant;
+use kv_core::{Backoff, Instant};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{
     BinaryType, Document, HtmlElement, HtmlInputElement, KeyboardEvent, MessageEvent, WebSocket,
 };
 
-/// First reconnection delay; doubles up to [`MAX_BACKOFF_MS`].
-const MIN_BACKOFF_MS: i32 = 250;
-const MAX_BACKOFF_MS: i32 = 5_000;
+/// First reconnection delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most log entries kept on the page, so a long session stays light.
 const MAX_LOG_ENTRIES: u32 = 500;
 
 struct App {
     console: Console,
     ws: Option<WebSocket>,
-    backoff_ms: i32,
+    backoff: Backoff,
     doc: Document,
     log: HtmlElement,
     input: HtmlInputElement,
@@ -49,7 +50,7 @@ pub fn start() -> Result<(), JsValue> {
     let app = Rc::new(RefCell::new(App {
         console: Console::new(now()),
         ws: None,
-        backoff_ms: MIN_BACKOFF_MS,
+        backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
         log: element(&doc, "log")?,
         input: element(&doc, "command")?,
         state: element(&doc, "state")?,
@@ -124,7 +125,7 @@ fn connect(app: &Rc<RefCell<App>>) {
         let app = app.clone();
         Closure::<dyn FnMut()>::new(move || {
             let mut a = app.borrow_mut();
-            a.backoff_ms = MIN_BACKOFF_MS;
+            a.backoff.handle_success();
             let entry = a.console.handle_connected(now());
             append(&a, &entry);
             set_state(&a, "connected", "connected");
@@ -178,17 +179,14 @@ fn connect(app: &Rc<RefCell<App>>) {
 fn schedule_reconnect(app: &Rc<RefCell<App>>) {
     let delay = {
         let mut a = app.borrow_mut();
-        let delay = a.backoff_ms;
-        a.backoff_ms = (a.backoff_ms * 2).min(MAX_BACKOFF_MS);
+        let t = now();
+        let delay = a.backoff.handle_failure(t) - t;
         set_state(
             &a,
-            &format!(
-                "disconnected — retrying in {:.1} s",
-                f64::from(delay) / 1000.0
-            ),
+            &format!("disconnected — retrying in {:.1} s", delay.as_secs_f64()),
             "disconnected",
         );
-        delay
+        i32::try_from(delay.as_millis()).unwrap_or(i32::MAX)
     };
     let retry = {
         let app = app.clone();

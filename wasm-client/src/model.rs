@@ -3,8 +3,9 @@
 //! any target; `dom.rs` only wires it to the page.
 
 use kv_core::bridge::{BridgeReply, WireSource};
+use kv_core::command::table::Cache;
 use kv_core::{Client, ClientConfig, ClientEvent, Command, Instant, Limits, Reply, RequestId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Most commands kept in the history.
@@ -64,7 +65,7 @@ pub struct Console {
     /// Position while walking the history with Up/Down; `history.len()`
     /// means "the fresh line".
     cursor: usize,
-    pending: HashMap<RequestId, (String, bool)>,
+    pending: BTreeMap<RequestId, (String, bool)>,
 }
 
 impl Console {
@@ -79,7 +80,7 @@ impl Console {
             limits: Limits::default(),
             history: Vec::new(),
             cursor: 0,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -158,7 +159,8 @@ impl Console {
                 None,
             );
         }
-        let is_get = matches!(cmd, Command::Get { .. });
+        // A read the proxy may answer from its cache gets a HIT/MISS badge.
+        let is_get = matches!(cmd.spec().cache, Cache::Value);
         match self.client.send(&cmd, now) {
             Ok(id) => {
                 self.pending.insert(id, (echo.text.clone(), is_get));

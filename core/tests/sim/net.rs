@@ -44,6 +44,11 @@ impl<T> Pipe<T> {
         self.queue.is_empty()
     }
 
+    /// Number of items on the way, readable or not.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Number of items readable now.
     pub fn ready_count(&self, now: Instant) -> usize {
         self.queue.iter().take_while(|(at, _)| *at <= now).count()

@@ -2,7 +2,7 @@
 //! with, and the world those parameters and the seed describe.
 
 use super::rng::Rng;
-use kv_core::{CacheConfig, ProxyConfig};
+use kv_core::{CacheConfig, ConnConfig, ProxyConfig};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ pub const FAULTS: &[(u32, &str)] = &[
     (CLOCK_JUMP, "clock-jump"),
     (GHOST, "ghost"),
     (LATENCY_SPIKE, "latency-spike"),
+    (SLOW_READER, "slow-reader"),
 ];
 /// Client connections (to a proxy or to the server) drop.
 pub const CLIENT_DROP: u32 = 1;
@@ -32,7 +33,10 @@ pub const CLOCK_JUMP: u32 = 16;
 pub const GHOST: u32 = 32;
 /// Latency rises above the request timeouts for a while.
 pub const LATENCY_SPIKE: u32 = 64;
-pub const ALL_FAULTS: u32 = 127;
+/// A client stops reading its replies for a while (the connection
+/// policies' stalled-output cut-off is for it).
+pub const SLOW_READER: u32 = 128;
+pub const ALL_FAULTS: u32 = 255;
 
 /// Bugs that can be planted to show that the checker catches them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +232,13 @@ pub struct Setup {
     /// Chance, per mille, that a fault the step drew really happens: some
     /// seeds are calm, some are storms.
     pub fault_rate: u64,
+    /// The connection policy of the proxy's and the server's client
+    /// connections (the core's, as the native drivers use it).
+    pub conn: ConnConfig,
+    /// Bytes a connection holds on their way to a reader before the writer
+    /// counts as blocked (the socket buffers): past it, the connection
+    /// policy's stalled-output timer runs.
+    pub window: usize,
 }
 
 impl Setup {
@@ -269,6 +280,12 @@ impl Setup {
         let latency = r.pick(&[Duration::from_micros(100), ms(2), ms(20)]);
         let fault_rate = r.pick(&[20, 100, 400]);
         let client_timeout = client_timeout + latency * 10;
+        // Drawn last, so the rest of each seed's world stays as it was.
+        let conn = ConnConfig {
+            idle_timeout: r.pick(&[None, Some(ms(200)), Some(ms(1_000)), Some(ms(5_000))]),
+            half_close_wait: request_timeout + ms(100),
+        };
+        let window = r.pick(&[64, 256, 4_096, 1 << 20]);
 
         let proxies = p.proxies.map_or(proxies, |n| n.clamp(1, proxies));
         let mut clients = clients;
@@ -287,6 +304,8 @@ impl Setup {
             max_in_flight,
             latency,
             fault_rate,
+            conn,
+            window,
         }
     }
 
@@ -305,7 +324,8 @@ impl Setup {
         format!(
             "{} prox{}, {} key{}; clients: {}; cache ttl {:?}, {} entries, negative {}; \
              proxy request timeout {:?}, max pending {}, max upstream {}; \
-             client timeout {:?}, in flight {}; latency <= {:?}; fault rate {}/1000",
+             client timeout {:?}, in flight {}; latency <= {:?}; fault rate {}/1000; \
+             idle timeout {:?}, window {} bytes",
             self.proxies,
             if self.proxies == 1 { "y" } else { "ies" },
             self.keys,
@@ -321,6 +341,8 @@ impl Setup {
             self.max_in_flight,
             self.latency,
             self.fault_rate,
+            self.conn.idle_timeout,
+            self.window,
         )
     }
 }

@@ -15,13 +15,14 @@ use super::net::Pipe;
 use super::rng::Rng;
 use super::setup::{
     Bug, Params, Setup, Via, CLIENT_DROP, CLOCK_JUMP, GHOST, LATENCY_SPIKE, PROXY_RESTART,
-    SERVER_RESTART, UPSTREAM_DROP,
+    SERVER_RESTART, SLOW_READER, UPSTREAM_DROP,
 };
 use bytes::{Bytes, BytesMut};
+use kv_core::backoff::Lost;
 use kv_core::{
-    AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, Decoder,
-    Failure, Instant, Proxy, ProxyEvent, Reply, RequestId, Server, ServerConfig, ServerConnection,
-    Source,
+    AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, ConnConfig,
+    ConnPolicy, Decoder, End, Failure, Instant, Owed, Proxy, ProxyEvent, Reconnect, Reply,
+    RequestId, Server, ServerConfig, ServerConnection, Source, Stall,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -55,12 +56,41 @@ const ALLOWED_ERRORS: &[&str] = &[
 
 const FOREVER: Instant = Instant::from_nanos(u64::MAX);
 
+/// What one annotated reply counts for against a connection's window.
+const MESSAGE_BYTES: usize = 64;
+
+/// The writer's side of a socket, as a driver sees it: a write that leaves
+/// no more than the window on its way is done at once; past the window it
+/// is blocked until the reader catches up.
+fn note_writes(
+    policy: &mut ConnPolicy,
+    blocked: &mut bool,
+    queued: usize,
+    window: usize,
+    now: Instant,
+) {
+    if queued > window {
+        if !*blocked {
+            *blocked = true;
+            policy.handle_write_started(now);
+        }
+    } else if *blocked {
+        *blocked = false;
+        policy.handle_write_done(now);
+    }
+}
+
 /// The server's end of one connection, with a second decoder reading the
-/// same bytes so the model learns the order in which writes are applied.
+/// same bytes so the model learns the order in which writes are applied,
+/// and the connection policy the server's driver keeps for it.
 #[derive(Debug)]
 struct ServerSide {
     conn: ServerConnection,
     mirror: Decoder,
+    policy: ConnPolicy,
+    /// More than the window is on its way to the reader: the server's
+    /// writes are blocked.
+    blocked: bool,
 }
 
 #[derive(Debug)]
@@ -93,6 +123,8 @@ struct ProxyNode {
     incarnation: u64,
     back_at: Instant,
     upstream: Upstream,
+    /// When the proxy's driver reconnects upstream: the core's policy.
+    reconnect: Reconnect,
     /// Client connections: (proxy's id, client index).
     attached: Vec<(ClientId, usize)>,
 }
@@ -108,9 +140,11 @@ enum Conn {
         up: Pipe<Bytes>,
         down: Pipe<Bytes>,
         messages: Pipe<AnnotatedReply>,
-        /// The proxy stopped reading (too many replies owed): resume with
-        /// empty input once it wants more.
-        throttled: bool,
+        /// The proxy driver's connection policy for this client.
+        policy: ConnPolicy,
+        /// More than the window is on its way to the client: the proxy's
+        /// writes are blocked.
+        blocked: bool,
     },
     Direct {
         up: Pipe<Bytes>,
@@ -120,52 +154,51 @@ enum Conn {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
+enum Intent {
     Get(usize),
     Put(usize, u64),
     Del(Vec<usize>),
     Ping(u64),
 }
 
-impl Op {
+impl Intent {
     fn command(&self) -> Command {
-        match self {
-            Op::Get(k) => Command::Get { key: key_name(*k) },
-            Op::Put(k, seq) => Command::Put {
-                key: key_name(*k),
-                value: value_bytes(*k, *seq),
-            },
-            Op::Del(keys) => Command::Del {
-                keys: keys.iter().map(|k| key_name(*k)).collect(),
-            },
-            Op::Ping(t) => Command::Ping {
-                message: Some(Bytes::from(format!("t{t}"))),
-            },
-        }
+        let args: Vec<Bytes> = match self {
+            Intent::Get(k) => vec![Bytes::from_static(b"GET"), key_name(*k)],
+            Intent::Put(k, seq) => vec![
+                Bytes::from_static(b"PUT"),
+                key_name(*k),
+                value_bytes(*k, *seq),
+            ],
+            Intent::Del(keys) => std::iter::once(Bytes::from_static(b"DEL"))
+                .chain(keys.iter().map(|k| key_name(*k)))
+                .collect(),
+            Intent::Ping(t) => vec![Bytes::from_static(b"PING"), Bytes::from(format!("t{t}"))],
+        };
+        Command::build(&args).expect("the simulation sends valid commands")
     }
 
-    /// The request as a telnet user would type it.
     fn inline(&self) -> Bytes {
         Bytes::from(match self {
-            Op::Get(k) => format!("GET k{k}\r\n"),
-            Op::Put(k, seq) => format!("PUT k{k} k{k}:v{seq}\r\n"),
-            Op::Del(keys) => {
+            Intent::Get(k) => format!("GET k{k}\r\n"),
+            Intent::Put(k, seq) => format!("PUT k{k} k{k}:v{seq}\r\n"),
+            Intent::Del(keys) => {
                 let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
                 format!("DEL {}\r\n", names.join(" "))
             }
-            Op::Ping(t) => format!("PING t{t}\r\n"),
+            Intent::Ping(t) => format!("PING t{t}\r\n"),
         })
     }
 
     fn text(&self) -> String {
         match self {
-            Op::Get(k) => format!("GET k{k}"),
-            Op::Put(k, seq) => format!("PUT k{k} v{seq}"),
-            Op::Del(keys) => {
+            Intent::Get(k) => format!("GET k{k}"),
+            Intent::Put(k, seq) => format!("PUT k{k} v{seq}"),
+            Intent::Del(keys) => {
                 let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
                 format!("DEL {}", names.join(" "))
             }
-            Op::Ping(t) => format!("PING t{t}"),
+            Intent::Ping(t) => format!("PING t{t}"),
         }
     }
 }
@@ -173,7 +206,7 @@ impl Op {
 #[derive(Debug)]
 struct Req {
     id: RequestId,
-    op: Op,
+    intent: Intent,
     issued_at: Instant,
     /// The server's apply clock when the request was issued.
     issued_apply: u64,
@@ -204,6 +237,13 @@ struct ClientNode {
     writes: Vec<(usize, Why)>,
     /// Per key: the newest position this session read.
     reads: Vec<(usize, Why)>,
+    /// The client reads none of its replies, and gives up on none of its
+    /// requests, until then (a slow reader).
+    reads_paused_until: Instant,
+    /// A probe failed because its connection was closed under it (a
+    /// connection policy may cut a connection the moment a probe is sent):
+    /// the probe is sent again.
+    probe_lost: bool,
 }
 
 /// Bytes that were in flight to the server on a connection that died:
@@ -286,6 +326,7 @@ impl World {
                 upstream: Upstream::Connecting {
                     done_at: now + Duration::from_micros(rng.below(1_000)),
                 },
+                reconnect: Reconnect::new(),
                 attached: Vec::new(),
             })
             .collect();
@@ -304,6 +345,8 @@ impl World {
                 reqs: VecDeque::new(),
                 writes: vec![(0, Why::Wrote(None)); setup.keys],
                 reads: vec![(0, Why::Read(None)); setup.keys],
+                reads_paused_until: now,
+                probe_lost: false,
             })
             .collect();
         World {
@@ -391,6 +434,20 @@ impl World {
                 self.stats.faults += 1;
                 self.restart_server()?;
             }
+            985..=994 if fault(self, SLOW_READER) => {
+                let ci = self.rng.index(self.clients.len());
+                self.stats.faults += 1;
+                // Up to three idle timeouts (or a second): sometimes past the
+                // cut-off for output the client does not take.
+                let idle = self
+                    .setup
+                    .conn
+                    .idle_timeout
+                    .unwrap_or(Duration::from_millis(333));
+                let d = Duration::from_nanos(self.rng.below(3 * idle.as_nanos() as u64 + 1));
+                self.clients[ci].reads_paused_until = self.now + d;
+                trace!(self, "FAULT c{ci} stops reading its replies for {d:?}");
+            }
             970..=984 if fault(self, LATENCY_SPIKE) => {
                 self.stats.faults += 1;
                 let d = Duration::from_millis(self.rng.range(10, 500));
@@ -418,7 +475,9 @@ impl World {
         d
     }
 
-    fn backoff(&mut self) -> Instant {
+    /// When a simulated client tries its connection again: the test client's own
+    /// choice, drawn at random so that reconnections interleave every way.
+    fn client_retry_at(&mut self) -> Instant {
         self.now + Duration::from_micros(self.rng.below(300_000))
     }
 
@@ -437,19 +496,19 @@ impl World {
             if matches!(c.conn, Conn::Down { .. }) || c.reqs.len() >= self.setup.max_in_flight {
                 return Ok(());
             }
-            let op = self.random_op();
-            self.issue(ci, op, false, false)?;
+            let intent = self.random_intent();
+            self.issue(ci, intent, false, false)?;
         }
         Ok(())
     }
 
-    fn random_op(&mut self) -> Op {
+    fn random_intent(&mut self) -> Intent {
         let keys = self.setup.keys;
         match self.rng.below(100) {
-            0..=44 => Op::Get(self.rng.index(keys)),
+            0..=44 => Intent::Get(self.rng.index(keys)),
             45..=79 => {
                 self.next_seq += 1;
-                Op::Put(self.rng.index(keys), self.next_seq)
+                Intent::Put(self.rng.index(keys), self.next_seq)
             }
             80..=89 => {
                 let first = self.rng.index(keys);
@@ -457,21 +516,21 @@ impl World {
                 if keys > 1 && self.rng.chance(400) {
                     del.push((first + 1 + self.rng.index(keys - 1)) % keys);
                 }
-                Op::Del(del)
+                Intent::Del(del)
             }
             _ => {
                 self.next_token += 1;
-                Op::Ping(self.next_token)
+                Intent::Ping(self.next_token)
             }
         }
     }
 
-    fn issue(&mut self, ci: usize, op: Op, probe: bool, exact: bool) -> Check {
+    fn issue(&mut self, ci: usize, intent: Intent, probe: bool, exact: bool) -> Check {
         let now = self.now;
         let lat = self.latency();
         let c = &mut self.clients[ci];
         let id = match c.via {
-            Via::Stream | Via::Direct => c.client.send(&op.command(), now),
+            Via::Stream | Via::Direct => c.client.send(&intent.command(), now),
             Via::Messages => c.client.track(now),
         };
         let id = match id {
@@ -484,7 +543,7 @@ impl World {
             }
         };
         let bytes = match c.via {
-            Via::Messages => op.inline(),
+            Via::Messages => intent.inline(),
             _ => c
                 .client
                 .poll_transmit()
@@ -495,10 +554,10 @@ impl World {
             Conn::Proxy { up, .. } | Conn::Direct { up, .. } => up.send(now + lat, bytes),
             Conn::Down { .. } => return violation("driver", "issued on a closed connection"),
         }
-        let text = op.text();
+        let text = intent.text();
         c.reqs.push_back(Req {
             id,
-            op,
+            intent,
             issued_at: now,
             issued_apply: self.model.applied,
             probe,
@@ -550,6 +609,21 @@ impl World {
         self.advance_to(target, exact)
     }
 
+    /// Whether the proxy's driver reads client `ci`'s connection now: not
+    /// while the proxy throttles it (too many replies owed), nor once its
+    /// connection policy stopped reading.
+    fn proxy_reads(&self, ci: usize) -> bool {
+        let c = &self.clients[ci];
+        let Conn::Proxy { id, policy, .. } = &c.conn else {
+            return false;
+        };
+        policy.wants_input()
+            && self.proxies[c.proxy]
+                .proxy
+                .as_ref()
+                .is_some_and(|p| p.client_wants_input(*id))
+    }
+
     /// Pipes with something readable now. A throttled client's pipe is not:
     /// the proxy is not reading it.
     fn ready_pipes(&self) -> Vec<PipeRef> {
@@ -558,24 +632,21 @@ impl World {
         for (ci, c) in self.clients.iter().enumerate() {
             match &c.conn {
                 Conn::Proxy {
-                    up,
-                    down,
-                    messages,
-                    throttled,
-                    ..
+                    up, down, messages, ..
                 } => {
-                    if up.is_ready(now) && !throttled {
+                    if up.is_ready(now) && self.proxy_reads(ci) {
                         out.push(PipeRef::Up(ci));
                     }
-                    if down.is_ready(now) || messages.is_ready(now) {
+                    if (down.is_ready(now) || messages.is_ready(now)) && c.reads_paused_until <= now
+                    {
                         out.push(PipeRef::Down(ci));
                     }
                 }
-                Conn::Direct { up, down, .. } => {
-                    if up.is_ready(now) {
+                Conn::Direct { up, down, side } => {
+                    if up.is_ready(now) && side.policy.wants_input() {
                         out.push(PipeRef::Up(ci));
                     }
-                    if down.is_ready(now) {
+                    if down.is_ready(now) && c.reads_paused_until <= now {
                         out.push(PipeRef::Down(ci));
                     }
                 }
@@ -584,7 +655,7 @@ impl World {
         }
         for (pi, p) in self.proxies.iter().enumerate() {
             if let Upstream::Up(link) = &p.upstream {
-                if link.to_server.is_ready(now) {
+                if link.to_server.is_ready(now) && link.side.policy.wants_input() {
                     out.push(PipeRef::ToServer(pi));
                 }
                 if link.to_proxy.is_ready(now) {
@@ -634,28 +705,27 @@ impl World {
                 let pi = self.clients[ci].proxy;
                 let lat = self.latency();
                 let c = &mut self.clients[ci];
+                let window = self.setup.window;
                 match &mut c.conn {
-                    Conn::Proxy {
-                        up, id, throttled, ..
-                    } => {
+                    Conn::Proxy { up, id, policy, .. } => {
                         let data = up.recv_bytes(now, n);
                         let id = *id;
+                        policy.handle_input(now);
                         let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
                             return violation("driver", "connected to a proxy that is down");
                         };
                         trace!(self, "c{ci} => p{pi}: {} bytes", data.len());
                         proxy.handle_client_input(id, &data, now);
-                        if !proxy.client_wants_input(id) {
-                            *throttled = true;
-                        }
                         self.pump_proxy(pi)?;
                     }
                     Conn::Direct { up, down, side } => {
                         let data = up.recv_bytes(now, n);
+                        side.policy.handle_input(now);
                         let out = side.feed(&mut self.server, &mut self.model, &data, now)?;
                         if !out.is_empty() {
                             down.send(now + lat, out);
                         }
+                        side.wrote(down.total_bytes(), window, now);
                         trace!(self, "c{ci} => server: {} bytes", data.len());
                     }
                     Conn::Down { .. } => {}
@@ -694,6 +764,7 @@ impl World {
                     self.clients[ci].client.handle_input(&data, now);
                     self.client_events(ci, None)?;
                 }
+                self.client_read(ci);
                 if self.clients[ci].client.is_broken() {
                     trace!(self, "c{ci}: connection broken; closing it");
                     self.drop_client_conn(ci, true)?;
@@ -710,12 +781,15 @@ impl World {
                     return Ok(());
                 };
                 let data = link.to_server.recv_bytes(now, n);
+                link.side.policy.handle_input(now);
                 let out = link
                     .side
                     .feed(&mut self.server, &mut self.model, &data, now)?;
                 if !out.is_empty() {
                     link.to_proxy.send(now + lat, out);
                 }
+                link.side
+                    .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
                 trace!(self, "p{pi} => server: {} bytes", data.len());
             }
             PipeRef::ToProxy(pi) => {
@@ -728,6 +802,8 @@ impl World {
                     return Ok(());
                 };
                 let data = link.to_proxy.recv_bytes(now, n);
+                link.side
+                    .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
                 trace!(self, "server => p{pi}: {} bytes", data.len());
                 if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
                     proxy.handle_upstream_input(&data, now);
@@ -753,14 +829,108 @@ impl World {
         Ok(())
     }
 
+    /// Client `ci` read from its connection: the writer at the other end
+    /// may no longer be blocked.
+    fn client_read(&mut self, ci: usize) {
+        let (now, window) = (self.now, self.setup.window);
+        match &mut self.clients[ci].conn {
+            Conn::Proxy {
+                down,
+                messages,
+                policy,
+                blocked,
+                ..
+            } => {
+                let queued = down.total_bytes() + messages.len() * MESSAGE_BYTES;
+                note_writes(policy, blocked, queued, window, now);
+            }
+            Conn::Direct { down, side, .. } => side.wrote(down.total_bytes(), window, now),
+            Conn::Down { .. } => {}
+        }
+    }
+
+    /// Tells each connection policy what its session owes, and ends the
+    /// connections the policy says are over: the driver's side of
+    /// [`ConnPolicy`], at the proxy and at the server.
+    fn check_conns(&mut self) -> Check {
+        let now = self.now;
+        for ci in 0..self.clients.len() {
+            let pi = self.clients[ci].proxy;
+            let (end, owed) = match &mut self.clients[ci].conn {
+                Conn::Proxy {
+                    id,
+                    policy,
+                    blocked,
+                    ..
+                } => {
+                    let Some(proxy) = self.proxies[pi].proxy.as_ref() else {
+                        continue;
+                    };
+                    // The same query the proxy's drivers make.
+                    let status = proxy.client_status(*id);
+                    policy.handle_owed(status.owed > 0, now);
+                    let end = policy.poll_end(Owed {
+                        output: *blocked,
+                        ..status.owed()
+                    });
+                    (end, status.owed)
+                }
+                Conn::Direct { side, .. } => (side.poll_end(now), side.conn.owed()),
+                Conn::Down { .. } => continue,
+            };
+            match end {
+                None => {}
+                Some(End::TimedOut(stall)) => {
+                    if stall == Stall::Input && owed > 0 {
+                        return violation(
+                            "policy",
+                            format!("c{ci} was cut off as idle while owed {owed} replies"),
+                        );
+                    }
+                    trace!(self, "c{ci}: cut off by the connection policy ({stall:?} stalled)");
+                    self.drop_client_conn(ci, false)?;
+                }
+                Some(other) => {
+                    return violation(
+                        "policy",
+                        format!("c{ci}: connection ended ({other:?}) though it only sent valid requests and never closed"),
+                    )
+                }
+            }
+        }
+        for pi in 0..self.proxies.len() {
+            let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+                continue;
+            };
+            match link.side.poll_end(now) {
+                None => {}
+                Some(End::TimedOut(stall)) => {
+                    trace!(
+                        self,
+                        "server cuts p{pi}'s upstream connection off ({stall:?} stalled)"
+                    );
+                    self.upstream_lost(pi, false)?;
+                }
+                Some(other) => {
+                    return violation(
+                        "policy",
+                        format!("p{pi}'s upstream connection ended ({other:?}) at the server"),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
     // ----- the driver's side of the state machines -------------------------
 
-    /// Drains every proxy in the documented order.
+    /// Drains every proxy in the documented order, then lets the
+    /// connection policies see the result.
     fn pump(&mut self) -> Check {
         for pi in 0..self.proxies.len() {
             self.pump_proxy(pi)?;
         }
-        Ok(())
+        self.check_conns()
     }
 
     fn pump_proxy(&mut self, pi: usize) -> Check {
@@ -782,33 +952,24 @@ impl World {
             let Some(proxy) = node.proxy.as_mut() else {
                 return Ok(());
             };
-            if let Some(bytes) = proxy.poll_upstream_transmit() {
-                match &mut node.upstream {
-                    Upstream::Up(link) => link.to_server.send(now + lat, bytes.freeze()),
-                    // The proxy believes it is connected because the driver
-                    // never told it otherwise: the bytes go into a dead socket.
-                    _ if self.p.bug == Some(Bug::SkipUpstreamLost) => {}
-                    _ => {
-                        return violation(
-                            "driver",
-                            format!("p{pi} transmitted upstream while not connected"),
-                        )
-                    }
+            // Like the native writer, which runs only on a live connection:
+            // what the proxy queues meanwhile (while an idle connection is
+            // replaced) waits in the proxy.
+            if let Upstream::Up(link) = &mut node.upstream {
+                if let Some(bytes) = proxy.poll_upstream_transmit() {
+                    link.to_server.send(now + lat, bytes.freeze());
+                    progressed = true;
                 }
             }
-            // Clients the proxy stopped reading resume once it wants input:
-            // their buffered requests are processed by an empty feed.
+            // Clients the proxy stopped processing resume once replies
+            // freed their slots: an explicit call, as the native driver does.
             for k in 0..self.proxies[pi].attached.len() {
-                let (id, ci) = self.proxies[pi].attached[k];
-                let Conn::Proxy { throttled, .. } = &mut self.clients[ci].conn else {
-                    continue;
-                };
+                let (id, _) = self.proxies[pi].attached[k];
                 let Some(proxy) = self.proxies[pi].proxy.as_mut() else {
                     return Ok(());
                 };
-                if *throttled && proxy.client_wants_input(id) {
-                    proxy.handle_client_input(id, &[], now);
-                    *throttled = !proxy.client_wants_input(id);
+                if proxy.client_resumable(id) {
+                    proxy.handle_client_resume(id, now);
                     progressed = true;
                 }
             }
@@ -841,6 +1002,14 @@ impl World {
         while let Some(reply) = proxy.poll_client_reply(id) {
             messages.send(now + lat, reply);
         }
+        let queued = down.total_bytes() + messages.len() * MESSAGE_BYTES;
+        let Conn::Proxy {
+            policy, blocked, ..
+        } = &mut self.clients[ci].conn
+        else {
+            return Ok(());
+        };
+        note_writes(policy, blocked, queued, self.setup.window, now);
         if proxy.client_should_close(id) {
             return violation(
                 "reply",
@@ -872,31 +1041,34 @@ impl World {
                         "c{ci}: outcome for request {} while {} ({}) is the oldest awaited",
                         id.0,
                         req.id.0,
-                        req.op.text()
+                        req.intent.text()
                     ),
                 );
             }
             match outcome {
                 Ok(reply) => {
                     self.stats.replies += 1;
-                    trace!(self, "c{ci}: {} = {}", req.op.text(), short(&reply));
+                    trace!(self, "c{ci}: {} = {}", req.intent.text(), short(&reply));
                     self.check_reply(ci, &req, reply, msg.take())?;
                 }
                 Err(reason) => {
                     self.stats.failed += 1;
-                    trace!(self, "c{ci}: {} failed: {reason}", req.op.text());
+                    trace!(self, "c{ci}: {} failed: {reason}", req.intent.text());
                     if let Failure::Protocol(e) = &reason {
                         return violation(
                             "reply",
-                            format!("c{ci}: {} broke the protocol: {e}", req.op.text()),
+                            format!("c{ci}: {} broke the protocol: {e}", req.intent.text()),
                         );
+                    }
+                    if req.probe && reason == Failure::Disconnected {
+                        self.clients[ci].probe_lost = true;
                     }
                     if req.probe && reason == Failure::TimedOut {
                         return violation(
                             "liveness",
                             format!(
                                 "c{ci}: probe {} timed out after the system healed",
-                                req.op.text()
+                                req.intent.text()
                             ),
                         );
                     }
@@ -916,11 +1088,11 @@ impl World {
         let via = self.clients[ci].via;
         let what = format!(
             "c{ci} ({via:?}): {} (issued {})",
-            req.op.text(),
+            req.intent.text(),
             fmt_t(req.issued_at)
         );
         if let (Via::Messages, Some(m)) = (via, msg) {
-            let expected_proxy = reply.is_error() || matches!(req.op, Op::Ping(_));
+            let expected_proxy = reply.is_error() || matches!(req.intent, Intent::Ping(_));
             if expected_proxy != (m.source == Source::Proxy) {
                 return violation(
                     "reply",
@@ -928,24 +1100,24 @@ impl World {
                 );
             }
         }
-        match (&req.op, reply) {
+        match (&req.intent, reply) {
             (_, Reply::Error(e)) => {
                 let text = String::from_utf8_lossy(&e);
                 let allowed = via != Via::Direct
-                    && !matches!(req.op, Op::Ping(_))
+                    && !matches!(req.intent, Intent::Ping(_))
                     && ALLOWED_ERRORS.iter().any(|p| text.starts_with(p));
                 if !allowed {
                     return violation("reply", format!("{what}: unexpected error {text:?}"));
                 }
                 if req.probe {
-                    return violation(
-                        "liveness",
-                        format!("{what}: probe failed after the system healed: {text}"),
-                    );
+                    // The connection policies still close idle connections
+                    // after healing; a probe caught by one is sent again.
+                    trace!(self, "{what}: probe answered {text}; it will be sent again");
+                    self.clients[ci].probe_lost = true;
                 }
                 Ok(())
             }
-            (Op::Get(k), Reply::Bulk(v)) => match parse_value(&v) {
+            (Intent::Get(k), Reply::Bulk(v)) => match parse_value(&v) {
                 Some((vk, seq)) if vk == *k => self.check_get(ci, req, *k, Some(seq), msg),
                 _ => violation(
                     "reply",
@@ -956,8 +1128,8 @@ impl World {
                     ),
                 ),
             },
-            (Op::Get(k), Reply::Nil) => self.check_get(ci, req, *k, None, msg),
-            (Op::Put(k, seq), Reply::Status(s)) if &s[..] == b"OK" => {
+            (Intent::Get(k), Reply::Nil) => self.check_get(ci, req, *k, None, msg),
+            (Intent::Put(k, seq), Reply::Status(s)) if &s[..] == b"OK" => {
                 let Some((pk, pos)) = self.model.put_position(*seq) else {
                     return violation("reply", format!("{what}: acknowledged, never applied"));
                 };
@@ -981,7 +1153,7 @@ impl World {
                 self.model.acknowledge(*k, pos);
                 Ok(())
             }
-            (Op::Del(keys), Reply::Integer(n)) if n >= 0 && n as usize <= keys.len() => {
+            (Intent::Del(keys), Reply::Integer(n)) if n >= 0 && n as usize <= keys.len() => {
                 for &k in keys {
                     let Some(pos) = self.model.del_position(k, req.issued_apply) else {
                         return violation("reply", format!("{what}: acknowledged, never applied"));
@@ -991,7 +1163,7 @@ impl World {
                 }
                 Ok(())
             }
-            (Op::Ping(t), Reply::Bulk(b)) if &b[..] == format!("t{t}").as_bytes() => Ok(()),
+            (Intent::Ping(t), Reply::Bulk(b)) if &b[..] == format!("t{t}").as_bytes() => Ok(()),
             (_, reply) => violation(
                 "reply",
                 format!(
@@ -1134,7 +1306,7 @@ impl World {
     /// A client connection dies; with `ghosts`, bytes it had sent may still
     /// be read by the other end.
     fn drop_client_conn(&mut self, ci: usize, ghosts: bool) -> Check {
-        let retry_at = self.backoff();
+        let retry_at = self.client_retry_at();
         let now = self.now;
         let conn = std::mem::replace(&mut self.clients[ci].conn, Conn::Down { retry_at });
         match conn {
@@ -1192,13 +1364,13 @@ impl World {
             Via::Direct if now >= self.server_back_at => Conn::Direct {
                 up: Pipe::default(),
                 down: Pipe::default(),
-                side: Box::new(ServerSide::new(&self.server)),
+                side: Box::new(ServerSide::new(&self.server, self.setup.conn, now)),
             },
             Via::Stream | Via::Messages => {
                 let node = &mut self.proxies[pi];
                 let Some(proxy) = node.proxy.as_mut() else {
                     self.clients[ci].conn = Conn::Down {
-                        retry_at: self.backoff(),
+                        retry_at: self.client_retry_at(),
                     };
                     return Ok(());
                 };
@@ -1215,12 +1387,13 @@ impl World {
                     up: Pipe::default(),
                     down: Pipe::default(),
                     messages: Pipe::default(),
-                    throttled: false,
+                    policy: ConnPolicy::new(self.setup.conn, now),
+                    blocked: false,
                 }
             }
             Via::Direct => {
                 self.clients[ci].conn = Conn::Down {
-                    retry_at: self.backoff(),
+                    retry_at: self.client_retry_at(),
                 };
                 return Ok(());
             }
@@ -1251,37 +1424,66 @@ impl World {
     }
 
     /// The driver sees the upstream connection die (or fail to open).
+    /// The driver sees the upstream connection die (or fail to open), and
+    /// does what the core's [`Reconnect`] policy says.
     fn upstream_lost(&mut self, pi: usize, ghosts: bool) -> Check {
-        let retry_at = self.backoff();
-        let old = std::mem::replace(&mut self.proxies[pi].upstream, Upstream::Down { retry_at });
+        let now = self.now;
+        let connect_in = Duration::from_micros(self.rng.below(20_000));
+        let node = &mut self.proxies[pi];
+        let idle = node
+            .proxy
+            .as_ref()
+            .is_none_or(|p| p.upstream_in_flight() == 0);
+        let decision = match node.upstream {
+            Upstream::Up(_) => node.reconnect.handle_lost(now, idle),
+            _ => Lost::Retry(node.reconnect.handle_failed(now)),
+        };
+        let next = match decision {
+            Lost::Replace(at) if at <= now => Upstream::Connecting {
+                done_at: now + connect_in,
+            },
+            Lost::Replace(retry_at) | Lost::Retry(retry_at) => Upstream::Down { retry_at },
+        };
+        let old = std::mem::replace(&mut self.proxies[pi].upstream, next);
         if let Upstream::Up(link) = old {
             if ghosts {
                 self.bury(*link);
             }
         }
-        if self.p.bug != Some(Bug::SkipUpstreamLost) {
-            if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
-                proxy.handle_upstream_lost(self.now);
+        match decision {
+            Lost::Replace(at) => {
+                trace!(
+                    self,
+                    "p{pi}: idle upstream closed; replacing it at {}",
+                    fmt_t(at)
+                )
+            }
+            Lost::Retry(at) => {
+                if self.p.bug != Some(Bug::SkipUpstreamLost) {
+                    if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+                        proxy.handle_upstream_lost(now);
+                    }
+                }
+                trace!(self, "p{pi}: upstream lost; retrying at {}", fmt_t(at));
             }
         }
-        trace!(self, "p{pi}: upstream lost");
         self.pump_proxy(pi)
     }
 
-    /// The proxy asked for a reset: drop the connection and reconnect.
+    /// The proxy asked for a reset: drop the connection, and reconnect when
+    /// the core's [`Reconnect`] policy says (the proxy queues meanwhile).
     fn upstream_reset(&mut self, pi: usize) -> Check {
-        let done_at = self.now + Duration::from_micros(self.rng.below(20_000));
-        let old = std::mem::replace(
-            &mut self.proxies[pi].upstream,
-            Upstream::Connecting { done_at },
-        );
+        let now = self.now;
+        let retry_at = self.proxies[pi].reconnect.handle_reset(now);
+        let old = std::mem::replace(&mut self.proxies[pi].upstream, Upstream::Down { retry_at });
         if let Upstream::Up(link) = old {
             self.bury(*link);
         }
-        if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
-            proxy.handle_upstream_connecting(self.now);
-        }
-        trace!(self, "p{pi}: upstream reset requested; reconnecting");
+        trace!(
+            self,
+            "p{pi}: upstream reset requested; reconnecting at {}",
+            fmt_t(retry_at)
+        );
         Ok(())
     }
 
@@ -1299,7 +1501,7 @@ impl World {
             self.bury(*link);
         }
         for (_, ci) in attached {
-            let retry_at = self.backoff();
+            let retry_at = self.client_retry_at();
             self.clients[ci].conn = Conn::Down { retry_at };
             self.clients[ci].client.handle_disconnected(self.now);
             self.client_events(ci, None)?;
@@ -1329,7 +1531,8 @@ impl World {
             let old = std::mem::replace(&mut self.snapshot, self.server.store().dump());
             self.server = Server::new(self.server.config().clone());
             for (k, v) in old {
-                let _ = self.server.execute(Command::Put { key: k, value: v });
+                let set = Command::build(&[&b"SET"[..], &k, &v]).expect("a valid SET");
+                let _ = self.server.execute(set);
             }
         }
         self.check_durability()
@@ -1384,16 +1587,21 @@ impl World {
                 Some(p) => at(p.poll_timeout()),
                 None => at(Some(node.back_at)),
             }
-            match node.upstream {
-                Upstream::Down { retry_at } if node.proxy.is_some() => at(Some(retry_at)),
-                Upstream::Connecting { done_at } => at(Some(done_at)),
+            match &node.upstream {
+                Upstream::Down { retry_at } if node.proxy.is_some() => at(Some(*retry_at)),
+                Upstream::Connecting { done_at } => at(Some(*done_at)),
+                Upstream::Up(link) => at(link.side.policy.poll_timeout()),
                 _ => {}
             }
         }
         for c in &self.clients {
-            at(c.client.poll_timeout());
-            if let Conn::Down { retry_at } = c.conn {
-                at(Some(retry_at));
+            // A slow reader gives up on no request while it is not reading:
+            // it is the server's and proxy's stall cut-off that must end it.
+            at(c.client.poll_timeout().map(|t| t.max(c.reads_paused_until)));
+            match &c.conn {
+                Conn::Down { retry_at } => at(Some(*retry_at)),
+                Conn::Proxy { policy, .. } => at(policy.poll_timeout()),
+                Conn::Direct { side, .. } => at(side.policy.poll_timeout()),
             }
         }
         t
@@ -1406,31 +1614,32 @@ impl World {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
-        for c in &self.clients {
+        for (ci, c) in self.clients.iter().enumerate() {
             match &c.conn {
                 Conn::Proxy {
-                    up,
-                    down,
-                    messages,
-                    throttled,
-                    ..
+                    up, down, messages, ..
                 } => {
-                    if !throttled {
+                    if self.proxy_reads(ci) {
                         at(up.next_ready());
                     }
-                    at(down.next_ready());
-                    at(messages.next_ready());
+                    let resume = c.reads_paused_until;
+                    at(down.next_ready().map(|t| t.max(resume)));
+                    at(messages.next_ready().map(|t| t.max(resume)));
                 }
-                Conn::Direct { up, down, .. } => {
-                    at(up.next_ready());
-                    at(down.next_ready());
+                Conn::Direct { up, down, side } => {
+                    if side.policy.wants_input() {
+                        at(up.next_ready());
+                    }
+                    at(down.next_ready().map(|t| t.max(c.reads_paused_until)));
                 }
                 Conn::Down { .. } => {}
             }
         }
         for p in &self.proxies {
             if let Upstream::Up(link) = &p.upstream {
-                at(link.to_server.next_ready());
+                if link.side.policy.wants_input() {
+                    at(link.to_server.next_ready());
+                }
                 at(link.to_proxy.next_ready());
             }
         }
@@ -1475,6 +1684,7 @@ impl World {
             match node.proxy.as_mut() {
                 None if node.back_at <= now => {
                     node.proxy = Some(Proxy::new(self.setup.proxy.clone(), now));
+                    node.reconnect = Reconnect::new();
                     node.incarnation += 1;
                     node.upstream = Upstream::Connecting {
                         done_at: now + Duration::from_micros(self.rng.below(20_000)),
@@ -1514,14 +1724,27 @@ impl World {
                     fired = true;
                     self.pump_proxy(pi)?;
                 }
+                Upstream::Up(ref mut link)
+                    if link.side.policy.poll_timeout().is_some_and(|t| t <= now) =>
+                {
+                    link.side.policy.handle_timeout(now);
+                    if link.side.policy.poll_timeout().is_some_and(|t| t <= now) {
+                        return violation(
+                            "timer",
+                            format!("the server's policy for p{pi}'s link stays due"),
+                        );
+                    }
+                    fired = true;
+                }
                 Upstream::Connecting { done_at } if done_at <= now => {
                     fired = true;
                     if now >= self.server_back_at {
                         self.proxies[pi].upstream = Upstream::Up(Box::new(UpLink {
                             to_server: Pipe::default(),
                             to_proxy: Pipe::default(),
-                            side: ServerSide::new(&self.server),
+                            side: ServerSide::new(&self.server, self.setup.conn, now),
                         }));
+                        self.proxies[pi].reconnect.handle_connected(now);
                         if let Some(p) = self.proxies[pi].proxy.as_mut() {
                             p.handle_upstream_connected(now);
                         }
@@ -1536,8 +1759,20 @@ impl World {
             }
         }
         for ci in 0..self.clients.len() {
+            let policy = match &mut self.clients[ci].conn {
+                Conn::Proxy { policy, .. } => Some(policy),
+                Conn::Direct { side, .. } => Some(&mut side.policy),
+                Conn::Down { .. } => None,
+            };
+            if let Some(policy) = policy.filter(|p| p.poll_timeout().is_some_and(|t| t <= now)) {
+                policy.handle_timeout(now);
+                if policy.poll_timeout().is_some_and(|t| t <= now) {
+                    return violation("timer", format!("c{ci}: the connection policy stays due"));
+                }
+                fired = true;
+            }
             let c = &mut self.clients[ci];
-            if c.client.poll_timeout().is_some_and(|t| t <= now) {
+            if c.reads_paused_until <= now && c.client.poll_timeout().is_some_and(|t| t <= now) {
                 c.client.handle_timeout(now);
                 if c.client.poll_timeout().is_some_and(|t| t <= now) {
                     return violation("timer", format!("c{ci}: poll_timeout stays due"));
@@ -1649,6 +1884,9 @@ impl World {
         trace!(self, "quiesce: faults off; draining");
         self.healing = true;
         self.spike_until = self.now;
+        for c in &mut self.clients {
+            c.reads_paused_until = self.now;
+        }
         self.settle("draining")?;
         let cfg = &self.setup.proxy;
         let expire = cfg.cache.ttl + cfg.request_timeout + Duration::from_millis(1);
@@ -1658,8 +1896,7 @@ impl World {
         // each read must return exactly the server's value.
         for ci in 0..self.clients.len() {
             for k in 0..self.setup.keys {
-                self.issue(ci, Op::Get(k), true, true)?;
-                self.settle("probe read")?;
+                self.probe(ci, |_| Intent::Get(k), true, "probe read")?;
             }
         }
         // Then each client writes and reads back: a direct writer makes
@@ -1667,30 +1904,78 @@ impl World {
         // windows, but read-your-writes still pins them.
         for ci in 0..self.clients.len() {
             let k = ci % self.setup.keys;
-            self.next_seq += 1;
+            let put = |w: &mut World| {
+                w.next_seq += 1;
+                Intent::Put(k, w.next_seq)
+            };
+            self.probe(ci, put, false, "probe write")?;
             let seq = self.next_seq;
-            self.issue(ci, Op::Put(k, seq), true, false)?;
-            self.settle("probe write")?;
             if self.model.current(k) != Some(seq) {
                 return violation(
                     "liveness",
                     format!("c{ci}: the probe write of v{seq} to k{k} is not the server's value"),
                 );
             }
-            self.issue(ci, Op::Get(k), true, false)?;
-            self.settle("probe read-back")?;
+            self.probe(ci, |_| Intent::Get(k), false, "probe read-back")?;
         }
         Ok(())
+    }
+
+    /// Sends one probe from client `ci` and lets the system settle; again,
+    /// on a fresh connection, if a connection policy closed the connection
+    /// under it (an idle connection may be cut the moment a probe leaves).
+    fn probe(
+        &mut self,
+        ci: usize,
+        intent: impl Fn(&mut World) -> Intent,
+        exact: bool,
+        what: &str,
+    ) -> Check {
+        for _ in 0..10 {
+            self.clients[ci].probe_lost = false;
+            self.settle(what)?;
+            let intent = intent(self);
+            self.issue(ci, intent, true, exact)?;
+            self.settle(what)?;
+            if !self.clients[ci].probe_lost {
+                return Ok(());
+            }
+            trace!(
+                self,
+                "c{ci}: the {what} lost its connection; sending it again"
+            );
+        }
+        violation(
+            "liveness",
+            format!("c{ci}: the {what} lost its connection ten times"),
+        )
     }
 }
 
 impl ServerSide {
-    fn new(server: &Server) -> Self {
+    fn new(server: &Server, policy: ConnConfig, now: Instant) -> Self {
         let limits = server.config().limits;
         ServerSide {
             conn: ServerConnection::new(limits),
             mirror: Decoder::new(limits),
+            policy: ConnPolicy::new(policy, now),
+            blocked: false,
         }
+    }
+
+    /// `queued` bytes are on their way to the reader.
+    fn wrote(&mut self, queued: usize, window: usize, now: Instant) {
+        note_writes(&mut self.policy, &mut self.blocked, queued, window, now);
+    }
+
+    fn poll_end(&mut self, now: Instant) -> Option<End> {
+        let owed = self.conn.owed();
+        self.policy.handle_owed(owed > 0, now);
+        self.policy.poll_end(Owed {
+            replies: owed,
+            output: self.blocked,
+            finished: self.conn.should_close(),
+        })
     }
 
     /// The server reads `data`: the model applies the same commands in the
@@ -1710,9 +1995,14 @@ impl ServerSide {
                 Ok(None) => break,
                 Err(e) => return violation("server", format!("the server was sent garbage: {e}")),
             };
-            match Command::from_frame(frame, &limits) {
-                Ok(Command::Put { key, value }) => {
-                    let (Some(k), Some((vk, seq))) = (parse_key(&key), parse_value(&value)) else {
+            let cmd = match Command::from_frame(frame, &limits) {
+                Ok(cmd) => cmd,
+                Err(e) => return violation("server", format!("the server was sent {e}")),
+            };
+            match cmd.name() {
+                "set" => {
+                    let (key, value) = (cmd.arg(1), cmd.arg(2));
+                    let (Some(k), Some((vk, seq))) = (parse_key(key), parse_value(value)) else {
                         return violation(
                             "server",
                             format!("unexpected write {key:?} = {value:?}"),
@@ -1728,16 +2018,15 @@ impl ServerSide {
                         return violation("server", m);
                     }
                 }
-                Ok(Command::Del { keys }) => {
-                    for key in keys {
-                        match parse_key(&key).filter(|k| *k < model.keys.len()) {
+                "del" => {
+                    for key in cmd.keys() {
+                        match parse_key(key).filter(|k| *k < model.keys.len()) {
                             Some(k) => model.apply_del(k, now),
                             None => return violation("server", format!("DEL of {key:?}")),
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(e) => return violation("server", format!("the server was sent {e}")),
+                _ => {}
             }
         }
         self.conn.handle_input(server, data);

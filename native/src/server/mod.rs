@@ -1,5 +1,6 @@
 //! The server driver: moves bytes between client sockets and one
-//! [`kv_core::Server`]. All protocol logic lives in the core.
+//! [`kv_core::Server`]. All protocol logic lives in the core, and every
+//! connection runs the shared [connection loop](crate::conn).
 //!
 //! One task per connection, all on one thread; the store is shared through
 //! an `Rc<RefCell<…>>` and borrowed only between awaits.
@@ -12,19 +13,26 @@
 //! connections when they are stored. Connections without a pending write
 //! are served meanwhile.
 
-use crate::net::{self, AcceptHooks, ReadOutcome};
+use crate::conn::{self, Conn, Wake};
 use crate::persist::{self, Log, PersistError, PersistOptions};
-use crate::shutdown::Shutdown;
-use crate::time::IdleTimer;
-use kv_core::{Limits, Server, ServerConfig, ServerConnection};
+use crate::runtime::clock::Epoch;
+use crate::runtime::net::{self, AcceptHooks, ReadOutcome};
+use crate::runtime::shutdown::Shutdown;
+use bytes::BytesMut;
+use kv_core::{ConnConfig, End, Limits, Owed, Server, ServerConfig, ServerConnection, Stall};
 use std::cell::RefCell;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, error};
+use tracing::{debug, Instrument};
+
+/// How long a client that closed its sending side waits for replies held
+/// for the log.
+const HALF_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Settings of the server driver.
 #[derive(Debug, Clone)]
@@ -88,7 +96,8 @@ struct Shared {
     server: RefCell<Server>,
     log: Option<Log>,
     limits: Limits,
-    idle_timeout: Option<Duration>,
+    policy: ConnConfig,
+    epoch: Epoch,
 }
 
 impl AcceptHooks for Shared {
@@ -100,11 +109,12 @@ impl AcceptHooks for Shared {
 /// Serves on `listener` until `shutdown`, then drains the connections.
 /// Must run inside a `LocalSet`. Opens the log first if persistence is on
 /// (and logs the error and returns if it cannot); [`prepare`] and
-/// [`run_prepared`] do the two steps separately.
+/// [`run_prepared`] do the two steps separately (as `kv server` does).
+#[cfg(test)]
 pub async fn run(listener: TcpListener, options: ServerOptions, shutdown: Shutdown) {
     match prepare(&options) {
         Ok(prepared) => run_prepared(listener, options, prepared, shutdown).await,
-        Err(e) => error!("cannot start the server: {e}"),
+        Err(e) => tracing::error!("cannot start the server: {e}"),
     }
 }
 
@@ -121,7 +131,11 @@ pub async fn run_prepared(
         server: RefCell::new(prepared.server),
         log: prepared.log,
         limits: options.limits,
-        idle_timeout: options.idle_timeout,
+        policy: ConnConfig {
+            idle_timeout: options.idle_timeout,
+            half_close_wait: HALF_CLOSE_WAIT,
+        },
+        epoch: Epoch::new(),
     });
     let driver = shared.log.is_some().then(|| {
         let shared = shared.clone();
@@ -137,7 +151,10 @@ pub async fn run_prepared(
         options.max_clients,
         shutdown,
         &*hooks,
-        |stream, peer, shutdown| serve_connection(shared.clone(), stream, peer, shutdown),
+        |stream, peer, shutdown| {
+            serve_connection(shared.clone(), stream, shutdown)
+                .instrument(tracing::debug_span!("client", %peer))
+        },
     )
     .await;
     if let Some(log) = &shared.log {
@@ -149,6 +166,111 @@ pub async fn run_prepared(
     }
     if let Some(driver) = driver {
         let _ = driver.await;
+    }
+}
+
+/// One client of the server, as the connection loop drives it.
+struct ServerClient {
+    shared: Rc<Shared>,
+    stream: TcpStream,
+    conn: ServerConnection,
+    /// Changes when the log stores (or fails) records; `None` without a log.
+    released: Option<watch::Receiver<u64>>,
+}
+
+impl ServerClient {
+    fn new(shared: Rc<Shared>, stream: TcpStream) -> Self {
+        {
+            let mut server = shared.server.borrow_mut();
+            let stats = server.stats_mut();
+            stats.connections_total += 1;
+            stats.connections_current += 1;
+        }
+        ServerClient {
+            conn: ServerConnection::new(shared.limits),
+            released: shared.log.as_ref().map(Log::subscribe),
+            shared,
+            stream,
+        }
+    }
+}
+
+/// Keeps `connections_current` right however the task ends.
+impl Drop for ServerClient {
+    fn drop(&mut self) {
+        if let Ok(mut server) = self.shared.server.try_borrow_mut() {
+            let stats = server.stats_mut();
+            stats.connections_current = stats.connections_current.saturating_sub(1);
+        }
+    }
+}
+
+impl Conn for ServerClient {
+    type Output = BytesMut;
+
+    /// Runs what was received (and releases replies the log stored), hands
+    /// the records of the batch to the log before the replies go out, so
+    /// the log works on them while this task writes.
+    fn poll_output(&mut self) -> Option<BytesMut> {
+        let mut server = self.shared.server.borrow_mut();
+        self.conn.process(&mut server);
+        if let Some(log) = &self.shared.log {
+            if server.journal().is_some_and(|j| j.has_pending()) {
+                log.request_flush();
+            }
+        }
+        self.conn.poll_transmit()
+    }
+
+    async fn write(&mut self, output: BytesMut) -> io::Result<()> {
+        self.stream.write_all(&output).await
+    }
+
+    async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
+        let waiting = self.conn.is_waiting();
+        tokio::select! {
+            biased;
+            _ = log_progress(&mut self.released), if waiting => Ok(Wake::Session),
+            ready = self.stream.readable(), if reading => {
+                ready?;
+                let conn = &mut self.conn;
+                Ok(match net::read_ready(&self.stream, |d| conn.read_buffer().extend_from_slice(d))? {
+                    ReadOutcome::Data => Wake::Input,
+                    ReadOutcome::Closed => Wake::Eof,
+                    ReadOutcome::NotReady => Wake::Nothing,
+                })
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Over the high-water mark, input waits until the output is written.
+    fn wants_input(&self) -> bool {
+        !self.conn.has_backlog()
+    }
+
+    fn owed(&self) -> Owed {
+        Owed {
+            replies: self.conn.owed(),
+            output: false,
+            finished: self.conn.should_close(),
+        }
+    }
+
+    async fn close(&mut self, end: End) {
+        match end {
+            End::TimedOut(stall) => {
+                self.shared
+                    .server
+                    .borrow_mut()
+                    .stats_mut()
+                    .connections_timed_out += 1;
+                let mid_command = stall == Stall::Input && self.conn.is_mid_command();
+                debug!(?stall, mid_command, "connection timed out");
+            }
+            End::Finished | End::Shutdown => net::close_gently(&mut self.stream).await,
+            End::Closed => {}
+        }
     }
 }
 
@@ -164,144 +286,18 @@ async fn log_progress(released: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The client closed, or the socket failed.
-    Closed,
-    /// `QUIT` or a fatal protocol error.
-    Finished,
-    /// Nothing received for the idle timeout.
-    TimedOut,
-    /// The server is shutting down.
-    Shutdown,
-}
-
-/// Keeps `connections_current` right however the task ends.
-struct ConnectionCount(Rc<Shared>);
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        if let Ok(mut server) = self.0.server.try_borrow_mut() {
-            let stats = server.stats_mut();
-            stats.connections_current = stats.connections_current.saturating_sub(1);
-        }
-    }
-}
-
-async fn serve_connection(
-    shared: Rc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: Shutdown,
-) {
-    {
-        let mut server = shared.server.borrow_mut();
-        let stats = server.stats_mut();
-        stats.connections_total += 1;
-        stats.connections_current += 1;
-    }
-    let _count = ConnectionCount(shared.clone());
-    debug!(%peer, "connection accepted");
-    let mut conn = ServerConnection::new(shared.limits);
-    let mut idle = IdleTimer::new(shared.idle_timeout);
-    let mut released = shared.log.as_ref().map(Log::subscribe);
-    let end = loop {
-        // Replies held for the log are still owed to the client: shutdown
-        // waits for them (within the grace period).
-        let waiting = conn.is_waiting();
-        // Checked here as well as in the select below, where a client that
-        // keeps sending would always win the race against the request.
-        if shutdown.is_requested() && !waiting {
-            break End::Shutdown;
-        }
-        // Over the high-water mark with replies held: read no more until the
-        // log releases them.
-        let reading = !conn.has_backlog();
-        tokio::select! {
-            biased;
-            _ = log_progress(&mut released), if waiting => {}
-            ready = stream.readable(), if reading => {
-                let read = ready.and_then(|()| {
-                    net::read_ready(&stream, |data| conn.read_buffer().extend_from_slice(data))
-                });
-                match read {
-                    Ok(ReadOutcome::Data(_)) => idle.touch(),
-                    Ok(ReadOutcome::NotReady) => continue,
-                    Ok(ReadOutcome::Closed) => break End::Closed,
-                    Err(e) => {
-                        debug!(%peer, "read failed: {e}");
-                        break End::Closed;
-                    }
-                }
-            }
-            // Everything received so far has been answered (replies are
-            // written before the next read), so there is nothing to drain.
-            _ = shutdown.requested(), if !waiting => break End::Shutdown,
-            _ = idle.expired() => break End::TimedOut,
-        }
-        // Replies to everything read, one write per batch; when the output
-        // reached the core's high-water mark, the rest is processed after
-        // the write. Records go to the log before the replies are written,
-        // so the log works on them while this task waits on the socket.
-        let failed = loop {
-            {
-                let mut server = shared.server.borrow_mut();
-                conn.process(&mut server);
-                if let Some(log) = &shared.log {
-                    if server.journal().is_some_and(|j| j.has_pending()) {
-                        log.request_flush();
-                    }
-                }
-            }
-            let Some(out) = conn.poll_transmit() else {
-                // Nothing to send: everything left waits for the log.
-                break None;
-            };
-            let write = tokio::select! {
-                biased;
-                w = stream.write_all(&out) => w.map_err(|e| Some(e.to_string())),
-                // A client that stopped reading its replies: its output
-                // cannot drain, so it is cut off like an idle client.
-                _ = idle.expired() => Err(None),
-            };
-            match write {
-                Ok(()) => {}
-                Err(None) => {
-                    debug!(%peer, "write stalled for the idle timeout");
-                    break Some(End::TimedOut);
-                }
-                Err(Some(e)) => {
-                    debug!(%peer, "write failed: {e}");
-                    break Some(End::Closed);
-                }
-            }
-            idle.touch();
-            if !conn.has_backlog() {
-                break None;
-            }
-        };
-        if let Some(end) = failed {
-            break end;
-        }
-        if conn.should_close() {
-            break End::Finished;
-        }
-    };
-    if end == End::TimedOut {
-        shared.server.borrow_mut().stats_mut().connections_timed_out += 1;
-        debug!(%peer, mid_command = conn.is_mid_command(), "connection timed out");
-    }
-    if matches!(end, End::Finished | End::Shutdown) {
-        net::close_gently(&mut stream).await;
-    }
-    debug!(%peer, ?end, "connection closed");
+async fn serve_connection(shared: Rc<Shared>, stream: TcpStream, shutdown: Shutdown) {
+    debug!("connection accepted");
+    let (policy, epoch) = (shared.policy, shared.epoch);
+    let mut client = ServerClient::new(shared, stream);
+    conn::drive(&mut client, policy, epoch, shutdown).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shutdown::{self, ShutdownTrigger};
+    use crate::runtime::shutdown::{self, ShutdownTrigger};
+    use kv_core::errors::MAX_CLIENTS_REPLY;
     use tokio::io::AsyncReadExt;
     use tokio::task::LocalSet;
 
@@ -356,7 +352,7 @@ mod tests {
                 let mut second = TcpStream::connect(addr).await.unwrap();
                 assert_eq!(
                     read_until_closed(&mut second).await.as_bytes(),
-                    net::MAX_CLIENTS_REPLY
+                    MAX_CLIENTS_REPLY
                 );
                 // Stalled in the middle of a line: closed all the same.
                 first.write_all(b"GET na").await.unwrap();

@@ -87,26 +87,25 @@ impl Store {
             .map(Entry::value)
     }
 
-    /// Stores a value, replacing any previous one.
+    /// Stores a value, replacing any previous one, and returns the entry it
+    /// replaced (kept, as a reference count, to undo the write).
     ///
     /// Key and value are copied into the entry's own allocation: decoded
     /// arguments are slices of a connection's receive buffer, and keeping
     /// them would pin that whole buffer in memory for as long as the key lives.
-    pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.insert(key, value);
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        self.insert(Entry::new(key, value))
     }
 
-    /// Like [`Store::put`], and returns the value it replaced (the log
-    /// keeps it to undo the write).
-    pub fn replace(&mut self, key: &[u8], value: &[u8]) -> Option<Bytes> {
-        self.insert(key, value)
-            .map(|old| Bytes::copy_from_slice(old.value()))
+    /// Puts an entry back as it was (to undo a write).
+    pub fn restore(&mut self, entry: Entry) {
+        self.insert(entry);
     }
 
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+    fn insert(&mut self, entry: Entry) -> Option<Entry> {
+        let key = entry.key();
         let hash = self.hash(key);
-        let entry = Entry::new(key, value);
-        self.data_bytes += key.len() + value.len();
+        self.data_bytes += key.len() + entry.value().len();
         let hasher = &self.hasher;
         match self.table.find_entry(hash, |e| e.key() == key) {
             Ok(mut found) => {
@@ -124,16 +123,11 @@ impl Store {
 
     /// Removes a key; whether it existed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.remove_entry(key).is_some()
+        self.take(key).is_some()
     }
 
-    /// Removes a key and returns its value, if it existed.
-    pub fn take(&mut self, key: &[u8]) -> Option<Bytes> {
-        self.remove_entry(key)
-            .map(|e| Bytes::copy_from_slice(e.value()))
-    }
-
-    fn remove_entry(&mut self, key: &[u8]) -> Option<Entry> {
+    /// Removes a key and returns its entry, if it existed.
+    pub fn take(&mut self, key: &[u8]) -> Option<Entry> {
         let hash = self.hash(key);
         let (entry, _) = self
             .table
@@ -195,7 +189,10 @@ mod tests {
         let mut s = Store::new(7);
         s.put(b"b", b"2");
         s.put(b"a", b"1");
-        assert_eq!(s.replace(b"b", b"22"), Some(Bytes::from_static(b"2")));
+        assert_eq!(
+            s.put(b"b", b"22").map(|e| e.value().to_vec()),
+            Some(b"2".to_vec())
+        );
         assert_eq!(s.get(b"b"), Some(&b"22"[..]));
         assert_eq!(s.data_bytes(), 5);
         assert_eq!(
@@ -207,7 +204,10 @@ mod tests {
         );
         assert!(s.remove(b"a"));
         assert!(!s.remove(b"a"));
-        assert_eq!(s.take(b"b"), Some(Bytes::from_static(b"22")));
+        assert_eq!(
+            s.take(b"b").map(|e| e.value().to_vec()),
+            Some(b"22".to_vec())
+        );
         assert!(s.is_empty());
         assert_eq!(s.data_bytes(), 0);
     }

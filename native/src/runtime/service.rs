@@ -5,7 +5,7 @@
 //! `Rc<RefCell<…>>` and needs no locks. `kv up` runs two such threads in one
 //! process, while the main thread waits for signals.
 
-use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use super::shutdown::{self, Shutdown, ShutdownTrigger};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -92,7 +92,7 @@ impl Service {
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async move {
-                    let listener = match crate::net::bind(listen) {
+                    let listener = match super::net::bind(listen) {
                         Ok(l) => l,
                         Err(source) => {
                             let _ = ready_tx.send(Err(ServiceError::Bind {

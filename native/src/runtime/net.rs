@@ -1,7 +1,8 @@
 //! Listener helpers shared by the server and the proxy: binding, the accept
 //! loop with its client cap, and the graceful drain at shutdown.
 
-use crate::shutdown::{Shutdown, GRACE_PERIOD};
+use super::shutdown::{Shutdown, GRACE_PERIOD};
+use kv_core::errors::MAX_CLIENTS_REPLY;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -18,10 +19,6 @@ use tracing::{debug, warn};
 /// default of `std` (128) overflows when hundreds of clients connect at once,
 /// as benchmarks do; Redis uses 511.
 const LISTEN_BACKLOG: u32 = 1024;
-
-/// The line a client over the `--max-clients` cap receives before it is
-/// closed; the same words as Redis, so Redis tools show something familiar.
-pub const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// Binds a listening socket. Must be called inside a Tokio runtime.
 ///
@@ -187,8 +184,8 @@ thread_local! {
 /// What one non-blocking read of a socket found.
 #[derive(Debug)]
 pub enum ReadOutcome {
-    /// This many bytes were handed over.
-    Data(usize),
+    /// Bytes were handed over.
+    Data,
     /// The peer closed its side.
     Closed,
     /// Nothing to read after all (the readiness was stale): wait again.
@@ -237,7 +234,7 @@ pub fn read_ready(stream: &TcpStream, consume: impl FnOnce(&[u8])) -> io::Result
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ if got > 0 => {
                 consume(&buf[..got]);
-                Ok(ReadOutcome::Data(got))
+                Ok(ReadOutcome::Data)
             }
             Ok(()) => Ok(ReadOutcome::Closed),
             Err(_) => Ok(ReadOutcome::NotReady),

@@ -40,8 +40,14 @@
 //!   else from the next byte. None found: a damaged tail, cut it off. One
 //!   found: damage in the middle, which is not cut without `--repair`.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::VecDeque;
+mod journal;
+mod upkeep;
+
+pub use journal::{Journal, LogStatus, WriteOutcome};
+pub use upkeep::{Upkeep, UpkeepConfig, RETRY_AFTER, REWRITE_BACKOFF};
+
+use crate::db::Effect;
+use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
 /// The first six bytes of a log file.
@@ -72,41 +78,16 @@ pub fn file_header() -> [u8; FILE_HEADER_LEN] {
     h
 }
 
-/// One change to the store, as logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    /// `key` now holds `value`.
-    Put {
-        /// The key written.
-        key: Bytes,
-        /// Its new value.
-        value: Bytes,
-    },
-    /// `key` was removed.
-    Del {
-        /// The key removed.
-        key: Bytes,
-    },
-}
-
-impl Record {
-    /// Appends the encoded record to `out`.
-    ///
-    /// # Panics
-    ///
-    /// If the body would exceed [`MAX_BODY_LEN`]; see [`encode_put`].
-    pub fn encode(&self, out: &mut BytesMut) {
-        match self {
-            Record::Put { key, value } => encode_put(key, value, out),
-            Record::Del { key } => encode_del(key, out),
-        }
-    }
-
-    /// The key the record is about.
-    pub fn key(&self) -> &Bytes {
-        match self {
-            Record::Put { key, .. } | Record::Del { key } => key,
-        }
+/// Appends the record of one [`Effect`] to `out`: a `PUT` for a set, a
+/// `DEL` for a removal. A record is an effect, written down.
+///
+/// # Panics
+///
+/// If the body would exceed [`MAX_BODY_LEN`]; see [`encode_put`].
+pub fn encode(effect: &Effect, out: &mut BytesMut) {
+    match effect {
+        Effect::Set { key, value } => encode_put(key, value, out),
+        Effect::Del { key } => encode_del(key, out),
     }
 }
 
@@ -124,7 +105,10 @@ pub fn put_len(key: usize, value: usize) -> usize {
 /// [`Server`](crate::Server) refuses such writes before they get here.
 pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
     let body_len = PUT_FIXED + key.len() + value.len();
-    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
+    assert!(
+        u32::try_from(body_len).is_ok(),
+        "record too large for the log"
+    );
     out.reserve(RECORD_HEADER_LEN + body_len);
     let start = out.len();
     out.put_bytes(0, RECORD_HEADER_LEN);
@@ -143,7 +127,10 @@ pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
 /// If the key is over [`MAX_BODY_LEN`].
 pub fn encode_del(key: &[u8], out: &mut BytesMut) {
     let body_len = DEL_FIXED + key.len();
-    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
+    assert!(
+        u32::try_from(body_len).is_ok(),
+        "record too large for the log"
+    );
     out.reserve(RECORD_HEADER_LEN + body_len);
     let start = out.len();
     out.put_bytes(0, RECORD_HEADER_LEN);
@@ -335,7 +322,7 @@ impl LogDecoder {
 
     /// The next whole record, `Ok(None)` if more bytes are needed, or the
     /// damage at [`LogDecoder::offset`].
-    pub fn next_record(&mut self) -> Result<Option<Record>, Corruption> {
+    pub fn next_record(&mut self) -> Result<Option<Effect>, Corruption> {
         if let Some(d) = &self.damage {
             return Err(d.clone());
         }
@@ -364,11 +351,11 @@ impl LogDecoder {
                 self.records += 1;
                 rec.advance(RECORD_HEADER_LEN);
                 Ok(Some(match layout {
-                    Layout::Put { key_end } => Record::Put {
+                    Layout::Put { key_end } => Effect::Set {
                         key: rec.slice(PUT_FIXED..key_end),
                         value: rec.slice(key_end..),
                     },
-                    Layout::Del => Record::Del {
+                    Layout::Del => Effect::Del {
                         key: rec.slice(DEL_FIXED..),
                     },
                 }))
@@ -387,235 +374,22 @@ impl LogDecoder {
     }
 }
 
-/// Facts about the log that `INFO` reports and only the driver knows (sizes,
-/// errors, times). The driver keeps them up to date through
-/// [`Server::log_status_mut`](crate::Server::log_status_mut).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogStatus {
-    /// The fsync policy, as named on the command line.
-    pub fsync: String,
-    /// Bytes in the log file.
-    pub size: u64,
-    /// Size of the log right after the last rewrite (or at start): the base
-    /// the growth that triggers the next rewrite is measured from.
-    pub base_size: u64,
-    /// Whether a rewrite is running.
-    pub rewrite_in_progress: bool,
-    /// Completed rewrites since start.
-    pub rewrites: u64,
-    /// When the last rewrite completed, in Unix seconds (`None`: never).
-    pub last_rewrite: Option<u64>,
-    /// The last error writing the log, if any.
-    pub last_write_error: Option<String>,
-    /// The last error syncing the log to disk, if any.
-    pub last_fsync_error: Option<String>,
-    /// The last error of a rewrite, if any (the old log stays in use).
-    pub last_rewrite_error: Option<String>,
-}
-
-/// How a logged write stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Not yet reported stored: its reply must wait.
-    Pending,
-    /// Stored as the fsync policy requires: its reply may go.
-    Stored,
-    /// Not stored (and rolled back): its reply is this error instead.
-    Failed(Bytes),
-}
-
-/// How a write is undone if its record fails to reach the log.
-#[derive(Debug, Clone)]
-pub(crate) struct Undo {
-    pub(crate) lsn: u64,
-    pub(crate) key: Bytes,
-    /// The value before the write; `None` if the key did not exist.
-    pub(crate) old: Option<Bytes>,
-}
-
-/// Failure ranges remembered for connections that have not collected their
-/// outcome yet. Ranges only accumulate while the disk keeps failing and
-/// recovering (one retry a second at most) and a connection stays blocked on
-/// a slow socket all that time; past this many, the oldest are forgotten.
-const MAX_FAILED_RANGES: usize = 1024;
-
-/// The server's side of the log: records encoded but not yet taken by the
-/// driver, the sequence numbers (LSNs, one per record) that tell which
-/// writes are stored, how to undo the ones that are not, and the status
-/// shown by `INFO`.
-///
-/// Writes are applied to the store at once, as in Redis, so that later
-/// commands see them; only their replies wait. When the driver reports a
-/// failure, every write not yet stored is rolled back, its reply becomes an
-/// error, and further writes are refused until the driver reports recovery:
-/// an acknowledged write is always in the log, and a failed one is not in
-/// memory either.
-#[derive(Debug, Default)]
-pub struct Journal {
-    out: BytesMut,
-    /// LSN of the newest record encoded.
-    last_lsn: u64,
-    /// Every record up to this LSN is stored (unless in a failed range).
-    stored_lsn: u64,
-    /// Inclusive LSN ranges that failed, with the error reply for them.
-    failed: VecDeque<(u64, u64, Bytes)>,
-    undo: VecDeque<Undo>,
-    /// While set, writes are refused with this error reply.
-    refusing: Option<Bytes>,
-    status: LogStatus,
-}
-
-impl Journal {
-    /// A journal with nothing logged yet.
-    pub fn new(status: LogStatus) -> Self {
-        Journal {
-            status,
-            ..Journal::default()
-        }
-    }
-
-    /// LSN of the newest record encoded (0: none yet).
-    pub fn last_lsn(&self) -> u64 {
-        self.last_lsn
-    }
-
-    /// Every record up to this LSN has been reported stored.
-    pub fn stored_lsn(&self) -> u64 {
-        self.stored_lsn
-    }
-
-    /// Whether records are encoded but not yet taken by the driver.
-    pub fn has_pending(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    /// The error writes are refused with, while the log is failed.
-    pub fn refusing(&self) -> Option<&Bytes> {
-        self.refusing.as_ref()
-    }
-
-    /// The status shown by `INFO`.
-    pub fn status(&self) -> &LogStatus {
-        &self.status
-    }
-
-    pub(crate) fn status_mut(&mut self) -> &mut LogStatus {
-        &mut self.status
-    }
-
-    /// Logs `key = value`, remembering `old` to undo it.
-    pub(crate) fn put(&mut self, key: &Bytes, value: &[u8], old: Option<Bytes>) {
-        encode_put(key, value, &mut self.out);
-        self.push_undo(key, old);
-    }
-
-    /// Logs the removal of `key`, which held `old`.
-    pub(crate) fn del(&mut self, key: &Bytes, old: Bytes) {
-        encode_del(key, &mut self.out);
-        self.push_undo(key, Some(old));
-    }
-
-    fn push_undo(&mut self, key: &Bytes, old: Option<Bytes>) {
-        self.last_lsn += 1;
-        // The key is usually a slice of the connection's receive buffer;
-        // holding it pins that buffer only until the record is stored.
-        self.undo.push_back(Undo {
-            lsn: self.last_lsn,
-            key: key.clone(),
-            old,
-        });
-    }
-
-    /// Takes the records encoded since the last call, with the LSN of the
-    /// last one.
-    pub fn take(&mut self) -> Option<(Bytes, u64)> {
-        (!self.out.is_empty()).then(|| (self.out.split().freeze(), self.last_lsn))
-    }
-
-    /// Every record up to `upto` is stored.
-    pub(crate) fn stored(&mut self, upto: u64) {
-        self.stored_lsn = self.stored_lsn.max(upto);
-        while self.undo.front().is_some_and(|u| u.lsn <= self.stored_lsn) {
-            self.undo.pop_front();
-        }
-    }
-
-    /// The log failed with `error`: every write not yet stored fails. Returns
-    /// their undo entries, oldest first, for the server to roll back.
-    pub(crate) fn fail(&mut self, error: &str) -> VecDeque<Undo> {
-        let reply = Bytes::from(format!("ERR persistence failed: {error}"));
-        if self.last_lsn > self.stored_lsn {
-            if self.failed.len() >= MAX_FAILED_RANGES {
-                self.failed.pop_front();
-            }
-            self.failed
-                .push_back((self.stored_lsn + 1, self.last_lsn, reply.clone()));
-        }
-        // Records not yet taken will never be written.
-        self.out.clear();
-        self.refusing = Some(reply);
-        std::mem::take(&mut self.undo)
-    }
-
-    /// The log works again: writes are accepted.
-    pub(crate) fn recovered(&mut self) {
-        self.refusing = None;
-    }
-
-    /// How the write whose last record has LSN `lsn` stands.
-    pub fn outcome(&self, lsn: u64) -> WriteOutcome {
-        if let Some((_, _, e)) = self
-            .failed
-            .iter()
-            .rev()
-            .find(|(from, to, _)| (*from..=*to).contains(&lsn))
-        {
-            return WriteOutcome::Failed(e.clone());
-        }
-        if lsn <= self.stored_lsn {
-            WriteOutcome::Stored
-        } else {
-            WriteOutcome::Pending
-        }
-    }
-
-    /// The `# Persistence` lines of `INFO`.
-    pub(crate) fn info(&self, out: &mut String) {
-        use std::fmt::Write;
-        let s = &self.status;
-        let or_none = |e: &Option<String>| e.clone().unwrap_or_else(|| "none".to_string());
-        let _ = write!(
-            out,
-            "aof_enabled:1\naof_fsync:{}\naof_status:{}\naof_size:{}\naof_base_size:{}\naof_rewrite_in_progress:{}\naof_rewrites:{}\naof_last_rewrite:{}\naof_pending_records:{}\naof_last_write_error:{}\naof_last_fsync_error:{}\naof_last_rewrite_error:{}\n",
-            s.fsync,
-            if self.refusing.is_some() { "failed" } else { "ok" },
-            s.size,
-            s.base_size,
-            u8::from(s.rewrite_in_progress),
-            s.rewrites,
-            s.last_rewrite.map_or_else(|| "never".to_string(), |t| t.to_string()),
-            self.last_lsn - self.stored_lsn,
-            or_none(&s.last_write_error),
-            or_none(&s.last_fsync_error),
-            or_none(&s.last_rewrite_error),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn log(records: &[Record]) -> BytesMut {
+    use bytes::Bytes;
+
+    fn log(records: &[Effect]) -> BytesMut {
         let mut out = BytesMut::from(&file_header()[..]);
         for r in records {
-            r.encode(&mut out);
+            encode(r, &mut out);
         }
         out
     }
 
-    fn put(k: &str, v: &str) -> Record {
-        Record::Put {
+    fn put(k: &str, v: &str) -> Effect {
+        Effect::Set {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
         }
@@ -635,7 +409,7 @@ mod tests {
     fn decodes_byte_by_byte() {
         let records = vec![
             put("a", "1"),
-            Record::Del {
+            Effect::Del {
                 key: Bytes::from_static(b"a"),
             },
             put("", ""),
@@ -689,31 +463,5 @@ mod tests {
         assert_eq!(find_record(&bytes), Some(40));
         assert_eq!(find_record(&bytes[41..]), None);
         assert_eq!(find_record(&rec[FILE_HEADER_LEN..rec.len() - 1]), None);
-    }
-
-    #[test]
-    fn journal_tracks_outcomes_and_failures() {
-        let mut j = Journal::new(LogStatus::default());
-        let k = Bytes::from_static(b"k");
-        j.put(&k, b"1", None);
-        j.put(&k, b"2", Some(Bytes::from_static(b"1")));
-        let (bytes, upto) = j.take().unwrap();
-        assert_eq!(upto, 2);
-        assert_eq!(bytes.len(), 2 * put_len(1, 1));
-        assert_eq!(j.outcome(1), WriteOutcome::Pending);
-        j.stored(1);
-        assert_eq!(j.outcome(1), WriteOutcome::Stored);
-        j.del(&k, Bytes::from_static(b"2"));
-        let undo = j.fail("disk full");
-        assert_eq!(undo.iter().map(|u| u.lsn).collect::<Vec<_>>(), [2, 3]);
-        assert!(matches!(j.outcome(2), WriteOutcome::Failed(_)));
-        assert!(matches!(j.outcome(3), WriteOutcome::Failed(_)));
-        assert!(!j.has_pending());
-        assert!(j.refusing().is_some());
-        j.recovered();
-        j.put(&k, b"4", None);
-        j.stored(4);
-        assert_eq!(j.outcome(4), WriteOutcome::Stored);
-        assert!(matches!(j.outcome(3), WriteOutcome::Failed(_)));
     }
 }

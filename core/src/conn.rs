@@ -1,0 +1,375 @@
+//! The timing policy of one client connection, the same at the server and
+//! at the proxy, over TCP and WebSocket alike: when an idle client is cut
+//! off, when a client that takes none of its output is, how long a client
+//! that closed its sending side gets for its last replies, and when a
+//! connection ends at shutdown.
+//!
+//! [`ConnPolicy`] is a sans-IO machine like the others: the driver reports
+//! what happened (`handle_*`), sleeps until [`ConnPolicy::poll_timeout`],
+//! calls [`ConnPolicy::handle_timeout`], and asks [`ConnPolicy::poll_end`]
+//! after every step whether the connection is over, telling it what the
+//! session still owes the client. The native drivers and the simulation
+//! drive this same code.
+
+use crate::time::{Clock, Instant};
+use std::time::Duration;
+
+/// Settings of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// A client that sends nothing, or takes none of its output, for this
+    /// long is cut off (`None`: never). Waiting for replies it is owed is
+    /// not idling.
+    pub idle_timeout: Option<Duration>,
+    /// After the client closed its sending side, how long the replies it
+    /// is still owed may take before the connection is closed anyway.
+    pub half_close_wait: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            idle_timeout: Some(Duration::from_secs(300)),
+            half_close_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed and was owed nothing more, the wait for its last
+    /// replies ran out, or the socket failed.
+    Closed,
+    /// The session asked to close (`QUIT`, a fatal protocol error) and its
+    /// last reply was written.
+    Finished,
+    /// The client was cut off: idle, or not taking its output.
+    TimedOut(Stall),
+    /// The node is shutting down and the client was owed nothing more.
+    Shutdown,
+}
+
+/// What a timed-out client stopped doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Sending: nothing arrived (or a command stopped halfway).
+    Input,
+    /// Reading: its output could not be written.
+    Output,
+}
+
+/// What the session still owes the client, for [`ConnPolicy::poll_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owed {
+    /// Replies not yet handed to the driver.
+    pub replies: usize,
+    /// Output handed to the driver but not yet written.
+    pub output: bool,
+    /// The session asked to be closed once its replies are written.
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// The client closed its sending side: its replies are still written,
+    /// until this deadline at the latest.
+    HalfClosed { until: Instant },
+    /// Shutting down: what was received is answered; nothing more is read.
+    Draining,
+}
+
+/// The timing policy of one connection. See the module docs.
+#[derive(Debug, Clone)]
+pub struct ConnPolicy {
+    config: ConnConfig,
+    clock: Clock,
+    phase: Phase,
+    /// The last input, written output, or end of a wait for the service.
+    active_at: Instant,
+    /// Replies are owed: the client waits for us, so it is not idle.
+    waiting: bool,
+    /// Output has been waiting for the client to take it since then.
+    writing_since: Option<Instant>,
+    timed_out: Option<Stall>,
+    /// The wait for the last replies after a half-close ran out.
+    half_close_expired: bool,
+}
+
+impl ConnPolicy {
+    /// The policy of a connection accepted at `now`.
+    pub fn new(config: ConnConfig, now: Instant) -> Self {
+        let mut clock = Clock::default();
+        clock.advance(now);
+        ConnPolicy {
+            config: ConnConfig {
+                idle_timeout: config.idle_timeout.filter(|d| !d.is_zero()),
+                ..config
+            },
+            clock,
+            phase: Phase::Open,
+            active_at: now,
+            waiting: false,
+            writing_since: None,
+            timed_out: None,
+            half_close_expired: false,
+        }
+    }
+
+    /// Input arrived from the client.
+    pub fn handle_input(&mut self, now: Instant) {
+        self.active_at = self.clock.advance(now);
+    }
+
+    /// Whether the session owes the client replies (it is then waiting for
+    /// us, not idling). Leaving a wait counts as activity: the idle time
+    /// starts when the last reply went out.
+    pub fn handle_owed(&mut self, owed: bool, now: Instant) {
+        let now = self.clock.advance(now);
+        if self.waiting && !owed {
+            self.active_at = now;
+        }
+        self.waiting = owed;
+    }
+
+    /// Output was handed to the socket and is not all written yet.
+    pub fn handle_write_started(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        self.writing_since.get_or_insert(now);
+    }
+
+    /// Everything handed to the socket was written.
+    pub fn handle_write_done(&mut self, now: Instant) {
+        self.active_at = self.clock.advance(now);
+        self.writing_since = None;
+    }
+
+    /// The client closed its sending side (end of stream).
+    pub fn handle_peer_closed(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        if self.phase == Phase::Open {
+            self.phase = Phase::HalfClosed {
+                until: now + self.config.half_close_wait,
+            };
+        }
+    }
+
+    /// The node is shutting down: stop reading, answer what was received.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.clock.advance(now);
+        self.phase = Phase::Draining;
+    }
+
+    /// Whether the driver should read from the client (the session may
+    /// still say no, to throttle it).
+    pub fn wants_input(&self) -> bool {
+        self.phase == Phase::Open && self.timed_out.is_none()
+    }
+
+    /// Whether shutdown has been reported.
+    pub fn is_draining(&self) -> bool {
+        self.phase == Phase::Draining
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        let idle = self.config.idle_timeout?;
+        (self.phase == Phase::Open && !self.waiting && self.writing_since.is_none())
+            .then(|| self.active_at + idle)
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        Some(self.writing_since? + self.config.idle_timeout?)
+    }
+
+    fn half_close_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::HalfClosed { until } if !self.half_close_expired => Some(until),
+            _ => None,
+        }
+    }
+
+    /// The earliest time [`ConnPolicy::handle_timeout`] has work to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.timed_out.is_some() {
+            return None;
+        }
+        [
+            self.idle_deadline(),
+            self.write_deadline(),
+            self.half_close_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Fires what is due. Safe to call early or repeatedly.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        if self.timed_out.is_some() {
+            return;
+        }
+        if self.write_deadline().is_some_and(|t| t <= now) {
+            self.timed_out = Some(Stall::Output);
+        } else if self.idle_deadline().is_some_and(|t| t <= now) {
+            self.timed_out = Some(Stall::Input);
+        } else if self.half_close_deadline().is_some_and(|t| t <= now) {
+            self.half_close_expired = true;
+        }
+    }
+
+    /// Whether the connection is over, given what the session still owes.
+    #[must_use]
+    pub fn poll_end(&self, owed: Owed) -> Option<End> {
+        if let Some(stall) = self.timed_out {
+            return Some(End::TimedOut(stall));
+        }
+        if self.half_close_expired {
+            return Some(End::Closed);
+        }
+        let settled = owed.replies == 0 && !owed.output;
+        if !settled {
+            return None;
+        }
+        if owed.finished {
+            return Some(End::Finished);
+        }
+        match self.phase {
+            Phase::Open => None,
+            Phase::HalfClosed { .. } => Some(End::Closed),
+            Phase::Draining => Some(End::Shutdown),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Instant {
+        Instant::from_millis(n)
+    }
+
+    fn policy() -> ConnPolicy {
+        ConnPolicy::new(
+            ConnConfig {
+                idle_timeout: Some(Duration::from_secs(10)),
+                half_close_wait: Duration::from_secs(5),
+            },
+            ms(0),
+        )
+    }
+
+    const NOTHING: Owed = Owed {
+        replies: 0,
+        output: false,
+        finished: false,
+    };
+
+    #[test]
+    fn idle_clients_are_cut_off_at_exactly_the_timeout() {
+        let mut p = policy();
+        p.handle_input(ms(2_000));
+        assert_eq!(p.poll_timeout(), Some(ms(12_000)));
+        p.handle_timeout(ms(11_999));
+        assert_eq!(p.poll_end(NOTHING), None);
+        p.handle_timeout(ms(12_000));
+        assert_eq!(p.poll_end(NOTHING), Some(End::TimedOut(Stall::Input)));
+        assert_eq!(p.poll_timeout(), None, "nothing more is due once ended");
+    }
+
+    #[test]
+    fn waiting_for_replies_is_not_idling() {
+        let mut p = policy();
+        p.handle_owed(true, ms(1_000));
+        assert_eq!(p.poll_timeout(), None);
+        p.handle_timeout(ms(60_000));
+        assert_eq!(p.poll_end(NOTHING), None);
+        // The idle time starts when the last reply is no longer owed.
+        p.handle_owed(false, ms(60_000));
+        assert_eq!(p.poll_timeout(), Some(ms(70_000)));
+    }
+
+    #[test]
+    fn a_client_that_takes_no_output_is_cut_off() {
+        let mut p = policy();
+        p.handle_write_started(ms(100));
+        // Input keeps arriving, but the output does not drain.
+        p.handle_input(ms(5_000));
+        assert_eq!(p.poll_timeout(), Some(ms(10_100)));
+        p.handle_timeout(ms(10_099));
+        assert_eq!(p.poll_end(NOTHING), None);
+        p.handle_timeout(ms(10_100));
+        assert_eq!(p.poll_end(NOTHING), Some(End::TimedOut(Stall::Output)));
+    }
+
+    #[test]
+    fn a_half_closed_client_gets_its_replies_within_the_wait() {
+        let mut p = policy();
+        p.handle_peer_closed(ms(1_000));
+        assert!(!p.wants_input());
+        let owed = Owed {
+            replies: 1,
+            ..NOTHING
+        };
+        assert_eq!(p.poll_end(owed), None);
+        assert_eq!(p.poll_end(NOTHING), Some(End::Closed));
+        assert_eq!(p.poll_timeout(), Some(ms(6_000)));
+        p.handle_timeout(ms(5_999));
+        assert_eq!(p.poll_end(owed), None);
+        p.handle_timeout(ms(6_000));
+        assert_eq!(p.poll_end(owed), Some(End::Closed));
+    }
+
+    #[test]
+    fn shutdown_and_quit_end_once_nothing_is_owed() {
+        let mut p = policy();
+        let finished = Owed {
+            finished: true,
+            output: true,
+            ..NOTHING
+        };
+        assert_eq!(
+            p.poll_end(finished),
+            None,
+            "the QUIT reply is not written yet"
+        );
+        assert_eq!(
+            p.poll_end(Owed {
+                output: false,
+                ..finished
+            }),
+            Some(End::Finished)
+        );
+        p.handle_shutdown(ms(5));
+        assert!(p.is_draining() && !p.wants_input());
+        assert_eq!(
+            p.poll_end(Owed {
+                replies: 2,
+                ..NOTHING
+            }),
+            None
+        );
+        assert_eq!(p.poll_end(NOTHING), Some(End::Shutdown));
+    }
+
+    #[test]
+    fn a_zero_or_absent_timeout_never_fires() {
+        for idle_timeout in [None, Some(Duration::ZERO)] {
+            let mut p = ConnPolicy::new(
+                ConnConfig {
+                    idle_timeout,
+                    ..ConnConfig::default()
+                },
+                ms(0),
+            );
+            p.handle_write_started(ms(0));
+            assert_eq!(p.poll_timeout(), None);
+            p.handle_timeout(ms(u64::MAX / 2_000_000));
+            assert_eq!(p.poll_end(NOTHING), None);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Every error text kv puts on the wire, in one place, as Redis keeps its
+//! shared error replies (`shared.wrongtypeerr` …) in one table.
+//!
+//! Each kind of failure is a typed error whose `Display` is the reply text,
+//! code word first (`ERR`, `NOAUTH`, `WRONGPASS`, `NOPROTO`), so a reply is
+//! always `Reply::error(e)` and a test can compare against the same value.
+
+use crate::reply::Reply;
+use thiserror::Error;
+
+/// Input that cannot be decoded. [`DecodeError::is_fatal`] tells whether the
+/// connection can carry on after the error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// An inline line exceeded [`Limits::max_line`](crate::Limits::max_line);
+    /// the rest of it is skipped.
+    #[error("ERR line too long (limit {limit} bytes)")]
+    LineTooLong {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A RESP bulk string exceeded [`Limits::max_bulk`](crate::Limits::max_bulk);
+    /// the command is skipped without buffering it.
+    #[error("ERR argument too long ({len} bytes, limit {limit})")]
+    BulkTooLong {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A RESP array announced more than
+    /// [`Limits::max_args`](crate::Limits::max_args) elements.
+    #[error("ERR Protocol error: too many arguments ({len}, limit {limit})")]
+    TooManyArgs {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// An HTTP request arrived on the TCP port: a web page may be trying to
+    /// reach the store through the user's browser. Like Redis, the
+    /// connection is closed at once.
+    #[error("ERR HTTP request refused on the kv port (possible cross-protocol attack); closing")]
+    CrossProtocol,
+    /// The RESP framing is broken; what follows cannot be trusted.
+    #[error("ERR Protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// A request that is well framed but not a valid command. The connection
+/// carries on after the error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandError {
+    /// The command name is not in the table.
+    #[error("ERR unknown command '{name}'")]
+    Unknown {
+        /// The name as sent, lossily decoded and shortened.
+        name: String,
+    },
+    /// A container command (`CONFIG`, `CLIENT`, `COMMAND`) was given a
+    /// subcommand it does not have.
+    #[error("ERR unknown subcommand '{sub}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        /// The subcommand as sent, lossily decoded and shortened.
+        sub: String,
+        /// The container's name, upper case as Redis writes it here.
+        command: String,
+    },
+    /// Too few or too many arguments for the command's arity.
+    #[error("ERR wrong number of arguments for '{command}' command")]
+    WrongArity {
+        /// The command's full name, lower case as Redis writes it
+        /// (`config|get` for a subcommand); an alias as it was typed.
+        command: &'static str,
+    },
+    /// A key over [`Limits::max_key`](crate::Limits::max_key).
+    #[error("ERR key too long ({len} bytes, limit {limit})")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// An inline command with more words than
+    /// [`Limits::max_args`](crate::Limits::max_args) (the same bound RESP
+    /// arrays have, so that whatever is accepted here can be forwarded
+    /// upstream in RESP).
+    #[error("ERR too many arguments ({len}, limit {limit})")]
+    TooManyArgs {
+        /// The number of words, command name included.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A value over [`Limits::max_value`](crate::Limits::max_value).
+    #[error("ERR value too long ({len} bytes, limit {limit})")]
+    ValueTooLong {
+        /// The value's length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+}
+
+/// A valid command that was refused or failed where it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExecError {
+    /// The connection has not authenticated and the command is not one of
+    /// those allowed before (`no-auth` in the table).
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    /// `AUTH` with a wrong password, or a user other than `default`.
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    /// `AUTH` on a node that has no password.
+    #[error("ERR AUTH called without any password configured. Are you sure your configuration is correct?")]
+    NoPasswordConfigured,
+    /// `SELECT` of a database other than 0.
+    #[error("ERR DB index is out of range")]
+    DbIndexOutOfRange,
+    /// `HELLO` with a protocol version other than 2.
+    #[error("NOPROTO this server speaks RESP2 only")]
+    NoProto,
+    /// An argument that should be an integer is not one.
+    #[error("ERR value is not an integer or out of range")]
+    NotAnInteger,
+    /// An option or argument the command does not take.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// `CLIENT SETNAME` with spaces or control characters.
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    /// `CLIENT SETINFO` of an attribute other than `LIB-NAME` or `LIB-VER`.
+    #[error("ERR Unrecognized option '{0}'")]
+    UnrecognizedOption(String),
+    /// `CLIENT SETINFO` with spaces or control characters in the value.
+    #[error("ERR {0} cannot contain spaces, newlines or special characters.")]
+    BadClientInfo(String),
+    /// A write whose log record would exceed the record format's limit.
+    #[error("ERR value too large for the log")]
+    TooLargeForLog,
+    /// The log failed: writes are refused (and unstored ones rolled back)
+    /// until it is rewritten.
+    #[error("ERR persistence failed: {0}")]
+    PersistenceFailed(String),
+}
+
+/// Why the proxy answered a request with an error instead of the
+/// upstream's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum UpstreamError {
+    /// The upstream connection broke with the request in flight.
+    #[error("ERR upstream connection lost")]
+    Lost,
+    /// No reply within the request timeout; the connection was reset.
+    #[error("ERR upstream timed out")]
+    TimedOut,
+    /// The last connection attempt failed; requests fail at once.
+    #[error("ERR upstream unavailable: cannot reach the server")]
+    Unavailable,
+    /// [`ProxyConfig::max_upstream_in_flight`](crate::ProxyConfig) requests
+    /// are in flight already.
+    #[error("ERR proxy overloaded: too many requests in flight upstream")]
+    Overloaded,
+    /// The upstream refused the proxy's `--upstream-password`.
+    #[error("ERR upstream refused the proxy's password")]
+    RefusedPassword,
+    /// The upstream sent bytes that are not a RESP reply.
+    #[error("ERR upstream sent a malformed reply")]
+    Malformed,
+    /// The upstream sent a reply with no request waiting for it.
+    #[error("ERR upstream sent a reply nobody asked for")]
+    Unasked,
+}
+
+impl From<DecodeError> for Reply {
+    fn from(e: DecodeError) -> Reply {
+        Reply::error(e)
+    }
+}
+
+impl From<CommandError> for Reply {
+    fn from(e: CommandError) -> Reply {
+        Reply::error(e)
+    }
+}
+
+impl From<ExecError> for Reply {
+    fn from(e: ExecError) -> Reply {
+        Reply::error(e)
+    }
+}
+
+impl From<UpstreamError> for Reply {
+    fn from(e: UpstreamError) -> Reply {
+        Reply::error(e)
+    }
+}
+
+/// The line a client over the `--max-clients` cap receives before it is
+/// closed; the same words as Redis, so Redis tools show something familiar.
+pub const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// The error reply to a WebSocket message that is not one command, or too
+/// long (see [`bridge`](crate::bridge)).
+pub fn rejected_message(why: &str) -> Reply {
+    Reply::error(format!("ERR {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_start_with_their_code_word() {
+        assert_eq!(
+            CommandError::WrongArity { command: "get" }.to_string(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            CommandError::UnknownSubcommand {
+                sub: "frob".into(),
+                command: "CONFIG".into()
+            }
+            .to_string(),
+            "ERR unknown subcommand 'frob'. Try CONFIG HELP."
+        );
+        assert_eq!(
+            Reply::from(ExecError::NoAuth),
+            Reply::Error(bytes::Bytes::from_static(
+                b"NOAUTH Authentication required."
+            ))
+        );
+        assert!(UpstreamError::Unavailable
+            .to_string()
+            .starts_with("ERR upstream unavailable"));
+    }
+}

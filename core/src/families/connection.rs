@@ -1,0 +1,237 @@
+//! The connection family: PING, ECHO, QUIT, HELLO, AUTH, SELECT and CLIENT.
+//! None touches the keyspace: the node the client is connected to answers
+//! them, the server and the proxy alike.
+
+use crate::auth;
+use crate::command::table::{Arg, Flags, Group, Handler, Spec};
+use crate::command::Command;
+use crate::errors::{CommandError, ExecError};
+use crate::reply::Reply;
+use crate::session::Local;
+use bytes::Bytes;
+
+/// The family's commands.
+pub const COMMANDS: &[Spec] = &[PING, ECHO, QUIT, HELLO, AUTH, SELECT, CLIENT];
+
+/// Connection commands run anywhere: while loading, on a stale replica.
+const ANYTIME: Flags = Flags::LOADING.union(Flags::STALE).union(Flags::FAST);
+
+const PING: Spec = Spec::new(
+    "ping",
+    -1,
+    Flags::FAST.union(Flags::NO_AUTH),
+    Group::Connection,
+    "Replies PONG, or the message given.",
+    Handler::Local(ping),
+)
+.args(&[Arg::string("message").optional()]);
+
+fn ping(_: &mut Local<'_>, cmd: &Command) -> Reply {
+    match cmd.args() {
+        [_] => Reply::Status(Bytes::from_static(b"PONG")),
+        [_, message] => Reply::Bulk(message.clone()),
+        _ => CommandError::WrongArity { command: "ping" }.into(),
+    }
+}
+
+const ECHO: Spec = Spec::new(
+    "echo",
+    2,
+    Flags::FAST,
+    Group::Connection,
+    "Replies with the message given.",
+    Handler::Local(echo),
+)
+.args(&[Arg::string("message")]);
+
+fn echo(_: &mut Local<'_>, cmd: &Command) -> Reply {
+    Reply::Bulk(cmd.arg(1).clone())
+}
+
+const QUIT: Spec = Spec::new(
+    "quit",
+    -1,
+    ANYTIME.union(Flags::NO_AUTH).union(Flags::CONNECTION),
+    Group::Connection,
+    "Replies OK, then closes the connection.",
+    Handler::Local(quit),
+);
+
+fn quit(local: &mut Local<'_>, _: &Command) -> Reply {
+    local.session.closing = true;
+    Reply::ok()
+}
+
+const HELLO: Spec = Spec::new(
+    "hello",
+    -1,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "Says which server this is and which protocol it speaks (RESP2).",
+    Handler::Local(hello),
+)
+.args(&[Arg::integer("protover").optional()])
+.since("6.0.0");
+
+fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    match cmd.args().get(1).map(|v| &v[..]) {
+        None | Some(b"2") => {
+            let bulk = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+            Reply::Array(vec![
+                bulk("server"),
+                bulk("kv"),
+                bulk("version"),
+                bulk(env!("CARGO_PKG_VERSION")),
+                bulk("proto"),
+                Reply::Integer(2),
+                bulk("role"),
+                bulk(local.node.role().name()),
+            ])
+        }
+        Some(_) => ExecError::NoProto.into(),
+    }
+}
+
+const AUTH: Spec = Spec::new(
+    "auth",
+    -2,
+    ANYTIME.union(Flags::NO_AUTH).union(Flags::CONNECTION),
+    Group::Connection,
+    "Authenticates the connection: AUTH [default] password.",
+    Handler::Local(auth),
+)
+.args(&[Arg::string("username").optional(), Arg::string("password")]);
+
+fn auth(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let (user, password) = match cmd.args() {
+        [_, password] => (None, password),
+        [_, user, password] => (Some(user), password),
+        _ => return CommandError::WrongArity { command: "auth" }.into(),
+    };
+    // Only the default user exists.
+    let other_user = user.is_some_and(|u| !u.eq_ignore_ascii_case(b"default"));
+    let (reply, ok) = auth::check(local.node.password(), password, other_user);
+    local.session.authenticated = ok;
+    reply
+}
+
+const SELECT: Spec = Spec::new(
+    "select",
+    2,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "Selects a database; only database 0 exists.",
+    Handler::Local(select),
+)
+.args(&[Arg::integer("index")]);
+
+fn select(_: &mut Local<'_>, cmd: &Command) -> Reply {
+    if &cmd.arg(1)[..] == b"0" {
+        Reply::ok()
+    } else {
+        ExecError::DbIndexOutOfRange.into()
+    }
+}
+
+const CLIENT: Spec = Spec::new(
+    "client",
+    -2,
+    Flags::CONNECTION,
+    Group::Connection,
+    "Reads or sets this connection's identity (ID, GETNAME, SETNAME, SETINFO).",
+    Handler::Container,
+)
+.since("2.4.0")
+.subcommands(&[CLIENT_ID, CLIENT_GETNAME, CLIENT_SETNAME, CLIENT_SETINFO]);
+
+const CLIENT_ID: Spec = Spec::new(
+    "client|id",
+    2,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "The connection's number.",
+    Handler::Local(client_id),
+)
+.since("5.0.0");
+
+fn client_id(local: &mut Local<'_>, _: &Command) -> Reply {
+    Reply::Integer(i64::try_from(local.session.id).unwrap_or(i64::MAX))
+}
+
+const CLIENT_GETNAME: Spec = Spec::new(
+    "client|getname",
+    2,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "The name set with CLIENT SETNAME, or nil.",
+    Handler::Local(client_getname),
+)
+.since("2.6.9");
+
+fn client_getname(local: &mut Local<'_>, _: &Command) -> Reply {
+    local
+        .session
+        .names()
+        .and_then(|n| n.name.clone())
+        .map_or(Reply::Nil, Reply::Bulk)
+}
+
+const CLIENT_SETNAME: Spec = Spec::new(
+    "client|setname",
+    3,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "Names the connection (an empty name clears it).",
+    Handler::Local(client_setname),
+)
+.args(&[Arg::string("connection-name")])
+.since("2.6.9");
+
+fn client_setname(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let name = cmd.arg(2);
+    if !plain_word(name) {
+        return ExecError::BadClientName.into();
+    }
+    local.session.names_mut().name = (!name.is_empty()).then(|| name.clone());
+    Reply::ok()
+}
+
+const CLIENT_SETINFO: Spec = Spec::new(
+    "client|setinfo",
+    4,
+    ANYTIME.union(Flags::CONNECTION),
+    Group::Connection,
+    "Records the client library's name or version (LIB-NAME, LIB-VER).",
+    Handler::Local(client_setinfo),
+)
+.args(&[Arg::oneof(
+    "attr",
+    &[
+        Arg::string("libname").with_token("LIB-NAME"),
+        Arg::string("libver").with_token("LIB-VER"),
+    ],
+)])
+.since("7.2.0");
+
+fn client_setinfo(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let (attr, value) = (cmd.arg(2), cmd.arg(3));
+    let names = local.session.names_mut();
+    let slot = if attr.eq_ignore_ascii_case(b"lib-name") {
+        &mut names.lib_name
+    } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+        &mut names.lib_ver
+    } else {
+        return ExecError::UnrecognizedOption(String::from_utf8_lossy(attr).into_owned()).into();
+    };
+    if !plain_word(value) {
+        let attr = String::from_utf8_lossy(attr).to_ascii_uppercase();
+        return ExecError::BadClientInfo(attr).into();
+    }
+    *slot = (!value.is_empty()).then(|| value.clone());
+    Reply::ok()
+}
+
+/// Redis's rule for names: printable ASCII without spaces.
+fn plain_word(s: &[u8]) -> bool {
+    s.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}

@@ -1,0 +1,211 @@
+//! The proxy's downstream clients: their decoders, sessions and reply
+//! slots. Replies are sent in request order, so each request takes a slot
+//! when it arrives and only a finished head of the queue is sent.
+
+use super::{AnnotatedReply, ClientId, ClientKind, ProxyEvent, Source};
+use crate::codec::{Decoder, Dialect, Limits};
+use crate::db::Hasher;
+use crate::reply::Reply;
+use crate::session::Session;
+use crate::time::Instant;
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+
+/// Names one request of one client: the client and the sequence number of
+/// its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Waiter {
+    pub client: ClientId,
+    pub seq: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    dialect: Dialect,
+    received_at: Instant,
+    done: Option<(Reply, Source, Instant)>,
+}
+
+/// Client input held back behind a rejection (see `Client::deferred`).
+#[derive(Debug)]
+pub(super) enum Deferred {
+    Input(Bytes),
+    Reject(String),
+}
+
+#[derive(Debug)]
+pub(super) struct Client {
+    pub kind: ClientKind,
+    pub decoder: Decoder,
+    pub session: Session,
+    /// Replies in request order; only a finished head can be sent.
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`.
+    head_seq: u64,
+    pub out: BytesMut,
+    messages: VecDeque<AnnotatedReply>,
+    /// A fatal protocol error: close once the output is sent.
+    pub failed: bool,
+    /// Already announced with [`ProxyEvent::ClientReady`] and not drained.
+    notified: bool,
+    /// Processing stopped at the pending-reply limit with input left: the
+    /// driver resumes it when replies free slots.
+    pub throttled: bool,
+    /// Input that arrived behind a rejected message while earlier input was
+    /// still undecoded: it waits here so that replies keep arrival order.
+    pub deferred: VecDeque<Deferred>,
+}
+
+impl Client {
+    /// Whether the client asked to be closed, or broke the protocol.
+    pub fn closing(&self) -> bool {
+        self.failed || self.session.closing
+    }
+
+    /// Requests received and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether a request arriving now could be answered straight into the
+    /// output, with no reply queued ahead of it.
+    pub fn nothing_queued(&self) -> bool {
+        self.kind == ClientKind::Stream && self.slots.is_empty()
+    }
+
+    /// Takes a slot for a request received at `now`.
+    pub fn push_slot(&mut self, id: ClientId, dialect: Dialect, now: Instant) -> Waiter {
+        let seq = self.head_seq + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            dialect,
+            received_at: now,
+            done: None,
+        });
+        Waiter { client: id, seq }
+    }
+
+    /// Whether anything is left to hand to the driver.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.messages.is_empty()
+    }
+}
+
+/// The clients of one proxy.
+#[derive(Debug)]
+pub(super) struct Clients {
+    /// Seeded like the other maps: std's default hasher would draw its keys
+    /// from the OS's random source, which the core never reads.
+    map: HashMap<ClientId, Client, Hasher>,
+    next: u64,
+}
+
+impl Clients {
+    pub fn new(hash_seed: u64) -> Self {
+        Clients {
+            map: HashMap::with_hasher(Hasher::with_seed(hash_seed)),
+            next: 0,
+        }
+    }
+
+    pub fn add(&mut self, kind: ClientKind, limits: Limits, authenticated: bool) -> ClientId {
+        let id = ClientId(self.next);
+        self.next += 1;
+        self.map.insert(
+            id,
+            Client {
+                kind,
+                decoder: Decoder::new(limits),
+                // Client ids start at 1, as Redis's do.
+                session: Session::new(id.0 + 1, authenticated),
+                slots: VecDeque::new(),
+                head_seq: 0,
+                out: BytesMut::new(),
+                messages: VecDeque::new(),
+                failed: false,
+                notified: false,
+                throttled: false,
+                deferred: VecDeque::new(),
+            },
+        );
+        id
+    }
+
+    pub fn remove(&mut self, id: ClientId) {
+        self.map.remove(&id);
+    }
+
+    pub fn get(&self, id: ClientId) -> Option<&Client> {
+        self.map.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: ClientId) -> Option<&mut Client> {
+        self.map.get_mut(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Records a finished reply; returns whether it finished the head of
+    /// the client's queue (so output can move).
+    pub fn complete(&mut self, waiter: Waiter, reply: Reply, source: Source, now: Instant) -> bool {
+        let Some(client) = self.map.get_mut(&waiter.client) else {
+            return false;
+        };
+        let Some(idx) = waiter.seq.checked_sub(client.head_seq) else {
+            return false;
+        };
+        if let Some(slot) = client.slots.get_mut(idx as usize) {
+            slot.done = Some((reply, source, now));
+        }
+        idx == 0
+    }
+
+    /// Moves finished replies at the head of a client's queue to its
+    /// output, and announces the client if it has something for the driver.
+    pub fn flush(&mut self, id: ClientId, events: &mut VecDeque<ProxyEvent>) {
+        let Some(client) = self.map.get_mut(&id) else {
+            return;
+        };
+        let mut moved = false;
+        while client.slots.front().is_some_and(|s| s.done.is_some()) {
+            let Some(slot) = client.slots.pop_front() else {
+                break;
+            };
+            let Some((reply, source, ready_at)) = slot.done else {
+                break;
+            };
+            client.head_seq += 1;
+            moved = true;
+            match client.kind {
+                ClientKind::Stream => reply.encode(slot.dialect, &mut client.out),
+                ClientKind::Messages => client.messages.push_back(AnnotatedReply {
+                    reply,
+                    source,
+                    received_at: slot.received_at,
+                    ready_at,
+                }),
+            }
+        }
+        // Output written straight by the cache-hit fast path counts too.
+        let pending = moved || client.closing() || !client.out.is_empty();
+        if pending && !client.notified {
+            client.notified = true;
+            events.push_back(ProxyEvent::ClientReady(id));
+        }
+    }
+
+    /// Encoded output for a byte-stream client.
+    pub fn poll_transmit(&mut self, id: ClientId) -> Option<BytesMut> {
+        let client = self.map.get_mut(&id)?;
+        client.notified = false;
+        (!client.out.is_empty()).then(|| client.out.split())
+    }
+
+    /// The next reply for a message client.
+    pub fn poll_reply(&mut self, id: ClientId) -> Option<AnnotatedReply> {
+        let client = self.map.get_mut(&id)?;
+        client.notified = false;
+        client.messages.pop_front()
+    }
+}

@@ -1,0 +1,740 @@
+//! The caching proxy state machine: many downstream clients, one pipelined
+//! upstream connection, and the [`TtlCache`] between them.
+//!
+//! It is split by job, in private modules: `clients` (slots and reply
+//! order), `route` (where a command is answered, from the table alone, and
+//! the per-key state of the rules below), `upstream` (the pipe), and `info`
+//! (what `INFO` says). No command is named here: a command
+//! added to the table is routed by its handler, flags and key positions.
+//!
+//! # Consistency rules
+//! - A cacheable read (`GET`: the reply is its key's value) whose key is
+//!   fresh in the cache is answered locally, unless a forwarded command
+//!   naming that key is in flight upstream (then it goes upstream, behind
+//!   it, so a client that just wrote never reads the old value, and one
+//!   that just read a key upstream never reads an older value after).
+//! - Concurrent misses for one key are coalesced into one upstream `GET`,
+//!   but never onto a `GET` that was sent before a write to the same key.
+//!   While such a `GET` is in flight, later `GET`s of the key join it even
+//!   if the cache holds the key: its answer can only be newer, and serving
+//!   the older cached value behind it would let a client read backwards.
+//! - A `GET` reply fills the cache only if no write naming that key is in
+//!   flight; since the upstream connection is one ordered pipe, a `GET`
+//!   sent before a write is answered before that write, so its (older)
+//!   value is never cached after the write is acknowledged.
+//! - Every other data command is forwarded. When its reply arrives its
+//!   keys leave the cache (a write changed them; a read saw a state the
+//!   cache may be older than), and an acknowledged write whose spec says
+//!   what it did ([`Cache::WriteThrough`]) writes those effects through.
+//!   A lost write's keys leave the cache too: its effect is unknown.
+//!
+//! # Driving it
+//! Inputs: [`Proxy::add_client`], [`Proxy::handle_client_input`],
+//! [`Proxy::remove_client`], [`Proxy::handle_upstream_connected`],
+//! [`Proxy::handle_upstream_input`], [`Proxy::handle_upstream_lost`],
+//! [`Proxy::handle_timeout`]. After any of them, drain in this order:
+//! [`Proxy::poll_event`] until `None` (it names clients with new output and
+//! asks for upstream connections and resets), each named client's
+//! [`Proxy::poll_client_transmit`] / [`Proxy::poll_client_reply`], then
+//! [`Proxy::poll_upstream_transmit`], and finally sleep until
+//! [`Proxy::poll_timeout`]. Skipping a drain delays output but loses nothing.
+//! When to (re)connect upstream is the driver's, by
+//! [`Reconnect`](crate::backoff::Reconnect).
+//!
+//! A client that has [`ProxyConfig::max_pending_per_client`] replies owed
+//! is not read ([`Proxy::client_wants_input`]). Once replies free its slots
+//! ([`ProxyEvent::ClientReady`]), [`Proxy::client_resumable`] says whether
+//! requests it sent before are still waiting in its input; the driver then
+//! calls [`Proxy::handle_client_resume`].
+
+mod clients;
+mod info;
+mod route;
+mod upstream;
+
+use crate::auth::Password;
+use crate::cache::{CacheConfig, CacheStats, Lookup, TtlCache};
+use crate::codec::{Dialect, Limits};
+use crate::command::table::Cache;
+use crate::command::{admit, Command};
+use crate::conn::Owed;
+use crate::db::Effect;
+use crate::errors::{rejected_message, UpstreamError};
+use crate::reply::{encode_value, Reply};
+use crate::session::Local;
+use crate::time::{Clock, Instant};
+use bytes::{Bytes, BytesMut};
+use clients::{Clients, Deferred, Waiter};
+use route::{route, GetRoute, KeyState, Route};
+use std::collections::VecDeque;
+use std::time::Duration;
+use upstream::{InFlight, Incoming, Job, Upstream};
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Input limits for downstream clients.
+    pub limits: Limits,
+    /// The cache.
+    pub cache: CacheConfig,
+    /// How long an upstream request may take before its clients get an
+    /// error and the upstream connection is reset.
+    pub request_timeout: Duration,
+    /// Most requests one client may have awaiting replies; past it the
+    /// proxy stops reading that client ([`Proxy::client_wants_input`]).
+    pub max_pending_per_client: usize,
+    /// Most requests in flight upstream; past it requests fail at once
+    /// rather than queue without bound.
+    pub max_upstream_in_flight: usize,
+    /// Seed for hash functions; the driver passes a random one.
+    pub hash_seed: u64,
+    /// Password clients must give with `AUTH` (none: no authentication).
+    pub password: Option<Password>,
+    /// Password the proxy gives the upstream server on every connection.
+    pub upstream_password: Option<Password>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            limits: Limits::default(),
+            cache: CacheConfig::default(),
+            request_timeout: Duration::from_secs(5),
+            max_pending_per_client: 1024,
+            max_upstream_in_flight: 100_000,
+            hash_seed: 0,
+            password: None,
+            upstream_password: None,
+        }
+    }
+}
+
+/// Identifies a downstream client of one proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// Where a reply came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The proxy's cache, with the entry's age.
+    Cache {
+        /// How long ago the entry was stored.
+        age: Duration,
+    },
+    /// The upstream server.
+    Upstream,
+    /// The proxy itself (`PING`, `INFO`, errors it detected …).
+    Proxy,
+}
+
+/// A reply with its provenance, for clients that show it (the browser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotatedReply {
+    /// The reply.
+    pub reply: Reply,
+    /// Where it came from.
+    pub source: Source,
+    /// When the request was received.
+    pub received_at: Instant,
+    /// When the reply was ready.
+    pub ready_at: Instant,
+}
+
+/// How a client wants its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Encoded bytes in the dialect of each request (TCP clients).
+    Stream,
+    /// [`AnnotatedReply`] values (the WebSocket bridge).
+    Messages,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyEvent {
+    /// A client has output to send, or must be closed.
+    ClientReady(ClientId),
+    /// The upstream connection must be dropped and reopened: a request
+    /// timed out or the server sent something unreadable, so the pipe can no
+    /// longer be trusted to pair replies with requests.
+    ResetUpstream,
+}
+
+/// State of the upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// Not connected yet, or reconnecting after a reset: requests are queued
+    /// (and time out) until it is up.
+    Connecting,
+    /// Connected.
+    Up,
+    /// The last connection attempt failed: requests fail at once until the
+    /// next attempt.
+    Down,
+}
+
+/// What a driver asks about one client after each step, in one lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientStatus {
+    /// [`Proxy::client_wants_input`].
+    pub wants_input: bool,
+    /// [`Proxy::client_resumable`].
+    pub resumable: bool,
+    /// [`Proxy::client_owed`].
+    pub owed: usize,
+    /// [`Proxy::client_should_close`].
+    pub finished: bool,
+}
+
+impl ClientStatus {
+    /// What the client is still owed, for [`ConnPolicy::poll_end`]: output
+    /// already handed to the driver but not yet written is the driver's to
+    /// add.
+    ///
+    /// [`ConnPolicy::poll_end`]: crate::conn::ConnPolicy::poll_end
+    pub fn owed(&self) -> Owed {
+        Owed {
+            replies: self.owed,
+            output: false,
+            finished: self.finished,
+        }
+    }
+}
+
+/// Counters reported by `INFO` at the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Requests received from clients.
+    pub requests: u64,
+    /// Requests sent upstream.
+    pub upstream_requests: u64,
+    /// Client `GET`s that joined an upstream `GET` already in flight.
+    pub coalesced: u64,
+    /// Upstream requests that timed out.
+    pub upstream_timeouts: u64,
+    /// Times the upstream connection was lost or reset.
+    pub upstream_resets: u64,
+    /// Error replies sent to clients.
+    pub errors: u64,
+    /// Connections accepted since start (kept by the driver).
+    pub connections_total: u64,
+    /// Connections refused by the client cap (kept by the driver).
+    pub connections_rejected: u64,
+    /// Connections closed for idling (kept by the driver).
+    pub connections_timed_out: u64,
+}
+
+/// The key whose value a cacheable read ([`Cache::Value`]) returns: its
+/// one key, as the table places it (the table's tests check that such a
+/// command has exactly one).
+fn cache_key(cmd: &Command) -> &Bytes {
+    cmd.arg(cmd.spec().keys.first)
+}
+
+/// The caching proxy. See the module docs for its rules and drain order.
+#[derive(Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    clock: Clock,
+    cache: TtlCache,
+    clients: Clients,
+    upstream: Upstream,
+    keys: KeyState,
+    events: VecDeque<ProxyEvent>,
+    stats: ProxyStats,
+    /// Reused for the effects of each acknowledged write.
+    effects: Vec<Effect>,
+}
+
+impl Proxy {
+    /// A proxy with no clients, waiting for its upstream connection.
+    pub fn new(config: ProxyConfig, now: Instant) -> Self {
+        let mut clock = Clock::default();
+        clock.advance(now);
+        Proxy {
+            cache: TtlCache::new(config.cache.clone(), config.hash_seed),
+            clients: Clients::new(config.hash_seed),
+            upstream: Upstream::new(config.request_timeout),
+            keys: KeyState::new(config.hash_seed),
+            config,
+            clock,
+            events: VecDeque::new(),
+            stats: ProxyStats::default(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// The proxy's counters.
+    pub fn stats(&self) -> &ProxyStats {
+        &self.stats
+    }
+
+    /// The proxy's counters, for the driver's connection bookkeeping.
+    pub fn stats_mut(&mut self) -> &mut ProxyStats {
+        &mut self.stats
+    }
+
+    /// The cache's counters.
+    pub fn cache_stats(&self) -> &CacheStats {
+        self.cache.stats()
+    }
+
+    /// The upstream connection's state.
+    pub fn upstream_state(&self) -> UpstreamState {
+        self.upstream.state()
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Upstream requests awaiting replies.
+    pub fn upstream_in_flight(&self) -> usize {
+        self.upstream.len()
+    }
+
+    /// Registers a new downstream client.
+    pub fn add_client(&mut self, kind: ClientKind, now: Instant) -> ClientId {
+        self.clock.advance(now);
+        self.clients
+            .add(kind, self.config.limits, self.config.password.is_none())
+    }
+
+    /// Forgets a client that disconnected. Replies still owed to it are
+    /// dropped when they arrive; shared upstream requests carry on.
+    pub fn remove_client(&mut self, id: ClientId) {
+        self.clients.remove(id);
+    }
+
+    /// Everything a driver asks about a client after each step. A client
+    /// that is gone is finished.
+    pub fn client_status(&self, id: ClientId) -> ClientStatus {
+        let Some(c) = self.clients.get(id) else {
+            return ClientStatus {
+                finished: true,
+                ..ClientStatus::default()
+            };
+        };
+        let room = !c.closing() && c.pending() < self.config.max_pending_per_client;
+        ClientStatus {
+            wants_input: room,
+            resumable: room && c.throttled,
+            owed: c.pending() + usize::from(c.throttled),
+            finished: c.closing() && c.pending() == 0 && !c.has_output(),
+        }
+    }
+
+    /// Whether the proxy wants more input from this client: false while it
+    /// has [`ProxyConfig::max_pending_per_client`] replies outstanding or is
+    /// closing, so a client that floods requests is throttled by TCP.
+    pub fn client_wants_input(&self, id: ClientId) -> bool {
+        self.client_status(id).wants_input
+    }
+
+    /// Whether requests the client sent before it was throttled wait in its
+    /// input and there is room for them now: call
+    /// [`Proxy::handle_client_resume`].
+    pub fn client_resumable(&self, id: ClientId) -> bool {
+        self.client_status(id).resumable
+    }
+
+    /// Processes the requests a throttled client sent before it was
+    /// throttled, as far as its room allows.
+    pub fn handle_client_resume(&mut self, id: ClientId, now: Instant) {
+        let now = self.clock.advance(now);
+        self.process_client(id, now);
+    }
+
+    /// Whether the client is in the middle of a command (for idle timeouts).
+    pub fn client_is_mid_command(&self, id: ClientId) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|c| c.decoder.is_mid_command())
+    }
+
+    /// How many replies the client is still owed that the driver has not
+    /// been handed: requests waiting for their replies, plus one while
+    /// received input waits for slots to free.
+    pub fn client_owed(&self, id: ClientId) -> usize {
+        self.client_status(id).owed
+    }
+
+    /// Whether the client should be closed now: it asked to (or broke the
+    /// protocol) and everything owed to it has been handed out.
+    pub fn client_should_close(&self, id: ClientId) -> bool {
+        self.client_status(id).finished
+    }
+
+    /// Feeds bytes received from a client and processes every complete
+    /// request, up to the pending-reply limit.
+    pub fn handle_client_input(&mut self, id: ClientId, data: &[u8], now: Instant) {
+        let now = self.clock.advance(now);
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        if client.deferred.is_empty() {
+            client.decoder.feed(data);
+        } else if !data.is_empty() {
+            client
+                .deferred
+                .push_back(Deferred::Input(Bytes::copy_from_slice(data)));
+        }
+        self.process_client(id, now);
+    }
+
+    /// Answers, in order with the client's other replies, an input the
+    /// transport refused before it reached the decoder (a WebSocket message
+    /// that is too large or not one command). The client carries on.
+    pub fn reject_client_input(&mut self, id: ClientId, message: &str, now: Instant) {
+        let now = self.clock.advance(now);
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        // Queued behind whatever input is still undecoded, then processed
+        // like input, so its reply takes its place in arrival order.
+        client
+            .deferred
+            .push_back(Deferred::Reject(message.to_owned()));
+        self.process_client(id, now);
+    }
+
+    /// Decodes and routes the client's buffered requests until it has
+    /// nothing complete left, owes too many replies, or closes.
+    fn process_client(&mut self, id: ClientId, now: Instant) {
+        let client_count = self.clients.len();
+        loop {
+            let Some(client) = self.clients.get_mut(id) else {
+                return;
+            };
+            if client.closing() {
+                client.throttled = false;
+                break;
+            }
+            if client.pending() >= self.config.max_pending_per_client {
+                client.throttled = client.decoder.buffered() > 0 || !client.deferred.is_empty();
+                break;
+            }
+            let limits = *client.decoder.limits();
+            let (dialect, request) = match client.decoder.next_frame() {
+                Ok(None) => match client.deferred.pop_front() {
+                    // Everything before the deferred items is decoded.
+                    None => {
+                        client.throttled = false;
+                        break;
+                    }
+                    Some(Deferred::Input(bytes)) => {
+                        client.decoder.feed(&bytes);
+                        continue;
+                    }
+                    Some(Deferred::Reject(message)) => {
+                        (Dialect::Inline, Err(rejected_message(&message)))
+                    }
+                },
+                Ok(Some(frame)) => {
+                    let dialect = frame.dialect();
+                    (
+                        dialect,
+                        Command::from_frame(frame, &limits).map_err(Reply::from),
+                    )
+                }
+                Err(e) => {
+                    if e.is_fatal() {
+                        client.failed = true;
+                    }
+                    (e.dialect(), Err(Reply::from(e)))
+                }
+            };
+            self.stats.requests += 1;
+            let cmd = match request.and_then(|cmd| admit(&cmd, &client.session, None).map(|()| cmd))
+            {
+                Ok(cmd) => cmd,
+                Err(reply) => {
+                    let waiter = client.push_slot(id, dialect, now);
+                    self.complete(waiter, reply, Source::Proxy, now);
+                    continue;
+                }
+            };
+            match route(cmd.spec()) {
+                Route::Local(handler) => {
+                    let waiter = client.push_slot(id, dialect, now);
+                    let node = info::View {
+                        config: &self.config,
+                        cache: &self.cache,
+                        stats: &self.stats,
+                        upstream: self.upstream.state(),
+                        upstream_in_flight: self.upstream.len(),
+                        clients: client_count,
+                    };
+                    let reply = handler(
+                        &mut Local {
+                            session: &mut client.session,
+                            node: &node,
+                        },
+                        &cmd,
+                    );
+                    self.complete(waiter, reply, Source::Proxy, now);
+                }
+                Route::CachedRead => {
+                    let key = cache_key(&cmd);
+                    let upstream = &self.upstream;
+                    let get = self.keys.get_route(key, |seq| upstream.is_live(seq));
+                    if get == GetRoute::Cache && client.nothing_queued() {
+                        // The hot path: a hit for a byte-stream client with
+                        // nothing queued ahead of it is encoded straight into
+                        // its output, with no slot and no `Reply` value; the
+                        // value is borrowed from the cache and copied once.
+                        if let Lookup::Hit { value, .. } = self.cache.lookup(key, now) {
+                            encode_value(dialect, value, &mut client.out);
+                            client.decoder.recycle(cmd.into_args());
+                            continue;
+                        }
+                        let waiter = client.push_slot(id, dialect, now);
+                        self.get_upstream(waiter, cmd, now);
+                        continue;
+                    }
+                    let waiter = client.push_slot(id, dialect, now);
+                    self.get_by_route(waiter, cmd, get, now);
+                }
+                Route::Forward { write } => {
+                    let waiter = client.push_slot(id, dialect, now);
+                    self.send(Job::Forward { cmd, write }, waiter, now);
+                }
+            }
+        }
+        self.flush(id);
+    }
+
+    /// Answers a cacheable read by its route.
+    fn get_by_route(&mut self, waiter: Waiter, cmd: Command, route: GetRoute, now: Instant) {
+        match route {
+            GetRoute::Join(seq) => {
+                if let Some(req) = self.upstream.get_mut(seq) {
+                    req.waiters.push(waiter);
+                    self.stats.coalesced += 1;
+                }
+            }
+            GetRoute::Cache => match self.cache.get(cache_key(&cmd), now) {
+                Lookup::Hit { value, age } => {
+                    let reply = value.map_or(Reply::Nil, Reply::Bulk);
+                    self.complete(waiter, reply, Source::Cache { age }, now);
+                }
+                Lookup::Miss => self.get_upstream(waiter, cmd, now),
+            },
+            GetRoute::Upstream => self.get_upstream(waiter, cmd, now),
+        }
+    }
+
+    /// Sends a cacheable read upstream that later reads of the key may join.
+    fn get_upstream(&mut self, waiter: Waiter, cmd: Command, now: Instant) {
+        let key = cache_key(&cmd).clone();
+        if let Some(seq) = self.send(Job::Fill { cmd }, waiter, now) {
+            self.keys.coalesce(key, seq);
+        }
+    }
+
+    /// Queues a request upstream; returns its sequence number, or `None` if
+    /// it was failed at once (upstream down or overloaded).
+    fn send(&mut self, job: Job, waiter: Waiter, now: Instant) -> Option<u64> {
+        if let Some(e) = self.upstream.refusal(self.config.max_upstream_in_flight) {
+            // Refused before any bookkeeping: the cache and the coalescing
+            // of GETs stay as they were.
+            self.complete(waiter, e.into(), Source::Proxy, now);
+            return None;
+        }
+        if let Job::Forward { cmd, write } = &job {
+            for key in cmd.keys() {
+                self.keys.begin(key, *write);
+            }
+        }
+        self.stats.upstream_requests += 1;
+        Some(self.upstream.push(job, waiter, now))
+    }
+
+    /// Records a finished reply for a waiter and sends what is now in order.
+    fn complete(&mut self, waiter: Waiter, reply: Reply, source: Source, now: Instant) {
+        if reply.is_error() {
+            self.stats.errors += 1;
+        }
+        if self.clients.complete(waiter, reply, source, now) {
+            self.flush(waiter.client);
+        }
+    }
+
+    /// Moves a client's finished replies to its output.
+    fn flush(&mut self, id: ClientId) {
+        self.clients.flush(id, &mut self.events);
+    }
+
+    /// The next thing the driver must act on.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ProxyEvent> {
+        self.events.pop_front()
+    }
+
+    /// Encoded output for a [`ClientKind::Stream`] client.
+    #[must_use]
+    pub fn poll_client_transmit(&mut self, id: ClientId) -> Option<BytesMut> {
+        self.clients.poll_transmit(id)
+    }
+
+    /// The next reply for a [`ClientKind::Messages`] client.
+    #[must_use]
+    pub fn poll_client_reply(&mut self, id: ClientId) -> Option<AnnotatedReply> {
+        self.clients.poll_reply(id)
+    }
+
+    /// Bytes to write to the upstream connection (only once it is up).
+    #[must_use]
+    pub fn poll_upstream_transmit(&mut self) -> Option<BytesMut> {
+        self.upstream.poll_transmit()
+    }
+
+    /// The driver connected to the upstream server; the proxy's handshake
+    /// and the requests queued meanwhile go out.
+    pub fn handle_upstream_connected(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        self.upstream
+            .handle_connected(self.config.upstream_password.as_ref(), now);
+    }
+
+    /// The driver is reconnecting (after [`ProxyEvent::ResetUpstream`] or a
+    /// loss): requests are queued again instead of refused.
+    pub fn handle_upstream_connecting(&mut self, now: Instant) {
+        self.clock.advance(now);
+        self.upstream.handle_connecting();
+    }
+
+    /// The upstream connection failed or could not be made. Every request
+    /// in flight gets an error; until the next
+    /// [`Proxy::handle_upstream_connecting`], requests that need the server
+    /// fail at once while fresh cache entries are still served.
+    pub fn handle_upstream_lost(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        self.fail_upstream(UpstreamError::Lost, UpstreamState::Down, now);
+    }
+
+    /// Gives up on the upstream connection: the driver drops it and
+    /// reconnects; requests queue meanwhile.
+    fn reset_upstream(&mut self, error: UpstreamError, now: Instant) {
+        self.fail_upstream(error, UpstreamState::Connecting, now);
+        self.events.push_back(ProxyEvent::ResetUpstream);
+    }
+
+    fn fail_upstream(&mut self, error: UpstreamError, state: UpstreamState, now: Instant) {
+        let (failed, counted) = self.upstream.fail(state);
+        if counted {
+            self.stats.upstream_resets += 1;
+        }
+        self.fail_requests(failed, error, now);
+    }
+
+    /// Fails requests that will never be answered, undoing their
+    /// bookkeeping: a lost write's effect upstream is unknown, so its keys
+    /// leave the cache.
+    fn fail_requests(&mut self, failed: Vec<InFlight>, error: UpstreamError, now: Instant) {
+        self.keys.forget_gets();
+        for req in failed {
+            if let Job::Forward { cmd, write } = &req.job {
+                for key in cmd.keys() {
+                    self.keys.end(key, *write);
+                    if *write {
+                        self.cache.remove(key);
+                    }
+                }
+            }
+            for w in req.waiters {
+                self.complete(w, error.into(), Source::Proxy, now);
+            }
+        }
+    }
+
+    /// Feeds bytes received from the upstream server.
+    pub fn handle_upstream_input(&mut self, data: &[u8], now: Instant) {
+        let now = self.clock.advance(now);
+        self.upstream.feed(data);
+        while let Some(incoming) = self.upstream.next_reply() {
+            match incoming {
+                Incoming::Reply(seq, req, reply) => self.finish(seq, req, reply, now),
+                Incoming::Ready => {}
+                Incoming::Fault(e) => {
+                    self.reset_upstream(e, now);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, seq: u64, req: InFlight, mut reply: Reply, now: Instant) {
+        match &req.job {
+            Job::Fill { cmd } => {
+                let key = cache_key(cmd);
+                self.keys.end_get(key, seq);
+                if !self.keys.writing(key) {
+                    match &reply {
+                        Reply::Bulk(v) => self.cache.insert(key, Some(v), now),
+                        Reply::Nil => self.cache.insert(key, None, now),
+                        _ => {}
+                    }
+                }
+            }
+            Job::Forward { cmd, write } => {
+                for key in cmd.keys() {
+                    self.keys.end(key, *write);
+                    self.cache.remove(key);
+                }
+                if let (false, Cache::WriteThrough(effects_of)) =
+                    (reply.is_error(), cmd.spec().cache)
+                {
+                    effects_of(cmd, &reply, &mut self.effects);
+                    for effect in self.effects.drain(..) {
+                        // A later write of the key is in flight: its outcome
+                        // decides, not this one.
+                        if self.keys.writing(effect.key()) {
+                            continue;
+                        }
+                        match effect {
+                            Effect::Set { key, value } => {
+                                self.cache.insert(&key, Some(&value), now)
+                            }
+                            Effect::Del { key } => self.cache.insert(&key, None, now),
+                        }
+                    }
+                }
+                reply = cmd.spec().shape.restore(reply);
+            }
+        }
+        // Clone for all but the last waiter: most requests have only one.
+        if let Some((last, rest)) = req.waiters.split_last() {
+            for w in rest {
+                self.complete(*w, reply.clone(), Source::Upstream, now);
+            }
+            self.complete(*last, reply, Source::Upstream, now);
+        }
+    }
+
+    /// The earliest time [`Proxy::handle_timeout`] has work to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.upstream.poll_timeout(), self.cache.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Times out upstream requests and purges expired cache entries. Safe
+    /// to call early or repeatedly.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        self.cache.handle_timeout(now);
+        if self.upstream.poll_timeout().is_some_and(|d| d <= now) {
+            self.stats.upstream_timeouts += 1;
+            self.reset_upstream(UpstreamError::TimedOut, now);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The upstream pipe: one ordered connection to the server, the requests in
+//! flight on it, and the proxy's own handshake on each new connection.
+//!
+//! Replies are paired with requests by order alone: the handshake's first,
+//! then the requests in the order they were written. [`Upstream::next_reply`]
+//! is the one place a decoded frame is classified, so that a RESP3 push
+//! (which answers no request) can be told from a reply there.
+//!
+//! When to reconnect is the driver's to decide, by
+//! [`Reconnect`](crate::backoff::Reconnect).
+
+use super::clients::Waiter;
+use super::UpstreamState;
+use crate::auth::Password;
+use crate::command::{encode_resp_args, Command};
+use crate::errors::UpstreamError;
+use crate::reply::{Reply, ReplyDecoder, ReplyLimits};
+use crate::time::Instant;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// What the proxy does with a request's reply.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// A cacheable read (`GET`) whose reply may fill the cache and that
+    /// later reads of the key may join.
+    Fill { cmd: Command },
+    /// A forwarded command.
+    Forward { cmd: Command, write: bool },
+}
+
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub job: Job,
+    pub waiters: Vec<Waiter>,
+    pub deadline: Instant,
+}
+
+/// A request the proxy makes of its own on a new connection.
+#[derive(Debug, Clone, Copy)]
+struct Handshake {
+    deadline: Instant,
+}
+
+/// What came off the pipe.
+#[derive(Debug)]
+pub(super) enum Incoming {
+    /// The reply to request `seq`.
+    Reply(u64, InFlight, Reply),
+    /// The handshake is complete.
+    Ready,
+    /// The pipe can no longer be trusted.
+    Fault(UpstreamError),
+}
+
+/// The upstream connection, as the proxy sees it.
+#[derive(Debug)]
+pub(super) struct Upstream {
+    state: UpstreamState,
+    request_timeout: Duration,
+    out: BytesMut,
+    decoder: ReplyDecoder,
+    handshake: VecDeque<Handshake>,
+    /// Requests sent (or queued to send), in pipe order.
+    in_flight: VecDeque<InFlight>,
+    /// Sequence number of `in_flight[0]`.
+    head_seq: u64,
+}
+
+impl Upstream {
+    /// A pipe waiting for its first connection.
+    pub fn new(request_timeout: Duration) -> Self {
+        Upstream {
+            state: UpstreamState::Connecting,
+            request_timeout,
+            out: BytesMut::new(),
+            decoder: ReplyDecoder::new(ReplyLimits::default()),
+            handshake: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            head_seq: 0,
+        }
+    }
+
+    pub fn state(&self) -> UpstreamState {
+        self.state
+    }
+
+    pub fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Why a new request cannot be queued now, if it cannot.
+    pub fn refusal(&self, max_in_flight: usize) -> Option<UpstreamError> {
+        if self.state == UpstreamState::Down {
+            Some(UpstreamError::Unavailable)
+        } else if self.in_flight.len() >= max_in_flight {
+            Some(UpstreamError::Overloaded)
+        } else {
+            None
+        }
+    }
+
+    /// Queues a request for `waiter`; returns its sequence number.
+    pub fn push(&mut self, job: Job, waiter: Waiter, now: Instant) -> u64 {
+        match &job {
+            Job::Fill { cmd } | Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
+        }
+        let seq = self.head_seq + self.in_flight.len() as u64;
+        self.in_flight.push_back(InFlight {
+            job,
+            waiters: vec![waiter],
+            deadline: now + self.request_timeout,
+        });
+        seq
+    }
+
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut InFlight> {
+        let idx = seq.checked_sub(self.head_seq)?;
+        self.in_flight.get_mut(usize::try_from(idx).ok()?)
+    }
+
+    pub fn is_live(&self, seq: u64) -> bool {
+        seq.checked_sub(self.head_seq)
+            .and_then(|i| usize::try_from(i).ok())
+            .is_some_and(|i| i < self.in_flight.len())
+    }
+
+    /// Bytes to write, once connected.
+    pub fn poll_transmit(&mut self) -> Option<BytesMut> {
+        (self.state == UpstreamState::Up && !self.out.is_empty()).then(|| self.out.split())
+    }
+
+    /// The driver connected: the handshake goes ahead of what was queued.
+    pub fn handle_connected(&mut self, password: Option<&Password>, now: Instant) {
+        self.state = UpstreamState::Up;
+        self.decoder.reset();
+        if let Some(password) = password {
+            let mut out = BytesMut::new();
+            encode_resp_args(
+                &[Bytes::from_static(b"AUTH"), password.expose().clone()],
+                &mut out,
+            );
+            out.unsplit(std::mem::take(&mut self.out));
+            self.out = out;
+            self.handshake.push_back(Handshake {
+                deadline: now + self.request_timeout,
+            });
+        }
+    }
+
+    /// The driver is reconnecting: requests queue again instead of failing.
+    pub fn handle_connecting(&mut self) {
+        if self.state != UpstreamState::Up {
+            self.state = UpstreamState::Connecting;
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.decoder.feed(data);
+    }
+
+    /// The next thing the received bytes say, if they are complete.
+    pub fn next_reply(&mut self) -> Option<Incoming> {
+        let reply = match self.decoder.next_reply() {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return None,
+            Err(_) => return Some(Incoming::Fault(UpstreamError::Malformed)),
+        };
+        if self.handshake.pop_front().is_some() {
+            if reply.is_error() {
+                return Some(Incoming::Fault(UpstreamError::RefusedPassword));
+            }
+            return Some(Incoming::Ready);
+        }
+        let Some(req) = self.in_flight.pop_front() else {
+            return Some(Incoming::Fault(UpstreamError::Unasked));
+        };
+        let seq = self.head_seq;
+        self.head_seq += 1;
+        Some(Incoming::Reply(seq, req, reply))
+    }
+
+    /// The pipe failed: hands back every request in flight, which will
+    /// never be answered, and whether a live link was lost (for the reset
+    /// counter). `state` is what the pipe becomes: `Down` after a loss
+    /// (requests fail at once), `Connecting` after a reset (they queue).
+    pub fn fail(&mut self, state: UpstreamState) -> (Vec<InFlight>, bool) {
+        let counted = !self.in_flight.is_empty() || self.state == UpstreamState::Up;
+        self.out.clear();
+        self.decoder.reset();
+        self.handshake.clear();
+        self.head_seq += self.in_flight.len() as u64;
+        self.state = state;
+        (self.in_flight.drain(..).collect(), counted)
+    }
+
+    /// The oldest deadline of a request (the handshake's first).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.handshake
+            .front()
+            .map(|h| h.deadline)
+            .or_else(|| self.in_flight.front().map(|r| r.deadline))
+    }
+}

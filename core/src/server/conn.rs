@@ -1,0 +1,464 @@
+//! One client connection to a [`Server`]: decodes requests, runs them, and
+//! buffers the encoded replies, holding those that wait for the log.
+
+use super::Server;
+use crate::aof::WriteOutcome;
+use crate::codec::{Decoder, Dialect, Limits};
+use crate::command::Command;
+use crate::reply::{Reply, ReplyEncoder, ReplyOut};
+use crate::session::Session;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+
+/// How much encoded output a connection may hold before it stops decoding
+/// more input: a client that pipelines faster than it reads replies is
+/// throttled instead of growing our memory.
+pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// One client connection to a [`Server`]: decodes requests, executes them,
+/// and buffers the encoded replies.
+///
+/// Drain order for the driver: after input, call [`ServerConnection::process`],
+/// write out everything [`ServerConnection::poll_transmit`] returns, repeat
+/// while [`ServerConnection::has_backlog`] says so, then close if
+/// [`ServerConnection::should_close`].
+///
+/// With the server's log on, the reply to a write is held until its records
+/// are stored, and so is every reply after it on this connection (replies
+/// keep the order of the requests). While [`ServerConnection::is_waiting`],
+/// call [`ServerConnection::process`] again whenever the driver reports
+/// records stored or failed: it releases what it can.
+#[derive(Debug)]
+pub struct ServerConnection {
+    decoder: Decoder,
+    out: BytesMut,
+    /// A fatal protocol error: close once the output is written.
+    failed: bool,
+    backlog: bool,
+    /// Replies that wait for the log, in order; empty unless `marks` is not.
+    held: BytesMut,
+    /// The write replies in `held`, oldest first.
+    marks: VecDeque<Mark>,
+    /// Bytes ever taken off the front of `held`: the origin of the offsets
+    /// in `marks`, which stay valid as `held` is consumed.
+    held_base: u64,
+    /// Made on the first command, from the server's configuration.
+    session: Option<Session>,
+}
+
+/// A write's reply inside the held output.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// LSN of the write's last record.
+    lsn: u64,
+    /// The reply's bytes in `held`, as offsets from `held_base`.
+    start: u64,
+    end: u64,
+    /// To encode an error reply instead if the write fails.
+    dialect: Dialect,
+}
+
+impl ServerConnection {
+    /// A session for a new connection.
+    pub fn new(limits: Limits) -> Self {
+        ServerConnection {
+            decoder: Decoder::new(limits),
+            out: BytesMut::new(),
+            failed: false,
+            backlog: false,
+            held: BytesMut::new(),
+            marks: VecDeque::new(),
+            held_base: 0,
+            session: None,
+        }
+    }
+
+    /// The decoder's receive buffer, to read into directly.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        self.decoder.buffer_mut()
+    }
+
+    /// Appends received bytes and processes them.
+    pub fn handle_input(&mut self, server: &mut Server, data: &[u8]) {
+        self.decoder.feed(data);
+        self.process(server);
+    }
+
+    fn closing(&self) -> bool {
+        self.failed || self.session.as_ref().is_some_and(|s| s.closing)
+    }
+
+    /// Releases the held replies whose writes are stored (or failed), then
+    /// executes every complete command buffered, until the output reaches
+    /// [`OUTPUT_HIGH_WATER`] or the connection must close.
+    pub fn process(&mut self, server: &mut Server) {
+        self.release(server);
+        self.backlog = false;
+        while !self.closing() {
+            if self.out.len() + self.held.len() >= OUTPUT_HIGH_WATER {
+                self.backlog = true;
+                return;
+            }
+            let lsn_before = server.log_lsn();
+            // Behind a held reply, every reply is held too; otherwise it
+            // goes to the output, and moves to the held buffer afterwards
+            // if it turns out to wait for the log.
+            let holding = !self.marks.is_empty();
+            let target = if holding {
+                &mut self.held
+            } else {
+                &mut self.out
+            };
+            let start = target.len();
+            let (dialect, errors) = match self.decoder.next_frame() {
+                Ok(None) => return,
+                Ok(Some(frame)) => {
+                    let dialect = frame.dialect();
+                    let mut enc = ReplyEncoder::new(dialect, target);
+                    let session = self.session.get_or_insert_with(|| server.new_session());
+                    match Command::from_frame(frame, self.decoder.limits()) {
+                        Ok(cmd) => {
+                            server.run(session, &cmd, &mut enc);
+                            self.decoder.recycle(cmd.into_args());
+                        }
+                        Err(e) => {
+                            server.stats.commands += 1;
+                            enc.reply(e.into());
+                        }
+                    }
+                    (dialect, enc.errors)
+                }
+                Err(e) => {
+                    server.stats.commands += 1;
+                    self.failed = e.is_fatal();
+                    let dialect = e.dialect();
+                    Reply::from(e).encode(dialect, target);
+                    (dialect, 1)
+                }
+            };
+            server.stats.errors += errors;
+            let lsn = server.log_lsn();
+            if lsn != lsn_before {
+                // A logged write: its reply waits until the log has it.
+                if !holding {
+                    // Nothing is held, so `held` is empty and its base is
+                    // where this reply starts.
+                    self.held = self.out.split_off(start);
+                }
+                let len = self.held.len() - if holding { start } else { 0 };
+                let end = self.held_base + self.held.len() as u64;
+                self.marks.push_back(Mark {
+                    lsn,
+                    start: end - len as u64,
+                    end,
+                    dialect,
+                });
+            }
+        }
+    }
+
+    /// Moves the replies no longer waiting for the log to the output, in
+    /// order, turning those of failed writes into errors.
+    fn release(&mut self, server: &mut Server) {
+        while let Some(mark) = self.marks.front().copied() {
+            let outcome = server.write_outcome(mark.lsn);
+            let start = (mark.start - self.held_base) as usize;
+            let end = (mark.end - self.held_base) as usize;
+            match outcome {
+                WriteOutcome::Pending => break,
+                WriteOutcome::Stored => {
+                    self.out.unsplit(self.held.split_to(end));
+                }
+                WriteOutcome::Failed(error) => {
+                    self.out.unsplit(self.held.split_to(start));
+                    Reply::Error(error).encode(mark.dialect, &mut self.out);
+                    let _ = self.held.split_to(end - start);
+                    server.stats.errors += 1;
+                }
+            }
+            self.held_base = mark.end;
+            self.marks.pop_front();
+        }
+        // Replies between the last released write and the next held one go
+        // too (they do not depend on the log).
+        match self.marks.front() {
+            Some(next) => {
+                let n = (next.start - self.held_base) as usize;
+                if n > 0 {
+                    self.out.unsplit(self.held.split_to(n));
+                    self.held_base = next.start;
+                }
+            }
+            None if !self.held.is_empty() => {
+                let n = self.held.len() as u64;
+                self.out.unsplit(self.held.split());
+                self.held_base += n;
+            }
+            None => {}
+        }
+    }
+
+    /// Whether replies are held until the log stores a write of this
+    /// connection.
+    pub fn is_waiting(&self) -> bool {
+        !self.marks.is_empty()
+    }
+
+    /// Replies the client is still owed that are not in the output yet
+    /// (held for the log): the connection may not close before they go.
+    pub fn owed(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// Encoded replies ready to send, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<BytesMut> {
+        (!self.out.is_empty()).then(|| self.out.split())
+    }
+
+    /// Whether input remains that [`ServerConnection::process`] left for
+    /// after the output is written.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog
+    }
+
+    /// Whether the connection should be closed once its output is written
+    /// (after `QUIT` or a fatal protocol error, and no reply is still held).
+    pub fn should_close(&self) -> bool {
+        self.closing() && self.marks.is_empty()
+    }
+
+    /// Whether the client is in the middle of a command (for the idle
+    /// timeout that cuts off stalled clients).
+    pub fn is_mid_command(&self) -> bool {
+        self.decoder.is_mid_command()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aof::{self, LogStatus};
+    use crate::db::Effect;
+    use crate::server::ServerConfig;
+    use bytes::Bytes;
+
+    fn run(server: &mut Server, input: &[u8]) -> (String, bool) {
+        let mut c = ServerConnection::new(server.config().limits);
+        c.handle_input(server, input);
+        let out = c.poll_transmit().map(|b| b.to_vec()).unwrap_or_default();
+        (String::from_utf8_lossy(&out).into_owned(), c.should_close())
+    }
+
+    #[test]
+    fn seed_transcript_inline() {
+        let mut s = Server::new(ServerConfig::default());
+        let (out, close) = run(
+            &mut s,
+            b"PUT name Derek Moss\r\nput age 18\r\nGET name\r\nPut gender M\r\ndump\r\nget nobody\r\n",
+        );
+        assert_eq!(
+            out,
+            "OK\r\nOK\r\n\"Derek Moss\"\r\nOK\r\n(3 pairs)\r\n\"age\" \"18\"\r\n\"gender\" \"M\"\r\n\"name\" \"Derek Moss\"\r\n(nil)\r\n"
+        );
+        assert!(!close);
+    }
+
+    #[test]
+    fn resp_and_errors_keep_the_connection() {
+        let mut s = Server::new(ServerConfig::default());
+        let (out, close) = run(&mut s, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nFOO\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n");
+        assert_eq!(
+            out,
+            "+OK\r\n(error) ERR unknown command 'FOO'\r\n$1\r\nv\r\n:1\r\n"
+        );
+        assert!(!close);
+        assert_eq!(s.stats().errors, 1);
+        assert_eq!(s.stats().commands, 4);
+    }
+
+    #[test]
+    fn fatal_errors_and_quit_close_after_replying() {
+        let mut s = Server::new(ServerConfig::default());
+        let (out, close) = run(&mut s, b"PING\r\n*1\r\n:1\r\nPING\r\n");
+        assert_eq!(
+            out,
+            "PONG\r\n-ERR Protocol error: expected '$' for a bulk string\r\n"
+        );
+        assert!(close);
+        let (out, close) = run(&mut s, b"QUIT\r\nPING\r\n");
+        assert_eq!(out, "OK\r\n");
+        assert!(close);
+    }
+
+    #[test]
+    fn handshake_commands_of_redis_tools() {
+        let mut s = Server::new(ServerConfig::default());
+        let (out, _) = run(&mut s, b"*2\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n");
+        assert_eq!(
+            out,
+            "-ERR wrong number of arguments for 'config|get' command\r\n"
+        );
+        let (out, _) = run(&mut s, b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$4\r\nsave\r\n");
+        assert_eq!(out, "*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
+        // COMMAND DOCS (redis-cli's hints) is generated from the table: a
+        // map of every command to its documentation.
+        let (out, _) = run(&mut s, b"*2\r\n$7\r\nCOMMAND\r\n$4\r\nDOCS\r\n");
+        let count = crate::command::table::Table::get().commands().len();
+        assert!(
+            out.starts_with(&format!("*{}\r\n$3\r\nget\r\n*", 2 * count)),
+            "{out}"
+        );
+        let (out, _) = run(&mut s, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        assert!(out.starts_with("-NOPROTO"));
+    }
+
+    fn logged() -> Server {
+        let mut s = Server::new(ServerConfig::default());
+        s.enable_log(LogStatus {
+            fsync: "always".into(),
+            ..LogStatus::default()
+        });
+        s
+    }
+
+    fn take(c: &mut ServerConnection) -> String {
+        let out = c.poll_transmit().map(|b| b.to_vec()).unwrap_or_default();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn logged_writes_hold_their_replies_and_later_ones_until_stored() {
+        let mut s = logged();
+        let mut a = ServerConnection::new(Limits::default());
+        let mut b = ServerConnection::new(Limits::default());
+        a.handle_input(
+            &mut s,
+            b"GET k\r\nPUT k v\r\nGET k\r\nDEL k nope\r\nPING\r\n",
+        );
+        // The GET before the write goes at once; the rest waits.
+        assert_eq!(take(&mut a), "(nil)\r\n");
+        assert!(a.is_waiting());
+        let (records, upto) = s.take_log_records().unwrap();
+        assert_eq!(upto, 2);
+        assert_eq!(records.len(), 2 * aof::RECORD_HEADER_LEN + 6 + 2 + 2 + 1);
+        // Another connection reads the applied write without waiting.
+        b.handle_input(&mut s, b"GET k\r\n");
+        assert_eq!(take(&mut b), "(nil)\r\n");
+        s.log_stored(1);
+        a.process(&mut s);
+        assert_eq!(take(&mut a), "OK\r\n\"v\"\r\n");
+        assert!(a.is_waiting());
+        s.log_stored(2);
+        a.process(&mut s);
+        assert_eq!(take(&mut a), "(integer) 1\r\nPONG\r\n");
+        assert!(!a.is_waiting());
+        assert!(s.take_log_records().is_none());
+        let (out, _) = run(&mut s, b"INFO\r\n");
+        assert!(out.contains("aof_enabled:1"), "{out}");
+        assert!(out.contains("aof_pending_records:0"), "{out}");
+    }
+
+    #[test]
+    fn a_failed_log_rolls_writes_back_and_refuses_more_until_recovered() {
+        let mut s = logged();
+        let mut c = ServerConnection::new(Limits::default());
+        c.handle_input(&mut s, b"PUT a 1\r\nPUT b 1\r\n");
+        let _ = s.take_log_records();
+        s.log_stored(2);
+        c.process(&mut s);
+        assert_eq!(take(&mut c), "OK\r\nOK\r\n");
+        c.handle_input(
+            &mut s,
+            b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n2\r\nDEL b\r\nPUT c 3\r\nGET a\r\n",
+        );
+        assert_eq!(take(&mut c), "");
+        s.log_failed("No space left on device");
+        c.process(&mut s);
+        // The GET ran before the failure was known and saw the write, as any
+        // reader may until a write is stored (Redis behaves the same).
+        assert_eq!(
+            take(&mut c),
+            "-ERR persistence failed: No space left on device\r\n\
+             (error) ERR persistence failed: No space left on device\r\n\
+             (error) ERR persistence failed: No space left on device\r\n\"2\"\r\n"
+        );
+        // Rolled back: memory matches the log.
+        assert_eq!(s.store().get(b"a"), Some(&b"1"[..]));
+        assert_eq!(s.store().get(b"b"), Some(&b"1"[..]));
+        assert!(s.store().get(b"c").is_none());
+        assert!(s.take_log_records().is_none());
+        // Refused while failed, reads still served.
+        c.handle_input(&mut s, b"PUT d 4\r\nGET b\r\n");
+        assert_eq!(
+            take(&mut c),
+            "(error) ERR persistence failed: No space left on device\r\n\"1\"\r\n"
+        );
+        let (out, _) = run(&mut s, b"INFO\r\n");
+        assert!(out.contains("aof_status:failed"), "{out}");
+        s.log_recovered();
+        c.handle_input(&mut s, b"PUT d 4\r\n");
+        let (_, upto) = s.take_log_records().unwrap();
+        s.log_stored(upto);
+        c.process(&mut s);
+        assert_eq!(take(&mut c), "OK\r\n");
+        assert_eq!(s.stats().errors, 4);
+    }
+
+    #[test]
+    fn quit_waits_for_held_replies() {
+        let mut s = logged();
+        let mut c = ServerConnection::new(Limits::default());
+        c.handle_input(&mut s, b"PUT k v\r\nQUIT\r\n");
+        assert!(!c.should_close());
+        assert_eq!(take(&mut c), "");
+        let (_, upto) = s.take_log_records().unwrap();
+        s.log_stored(upto);
+        c.process(&mut s);
+        assert_eq!(take(&mut c), "OK\r\nOK\r\n");
+        assert!(c.should_close());
+    }
+
+    #[test]
+    fn replayed_records_are_not_commands() {
+        let mut s = logged();
+        s.replay(&Effect::Set {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        });
+        s.replay(&Effect::Del {
+            key: Bytes::from_static(b"gone"),
+        });
+        assert_eq!(s.stats().commands, 0);
+        assert_eq!(s.log_lsn(), 0);
+        assert_eq!(s.store().len(), 1);
+        let (out, _) = run(
+            &mut s,
+            b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$10\r\nappendonly\r\n",
+        );
+        assert_eq!(out, "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n");
+    }
+
+    #[test]
+    fn output_high_water_throttles_processing() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut c = ServerConnection::new(Limits::default());
+        let value = vec![b'x'; 60_000];
+        let mut put = b"PUT big ".to_vec();
+        put.extend_from_slice(&value);
+        put.extend_from_slice(b"\n");
+        c.handle_input(&mut s, &put);
+        let _ = c.poll_transmit();
+        let many = b"GET big\n".repeat(20);
+        c.handle_input(&mut s, &many);
+        assert!(c.has_backlog());
+        let first = c.poll_transmit().unwrap();
+        assert!(first.len() >= OUTPUT_HIGH_WATER && first.len() < OUTPUT_HIGH_WATER + 70_000);
+        let mut total = first.len();
+        while c.has_backlog() {
+            c.process(&mut s);
+            total += c.poll_transmit().map_or(0, |b| b.len());
+        }
+        assert_eq!(total, 20 * (60_000 + 4));
+    }
+}

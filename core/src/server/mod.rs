@@ -1,0 +1,288 @@
+//! The server state machine: the database, the commands applied to it, and
+//! the per-connection session ([`ServerConnection`]) that turns bytes into
+//! replies.
+//!
+//! [`Server::run`] is the server's one dispatch step: the table's checks
+//! ([`admit`]), the handler, and the log records of the command's effects.
+
+mod conn;
+
+pub use conn::{ServerConnection, OUTPUT_HIGH_WATER};
+
+use crate::aof::{self, Journal, LogStatus, WriteOutcome};
+use crate::auth::Password;
+use crate::codec::Limits;
+use crate::command::table::{Flags, Handler};
+use crate::command::{admit, Command};
+use crate::db::{Db, Effect};
+use crate::errors::{CommandError, ExecError};
+use crate::reply::{Reply, ReplyOut};
+use crate::session::{Local, Node, Role, Session};
+use bytes::Bytes;
+
+/// Server settings.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Input limits applied to every connection.
+    pub limits: Limits,
+    /// Seed for the store's hash function; the driver passes a random one.
+    pub hash_seed: u64,
+    /// Password connections must give with `AUTH` (none: no authentication).
+    pub password: Option<Password>,
+}
+
+/// Counters reported by `INFO`. The connection counters are kept by the
+/// driver, which is the one that sees connections come and go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Commands executed (errors included).
+    pub commands: u64,
+    /// Error replies sent.
+    pub errors: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections open now.
+    pub connections_current: u64,
+    /// Connections refused by the client cap.
+    pub connections_rejected: u64,
+    /// Connections closed for idling or stalling mid-command.
+    pub connections_timed_out: u64,
+}
+
+/// The database and the commands that act on it. One instance is shared by
+/// all connections of a server.
+///
+/// With the log enabled ([`Server::enable_log`]), every effect of a write
+/// also produces a record, which the driver takes with
+/// [`Server::take_log_records`] and reports stored with
+/// [`Server::log_stored`]; the connection holds the write's reply (and every
+/// later one) until then. See [`Journal`].
+#[derive(Debug)]
+pub struct Server {
+    db: Db,
+    stats: ServerStats,
+    config: ServerConfig,
+    journal: Option<Journal>,
+    /// The id the next connection's session gets (`CLIENT ID`).
+    next_session: u64,
+}
+
+impl Server {
+    /// An empty server.
+    pub fn new(config: ServerConfig) -> Self {
+        Server {
+            db: Db::new(config.hash_seed),
+            stats: ServerStats::default(),
+            config,
+            journal: None,
+            next_session: 1,
+        }
+    }
+
+    /// A session for a new connection: numbered, and authenticated unless
+    /// the server has a password.
+    pub fn new_session(&mut self) -> Session {
+        let id = self.next_session;
+        self.next_session += 1;
+        Session::new(id, self.config.password.is_none())
+    }
+
+    /// Turns the log on: from now on writes produce records. Effects
+    /// replayed before (with [`Server::replay`]) are not logged again.
+    pub fn enable_log(&mut self, status: LogStatus) {
+        self.journal = Some(Journal::new(status));
+        self.db.record_changes();
+    }
+
+    /// The log's state, if the log is on.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The log facts shown by `INFO`, for the driver to update.
+    pub fn log_status_mut(&mut self) -> Option<&mut LogStatus> {
+        self.journal.as_mut().map(Journal::status_mut)
+    }
+
+    /// Applies an effect replayed from the log at start. Not counted as a
+    /// command, and not logged again.
+    pub fn replay(&mut self, effect: &Effect) {
+        self.db.replay(effect);
+    }
+
+    /// LSN of the newest record produced (0 with the log off or before any
+    /// write).
+    pub fn log_lsn(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Journal::last_lsn)
+    }
+
+    /// The records produced since the last call, encoded back to back, with
+    /// the LSN of the last one; `None` if there are none.
+    pub fn take_log_records(&mut self) -> Option<(Bytes, u64)> {
+        self.journal.as_mut()?.take()
+    }
+
+    /// The driver stored every record up to LSN `upto` (written, and synced
+    /// if the fsync policy says so): their replies may go.
+    pub fn log_stored(&mut self, upto: u64) {
+        if let Some(j) = &mut self.journal {
+            j.stored(upto);
+        }
+    }
+
+    /// The log failed: every write not yet stored is rolled back and its
+    /// reply becomes an error naming `error`; further writes are refused
+    /// until [`Server::log_recovered`].
+    pub fn log_failed(&mut self, error: &str) {
+        let Some(j) = &mut self.journal else { return };
+        // Newest first, so a key written twice gets its oldest value back.
+        for undo in j.fail(error).into_iter().rev() {
+            self.db.undo(&undo.key, undo.before);
+        }
+    }
+
+    /// The log works again (the driver rewrote it from the store): writes
+    /// are accepted again.
+    pub fn log_recovered(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.recovered();
+        }
+    }
+
+    /// How the write whose last record has LSN `lsn` stands.
+    pub fn write_outcome(&self, lsn: u64) -> WriteOutcome {
+        self.journal
+            .as_ref()
+            .map_or(WriteOutcome::Stored, |j| j.outcome(lsn))
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The database, read-only.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The store under the database, read-only (snapshots, tests).
+    pub fn store(&self) -> &crate::db::Store {
+        self.db.store()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// The counters, for the driver's connection bookkeeping.
+    pub fn stats_mut(&mut self) -> &mut ServerStats {
+        &mut self.stats
+    }
+
+    /// Runs one command for a connection and writes its reply to `out`: the
+    /// table's checks, the handler, and the log records of what it changed.
+    /// Counts the command; error replies are counted by the caller, which
+    /// sees them in `out`.
+    pub fn run(&mut self, session: &mut Session, cmd: &Command, out: &mut dyn ReplyOut) {
+        self.stats.commands += 1;
+        let refusing = self.journal.as_ref().and_then(Journal::refusing);
+        if let Err(reply) = admit(cmd, session, refusing) {
+            out.reply(reply);
+            return;
+        }
+        match cmd.spec().handler {
+            Handler::Data(handler) => {
+                if self.journal.is_some()
+                    && cmd.spec().flags.contains(Flags::WRITE)
+                    && too_large_for_log(cmd)
+                {
+                    out.reply(ExecError::TooLargeForLog.into());
+                    return;
+                }
+                handler(&mut self.db, cmd, out);
+                if let Some(journal) = &mut self.journal {
+                    self.db.take_changes().for_each(|c| journal.record(c));
+                }
+            }
+            Handler::Local(handler) => {
+                let reply = handler(
+                    &mut Local {
+                        session,
+                        node: &*self,
+                    },
+                    cmd,
+                );
+                out.reply(reply);
+            }
+            // Parsing goes down to a subcommand; a container's arity refuses
+            // the bare name.
+            Handler::Container => out.reply(
+                CommandError::WrongArity {
+                    command: cmd.spec().name,
+                }
+                .into(),
+            ),
+        }
+    }
+
+    /// Runs a command as an authenticated connection of its own and returns
+    /// the reply (for tools and tests that act on the server directly).
+    #[must_use]
+    pub fn execute(&mut self, cmd: Command) -> Reply {
+        let mut session = Session::new(0, true);
+        let mut reply = None;
+        self.run(&mut session, &cmd, &mut reply);
+        let reply = reply.unwrap_or(Reply::Nil);
+        if reply.is_error() {
+            self.stats.errors += 1;
+        }
+        reply
+    }
+}
+
+/// Whether a write's arguments could make a record over the log format's
+/// limit (a value of 4 GiB; only reachable with huge `--max-value`).
+fn too_large_for_log(cmd: &Command) -> bool {
+    let total: usize = cmd.args()[1..].iter().map(|a| a.len()).sum();
+    // The body length is a u32 (MAX_BODY_LEN).
+    u32::try_from(aof::put_len(0, total) - aof::RECORD_HEADER_LEN).is_err()
+}
+
+impl Node for Server {
+    fn role(&self) -> Role {
+        Role::Server
+    }
+
+    fn info(&self) -> String {
+        let s = &self.stats;
+        let store = self.db.store();
+        let mut info = format!(
+            "# Server\nrole:server\n# Keyspace\nkeys:{}\ndata_bytes:{}\n# Stats\ncommands:{}\nerrors:{}\nconnections_total:{}\nconnections_current:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n# Persistence\n",
+            store.len(),
+            store.data_bytes(),
+            s.commands,
+            s.errors,
+            s.connections_total,
+            s.connections_current,
+            s.connections_rejected,
+            s.connections_timed_out,
+        );
+        match &self.journal {
+            Some(j) => j.info(&mut info),
+            None => info.push_str("aof_enabled:0\n"),
+        }
+        info
+    }
+
+    fn password(&self) -> Option<&Password> {
+        self.config.password.as_ref()
+    }
+
+    fn config(&self) -> Vec<(&'static str, String)> {
+        // No RDB snapshots; an append-only log if it is on.
+        let aof = if self.journal.is_some() { "yes" } else { "no" };
+        vec![("save", String::new()), ("appendonly", aof.to_string())]
+    }
+}

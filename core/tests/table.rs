@@ -1,0 +1,331 @@
+//! The command table is the one place a command is described. These tests
+//! hold the rest of the system to it:
+//!
+//! - every entry is well formed (names, arity, flags, keys, docs);
+//! - every entry is handled: the server runs it, and the proxy answers it
+//!   (locally or by forwarding) exactly as the server does, with no code
+//!   of its own naming any command;
+//! - a command without an entry is refused as unknown by the server and
+//!   the proxy alike, and never forwarded;
+//! - the commands the README documents all have entries, and `HELP` and
+//!   `COMMAND` list every entry.
+
+use bytes::{Bytes, BytesMut};
+use kv_core::command::table::{Cache, Flags, Handler, Spec, Table};
+use kv_core::{
+    ClientKind, Instant, Proxy, ProxyConfig, ProxyEvent, Reply, ReplyDecoder, Server, ServerConfig,
+    ServerConnection,
+};
+
+/// Every spec, subcommands included.
+fn every_spec() -> Vec<&'static Spec> {
+    let mut all = Vec::new();
+    for spec in Table::get().commands() {
+        all.push(*spec);
+        all.extend(spec.subcommands.iter());
+    }
+    all
+}
+
+#[test]
+fn every_entry_is_well_formed() {
+    let mut names = std::collections::HashSet::new();
+    for spec in every_spec() {
+        let n = spec.name;
+        assert_eq!(n, n.to_ascii_lowercase(), "{n}: names are lower case");
+        for name in std::iter::once(n).chain(spec.aliases.iter().copied()) {
+            assert!(names.insert(name), "{name} is in the table twice");
+        }
+        assert!(spec.arity != 0, "{n}: arity 0 means nothing");
+        assert!(
+            !spec.summary.is_empty(),
+            "{n}: HELP and COMMAND DOCS need a summary"
+        );
+        let data = spec.is_data();
+        let reads = spec.flags.contains(Flags::READONLY);
+        let writes = spec.flags.contains(Flags::WRITE);
+        if data {
+            assert!(reads != writes, "{n}: a data command reads or writes");
+        } else {
+            assert!(!writes, "{n}: only data commands write");
+            assert!(spec.keys.is_none(), "{n}: only data commands have keys");
+        }
+        if !spec.keys.is_none() {
+            let min = spec.arity.unsigned_abs() as usize;
+            assert!(
+                spec.keys.first < min,
+                "{n}: its first key is within its arity"
+            );
+        }
+        if matches!(spec.cache, Cache::Value) {
+            assert!(
+                data && reads,
+                "{n}: only reads can be answered from a cache"
+            );
+            assert_eq!(
+                spec.keys
+                    .positions(spec.arity.unsigned_abs() as usize)
+                    .count(),
+                1,
+                "{n}: a cached read has exactly one key"
+            );
+        }
+        if matches!(spec.cache, Cache::WriteThrough(_)) {
+            assert!(writes, "{n}: only writes write through");
+        }
+        match spec.handler {
+            Handler::Container => {
+                assert!(
+                    !spec.subcommands.is_empty(),
+                    "{n}: a container has subcommands"
+                );
+                assert_eq!(spec.arity, -2, "{n}: a container needs its subcommand");
+            }
+            _ => assert!(
+                spec.container().is_some() || spec.subcommands.is_empty() || spec.arity == -1,
+                "{n}: a command with subcommands and a bare form takes any arity"
+            ),
+        }
+        for sub in spec.subcommands {
+            assert_eq!(
+                sub.container(),
+                Some(n),
+                "{}: a subcommand is named container|sub",
+                sub.name
+            );
+            assert!(
+                sub.arity.unsigned_abs() >= 2,
+                "{}: counts its container",
+                sub.name
+            );
+        }
+    }
+}
+
+/// A proxy wired in memory to its own server, as in the proxy scenarios.
+struct Stack {
+    proxy: Proxy,
+    server: Server,
+    upstream: ServerConnection,
+    /// A client straight to the server.
+    direct: ServerConnection,
+}
+
+impl Stack {
+    fn new() -> Self {
+        let server = Server::new(ServerConfig::default());
+        let mut proxy = Proxy::new(ProxyConfig::default(), Instant::ZERO);
+        proxy.handle_upstream_connected(Instant::ZERO);
+        Stack {
+            upstream: ServerConnection::new(server.config().limits),
+            direct: ServerConnection::new(server.config().limits),
+            proxy,
+            server,
+        }
+    }
+
+    /// One RESP command straight to the server; its reply.
+    fn server(&mut self, args: &[&[u8]]) -> Reply {
+        let mut wire = BytesMut::new();
+        kv_core::command::encode_resp_args(&to_bytes(args), &mut wire);
+        self.direct.handle_input(&mut self.server, &wire);
+        decode_one(&self.direct.poll_transmit().unwrap_or_default())
+    }
+
+    /// One RESP command through the proxy; its reply, and whether it went
+    /// upstream.
+    fn proxy(&mut self, args: &[&[u8]]) -> (Reply, bool) {
+        let now = Instant::ZERO;
+        let id = self.proxy.add_client(ClientKind::Stream, now);
+        let before = self.proxy.stats().upstream_requests;
+        let mut wire = BytesMut::new();
+        kv_core::command::encode_resp_args(&to_bytes(args), &mut wire);
+        self.proxy.handle_client_input(id, &wire, now);
+        while let Some(event) = self.proxy.poll_event() {
+            assert!(
+                matches!(event, ProxyEvent::ClientReady(_)),
+                "{args:?}: the pipe broke: {event:?}"
+            );
+        }
+        if let Some(request) = self.proxy.poll_upstream_transmit() {
+            self.upstream.handle_input(&mut self.server, &request);
+            let replies = self.upstream.poll_transmit().unwrap_or_default();
+            self.proxy.handle_upstream_input(&replies, now);
+        }
+        let out = self.proxy.poll_client_transmit(id).unwrap_or_default();
+        self.proxy.remove_client(id);
+        let forwarded = self.proxy.stats().upstream_requests > before;
+        (decode_one(&out), forwarded)
+    }
+}
+
+fn to_bytes(args: &[&[u8]]) -> Vec<Bytes> {
+    args.iter().map(|a| Bytes::copy_from_slice(a)).collect()
+}
+
+fn decode_one(wire: &[u8]) -> Reply {
+    let mut d = ReplyDecoder::default();
+    d.feed(wire);
+    let reply = d
+        .next_reply()
+        .expect("a well-formed reply")
+        .expect("a whole reply");
+    assert_eq!(d.buffered(), 0, "one reply per command");
+    reply
+}
+
+/// The smallest call of `spec` its arity allows: the name (and
+/// subcommand's name), then `k1`, `k2` … for the rest.
+fn minimal_call(spec: &Spec) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = spec
+        .name
+        .split('|')
+        .map(|w| w.to_ascii_uppercase().into_bytes())
+        .collect();
+    let argc = spec.arity.unsigned_abs() as usize;
+    while args.len() < argc {
+        args.push(format!("k{}", args.len()).into_bytes());
+    }
+    args
+}
+
+fn is_table_error(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with(b"ERR unknown")
+        || e.starts_with(b"ERR wrong number of arguments")
+        || e.ends_with(b"is not handled here"))
+}
+
+#[test]
+fn every_entry_is_handled_by_the_server_and_routed_by_the_proxy() {
+    for spec in every_spec() {
+        if matches!(spec.handler, Handler::Container) {
+            continue;
+        }
+        let call = minimal_call(spec);
+        let args: Vec<&[u8]> = call.iter().map(Vec::as_slice).collect();
+        let mut stack = Stack::new();
+        let direct = stack.server(&args);
+        let (proxied, forwarded) = stack.proxy(&args);
+        let name = spec.name;
+        assert!(
+            !is_table_error(&direct),
+            "{name}: the server said {direct:?}"
+        );
+        assert!(
+            !is_table_error(&proxied),
+            "{name}: the proxy said {proxied:?}"
+        );
+        // Data commands go to the server (or its cache) and come back as the
+        // server answers them; the rest the proxy answers itself.
+        assert_eq!(forwarded, spec.is_data(), "{name}: forwarded {forwarded}");
+        if spec.is_data() {
+            assert_eq!(proxied, direct, "{name}: the proxy's reply is the server's");
+        }
+    }
+}
+
+#[test]
+fn exists_is_one_entry_and_one_handler_and_the_proxy_routes_it() {
+    let mut stack = Stack::new();
+    stack.server(&[b"SET", b"a", b"1"]);
+    // A key named twice counts twice, as in Redis.
+    assert_eq!(
+        stack.server(&[b"EXISTS", b"a", b"b", b"a"]),
+        Reply::Integer(2)
+    );
+    let (reply, forwarded) = stack.proxy(&[b"EXISTS", b"a", b"b", b"a"]);
+    assert_eq!(reply, Reply::Integer(2));
+    assert!(forwarded, "a read of the keyspace goes upstream");
+    // Cached through the proxy, then deleted behind its back: EXISTS sees
+    // the server's state, and the proxy drops what it cached for the key
+    // (a later GET must not read older than what EXISTS saw).
+    assert_eq!(
+        stack.proxy(&[b"GET", b"a"]),
+        (Reply::Bulk(Bytes::from_static(b"1")), true)
+    );
+    assert_eq!(
+        stack.proxy(&[b"GET", b"a"]),
+        (Reply::Bulk(Bytes::from_static(b"1")), false),
+        "a cache hit"
+    );
+    stack.server(&[b"DEL", b"a"]);
+    assert_eq!(stack.proxy(&[b"EXISTS", b"a"]), (Reply::Integer(0), true));
+    assert_eq!(
+        stack.proxy(&[b"GET", b"a"]),
+        (Reply::Nil, true),
+        "after EXISTS saw it gone, GET goes upstream too"
+    );
+}
+
+#[test]
+fn a_command_without_an_entry_is_unknown_everywhere_and_never_forwarded() {
+    let mut stack = Stack::new();
+    let unknown = Reply::Error(Bytes::from_static(b"ERR unknown command 'FROB'"));
+    assert_eq!(stack.server(&[b"FROB", b"x"]), unknown);
+    assert_eq!(stack.proxy(&[b"FROB", b"x"]), (unknown, false));
+    // A container's unknown subcommand likewise.
+    let (reply, forwarded) = stack.proxy(&[b"CONFIG", b"FROB"]);
+    assert_eq!(
+        reply,
+        Reply::Error(Bytes::from_static(
+            b"ERR unknown subcommand 'FROB'. Try CONFIG HELP."
+        ))
+    );
+    assert!(!forwarded);
+}
+
+/// The proxy decides from the table alone: its source names no command
+/// (the handshake's own `AUTH` aside, which the proxy sends as a client).
+#[test]
+fn the_proxy_names_no_command() {
+    let sources = [
+        include_str!("../src/proxy/mod.rs"),
+        include_str!("../src/proxy/clients.rs"),
+        include_str!("../src/proxy/route.rs"),
+        include_str!("../src/proxy/upstream.rs"),
+        include_str!("../src/proxy/info.rs"),
+    ];
+    for spec in every_spec() {
+        for name in std::iter::once(spec.name).chain(spec.aliases.iter().copied()) {
+            if name == "auth" {
+                continue;
+            }
+            for quoted in [format!("\"{name}\""), format!("b\"{name}\"")] {
+                for source in &sources {
+                    assert!(
+                        !source.to_ascii_lowercase().contains(&quoted),
+                        "the proxy's code names {quoted}: it must route by the table"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_documented_commands_have_entries() {
+    // The README's protocol table: `| \`PUT key …\` (alias \`SET\`) | … |`.
+    let readme = include_str!("../../README.md");
+    let table = Table::get();
+    let mut documented = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let cell = line.split('|').nth(1).unwrap_or_default();
+        for quoted in cell.split('`').skip(1).step_by(2) {
+            let name = quoted.split_whitespace().next().unwrap_or_default();
+            assert!(
+                table.lookup(name.as_bytes()).is_some(),
+                "the README documents {name}, which the table lacks"
+            );
+            documented += 1;
+        }
+    }
+    assert!(documented >= 8, "found the README's protocol table");
+    // COMMAND COUNT and COMMAND list every entry.
+    let mut s = Server::new(ServerConfig::default());
+    let count = s.execute(kv_core::Command::build(&["COMMAND", "COUNT"]).unwrap());
+    assert_eq!(count, Reply::Integer(table.commands().len() as i64));
+    let Reply::Array(all) = s.execute(kv_core::Command::build(&["COMMAND"]).unwrap()) else {
+        panic!("COMMAND is an array")
+    };
+    assert_eq!(all.len(), table.commands().len());
+}

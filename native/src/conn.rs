@@ -1,0 +1,126 @@
+//! The one connection loop every client connection runs (server and proxy,
+//! TCP and WebSocket): write what the session has, ask the core's
+//! [`ConnPolicy`] whether the connection is over, wait for input, the
+//! session, shutdown or the policy's next deadline, and close gently.
+//!
+//! What differs between drivers is behind [`Conn`]: how input is read and
+//! handed to the session, how output is written, and what wakes the
+//! connection when the session has news. Timing rules (idle, stalled
+//! output, half-close, shutdown) are all the core's.
+
+use crate::runtime::clock::{Epoch, Timer};
+use crate::runtime::shutdown::Shutdown;
+use kv_core::{ConnConfig, ConnPolicy, End, Owed};
+use std::io;
+
+/// What a wait of a connection ended with.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// The session may have news (replies ready, the log stored a write).
+    Session,
+    /// Input arrived and was handed to the session.
+    Input,
+    /// The peer closed its sending side.
+    Eof,
+    /// Nothing after all (a stale readiness): wait again.
+    Nothing,
+}
+
+/// One client connection, as the loop drives it: a transport and the
+/// session behind it.
+pub(crate) trait Conn {
+    /// What is written to the peer in one go.
+    type Output;
+
+    /// Output the session has for the peer (processing what it held back,
+    /// if it can now).
+    fn poll_output(&mut self) -> Option<Self::Output>;
+
+    /// Writes one output to the peer.
+    async fn write(&mut self, output: Self::Output) -> io::Result<()>;
+
+    /// Waits for input (only if `reading`) or news from the session.
+    /// Cancel-safe.
+    async fn wait(&mut self, reading: bool) -> io::Result<Wake>;
+
+    /// Whether the session takes input now (it may be throttling).
+    fn wants_input(&self) -> bool;
+
+    /// What the session still owes the peer.
+    fn owed(&self) -> Owed;
+
+    /// Closes the connection the way `end` calls for.
+    async fn close(&mut self, end: End);
+}
+
+/// Drives `conn` until it ends, and returns why.
+pub(crate) async fn drive<C: Conn>(
+    conn: &mut C,
+    config: ConnConfig,
+    epoch: Epoch,
+    mut shutdown: Shutdown,
+) -> End {
+    let mut policy = ConnPolicy::new(config, epoch.now());
+    let mut timer = Timer::new();
+    let end = 'conn: loop {
+        // Everything the session has goes out before anything else; a
+        // client that takes none of it for the idle timeout is cut off.
+        while let Some(output) = conn.poll_output() {
+            policy.handle_write_started(epoch.now());
+            let write = conn.write(output);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut write => match written {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!("write failed: {e}");
+                            break 'conn End::Closed;
+                        }
+                    },
+                    _ = timer.until(&epoch, policy.poll_timeout()) => {
+                        policy.handle_timeout(epoch.now());
+                        if let Some(end @ End::TimedOut(_)) = policy.poll_end(Owed::default()) {
+                            break 'conn end;
+                        }
+                    }
+                }
+            }
+            policy.handle_write_done(epoch.now());
+        }
+        let owed = conn.owed();
+        let now = epoch.now();
+        policy.handle_owed(owed.replies > 0, now);
+        // Checked here as well as in the select below, where a client that
+        // keeps sending would always win the race against the request.
+        if shutdown.is_requested() && !policy.is_draining() {
+            policy.handle_shutdown(now);
+        }
+        if let Some(end) = policy.poll_end(owed) {
+            break end;
+        }
+        let reading = policy.wants_input() && conn.wants_input();
+        tokio::select! {
+            biased;
+            woke = conn.wait(reading) => match woke {
+                Ok(Wake::Input) => policy.handle_input(epoch.now()),
+                Ok(Wake::Eof) => policy.handle_peer_closed(epoch.now()),
+                Ok(Wake::Session | Wake::Nothing) => {}
+                Err(e) => {
+                    tracing::debug!("read failed: {e}");
+                    break End::Closed;
+                }
+            },
+            _ = shutdown.requested(), if !policy.is_draining() => {
+                policy.handle_shutdown(epoch.now());
+            }
+            _ = timer.until(&epoch, policy.poll_timeout()) => {
+                policy.handle_timeout(epoch.now());
+            }
+        }
+    };
+    conn.close(end).await;
+    tracing::debug!(?end, "connection closed");
+    end
+}

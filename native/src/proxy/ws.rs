@@ -1,0 +1,260 @@
+//! The console listener: serves the page (`www/`) at `/` and a WebSocket at
+//! `/ws` whose clients are [`ClientKind::Messages`] clients of the same
+//! proxy as the TCP clients: same cache, coalescing and limits. Each runs
+//! the shared [connection loop](crate::conn).
+//!
+//! The message format and its rules are [`kv_core::bridge`]'s. Only pages
+//! of an allowed origin may open the socket (see
+//! [`origin_allowed`](crate::http::origin_allowed)), so a page on another
+//! site cannot drive a local proxy through the user's browser.
+
+use super::ProxyHandle;
+use crate::conn::{self, Conn, Wake};
+use crate::http::{self, HeadError};
+use crate::runtime::net::{self, AcceptHooks};
+use crate::runtime::shutdown::Shutdown;
+use futures_util::{SinkExt, StreamExt};
+use kv_core::bridge::{self, BridgeReply, Inbound};
+use kv_core::{ClientId, ClientKind, ConnConfig, End, Limits, Owed};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, Instrument};
+
+/// Time a client gets to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the console listener.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder served at `/` (the console page and its `pkg/`).
+    pub www_dir: PathBuf,
+    /// Origins allowed besides the page's own (e.g. `http://localhost:3000`).
+    pub allowed_origins: Vec<String>,
+    /// Most concurrent HTTP/WebSocket connections.
+    pub max_clients: usize,
+    /// Close WebSocket clients that send nothing for this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The `www/` folder of the source tree, the default for `--www`.
+pub fn default_www_dir() -> PathBuf {
+    std::env::var_os("KV_WWW")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../www"))
+}
+
+struct Hooks(ProxyHandle);
+
+impl AcceptHooks for Hooks {
+    fn rejected(&self) {
+        self.0.update_stats(|s| s.connections_rejected += 1);
+    }
+}
+
+/// Serves HTTP and WebSocket clients on `listener` until `shutdown`.
+pub(super) async fn serve(
+    handle: ProxyHandle,
+    listener: TcpListener,
+    options: HttpOptions,
+    shutdown: Shutdown,
+) {
+    let options = Rc::new(options);
+    let hooks = Hooks(handle.clone());
+    net::accept_loop(
+        listener,
+        options.max_clients,
+        shutdown,
+        &hooks,
+        |stream, peer, shutdown| {
+            serve_conn(handle.clone(), stream, options.clone(), shutdown)
+                .instrument(tracing::debug_span!("console", %peer))
+        },
+    )
+    .await;
+}
+
+async fn serve_conn(
+    handle: ProxyHandle,
+    mut stream: TcpStream,
+    options: Rc<HttpOptions>,
+    shutdown: Shutdown,
+) {
+    let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, http::read_head(&mut stream)).await
+    {
+        Ok(Ok(x)) => x,
+        Ok(Err(HeadError::TooLarge)) => {
+            return http::respond_text(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                b"request head too large\n",
+            )
+            .await;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            return http::respond_text(&mut stream, "400 Bad Request", b"malformed request\n")
+                .await;
+        }
+        Ok(Err(HeadError::Closed)) | Err(_) => return,
+    };
+    let path = head.path.split('?').next().unwrap_or("/").to_owned();
+    if head.method != "GET" && head.method != "HEAD" {
+        return http::respond_text(&mut stream, "405 Method Not Allowed", b"only GET\n").await;
+    }
+    if path == "/ws" {
+        return websocket(handle, stream, &head, rest, &options, shutdown).await;
+    }
+    http::serve_file(&mut stream, &options.www_dir, &path, head.method == "GET").await;
+}
+
+async fn websocket(
+    handle: ProxyHandle,
+    mut stream: TcpStream,
+    head: &http::Head,
+    rest: Vec<u8>,
+    options: &HttpOptions,
+    shutdown: Shutdown,
+) {
+    let key = head.header("Sec-WebSocket-Key").map(str::to_owned);
+    let is_upgrade = head.header_has_token("Connection", "upgrade")
+        && head.header_has_token("Upgrade", "websocket")
+        && head.header("Sec-WebSocket-Version") == Some("13");
+    let (true, Some(key)) = (is_upgrade, key) else {
+        return http::respond_text(
+            &mut stream,
+            "400 Bad Request",
+            b"expected a WebSocket upgrade (version 13)\n",
+        )
+        .await;
+    };
+    let origin = head.header("Origin");
+    if !http::origin_allowed(origin, head.header("Host"), &options.allowed_origins) {
+        info!(
+            origin = origin.unwrap_or(""),
+            "WebSocket refused: origin not allowed"
+        );
+        return http::respond_text(&mut stream, "403 Forbidden", b"origin not allowed\n").await;
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let limits = handle.limits();
+    let max = bridge::max_message(&limits);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    debug!("WebSocket client connected");
+    let mut client = WsClient::new(handle, ws, limits);
+    let policy = ConnConfig {
+        idle_timeout: options.idle_timeout,
+        // A WebSocket that closed cannot be written to: nothing to wait for.
+        half_close_wait: Duration::ZERO,
+    };
+    let epoch = client.handle.epoch();
+    conn::drive(&mut client, policy, epoch, shutdown).await;
+}
+
+/// One WebSocket client of the proxy.
+struct WsClient {
+    handle: ProxyHandle,
+    id: ClientId,
+    notify: Rc<Notify>,
+    ws: WebSocketStream<TcpStream>,
+    limits: Limits,
+}
+
+impl WsClient {
+    fn new(handle: ProxyHandle, ws: WebSocketStream<TcpStream>, limits: Limits) -> Self {
+        let (id, notify) = handle.add_client(ClientKind::Messages);
+        WsClient {
+            handle,
+            id,
+            notify,
+            ws,
+            limits,
+        }
+    }
+
+    /// Hands one browser message to the proxy, or its refusal.
+    fn handle_message(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Input(bytes) => self.handle.handle_client_input(self.id, &bytes),
+            Inbound::Refused(why) => self.handle.reject_client_input(self.id, &why),
+        }
+    }
+}
+
+/// Removes the client however the session ends.
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        self.handle.remove_client(self.id);
+    }
+}
+
+impl Conn for WsClient {
+    type Output = Message;
+
+    fn poll_output(&mut self) -> Option<Message> {
+        if self.handle.client_status(self.id).resumable {
+            self.handle.handle_client_resume(self.id);
+        }
+        let reply = self.handle.poll_client_reply(self.id)?;
+        Some(Message::text(BridgeReply::from_annotated(&reply).to_json()))
+    }
+
+    async fn write(&mut self, output: Message) -> io::Result<()> {
+        self.ws.send(output).await.map_err(io::Error::other)
+    }
+
+    async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
+        tokio::select! {
+            biased;
+            _ = self.notify.notified() => Ok(Wake::Session),
+            msg = self.ws.next(), if reading => match msg {
+                None | Some(Ok(Message::Close(_))) => Ok(Wake::Eof),
+                Some(Err(e)) => Err(io::Error::other(e)),
+                Some(Ok(Message::Text(text))) => {
+                    self.handle_message(bridge::inbound_text(text.as_str(), &self.limits));
+                    Ok(Wake::Input)
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    self.handle_message(bridge::inbound_binary(&data, &self.limits));
+                    Ok(Wake::Input)
+                }
+                // Pings are answered by the socket layer on the next flush.
+                Some(Ok(_)) => Ok(Wake::Input),
+            },
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        self.handle.client_status(self.id).wants_input
+    }
+
+    fn owed(&self) -> Owed {
+        self.handle.client_status(self.id).owed()
+    }
+
+    async fn close(&mut self, end: End) {
+        if let End::TimedOut(_) = end {
+            self.handle.update_stats(|s| s.connections_timed_out += 1);
+        }
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! The plumbing every service shares: its thread and runtime ([`service`]),
+//! graceful shutdown and signals ([`shutdown`]), the core's time on Tokio's
+//! clock ([`clock`]), and listeners and sockets ([`net`]).
+
+pub(crate) mod clock;
+pub(crate) mod net;
+pub(crate) mod service;
+pub(crate) mod shutdown;
