@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 /// cost the time the null server exists to leave out.
 #[derive(Debug, Default)]
 pub struct RespCounter {
+    /// Where in a value the last piece ended.
     state: State,
     /// Elements still to come in the current array; 0 at top level.
     pending: u64,
@@ -27,6 +28,8 @@ pub struct RespCounter {
     errors: u64,
 }
 
+/// Where [`RespCounter`] is in the stream: values arrive split anywhere,
+/// even in the middle of a header.
 #[derive(Debug, Default)]
 enum State {
     /// At the first byte of a value, or of an array element.
@@ -155,8 +158,12 @@ impl RespCounter {
 /// Stops accepting when dropped; connection threads end when their client
 /// disconnects (or after a minute of silence).
 pub struct NullServer {
+    /// Where it listens.
     addr: SocketAddr,
+    /// Set on drop; the threads poll it.
     stop: Arc<AtomicBool>,
+    /// The accepting thread, joined on drop so that the port is closed
+    /// once the server is gone.
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -198,6 +205,8 @@ impl Drop for NullServer {
     }
 }
 
+/// Accepts connections until `stop`, each served on a thread of its own
+/// ([`null_connection`]).
 fn accept_loop(listener: &TcpListener, stop: &Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -248,7 +257,9 @@ fn null_connection(mut stream: TcpStream, stop: &AtomicBool) -> io::Result<()> {
 /// A blocking RESP connection for the set-up work around the measurements
 /// (loading keys, reading `INFO`), not for the measurements themselves.
 pub struct Conn {
+    /// The connection, with read and write timeouts set.
     stream: TcpStream,
+    /// The server's address, for the error messages.
     addr: SocketAddr,
 }
 
@@ -356,6 +367,11 @@ pub fn info_number(info: &[(String, String)], field: &str) -> Result<u64> {
         .with_context(|| format!("INFO field {field} is not a number"))
 }
 
+/// The value of `field` in an `INFO` answer.
+pub fn info_field<'a>(info: &'a [(String, String)], field: &str) -> Option<&'a str> {
+    info.iter().find(|(k, _)| k == field).map(|(_, v)| v.trim())
+}
+
 /// Appends `args` as a RESP array of bulk strings.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -409,6 +425,16 @@ mod tests {
         assert!(RespCounter::default()
             .feed(b"$1234567890123456789\r\n")
             .is_err());
+    }
+
+    #[test]
+    fn finds_info_fields() {
+        let info = vec![
+            ("aof_enabled".to_owned(), "1".to_owned()),
+            ("aof_fsync".to_owned(), "always\r".to_owned()),
+        ];
+        assert_eq!(info_field(&info, "aof_fsync"), Some("always"));
+        assert_eq!(info_field(&info, "aof_status"), None);
     }
 
     #[test]

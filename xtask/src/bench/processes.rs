@@ -1,0 +1,234 @@
+//! The servers the benchmark starts, and their clean-up: whatever a phase
+//! starts ends with it, whether it succeeded or not.
+//!
+//! `kv` announces the address it picked on stdout; reading that is the test
+//! harness's job ([`kv_tests::Announcer`]), so the benchmark and the
+//! end-to-end tests agree on what `kv` prints. Redis cannot pick a port and
+//! print it, so it is given one.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kv_tests::{AnnounceError, Announcer};
+
+use super::resp::Conn;
+use crate::cmd::Cmd;
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server process this benchmark started.
+pub(super) struct Service {
+    /// Where it listens.
+    pub(super) addr: SocketAddr,
+    /// Its process id, to read its memory use.
+    pub(super) pid: u32,
+    /// The command line it was started with, for the report.
+    pub(super) command: String,
+}
+
+/// The processes started by one phase, and the data directories made for
+/// them. Dropping it kills and reaps the processes, then removes the
+/// directories, so that nothing outlives the benchmark, whether it fails or
+/// not.
+#[derive(Default)]
+pub(super) struct Processes {
+    /// Each with the name its log and messages use, in start order.
+    children: Vec<(String, Child)>,
+    /// Removed after the processes that used them are gone.
+    dirs: Vec<PathBuf>,
+}
+
+impl Processes {
+    /// Starts `redis-server` on a free port, persistence off, logging to
+    /// `logs/NAME.log`, and waits until it answers `PING`.
+    pub(super) fn redis(&mut self, out: &Path, name: &str) -> Result<Service> {
+        let dir = out.join(name);
+        fs::create_dir_all(&dir)?;
+        self.redis_with(out, name, &dir, &["--appendonly", "no"])
+    }
+
+    /// Starts `redis-server` like [`Processes::redis`], but with the
+    /// persistence settings `persistence` (RDB snapshots stay off) and its
+    /// files in `dir`.
+    pub(super) fn redis_with(
+        &mut self,
+        out: &Path,
+        name: &str,
+        dir: &Path,
+        persistence: &[&str],
+    ) -> Result<Service> {
+        let port = free_port()?;
+        let log = log_file(out, name)?;
+        let cmd = Cmd::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir);
+        let command = cmd.to_string();
+        let child = cmd.spawn(Stdio::from(log.try_clone()?), Stdio::from(log))?;
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut conn = Conn::connect(addr, deadline)
+            .with_context(|| format!("{name} did not start; see {}", log_path(out, name)))?;
+        let pong = conn.command(&[b"PING"])?;
+        ensure!(pong == "PONG", "{name} answered PING with {pong:?}");
+        Ok(Service { addr, pid, command })
+    }
+
+    /// An empty directory at `path` (anything left there by an earlier run
+    /// is removed first), removed again when `self` is dropped.
+    pub(super) fn fresh_dir(&mut self, path: PathBuf) -> Result<PathBuf> {
+        if path.exists() {
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("could not remove {}", path.display()))?;
+        }
+        fs::create_dir_all(&path)
+            .with_context(|| format!("could not create {}", path.display()))?;
+        self.dirs.push(path.clone());
+        Ok(path)
+    }
+
+    /// Starts `kv ARGS` (which must include `--listen 127.0.0.1:0`) and
+    /// waits for the line announcing the address it listens on.
+    pub(super) fn kv(
+        &mut self,
+        kv: &Path,
+        args: &[String],
+        out: &Path,
+        name: &str,
+    ) -> Result<Service> {
+        let log = log_file(out, name)?;
+        let cmd = Cmd::new(kv).args(args);
+        // The report names the binary as users run it.
+        let command = cmd.to_string().replacen(&kv.display().to_string(), "kv", 1);
+        let mut child = cmd.spawn(Stdio::piped(), Stdio::from(log))?;
+        let pid = child.id();
+        // Taken before the child is stored, so that it cannot block on a
+        // full stdout pipe whatever happens next.
+        let announcer = Announcer::start(&mut child);
+        self.children.push((name.to_owned(), child));
+        let listening = match announcer.wait(1, START_TIMEOUT) {
+            Ok(listening) => listening,
+            Err(AnnounceError::Timeout { .. }) => bail!(
+                "{name} did not announce its address within {START_TIMEOUT:?}; see {}",
+                log_path(out, name)
+            ),
+            Err(AnnounceError::Closed) => bail!(
+                "{name} exited before listening; see {}",
+                log_path(out, name)
+            ),
+        };
+        let addr = listening
+            .addr()
+            .with_context(|| format!("{name} announced no address"))?;
+        eprintln!("xtask bench: {name} (pid {pid}) listening on {addr}");
+        Ok(Service { addr, pid, command })
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (name, child) in self.children.iter_mut().rev() {
+            // SIGKILL: nothing of these servers' state is worth keeping, and
+            // no shutdown path can then hang the benchmark.
+            let _ = child.kill();
+            match child.wait() {
+                Ok(_) => eprintln!("xtask bench: stopped {name} (pid {})", child.id()),
+                Err(e) => eprintln!("xtask bench: warning: could not reap {name}: {e}"),
+            }
+        }
+        for dir in &self.dirs {
+            // A Redis killed during a log rewrite leaves its forked rewriter
+            // behind for a moment (it exits once it finds its parent gone),
+            // which may still hold files here: one retry after it is gone.
+            let removed = fs::remove_dir_all(dir).or_else(|_| {
+                std::thread::sleep(Duration::from_secs(2));
+                fs::remove_dir_all(dir)
+            });
+            match removed {
+                Ok(()) => eprintln!("xtask bench: removed {}", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!(
+                    "xtask bench: warning: could not remove {}: {e}",
+                    dir.display()
+                ),
+            }
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now. Redis must be told its port
+/// (it cannot report one it picked), so there is a short window in which
+/// another program could take it; starting Redis then fails loudly.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Where the server called `name` logs, as the error messages name it.
+fn log_path(out: &Path, name: &str) -> String {
+    out.join("logs")
+        .join(format!("{name}.log"))
+        .display()
+        .to_string()
+}
+
+/// A new, empty log for the server called `name`, replacing any earlier
+/// run's: a log holds one run's output only.
+fn log_file(out: &Path, name: &str) -> Result<fs::File> {
+    let path = log_path(out, name);
+    fs::File::create(&path).with_context(|| format!("could not create {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_tests::Listening;
+
+    use super::*;
+
+    #[test]
+    fn fresh_dirs_are_emptied_and_removed_with_the_guard() {
+        let base = std::env::temp_dir().join(format!("xtask-bench-test-{}", std::process::id()));
+        let path = base.join("kv-data-always");
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("appendonly.kv"), b"left over").unwrap();
+        let mut procs = Processes::default();
+        let dir = procs.fresh_dir(path.clone()).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::write(dir.join("appendonly.kv"), b"written").unwrap();
+        drop(procs);
+        assert!(!path.exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The address [`kv_tests::Announcer`] takes from one line of `kv`'s
+    /// stdout: the bench finds its servers by it, so the lines they print
+    /// must keep yielding it.
+    fn listening_addr(line: &str) -> Option<SocketAddr> {
+        let mut listening = Listening::default();
+        listening.parse_line(line);
+        listening.addr()
+    }
+
+    #[test]
+    fn reads_announced_addresses() {
+        assert_eq!(
+            listening_addr("kv server listening on 127.0.0.1:7070"),
+            Some("127.0.0.1:7070".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("kv proxy listening on 127.0.0.1:1 (upstream 127.0.0.1:2)"),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(listening_addr("starting"), None);
+    }
+}
