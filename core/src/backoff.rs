@@ -82,8 +82,9 @@ impl Reconnect {
     /// The proxy asked for the connection to be reset: returns when to make
     /// a new one.
     pub fn handle_reset(&mut self, now: Instant) -> Instant {
-        self.connected_at = None;
-        self.backoff.handle_failure(now)
+        // Backed off like a failed attempt: a server that makes the proxy
+        // reset again and again is not hammered.
+        self.handle_failed(now)
     }
 
     /// Failures since the last connection (for logging: the first of a
@@ -101,7 +102,6 @@ pub struct Backoff {
     max: Duration,
     next: Duration,
     failures: u32,
-    retry_at: Option<Instant>,
 }
 
 impl Backoff {
@@ -112,7 +112,6 @@ impl Backoff {
             max: max.max(min),
             next: min,
             failures: 0,
-            retry_at: None,
         }
     }
 
@@ -121,7 +120,6 @@ impl Backoff {
         let at = now + self.next;
         self.next = (self.next * 2).min(self.max);
         self.failures = self.failures.saturating_add(1);
-        self.retry_at = Some(at);
         at
     }
 
@@ -129,30 +127,12 @@ impl Backoff {
     pub fn handle_success(&mut self) {
         self.next = self.min;
         self.failures = 0;
-        self.retry_at = None;
     }
 
     /// Failures since the last success (for logging: the first of a series
     /// is news, the retries are not).
     pub fn failures(&self) -> u32 {
         self.failures
-    }
-
-    /// When the next attempt is due, if one is waiting.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.retry_at
-    }
-
-    /// Whether the next attempt is due at `now`; it then stops waiting.
-    pub fn handle_timeout(&mut self, now: Instant) -> bool {
-        match self.retry_at {
-            Some(at) if at <= now => {
-                self.retry_at = None;
-                true
-            }
-            _ => false,
-        }
     }
 }
 
@@ -189,9 +169,6 @@ mod tests {
         }
         assert_eq!(b.handle_failure(t0), t0 + ms(2_000));
         assert_eq!(b.failures(), 13);
-        assert!(!b.handle_timeout(t0 + ms(1_999)));
-        assert!(b.handle_timeout(t0 + ms(2_000)));
-        assert_eq!(b.poll_timeout(), None);
         b.handle_success();
         assert_eq!(b.failures(), 0);
         assert_eq!(b.handle_failure(t0), t0 + ms(50));

@@ -39,12 +39,13 @@ use crate::proxy::{AnnotatedReply, Source};
 use crate::reply::Reply;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// What one browser message becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
-    /// Bytes for the client's decoder.
-    Input(Vec<u8>),
+pub enum Inbound<'a> {
+    /// Bytes for the client's decoder (a binary message's own, uncopied).
+    Input(Cow<'a, [u8]>),
     /// Refused: the proxy answers this reason as an error reply in the
     /// message's place ([`Proxy::reject_client_input`](crate::Proxy::reject_client_input)).
     Refused(String),
@@ -64,7 +65,7 @@ pub fn max_message(limits: &Limits) -> usize {
 }
 
 /// A text message: one inline line, no line break inside.
-pub fn inbound_text(text: &str, limits: &Limits) -> Inbound {
+pub fn inbound_text(text: &str, limits: &Limits) -> Inbound<'static> {
     if text.len() > limits.max_line {
         Inbound::Refused(format!(
             "message too long ({} bytes, limit {})",
@@ -77,12 +78,12 @@ pub fn inbound_text(text: &str, limits: &Limits) -> Inbound {
         let mut line = Vec::with_capacity(text.len() + 1);
         line.extend_from_slice(text.as_bytes());
         line.push(b'\n');
-        Inbound::Input(line)
+        Inbound::Input(Cow::Owned(line))
     }
 }
 
 /// A binary message: RESP bytes of one command.
-pub fn inbound_binary(data: &[u8], limits: &Limits) -> Inbound {
+pub fn inbound_binary<'a>(data: &'a [u8], limits: &Limits) -> Inbound<'a> {
     let max = max_binary(limits);
     if data.len() > max {
         Inbound::Refused(format!(
@@ -90,7 +91,7 @@ pub fn inbound_binary(data: &[u8], limits: &Limits) -> Inbound {
             data.len()
         ))
     } else {
-        Inbound::Input(data.to_vec())
+        Inbound::Input(Cow::Borrowed(data))
     }
 }
 
@@ -290,7 +291,7 @@ mod tests {
         };
         assert_eq!(
             inbound_text("GET k", &limits),
-            Inbound::Input(b"GET k\n".to_vec())
+            Inbound::Input(Cow::Borrowed(b"GET k\n"))
         );
         assert_eq!(
             inbound_text("GET k\nGET j", &limits),

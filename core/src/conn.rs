@@ -35,6 +35,18 @@ impl Default for ConnConfig {
     }
 }
 
+impl ConnConfig {
+    /// The policy of a proxy's byte-stream client: by the request timeout
+    /// every request it sent has an outcome, so a half-closed client waits
+    /// that long for its replies (and a little more, for the timer).
+    pub fn for_proxy_client(idle_timeout: Option<Duration>, request_timeout: Duration) -> Self {
+        ConnConfig {
+            idle_timeout,
+            half_close_wait: request_timeout + Duration::from_millis(100),
+        }
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {

@@ -70,7 +70,7 @@ pub enum CommandError {
     #[error("ERR wrong number of arguments for '{command}' command")]
     WrongArity {
         /// The command's full name, lower case as Redis writes it
-        /// (`config|get` for a subcommand); an alias as it was typed.
+        /// (`config|get` for a subcommand); for an alias, the alias.
         command: &'static str,
     },
     /// A key over [`Limits::max_key`](crate::Limits::max_key).
@@ -121,12 +121,6 @@ pub enum ExecError {
     /// `HELLO` with a protocol version other than 2.
     #[error("NOPROTO this server speaks RESP2 only")]
     NoProto,
-    /// An argument that should be an integer is not one.
-    #[error("ERR value is not an integer or out of range")]
-    NotAnInteger,
-    /// An option or argument the command does not take.
-    #[error("ERR syntax error")]
-    Syntax,
     /// `CLIENT SETNAME` with spaces or control characters.
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,

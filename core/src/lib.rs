@@ -15,8 +15,8 @@
 //!   the store under it.
 //! - [`reply`]: replies as values and their encodings; [`errors`]: every
 //!   error text that goes on the wire.
-//! - [`server`]: the server and its per-connection session; [`session`]:
-//!   the connection state both nodes keep.
+//! - [`server`]: the server and its client connections; [`session`]: the
+//!   connection state both nodes keep.
 //! - [`aof`]: the append-only log's format, its replay decoder, and the
 //!   journal that holds replies until their writes are stored.
 //! - [`cache`]: the TTL cache, evicting by CLOCK (approximately LRU).

@@ -270,13 +270,13 @@ fn line(out: &mut BytesMut, prefix: u8, s: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-fn header(out: &mut BytesMut, prefix: u8, n: usize) {
+pub(crate) fn header(out: &mut BytesMut, prefix: u8, n: usize) {
     out.put_u8(prefix);
     put_decimal(out, n as i64);
     out.put_slice(b"\r\n");
 }
 
-fn bulk(out: &mut BytesMut, b: &[u8]) {
+pub(crate) fn bulk(out: &mut BytesMut, b: &[u8]) {
     out.reserve(b.len() + 16);
     header(out, b'$', b.len());
     out.put_slice(b);

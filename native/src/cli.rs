@@ -209,7 +209,7 @@ fn for_display(cmd: &Command, reply: Reply) -> Reply {
 struct Session {
     addr: String,
     timeout: Duration,
-    clock: Epoch,
+    epoch: Epoch,
     conn: Option<Connection>,
     /// Sent with `AUTH` on every new connection.
     password: Option<Bytes>,
@@ -226,7 +226,7 @@ impl Session {
         Session {
             addr,
             timeout,
-            clock: Epoch::new(),
+            epoch: Epoch::new(),
             conn: None,
             password: None,
         }
@@ -254,7 +254,7 @@ impl Session {
                     request_timeout: self.timeout,
                     ..ClientConfig::default()
                 },
-                self.clock.now(),
+                self.epoch.now(),
             );
             let mut conn = Connection {
                 stream,
@@ -264,7 +264,7 @@ impl Session {
             if let Some(password) = &self.password {
                 let auth = Command::build(&[&b"AUTH"[..], password])
                     .map_err(|e| CliError::Auth(e.to_string()))?;
-                match conn.exchange(&auth, self.clock).await {
+                match conn.exchange(&auth, self.epoch).await {
                     Ok(Reply::Error(e)) => {
                         return Err(CliError::Auth(String::from_utf8_lossy(&e).into_owned()))
                     }
@@ -285,9 +285,9 @@ impl Session {
     /// Sends one command and waits for its reply. On failure the connection
     /// is dropped, and the next request makes a new one.
     async fn request(&mut self, cmd: &Command) -> Result<Reply, CliError> {
-        let clock = self.clock;
+        let epoch = self.epoch;
         let conn = self.ensure_connected().await?;
-        let result = conn.exchange(cmd, clock).await;
+        let result = conn.exchange(cmd, epoch).await;
         result.map_err(|reason| {
             self.conn = None;
             CliError::Request {
@@ -299,13 +299,13 @@ impl Session {
 }
 
 impl Connection {
-    async fn exchange(&mut self, cmd: &Command, clock: Epoch) -> Result<Reply, Failure> {
-        if self.client.send(cmd, clock.now()).is_err() {
+    async fn exchange(&mut self, cmd: &Command, epoch: Epoch) -> Result<Reply, Failure> {
+        if self.client.send(cmd, epoch.now()).is_err() {
             return Err(Failure::Disconnected);
         }
         while let Some(out) = self.client.poll_transmit() {
             if self.stream.write_all(&out).await.is_err() {
-                self.client.handle_disconnected(clock.now());
+                self.client.handle_disconnected(epoch.now());
             }
         }
         loop {
@@ -324,13 +324,13 @@ impl Connection {
             tokio::select! {
                 read = self.stream.read_buf(&mut self.buf) => match read {
                     Ok(n) if n > 0 => {
-                        self.client.handle_input(&self.buf, clock.now());
+                        self.client.handle_input(&self.buf, epoch.now());
                         self.buf.clear();
                     }
-                    _ => self.client.handle_disconnected(clock.now()),
+                    _ => self.client.handle_disconnected(epoch.now()),
                 },
-                _ = tokio::time::sleep_until(clock.to_tokio(deadline)) => {
-                    self.client.handle_timeout(clock.now());
+                _ = tokio::time::sleep_until(epoch.to_tokio(deadline)) => {
+                    self.client.handle_timeout(epoch.now());
                 }
             }
         }

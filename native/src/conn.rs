@@ -1,7 +1,8 @@
 //! The one connection loop every client connection runs (server and proxy,
 //! TCP and WebSocket): write what the session has, ask the core's
 //! [`ConnPolicy`] whether the connection is over, wait for input, the
-//! session, shutdown or the policy's next deadline, and close gently.
+//! session, shutdown or the policy's next deadline, and close the way the
+//! end calls for.
 //!
 //! What differs between drivers is behind [`Conn`]: how input is read and
 //! handed to the session, how output is written, and what wakes the
@@ -9,6 +10,7 @@
 //! output, half-close, shutdown) are all the core's.
 
 use crate::runtime::clock::{Epoch, Timer};
+use crate::runtime::net::ReadOutcome;
 use crate::runtime::shutdown::Shutdown;
 use kv_core::{ConnConfig, ConnPolicy, End, Owed};
 use std::io;
@@ -24,6 +26,16 @@ pub(crate) enum Wake {
     Eof,
     /// Nothing after all (a stale readiness): wait again.
     Nothing,
+}
+
+impl From<ReadOutcome> for Wake {
+    fn from(outcome: ReadOutcome) -> Wake {
+        match outcome {
+            ReadOutcome::Data => Wake::Input,
+            ReadOutcome::Closed => Wake::Eof,
+            ReadOutcome::NotReady => Wake::Nothing,
+        }
+    }
 }
 
 /// One client connection, as the loop drives it: a transport and the
@@ -60,13 +72,16 @@ pub(crate) async fn drive<C: Conn>(
     epoch: Epoch,
     mut shutdown: Shutdown,
 ) -> End {
-    let mut policy = ConnPolicy::new(config, epoch.now());
+    // One clock read per wake-up and one per finished write: the policy's
+    // deadlines are far coarser than the microseconds between them.
+    let mut now = epoch.now();
+    let mut policy = ConnPolicy::new(config, now);
     let mut timer = Timer::new();
     let end = 'conn: loop {
         // Everything the session has goes out before anything else; a
         // client that takes none of it for the idle timeout is cut off.
         while let Some(output) = conn.poll_output() {
-            policy.handle_write_started(epoch.now());
+            policy.handle_write_started(now);
             let write = conn.write(output);
             tokio::pin!(write);
             loop {
@@ -87,10 +102,10 @@ pub(crate) async fn drive<C: Conn>(
                     }
                 }
             }
-            policy.handle_write_done(epoch.now());
+            now = epoch.now();
+            policy.handle_write_done(now);
         }
         let owed = conn.owed();
-        let now = epoch.now();
         policy.handle_owed(owed.replies > 0, now);
         // Checked here as well as in the select below, where a client that
         // keeps sending would always win the race against the request.
@@ -103,20 +118,25 @@ pub(crate) async fn drive<C: Conn>(
         let reading = policy.wants_input() && conn.wants_input();
         tokio::select! {
             biased;
-            woke = conn.wait(reading) => match woke {
-                Ok(Wake::Input) => policy.handle_input(epoch.now()),
-                Ok(Wake::Eof) => policy.handle_peer_closed(epoch.now()),
-                Ok(Wake::Session | Wake::Nothing) => {}
-                Err(e) => {
-                    tracing::debug!("read failed: {e}");
-                    break End::Closed;
+            woke = conn.wait(reading) => {
+                now = epoch.now();
+                match woke {
+                    Ok(Wake::Input) => policy.handle_input(now),
+                    Ok(Wake::Eof) => policy.handle_peer_closed(now),
+                    Ok(Wake::Session | Wake::Nothing) => {}
+                    Err(e) => {
+                        tracing::debug!("read failed: {e}");
+                        break End::Closed;
+                    }
                 }
-            },
+            }
             _ = shutdown.requested(), if !policy.is_draining() => {
-                policy.handle_shutdown(epoch.now());
+                now = epoch.now();
+                policy.handle_shutdown(now);
             }
             _ = timer.until(&epoch, policy.poll_timeout()) => {
-                policy.handle_timeout(epoch.now());
+                now = epoch.now();
+                policy.handle_timeout(now);
             }
         }
     };

@@ -162,7 +162,7 @@ fn static_file(www: &Path, path: &str) -> Option<(PathBuf, &'static str)> {
 /// Whether a WebSocket handshake may proceed.
 ///
 /// Requests without `Origin` come from programs, not pages, and are allowed.
-/// A page's origin must be listed in `allowed`, or be the bridge's own
+/// A page's origin must be listed in `allowed`, or be the console's own
 /// origin (`http://` + `Host`) with `Host` an IP address or `localhost`:
 /// a same-origin check alone would let a DNS-rebinding attacker whose name
 /// resolves to 127.0.0.1 pass as "same origin".

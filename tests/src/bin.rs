@@ -2,6 +2,7 @@
 //! source, unless a test names another.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -20,8 +21,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// The `kv` binary under test: `$KV_BIN` if set; otherwise the workspace's
 /// release build, which the first call in each test process brings up to
-/// date (`cargo build --release -p kv-native --bin kv`, a no-op when
-/// nothing changed). A test never runs a binary older than the source.
+/// date ([`build_kv`], a no-op when nothing changed). A test never runs a
+/// binary older than the source.
 ///
 /// # Panics
 ///
@@ -38,13 +39,17 @@ pub fn kv_bin() -> PathBuf {
             );
             path
         }
-        None => build(),
+        None => build_kv().unwrap_or_else(|e| panic!("{e}")),
     })
     .clone()
 }
 
-/// Builds `kv` in release and returns the path cargo reports for it.
-fn build() -> PathBuf {
+/// Builds `kv` in release (`cargo build --release -p kv-native --bin kv`,
+/// with the cargo in `$CARGO` if set, the compiler's messages on stderr) and
+/// returns the path cargo reports for it. Unlike [`kv_bin`] it ignores
+/// `$KV_BIN`, builds on every call, and fails with an error instead of
+/// panicking.
+pub fn build_kv() -> io::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let output = Command::new(&cargo)
         .args(["build", "--release", "-p", "kv-native", "--bin", "kv"])
@@ -52,16 +57,22 @@ fn build() -> PathBuf {
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&cargo).display()));
-    assert!(
-        output.status.success(),
-        "cargo build --release -p kv-native failed ({}); see the compiler's output above",
-        output.status
-    );
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run {}: {e}", Path::new(&cargo).display()),
+            )
+        })?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "cargo build --release -p kv-native failed ({}); see the compiler's output above",
+            output.status
+        )));
+    }
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "kv")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo build reported no executable for the kv binary")
+        .ok_or_else(|| io::Error::other("cargo build reported no executable for the kv binary"))
 }

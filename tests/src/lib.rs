@@ -4,7 +4,7 @@
 //! them what they share, one module per job:
 //!
 //! - [`bin`]: the binary under test, always built from the current source
-//!   ([`kv_bin`]);
+//!   ([`kv_bin`]; [`build_kv`] builds it for the benchmark);
 //! - [`process`]: [`KvProcess`] runs `kv server`, `kv proxy` or `kv up` on
 //!   ports chosen by the OS and parses the addresses they print (the
 //!   benchmark launches its processes with the same [`Announcer`]);
@@ -28,7 +28,7 @@ pub mod rng;
 pub mod tools;
 pub mod wait;
 
-pub use bin::{kv_bin, workspace_root, KV_BIN_ENV};
+pub use bin::{build_kv, kv_bin, workspace_root, KV_BIN_ENV};
 pub use conn::{
     info_field, inline_header_count, play_seed_transcript, resp_command, Conn, ReadError,
     IO_TIMEOUT, SEED_TRANSCRIPT,
@@ -36,7 +36,7 @@ pub use conn::{
 pub use http::{http_get, HttpResponse};
 pub use process::{
     free_port, run_kv, run_tool, scratch_dir, start_proxy, start_server, start_stack,
-    AnnounceError, Announcer, KvProcess, Listening, Output, STARTUP_TIMEOUT,
+    try_free_port, AnnounceError, Announcer, KvProcess, Listening, Output, STARTUP_TIMEOUT,
 };
 pub use rng::XorShift;
 pub use tools::{raise_fd_limit, require_tool, which, ALLOW_MISSING_TOOLS_ENV};
@@ -55,6 +55,24 @@ mod tests {
         assert_eq!(l.server, Some("127.0.0.1:4000".parse().unwrap()));
         assert_eq!(l.proxy, Some("127.0.0.1:4001".parse().unwrap()));
         assert_eq!(l.upstream.as_deref(), Some("127.0.0.1:4000"));
+        // The one address of a single-role process, as the benchmark finds
+        // its servers by it: the server's, or the proxy's; none from other
+        // lines.
+        let addr_of = |line: &str| {
+            let mut l = Listening::default();
+            l.parse_line(line);
+            l.addr()
+        };
+        assert_eq!(
+            addr_of("kv server listening on 127.0.0.1:7070"),
+            Some("127.0.0.1:7070".parse().unwrap())
+        );
+        assert_eq!(
+            addr_of("kv proxy listening on 127.0.0.1:1 (upstream 127.0.0.1:2)"),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(addr_of("starting"), None);
+        assert_eq!(l.addr(), l.proxy, "the proxy's address comes first");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! dropped. The benchmark reads its processes' announcements with [`Announcer`] too.
 
 use crate::bin::kv_bin;
-use crate::wait::POLL_INTERVAL;
+use crate::wait::poll_for;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -93,13 +93,13 @@ impl std::fmt::Display for AnnounceError {
 }
 
 /// Reads a child's stdout for its `listening on` lines. The reader thread
-/// goes on draining stdout into [`Announcer::lines`] afterwards, so that the
+/// goes on draining stdout (into its list of lines) afterwards, so that the
 /// child can never block on a full pipe; it ends with the process.
 pub struct Announcer {
     /// Every stdout line so far.
-    pub lines: Arc<Mutex<Vec<String>>>,
+    pub(crate) lines: Arc<Mutex<Vec<String>>>,
     /// The thread reading stdout.
-    pub reader: JoinHandle<()>,
+    pub(crate) reader: JoinHandle<()>,
     rx: mpsc::Receiver<String>,
 }
 
@@ -231,7 +231,13 @@ impl KvProcess {
         match announcement {
             Ok(listening) => process.listening = listening,
             Err(e) => {
-                let status = wait_child(&mut process.child, Duration::from_millis(200));
+                // A process that closed its stdout is exiting: give it time
+                // to say how it ended. One that timed out is still running.
+                let grace = match e {
+                    AnnounceError::Closed => Duration::from_secs(5),
+                    AnnounceError::Timeout { .. } => Duration::ZERO,
+                };
+                let status = wait_child(&mut process.child, grace);
                 process.fail(&format!("{e} (exit: {status:?})"));
             }
         }
@@ -308,25 +314,21 @@ impl KvProcess {
     ///
     /// If the line does not come in time; the message carries the output.
     pub fn console_addr(&self) -> SocketAddr {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let found = self.stdout.lock().unwrap().iter().find_map(|line| {
+        let found = poll_for(STARTUP_TIMEOUT, || {
+            self.stdout.lock().unwrap().iter().find_map(|line| {
                 let rest = line.trim().strip_prefix("kv console on http://")?;
                 Some(parse_addr(rest.trim_end_matches('/'), line))
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "kv {:?} printed no `kv console on http://ADDR/` line within {STARTUP_TIMEOUT:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    self.args,
-                    self.stdout_text(),
-                    self.stderr_text()
-                );
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
+            })
+        });
+        // The message shows the output as it is at the deadline.
+        found.unwrap_or_else(|| {
+            panic!(
+                "kv {:?} printed no `kv console on http://ADDR/` line within {STARTUP_TIMEOUT:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.args,
+                self.stdout_text(),
+                self.stderr_text()
+            )
+        })
     }
 
     /// The stdout lines read so far.
@@ -417,7 +419,7 @@ fn spawn_collector<R: Read + Send + 'static>(
 }
 
 /// Polls `try_wait` until the child exits or `timeout` passes.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -544,7 +546,16 @@ pub fn start_proxy(upstream: SocketAddr, extra: &[&str]) -> KvProcess {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and
 /// released), for a tool that can only be told a port, not print one.
+///
+/// # Panics
+///
+/// If no port can be had; [`try_free_port`] returns the error instead.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
+    try_free_port().unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// [`free_port`], failing with an error instead of panicking.
+pub fn try_free_port() -> io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }

@@ -22,16 +22,24 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 /// # Panics
 ///
 /// If `timeout` passes first; the message names `what` was awaited.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    let deadline = start + timeout;
+pub fn wait_for<T>(timeout: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll_for(timeout, probe)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting until {what}"))
+}
+
+/// [`wait_for`], returning `None` once `timeout` has passed instead of
+/// panicking, for a caller whose message describes what it sees at the
+/// deadline. `probe` is called at least once, the last time at the
+/// deadline.
+pub(crate) fn poll_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
-            return value;
+            return Some(value);
         }
         let now = Instant::now();
         if now >= deadline {
-            panic!("timed out after {timeout:?} waiting until {what}");
+            return None;
         }
         thread::sleep(POLL_INTERVAL.min(deadline - now));
     }

@@ -368,8 +368,7 @@ fn workspace_root() -> &'static Path {
     manifest_dir.parent().unwrap_or(manifest_dir)
 }
 
-/// Cargo's target directory, as an absolute path (tests run from their
-/// package's directory, so `KV_BIN` must not be relative):
+/// Cargo's target directory, where `build-wasm` finds the wasm it built:
 /// `$CARGO_TARGET_DIR` (or its config twin `$CARGO_BUILD_TARGET_DIR`, both
 /// made absolute at start-up), else `target` in the workspace root.
 fn target_dir() -> PathBuf {

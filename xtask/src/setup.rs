@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kv_tests::which;
 
 use crate::cmd::Cmd;
 
@@ -171,7 +172,7 @@ fn skipped(what: &str) {
 /// Runs `rustup` with `args` and returns its stdout, failing with a hint when
 /// rustup is missing.
 fn rustup(args: &[&str]) -> Result<String> {
-    if find_on_path("rustup").is_none() {
+    if which("rustup").is_none() {
         bail!(
             "rustup not found: it manages the Rust toolchain here (https://rustup.rs); \
              without it, install the clippy and rustfmt components and the \
@@ -224,7 +225,7 @@ fn locked_version(lock: &str, name: &str) -> Result<Option<String>> {
 /// Looks for a `wasm-bindgen` of exactly `version` on `PATH` and in cargo's
 /// bin directories (which may be missing from `PATH`, e.g. in CI).
 fn find_wasm_bindgen(version: &str) -> Result<Option<WasmTools>> {
-    let mut candidates: Vec<PathBuf> = find_on_path("wasm-bindgen").into_iter().collect();
+    let mut candidates: Vec<PathBuf> = which("wasm-bindgen").into_iter().collect();
     for dir in cargo_bin_dirs() {
         let path = dir.join("wasm-bindgen");
         if path.is_file() && !candidates.contains(&path) {
@@ -270,19 +271,6 @@ fn cargo_bin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The first executable file called `name` in the directories of `PATH`.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Whether dpkg reports Debian package `name` as fully installed.
 fn dpkg_installed(name: &str) -> Result<bool> {
     let output = Cmd::new("dpkg-query")
@@ -313,7 +301,7 @@ impl Privilege {
         if is_root()? {
             return Ok(Privilege::Root);
         }
-        if find_on_path("sudo").is_some() {
+        if which("sudo").is_some() {
             use std::io::IsTerminal;
             return Ok(Privilege::Sudo {
                 non_interactive: !std::io::stdin().is_terminal(),

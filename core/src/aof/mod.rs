@@ -105,10 +105,7 @@ pub fn put_len(key: usize, value: usize) -> usize {
 /// [`Server`](crate::Server) refuses such writes before they get here.
 pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
     let body_len = PUT_FIXED + key.len() + value.len();
-    assert!(
-        u32::try_from(body_len).is_ok(),
-        "record too large for the log"
-    );
+    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
     out.reserve(RECORD_HEADER_LEN + body_len);
     let start = out.len();
     out.put_bytes(0, RECORD_HEADER_LEN);
@@ -127,10 +124,7 @@ pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
 /// If the key is over [`MAX_BODY_LEN`].
 pub fn encode_del(key: &[u8], out: &mut BytesMut) {
     let body_len = DEL_FIXED + key.len();
-    assert!(
-        u32::try_from(body_len).is_ok(),
-        "record too large for the log"
-    );
+    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
     out.reserve(RECORD_HEADER_LEN + body_len);
     let start = out.len();
     out.put_bytes(0, RECORD_HEADER_LEN);

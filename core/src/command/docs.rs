@@ -43,7 +43,7 @@ pub fn info(spec: &Spec) -> Reply {
         Reply::Integer(i64::from(spec.arity)),
         set(flags),
         Reply::Integer(k.first as i64),
-        Reply::Integer(k.last_for_info() as i64),
+        Reply::Integer(k.last as i64),
         Reply::Integer(k.step as i64),
         set(categories(spec).into_iter().map(status).collect()),
         set(Vec::new()),

@@ -13,7 +13,7 @@ pub mod table;
 
 use crate::codec::{Frame, Limits};
 use crate::errors::{CommandError, ExecError};
-use crate::reply::Reply;
+use crate::reply::{bulk, header, Reply};
 use crate::session::Session;
 use bytes::{BufMut, Bytes, BytesMut};
 use table::{lookup_sub, Flags, Spec, Table};
@@ -169,20 +169,9 @@ impl Command {
         if longest <= limits.max_key.min(limits.max_value) {
             return Ok(Command { spec, args });
         }
-        let keys = spec.keys;
-        let last_key = if keys.last < 0 {
-            args.len() as isize + keys.last
-        } else {
-            keys.last
-        };
         let first_value = spec.first_operand();
         for (i, arg) in args.iter().enumerate().skip(1) {
-            // The arithmetic of `Keys::positions`, without its iterator.
-            let is_key = !keys.is_none()
-                && i >= keys.first
-                && i as isize <= last_key
-                && (keys.step <= 1 || (i - keys.first) % keys.step == 0);
-            if is_key {
+            if spec.keys.holds_key(i, args.len()) {
                 if arg.len() > limits.max_key {
                     return Err(CommandError::KeyTooLong {
                         len: arg.len(),
@@ -244,17 +233,13 @@ impl Command {
     pub fn encode_resp(&self, out: &mut BytesMut) {
         let len: usize = self.args.iter().map(|a| a.len() + 16).sum();
         out.reserve(len + 16);
-        out.put_u8(b'*');
-        put_decimal(out, self.args.len() as i64);
-        out.put_slice(b"\r\n");
+        header(out, b'*', self.args.len());
         let top = self.spec.container().unwrap_or(self.spec.name);
-        out.put_u8(b'$');
-        put_decimal(out, top.len() as i64);
-        out.put_slice(b"\r\n");
+        header(out, b'$', top.len());
         out.extend(top.bytes().map(|b| b.to_ascii_uppercase()));
         out.put_slice(b"\r\n");
         for a in &self.args[1..] {
-            put_bulk(out, a);
+            bulk(out, a);
         }
     }
 }
@@ -299,20 +284,10 @@ fn shortened(name: &[u8]) -> String {
 pub fn encode_resp_args(args: &[Bytes], out: &mut BytesMut) {
     let len: usize = args.iter().map(|a| a.len() + 16).sum();
     out.reserve(len + 16);
-    out.put_u8(b'*');
-    put_decimal(out, args.len() as i64);
-    out.put_slice(b"\r\n");
+    header(out, b'*', args.len());
     for a in args {
-        put_bulk(out, a);
+        bulk(out, a);
     }
-}
-
-fn put_bulk(out: &mut BytesMut, a: &[u8]) {
-    out.put_u8(b'$');
-    put_decimal(out, a.len() as i64);
-    out.put_slice(b"\r\n");
-    out.put_slice(a);
-    out.put_slice(b"\r\n");
 }
 
 pub(crate) fn put_decimal(out: &mut BytesMut, n: i64) {

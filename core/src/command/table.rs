@@ -33,10 +33,6 @@ bitflags! {
         const FAST = 1 << 2;
         /// May run before the connection authenticates (Redis's `no-auth`).
         const NO_AUTH = 1 << 3;
-        /// Reads or changes the connection's own state (AUTH, SELECT,
-        /// CLIENT …): answered by the node the client is connected to,
-        /// never forwarded. Not a Redis flag; not shown by `COMMAND`.
-        const CONNECTION = 1 << 4;
         /// Not allowed inside a transaction (Redis's `no-multi`).
         const NO_MULTI = 1 << 5;
         /// Allowed while the data is loading.
@@ -51,6 +47,9 @@ bitflags! {
 }
 
 impl Flags {
+    /// Runs at any time: while the data loads, and on a stale replica.
+    pub const ANYTIME: Flags = Flags::LOADING.union(Flags::STALE);
+
     /// The flags `COMMAND INFO` lists, with Redis's names, in Redis's order.
     pub const NAMES: &'static [(Flags, &'static str)] = &[
         (Flags::WRITE, "write"),
@@ -134,23 +133,30 @@ impl Keys {
     /// The argument indexes that hold keys, for a command of `argc`
     /// arguments (name included).
     pub fn positions(&self, argc: usize) -> impl Iterator<Item = usize> {
+        let (first, end, step) = self.span(argc);
+        (first..end).step_by(step)
+    }
+
+    /// Whether argument `i` of a command of `argc` arguments is a key.
+    pub fn holds_key(&self, i: usize, argc: usize) -> bool {
+        let (first, end, step) = self.span(argc);
+        (first..end).contains(&i) && (i - first) % step == 0
+    }
+
+    /// The keys' range of argument indexes (end exclusive) and step.
+    fn span(&self, argc: usize) -> (usize, usize, usize) {
         let last = if self.last < 0 {
             argc as isize + self.last
         } else {
             self.last
         };
-        let (first, step) = (self.first, self.step.max(1));
+        let first = self.first;
         let end = if self.is_none() || last < first as isize {
             first
         } else {
             (last as usize).min(argc.saturating_sub(1)) + 1
         };
-        (first..end).step_by(step)
-    }
-
-    /// The last key as `COMMAND INFO` shows it: -1 for "to the end".
-    pub fn last_for_info(&self) -> isize {
-        self.last
+        (first, end, self.step.max(1))
     }
 }
 
@@ -304,7 +310,8 @@ pub type LocalHandler = fn(&mut Local<'_>, &Command) -> Reply;
 pub enum Handler {
     /// Reads or writes the keyspace.
     Data(DataHandler),
-    /// Answered wherever it arrives.
+    /// Answered wherever it arrives, never forwarded: the connection's own
+    /// state (AUTH, SELECT, CLIENT …) and facts about the node itself.
     Local(LocalHandler),
     /// A container called only with one of its [`Spec::subcommands`]
     /// (`CONFIG GET`), which has the handler; its arity (-2) refuses the
@@ -556,12 +563,12 @@ fn families() -> [&'static [Spec]; 4] {
 #[derive(Debug)]
 pub struct Table {
     commands: Vec<&'static Spec>,
-    /// (lower-case name or alias, spec), sorted by name.
-    names: Vec<(&'static str, &'static Spec)>,
-    /// The same for names of up to 16 bytes, by length: each name packed
-    /// into an integer ([`pack`]), so that the lookup of a request is a
-    /// few integer compares among the names of its length.
+    /// Every name and alias of up to 16 bytes, by length, each packed into
+    /// an integer ([`pack`]): the lookup of a request is a few integer
+    /// compares among the names of its length.
     by_len: [Vec<(u128, &'static str, &'static Spec)>; 17],
+    /// Longer names (Redis has a few), compared as they are.
+    long: Vec<(&'static str, &'static Spec)>,
 }
 
 impl Table {
@@ -573,36 +580,26 @@ impl Table {
 
     fn build(families: &[&'static [Spec]]) -> Table {
         let commands: Vec<&'static Spec> = families.iter().flat_map(|f| f.iter()).collect();
-        let mut names: Vec<(&'static str, &'static Spec)> = commands
-            .iter()
-            .flat_map(|s| {
-                std::iter::once(s.name)
-                    .chain(s.aliases.iter().copied())
-                    .map(move |n| (n, *s))
-            })
-            .collect();
-        names.sort_unstable_by_key(|(n, _)| *n);
         let mut by_len: [Vec<(u128, &'static str, &'static Spec)>; 17] = Default::default();
-        for &(n, s) in &names {
-            if let Some(bucket) = by_len.get_mut(n.len()) {
-                bucket.push((pack(n.as_bytes()), n, s));
+        let mut long = Vec::new();
+        for &s in &commands {
+            for n in std::iter::once(s.name).chain(s.aliases.iter().copied()) {
+                match by_len.get_mut(n.len()) {
+                    Some(bucket) => bucket.push((pack(n.as_bytes()), n, s)),
+                    None => long.push((n, s)),
+                }
             }
         }
         Table {
             commands,
-            names,
             by_len,
+            long,
         }
     }
 
     /// Every top-level command, in family order.
     pub fn commands(&self) -> &[&'static Spec] {
         &self.commands
-    }
-
-    /// Every name and alias with its command, sorted by name.
-    pub fn names(&self) -> &[(&'static str, &'static Spec)] {
-        &self.names
     }
 
     /// The command called `name` (any case), with the name it was found
@@ -616,12 +613,10 @@ impl Table {
                 .find(|(k, _, _)| *k == key)
                 .map(|&(_, n, s)| (n, s));
         }
-        let lower = name.to_ascii_lowercase();
-        let i = self
-            .names
-            .binary_search_by(|(n, _)| n.as_bytes().cmp(&lower))
-            .ok()?;
-        Some(self.names[i])
+        self.long
+            .iter()
+            .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
     }
 }
 

@@ -4,9 +4,11 @@
 //! records its [`Effect`]: the key set to a value, or the key deleted. The
 //! server turns those effects into log records (and, later, invalidation
 //! messages); the proxy writes the effects an acknowledged reply implies
-//! through to its cache. Nothing downstream is written per command, so a
-//! new command that writes through `Db` is logged and invalidated without
-//! another line of code.
+//! through to its cache. The log is derived from the effects alone, so a
+//! new command that writes through `Db` is logged without another line of
+//! code; writing through the proxy's cache takes the command's
+//! `effects_of` (its table entry's `Cache::WriteThrough`), since the proxy
+//! sees only the reply.
 
 pub mod store;
 

@@ -13,8 +13,8 @@ use bytes::Bytes;
 /// The family's commands.
 pub const COMMANDS: &[Spec] = &[PING, ECHO, QUIT, HELLO, AUTH, SELECT, CLIENT];
 
-/// Connection commands run anywhere: while loading, on a stale replica.
-const ANYTIME: Flags = Flags::LOADING.union(Flags::STALE).union(Flags::FAST);
+/// Connection commands run at any time, and fast.
+const ANYTIME_FAST: Flags = Flags::ANYTIME.union(Flags::FAST);
 
 const PING: Spec = Spec::new(
     "ping",
@@ -51,7 +51,7 @@ fn echo(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const QUIT: Spec = Spec::new(
     "quit",
     -1,
-    ANYTIME.union(Flags::NO_AUTH).union(Flags::CONNECTION),
+    ANYTIME_FAST.union(Flags::NO_AUTH),
     Group::Connection,
     "Replies OK, then closes the connection.",
     Handler::Local(quit),
@@ -65,7 +65,7 @@ fn quit(local: &mut Local<'_>, _: &Command) -> Reply {
 const HELLO: Spec = Spec::new(
     "hello",
     -1,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "Says which server this is and which protocol it speaks (RESP2).",
     Handler::Local(hello),
@@ -95,7 +95,7 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
 const AUTH: Spec = Spec::new(
     "auth",
     -2,
-    ANYTIME.union(Flags::NO_AUTH).union(Flags::CONNECTION),
+    ANYTIME_FAST.union(Flags::NO_AUTH),
     Group::Connection,
     "Authenticates the connection: AUTH [default] password.",
     Handler::Local(auth),
@@ -118,7 +118,7 @@ fn auth(local: &mut Local<'_>, cmd: &Command) -> Reply {
 const SELECT: Spec = Spec::new(
     "select",
     2,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "Selects a database; only database 0 exists.",
     Handler::Local(select),
@@ -136,7 +136,7 @@ fn select(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const CLIENT: Spec = Spec::new(
     "client",
     -2,
-    Flags::CONNECTION,
+    Flags::empty(),
     Group::Connection,
     "Reads or sets this connection's identity (ID, GETNAME, SETNAME, SETINFO).",
     Handler::Container,
@@ -147,7 +147,7 @@ const CLIENT: Spec = Spec::new(
 const CLIENT_ID: Spec = Spec::new(
     "client|id",
     2,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "The connection's number.",
     Handler::Local(client_id),
@@ -161,7 +161,7 @@ fn client_id(local: &mut Local<'_>, _: &Command) -> Reply {
 const CLIENT_GETNAME: Spec = Spec::new(
     "client|getname",
     2,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "The name set with CLIENT SETNAME, or nil.",
     Handler::Local(client_getname),
@@ -179,7 +179,7 @@ fn client_getname(local: &mut Local<'_>, _: &Command) -> Reply {
 const CLIENT_SETNAME: Spec = Spec::new(
     "client|setname",
     3,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "Names the connection (an empty name clears it).",
     Handler::Local(client_setname),
@@ -199,7 +199,7 @@ fn client_setname(local: &mut Local<'_>, cmd: &Command) -> Reply {
 const CLIENT_SETINFO: Spec = Spec::new(
     "client|setinfo",
     4,
-    ANYTIME.union(Flags::CONNECTION),
+    ANYTIME_FAST,
     Group::Connection,
     "Records the client library's name or version (LIB-NAME, LIB-VER).",
     Handler::Local(client_setinfo),

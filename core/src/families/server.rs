@@ -12,12 +12,10 @@ use bytes::Bytes;
 /// The family's commands.
 pub const COMMANDS: &[Spec] = &[INFO, CONFIG, COMMAND, HELP];
 
-const ANYTIME: Flags = Flags::LOADING.union(Flags::STALE);
-
 const INFO: Spec = Spec::new(
     "info",
     -1,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "Counters and state of this node (the proxy's own at the proxy).",
     Handler::Local(info),
@@ -43,7 +41,7 @@ const CONFIG: Spec = Spec::new(
 const CONFIG_GET: Spec = Spec::new(
     "config|get",
     -3,
-    ANYTIME.union(Flags::ADMIN),
+    Flags::ANYTIME.union(Flags::ADMIN),
     Group::Server,
     "The parameters matching the glob patterns given, with their values.",
     Handler::Local(config_get),
@@ -76,7 +74,7 @@ fn config_get(local: &mut Local<'_>, cmd: &Command) -> Reply {
 const COMMAND: Spec = Spec::new(
     "command",
     -1,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "Describes every command (COUNT, INFO, DOCS, LIST for parts).",
     Handler::Local(command_all),
@@ -92,7 +90,7 @@ fn command_all(_: &mut Local<'_>, _: &Command) -> Reply {
 const COMMAND_COUNT: Spec = Spec::new(
     "command|count",
     2,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "How many commands there are.",
     Handler::Local(command_count),
@@ -106,7 +104,7 @@ fn command_count(_: &mut Local<'_>, _: &Command) -> Reply {
 const COMMAND_INFO: Spec = Spec::new(
     "command|info",
     -2,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "What the named commands are (all of them without names); nil for unknown ones.",
     Handler::Local(command_info),
@@ -134,7 +132,7 @@ fn command_info(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const COMMAND_DOCS: Spec = Spec::new(
     "command|docs",
     -2,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "Documentation of the named commands (all of them without names).",
     Handler::Local(command_docs),
@@ -168,7 +166,7 @@ fn command_docs(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const COMMAND_LIST: Spec = Spec::new(
     "command|list",
     2,
-    ANYTIME,
+    Flags::ANYTIME,
     Group::Server,
     "The name of every command and subcommand.",
     Handler::Local(command_list),
@@ -191,7 +189,7 @@ fn command_list(_: &mut Local<'_>, _: &Command) -> Reply {
 const HELP: Spec = Spec::new(
     "help",
     -1,
-    ANYTIME.union(Flags::NO_AUTH),
+    Flags::ANYTIME.union(Flags::NO_AUTH),
     Group::Server,
     "This list of commands.",
     Handler::Local(help),

@@ -34,7 +34,7 @@
 //! [`Proxy::handle_upstream_input`], [`Proxy::handle_upstream_lost`],
 //! [`Proxy::handle_timeout`]. After any of them, drain in this order:
 //! [`Proxy::poll_event`] until `None` (it names clients with new output and
-//! asks for upstream connections and resets), each named client's
+//! asks for upstream resets), each named client's
 //! [`Proxy::poll_client_transmit`] / [`Proxy::poll_client_reply`], then
 //! [`Proxy::poll_upstream_transmit`], and finally sleep until
 //! [`Proxy::poll_timeout`]. Skipping a drain delays output but loses nothing.

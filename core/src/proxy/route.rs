@@ -15,8 +15,8 @@ pub(super) enum Route {
     /// From the cache if it holds the key fresh, else upstream; the reply
     /// fills the cache (`GET`).
     CachedRead,
-    /// Upstream, in order; a write's keys bypass the cache until it is
-    /// acknowledged.
+    /// Upstream, in order; its keys bypass the cache until it is answered
+    /// (reads behind a forwarded command go upstream too).
     Forward {
         /// Whether it may change the keyspace.
         write: bool,

@@ -195,7 +195,9 @@ impl Upstream {
         (self.in_flight.drain(..).collect(), counted)
     }
 
-    /// The oldest deadline of a request (the handshake's first).
+    /// The next deadline: the handshake's while it is outstanding (the
+    /// requests behind it wait for it, and fail with it if it times out),
+    /// else the oldest request's.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.handshake
             .front()

@@ -161,11 +161,6 @@ impl Server {
         &self.config
     }
 
-    /// The database, read-only.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// The store under the database, read-only (snapshots, tests).
     pub fn store(&self) -> &crate::db::Store {
         self.db.store()
@@ -246,8 +241,7 @@ impl Server {
 /// limit (a value of 4 GiB; only reachable with huge `--max-value`).
 fn too_large_for_log(cmd: &Command) -> bool {
     let total: usize = cmd.args()[1..].iter().map(|a| a.len()).sum();
-    // The body length is a u32 (MAX_BODY_LEN).
-    u32::try_from(aof::put_len(0, total) - aof::RECORD_HEADER_LEN).is_err()
+    aof::put_len(0, total) - aof::RECORD_HEADER_LEN > aof::MAX_BODY_LEN
 }
 
 impl Node for Server {

@@ -281,10 +281,10 @@ impl Setup {
         let fault_rate = r.pick(&[20, 100, 400]);
         let client_timeout = client_timeout + latency * 10;
         // Drawn last, so the rest of each seed's world stays as it was.
-        let conn = ConnConfig {
-            idle_timeout: r.pick(&[None, Some(ms(200)), Some(ms(1_000)), Some(ms(5_000))]),
-            half_close_wait: request_timeout + ms(100),
-        };
+        let conn = ConnConfig::for_proxy_client(
+            r.pick(&[None, Some(ms(200)), Some(ms(1_000)), Some(ms(5_000))]),
+            request_timeout,
+        );
         let window = r.pick(&[64, 256, 4_096, 1 << 20]);
 
         let proxies = p.proxies.map_or(proxies, |n| n.clamp(1, proxies));

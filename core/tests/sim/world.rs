@@ -22,7 +22,7 @@ use kv_core::backoff::Lost;
 use kv_core::{
     AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, ConnConfig,
     ConnPolicy, Decoder, End, Failure, Instant, Owed, Proxy, ProxyEvent, Reconnect, Reply,
-    RequestId, Server, ServerConfig, ServerConnection, Source, Stall,
+    RequestId, Server, ServerConfig, ServerConnection, Source, Stall, UpstreamState,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -240,10 +240,10 @@ struct ClientNode {
     /// The client reads none of its replies, and gives up on none of its
     /// requests, until then (a slow reader).
     reads_paused_until: Instant,
-    /// A probe failed because its connection was closed under it (a
-    /// connection policy may cut a connection the moment a probe is sent):
-    /// the probe is sent again.
-    probe_lost: bool,
+    /// Why the last probe failed, if it did. Allowed only when a
+    /// connection policy cut a connection meanwhile (it may cut one the
+    /// moment a probe is sent); the probe is then sent again.
+    probe_failed: Option<String>,
 }
 
 /// Bytes that were in flight to the server on a connection that died:
@@ -305,6 +305,9 @@ pub struct World {
     next_seq: u64,
     next_token: u64,
     spike_until: Instant,
+    /// Connections the connection policies cut (client connections and
+    /// upstream links): what may fail a probe after healing.
+    policy_cuts: u64,
     /// Faults off, everything reconnects: the run is winding down.
     healing: bool,
     pub stats: Stats,
@@ -346,7 +349,7 @@ impl World {
                 writes: vec![(0, Why::Wrote(None)); setup.keys],
                 reads: vec![(0, Why::Read(None)); setup.keys],
                 reads_paused_until: now,
-                probe_lost: false,
+                probe_failed: None,
             })
             .collect();
         World {
@@ -367,6 +370,7 @@ impl World {
             next_seq: 0,
             next_token: 0,
             spike_until: now,
+            policy_cuts: 0,
             healing: false,
             stats: Stats::default(),
             trace: trace.then(Vec::new),
@@ -888,6 +892,7 @@ impl World {
                         );
                     }
                     trace!(self, "c{ci}: cut off by the connection policy ({stall:?} stalled)");
+                    self.policy_cuts += 1;
                     self.drop_client_conn(ci, false)?;
                 }
                 Some(other) => {
@@ -909,6 +914,7 @@ impl World {
                         self,
                         "server cuts p{pi}'s upstream connection off ({stall:?} stalled)"
                     );
+                    self.policy_cuts += 1;
                     self.upstream_lost(pi, false)?;
                 }
                 Some(other) => {
@@ -952,14 +958,27 @@ impl World {
             let Some(proxy) = node.proxy.as_mut() else {
                 return Ok(());
             };
-            // Like the native writer, which runs only on a live connection:
-            // what the proxy queues meanwhile (while an idle connection is
-            // replaced) waits in the proxy.
-            if let Upstream::Up(link) = &mut node.upstream {
-                if let Some(bytes) = proxy.poll_upstream_transmit() {
-                    link.to_server.send(now + lat, bytes.freeze());
-                    progressed = true;
+            match &mut node.upstream {
+                Upstream::Up(link) => {
+                    if let Some(bytes) = proxy.poll_upstream_transmit() {
+                        link.to_server.send(now + lat, bytes.freeze());
+                        progressed = true;
+                    }
                 }
+                // Told the connection is gone, the proxy must queue, not
+                // transmit.
+                _ if proxy.upstream_state() != UpstreamState::Up
+                    && proxy.poll_upstream_transmit().is_some() =>
+                {
+                    return violation(
+                        "driver",
+                        format!("p{pi} transmitted upstream while not connected"),
+                    );
+                }
+                // An idle connection is being replaced without telling the
+                // proxy: like the native writer, which runs only on a live
+                // connection, the driver leaves what it queues in the proxy.
+                _ => {}
             }
             // Clients the proxy stopped processing resume once replies
             // freed their slots: an explicit call, as the native driver does.
@@ -1061,7 +1080,7 @@ impl World {
                         );
                     }
                     if req.probe && reason == Failure::Disconnected {
-                        self.clients[ci].probe_lost = true;
+                        self.clients[ci].probe_failed = Some("its connection closed".into());
                     }
                     if req.probe && reason == Failure::TimedOut {
                         return violation(
@@ -1110,10 +1129,7 @@ impl World {
                     return violation("reply", format!("{what}: unexpected error {text:?}"));
                 }
                 if req.probe {
-                    // The connection policies still close idle connections
-                    // after healing; a probe caught by one is sent again.
-                    trace!(self, "{what}: probe answered {text}; it will be sent again");
-                    self.clients[ci].probe_lost = true;
+                    self.clients[ci].probe_failed = Some(format!("{what} answered {text}"));
                 }
                 Ok(())
             }
@@ -1423,7 +1439,6 @@ impl World {
         }
     }
 
-    /// The driver sees the upstream connection die (or fail to open).
     /// The driver sees the upstream connection die (or fail to open), and
     /// does what the core's [`Reconnect`] policy says.
     fn upstream_lost(&mut self, pi: usize, ghosts: bool) -> Check {
@@ -1921,9 +1936,10 @@ impl World {
         Ok(())
     }
 
-    /// Sends one probe from client `ci` and lets the system settle; again,
-    /// on a fresh connection, if a connection policy closed the connection
-    /// under it (an idle connection may be cut the moment a probe leaves).
+    /// Sends one probe from client `ci` and lets the system settle; again
+    /// if it failed because a connection policy cut a connection meanwhile
+    /// (an idle connection may be cut the moment a probe leaves). Any other
+    /// failure after healing is a liveness violation.
     fn probe(
         &mut self,
         ci: usize,
@@ -1932,22 +1948,29 @@ impl World {
         what: &str,
     ) -> Check {
         for _ in 0..10 {
-            self.clients[ci].probe_lost = false;
+            self.clients[ci].probe_failed = None;
             self.settle(what)?;
+            let cuts = self.policy_cuts;
             let intent = intent(self);
             self.issue(ci, intent, true, exact)?;
             self.settle(what)?;
-            if !self.clients[ci].probe_lost {
+            let Some(why) = self.clients[ci].probe_failed.take() else {
                 return Ok(());
+            };
+            if self.policy_cuts == cuts {
+                return violation(
+                    "liveness",
+                    format!("c{ci}: the {what} failed after the system healed: {why}"),
+                );
             }
             trace!(
                 self,
-                "c{ci}: the {what} lost its connection; sending it again"
+                "c{ci}: the {what} failed ({why}) as a connection policy cut a connection; sending it again"
             );
         }
         violation(
             "liveness",
-            format!("c{ci}: the {what} lost its connection ten times"),
+            format!("c{ci}: the {what} failed ten times, each time as a connection was cut"),
         )
     }
 }

@@ -263,7 +263,7 @@ pub struct Log {
     /// Failures seen (see [`ToWriter::Append`]).
     failures: Cell<u64>,
     upkeep: RefCell<Upkeep>,
-    clock: Epoch,
+    epoch: Epoch,
     /// Bumped after every report, to wake the connections with held replies.
     wake: watch::Sender<u64>,
     /// Set by [`Log::request_flush`] until the driver task flushes.
@@ -314,7 +314,7 @@ impl Log {
             events: RefCell::new(Some(events)),
             failures: Cell::new(0),
             upkeep: RefCell::new(upkeep),
-            clock: Epoch::new(),
+            epoch: Epoch::new(),
             wake: watch::channel(0).0,
             flush_wanted: Cell::new(false),
             flush_notify: Notify::new(),
@@ -382,8 +382,8 @@ impl Log {
                     self.flush(&mut server.borrow_mut());
                     continue;
                 }
-                _ = sleep_until(retry_at.map(|t| self.clock.to_tokio(t))) => {
-                    self.upkeep.borrow_mut().handle_timeout(self.clock.now());
+                _ = sleep_until(retry_at.map(|t| self.epoch.to_tokio(t))) => {
+                    self.upkeep.borrow_mut().handle_timeout(self.epoch.now());
                     info!("trying to recover the log by rewriting it");
                 }
             }
@@ -407,7 +407,7 @@ impl Log {
     }
 
     fn handle(&self, event: Event, server: &mut Server) {
-        let now = self.clock.now();
+        let now = self.epoch.now();
         let mut upkeep = self.upkeep.borrow_mut();
         match event {
             Event::Stored { upto, size } => {

@@ -3,7 +3,7 @@
 
 use super::{ProxyHandle, ProxyOptions};
 use crate::conn::{self, Conn, Wake};
-use crate::runtime::net::{self, ReadOutcome};
+use crate::runtime::net;
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
 use kv_core::{ClientId, ClientKind, ConnConfig, End, Owed, Stall};
@@ -22,12 +22,7 @@ pub(super) async fn serve(
     options: &ProxyOptions,
     shutdown: Shutdown,
 ) {
-    let policy = ConnConfig {
-        idle_timeout: options.idle_timeout,
-        // By the request timeout every request has an outcome; the slack is
-        // for the timer.
-        half_close_wait: options.proxy.request_timeout + std::time::Duration::from_millis(100),
-    };
+    let policy = ConnConfig::for_proxy_client(options.idle_timeout, options.proxy.request_timeout);
     net::accept_loop(
         listener,
         options.max_clients,
@@ -97,11 +92,7 @@ impl Conn for TcpClient {
             ready = self.stream.readable(), if reading => {
                 ready?;
                 let (handle, id) = (&self.handle, self.id);
-                Ok(match net::read_ready(&self.stream, |d| handle.handle_client_input(id, d))? {
-                    ReadOutcome::Data => Wake::Input,
-                    ReadOutcome::Closed => Wake::Eof,
-                    ReadOutcome::NotReady => Wake::Nothing,
-                })
+                Ok(net::read_ready(&self.stream, |d| handle.handle_client_input(id, d))?.into())
             }
         }
     }

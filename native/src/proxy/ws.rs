@@ -11,7 +11,7 @@
 use super::ProxyHandle;
 use crate::conn::{self, Conn, Wake};
 use crate::http::{self, HeadError};
-use crate::runtime::net::{self, AcceptHooks};
+use crate::runtime::net;
 use crate::runtime::shutdown::Shutdown;
 use futures_util::{SinkExt, StreamExt};
 use kv_core::bridge::{self, BridgeReply, Inbound};
@@ -55,14 +55,6 @@ pub fn default_www_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../www"))
 }
 
-struct Hooks(ProxyHandle);
-
-impl AcceptHooks for Hooks {
-    fn rejected(&self) {
-        self.0.update_stats(|s| s.connections_rejected += 1);
-    }
-}
-
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown`.
 pub(super) async fn serve(
     handle: ProxyHandle,
@@ -71,15 +63,14 @@ pub(super) async fn serve(
     shutdown: Shutdown,
 ) {
     let options = Rc::new(options);
-    let hooks = Hooks(handle.clone());
     net::accept_loop(
         listener,
         options.max_clients,
         shutdown,
-        &hooks,
+        &handle,
         |stream, peer, shutdown| {
             serve_conn(handle.clone(), stream, options.clone(), shutdown)
-                .instrument(tracing::debug_span!("console", %peer))
+                .instrument(tracing::debug_span!("console", %peer, id = tracing::field::Empty))
         },
     )
     .await;
@@ -161,6 +152,8 @@ async fn websocket(
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
     debug!("WebSocket client connected");
     let mut client = WsClient::new(handle, ws, limits);
+    // Known only once the connection is a WebSocket (not a page request).
+    tracing::Span::current().record("id", client.id.0);
     let policy = ConnConfig {
         idle_timeout: options.idle_timeout,
         // A WebSocket that closed cannot be written to: nothing to wait for.
@@ -192,7 +185,7 @@ impl WsClient {
     }
 
     /// Hands one browser message to the proxy, or its refusal.
-    fn handle_message(&mut self, inbound: Inbound) {
+    fn handle_message(&mut self, inbound: Inbound<'_>) {
         match inbound {
             Inbound::Input(bytes) => self.handle.handle_client_input(self.id, &bytes),
             Inbound::Refused(why) => self.handle.reject_client_input(self.id, &why),

@@ -141,10 +141,13 @@ pub async fn accept_loop<H, F, Fut>(
     }
 }
 
+/// How long a closing connection may take to say goodbye (its last write,
+/// the peer's close) before it is simply dropped.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Tells a client over the cap why it is refused, then closes gently.
 async fn reject(mut stream: TcpStream) {
-    let written =
-        tokio::time::timeout(Duration::from_secs(1), stream.write_all(MAX_CLIENTS_REPLY)).await;
+    let written = tokio::time::timeout(CLOSE_GRACE, stream.write_all(MAX_CLIENTS_REPLY)).await;
     if matches!(written, Ok(Ok(()))) {
         close_gently(&mut stream).await;
     }
@@ -157,7 +160,7 @@ async fn reject(mut stream: TcpStream) {
 pub async fn close_gently(stream: &mut TcpStream) {
     // Boxed: only a closing connection should pay for the timer's room,
     // not every connection's task for its whole life.
-    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
         stream.shutdown().await?;
         loop {
             stream.readable().await?;

@@ -16,7 +16,7 @@
 use crate::conn::{self, Conn, Wake};
 use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::runtime::clock::Epoch;
-use crate::runtime::net::{self, AcceptHooks, ReadOutcome};
+use crate::runtime::net::{self, AcceptHooks};
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
 use kv_core::{ConnConfig, End, Limits, Owed, Server, ServerConfig, ServerConnection, Stall};
@@ -29,10 +29,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, Instrument};
-
-/// How long a client that closed its sending side waits for replies held
-/// for the log.
-const HALF_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Settings of the server driver.
 #[derive(Debug, Clone)]
@@ -131,9 +127,10 @@ pub async fn run_prepared(
         server: RefCell::new(prepared.server),
         log: prepared.log,
         limits: options.limits,
+        // The default half-close wait covers replies held for the log.
         policy: ConnConfig {
             idle_timeout: options.idle_timeout,
-            half_close_wait: HALF_CLOSE_WAIT,
+            ..ConnConfig::default()
         },
         epoch: Epoch::new(),
     });
@@ -234,11 +231,7 @@ impl Conn for ServerClient {
             ready = self.stream.readable(), if reading => {
                 ready?;
                 let conn = &mut self.conn;
-                Ok(match net::read_ready(&self.stream, |d| conn.read_buffer().extend_from_slice(d))? {
-                    ReadOutcome::Data => Wake::Input,
-                    ReadOutcome::Closed => Wake::Eof,
-                    ReadOutcome::NotReady => Wake::Nothing,
-                })
+                Ok(net::read_ready(&self.stream, |d| conn.read_buffer().extend_from_slice(d))?.into())
             }
             else => std::future::pending().await,
         }

@@ -7,19 +7,25 @@
 //! print it, so it is given one.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kv_tests::{AnnounceError, Announcer};
+use kv_tests::{try_free_port, AnnounceError, Announcer};
 
 use super::resp::Conn;
 use crate::cmd::Cmd;
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long removing a data directory is retried (see [`remove_dir`]).
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often removing a data directory is retried.
+const REMOVE_RETRY: Duration = Duration::from_millis(50);
 
 /// A server process this benchmark started.
 pub(super) struct Service {
@@ -62,7 +68,10 @@ impl Processes {
         dir: &Path,
         persistence: &[&str],
     ) -> Result<Service> {
-        let port = free_port()?;
+        // Redis must be told its port (it cannot report one it picked), so
+        // there is a short window in which another program could take it;
+        // starting Redis then fails loudly.
+        let port = try_free_port().context("could not find a free port")?;
         let log = log_file(out, name)?;
         let cmd = Cmd::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -147,14 +156,7 @@ impl Drop for Processes {
             }
         }
         for dir in &self.dirs {
-            // A Redis killed during a log rewrite leaves its forked rewriter
-            // behind for a moment (it exits once it finds its parent gone),
-            // which may still hold files here: one retry after it is gone.
-            let removed = fs::remove_dir_all(dir).or_else(|_| {
-                std::thread::sleep(Duration::from_secs(2));
-                fs::remove_dir_all(dir)
-            });
-            match removed {
+            match remove_dir(dir) {
                 Ok(()) => eprintln!("xtask bench: removed {}", dir.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!(
@@ -166,12 +168,21 @@ impl Drop for Processes {
     }
 }
 
-/// A loopback port nobody listens on right now. Redis must be told its port
-/// (it cannot report one it picked), so there is a short window in which
-/// another program could take it; starting Redis then fails loudly.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
-    Ok(listener.local_addr()?.port())
+/// Removes `dir` and everything in it, retrying every [`REMOVE_RETRY`] for
+/// up to [`REMOVE_TIMEOUT`]; the last error if it never succeeds (a
+/// missing `dir` is reported at once, not retried). A Redis killed during a log rewrite leaves its
+/// forked rewriter behind for a moment (it exits once it finds its parent
+/// gone), which may still be writing files here.
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + REMOVE_TIMEOUT;
+    loop {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && Instant::now() < deadline => {
+                std::thread::sleep(REMOVE_RETRY);
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Where the server called `name` logs, as the error messages name it.
@@ -191,8 +202,6 @@ fn log_file(out: &Path, name: &str) -> Result<fs::File> {
 
 #[cfg(test)]
 mod tests {
-    use kv_tests::Listening;
-
     use super::*;
 
     #[test]
@@ -208,27 +217,5 @@ mod tests {
         drop(procs);
         assert!(!path.exists());
         fs::remove_dir_all(&base).unwrap();
-    }
-
-    /// The address [`kv_tests::Announcer`] takes from one line of `kv`'s
-    /// stdout: the bench finds its servers by it, so the lines they print
-    /// must keep yielding it.
-    fn listening_addr(line: &str) -> Option<SocketAddr> {
-        let mut listening = Listening::default();
-        listening.parse_line(line);
-        listening.addr()
-    }
-
-    #[test]
-    fn reads_announced_addresses() {
-        assert_eq!(
-            listening_addr("kv server listening on 127.0.0.1:7070"),
-            Some("127.0.0.1:7070".parse().unwrap())
-        );
-        assert_eq!(
-            listening_addr("kv proxy listening on 127.0.0.1:1 (upstream 127.0.0.1:2)"),
-            Some("127.0.0.1:1".parse().unwrap())
-        );
-        assert_eq!(listening_addr("starting"), None);
     }
 }
