@@ -337,6 +337,23 @@ mod tests {
     }
 
     #[test]
+    fn a_half_closed_client_that_takes_no_output_is_closed_when_the_wait_ends() {
+        let mut p = policy();
+        p.handle_peer_closed(ms(1_000));
+        // The last replies are on their way, and the client does not read.
+        p.handle_write_started(ms(1_000));
+        let writing = Owed {
+            output: true,
+            ..NOTHING
+        };
+        assert_eq!(p.poll_timeout(), Some(ms(6_000)));
+        p.handle_timeout(ms(5_999));
+        assert_eq!(p.poll_end(writing), None);
+        p.handle_timeout(ms(6_000));
+        assert_eq!(p.poll_end(writing), Some(End::Closed));
+    }
+
+    #[test]
     fn shutdown_and_quit_end_once_nothing_is_owed() {
         let mut p = policy();
         let finished = Owed {

@@ -96,7 +96,10 @@ pub(crate) async fn drive<C: Conn>(
                     },
                     _ = timer.until(&epoch, policy.poll_timeout()) => {
                         policy.handle_timeout(epoch.now());
-                        if let Some(end @ End::TimedOut(_)) = policy.poll_end(Owed::default()) {
+                        // Output is on its way, so only a timeout (or the
+                        // end of a half-close wait) can end the connection.
+                        let writing = Owed { output: true, ..Owed::default() };
+                        if let Some(end) = policy.poll_end(writing) {
                             break 'conn end;
                         }
                     }

@@ -17,8 +17,17 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 
 /// Debian packages needed by the tests: a Redis server and client to compare
-/// against, and a headless Chromium with its WebDriver for browser tests.
-const DEBIAN_PACKAGES: &[&str] = &["redis-server", "redis-tools", "chromium", "chromium-driver"];
+/// against, a headless Chromium with its WebDriver for browser tests, Node.js
+/// for the wasm unit tests (`wasm-bindgen-test-runner` runs them in Node),
+/// and a C++ compiler for libFuzzer, which the fuzz targets' check builds.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "redis-server",
+    "redis-tools",
+    "chromium",
+    "chromium-driver",
+    "nodejs",
+    "g++",
+];
 
 /// Debian's hook that maintainer scripts ask before starting a service.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

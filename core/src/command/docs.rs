@@ -7,7 +7,9 @@
 //! choice is made.
 
 use super::table::{Arg, ArgKind, Flags, Group, Keys, Spec, Table};
+use super::Command;
 use crate::reply::Reply;
+use crate::session::Local;
 use bytes::Bytes;
 use std::fmt::Write;
 
@@ -225,6 +227,30 @@ fn push_arg(s: &mut String, a: &Arg) {
     }
 }
 
+/// The reply of `<CONTAINER> HELP` ([`Spec::container_help`]): a line
+/// naming the form, then each subcommand's usage and summary, as Redis
+/// words it.
+pub fn container_help(_: &mut Local<'_>, cmd: &Command) -> Reply {
+    let container = cmd
+        .spec()
+        .container()
+        .and_then(|name| Table::get().lookup(name.as_bytes()));
+    let Some((name, container)) = container else {
+        return Reply::Array(Vec::new());
+    };
+    let name = name.to_ascii_uppercase();
+    let mut lines = vec![status(&format!(
+        "{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+    ))];
+    for sub in container.subcommands {
+        let usage = usage(sub);
+        let usage = usage.strip_prefix(&format!("{name} ")).unwrap_or(&usage);
+        lines.push(status(usage));
+        lines.push(status(&format!("    {}", sub.summary)));
+    }
+    Reply::Array(lines)
+}
+
 /// The text of `HELP`: every command (and subcommand) of the table with its
 /// usage and summary.
 pub fn help_text() -> String {
@@ -262,6 +288,40 @@ pub fn help_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Server, ServerConfig};
+
+    #[test]
+    fn the_unknown_subcommand_hint_leads_to_the_subcommands() {
+        let mut server = Server::new(ServerConfig::default());
+        let mut run = |args: &[&str]| match Command::build(args) {
+            Ok(cmd) => server.execute(cmd),
+            Err(e) => e.into(),
+        };
+        let Reply::Error(e) = run(&["config", "frob"]) else {
+            panic!("CONFIG FROB is not an error");
+        };
+        assert_eq!(&e[..], b"ERR unknown subcommand 'frob'. Try CONFIG HELP.");
+        let Reply::Array(lines) = run(&["CONFIG", "help"]) else {
+            panic!("CONFIG HELP is not an array");
+        };
+        let lines: Vec<&[u8]> = lines
+            .iter()
+            .map(|l| match l {
+                Reply::Status(s) => &s[..],
+                other => panic!("not a status line: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                &b"CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"[..],
+                b"GET parameter [parameter ...]",
+                b"    The parameters matching the glob patterns given, with their values.",
+                b"HELP",
+                b"    Shows the subcommands and what they do.",
+            ]
+        );
+    }
 
     #[test]
     fn usage_lines_read_like_redis_docs() {

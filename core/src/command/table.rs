@@ -444,6 +444,21 @@ impl Spec {
         }
     }
 
+    /// The `HELP` subcommand of a container, named `"<container>|help"`:
+    /// lists the container's subcommands, as Redis's do (its unknown
+    /// subcommand error points there).
+    pub const fn container_help(name: &'static str, group: Group) -> Spec {
+        Spec::new(
+            name,
+            2,
+            Flags::ANYTIME,
+            group,
+            "Shows the subcommands and what they do.",
+            Handler::Local(super::docs::container_help),
+        )
+        .since("5.0.0")
+    }
+
     /// Its subcommands.
     pub const fn subcommands(mut self, subcommands: &'static [Spec]) -> Spec {
         self.subcommands = subcommands;

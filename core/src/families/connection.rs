@@ -142,7 +142,13 @@ const CLIENT: Spec = Spec::new(
     Handler::Container,
 )
 .since("2.4.0")
-.subcommands(&[CLIENT_ID, CLIENT_GETNAME, CLIENT_SETNAME, CLIENT_SETINFO]);
+.subcommands(&[
+    CLIENT_ID,
+    CLIENT_GETNAME,
+    CLIENT_SETNAME,
+    CLIENT_SETINFO,
+    Spec::container_help("client|help", Group::Connection),
+]);
 
 const CLIENT_ID: Spec = Spec::new(
     "client|id",

@@ -36,7 +36,10 @@ const CONFIG: Spec = Spec::new(
     Handler::Container,
 )
 .since("2.0.0")
-.subcommands(&[CONFIG_GET]);
+.subcommands(&[
+    CONFIG_GET,
+    Spec::container_help("config|help", Group::Server),
+]);
 
 const CONFIG_GET: Spec = Spec::new(
     "config|get",
@@ -81,7 +84,13 @@ const COMMAND: Spec = Spec::new(
 )
 .since("2.8.13")
 .complexity("O(N) where N is the total number of commands")
-.subcommands(&[COMMAND_COUNT, COMMAND_INFO, COMMAND_DOCS, COMMAND_LIST]);
+.subcommands(&[
+    COMMAND_COUNT,
+    COMMAND_INFO,
+    COMMAND_DOCS,
+    COMMAND_LIST,
+    Spec::container_help("command|help", Group::Server),
+]);
 
 fn command_all(_: &mut Local<'_>, _: &Command) -> Reply {
     docs::all_info()

@@ -15,7 +15,7 @@ use crate::runtime::net;
 use crate::runtime::shutdown::Shutdown;
 use futures_util::{SinkExt, StreamExt};
 use kv_core::bridge::{self, BridgeReply, Inbound};
-use kv_core::{ClientId, ClientKind, ConnConfig, End, Limits, Owed};
+use kv_core::{ClientId, ClientKind, ConnConfig, End, Limits, Owed, Stall};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -245,9 +245,16 @@ impl Conn for WsClient {
     }
 
     async fn close(&mut self, end: End) {
-        if let End::TimedOut(_) = end {
+        if let End::TimedOut(stall) = end {
             self.handle.update_stats(|s| s.connections_timed_out += 1);
+            if stall == Stall::Output {
+                // The closing frame would wait behind output the browser
+                // does not take.
+                return;
+            }
         }
-        let _ = self.ws.close(None).await;
+        // Flushing the closing frame waits for the peer: bounded, so that a
+        // peer that stops reading cannot keep the client's slot.
+        let _ = Box::pin(tokio::time::timeout(net::CLOSE_GRACE, self.ws.close(None))).await;
     }
 }
