@@ -193,7 +193,7 @@ impl From<&Reply> for WireReply {
             Reply::Error(s) => WireReply::Error { value: text(s) },
             Reply::Integer(n) => WireReply::Integer { value: *n },
             Reply::Bulk(b) => bulk(b),
-            Reply::Nil => WireReply::Nil,
+            Reply::Nil | Reply::NilArray => WireReply::Nil,
             Reply::Array(items) => WireReply::Array {
                 items: items.iter().map(WireReply::from).collect(),
             },

@@ -417,6 +417,17 @@ impl TtlCache {
         }
     }
 
+    /// Drops every entry (the upstream was flushed).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.nodes.clear();
+        self.free.clear();
+        self.evict = List::EMPTY;
+        self.age = List::EMPTY;
+        self.len = 0;
+        self.bytes = 0;
+    }
+
     /// Drops a key (invalidation); whether it was held.
     pub fn remove(&mut self, key: &[u8]) -> bool {
         match self.find(key) {

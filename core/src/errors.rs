@@ -118,9 +118,79 @@ pub enum ExecError {
     /// `SELECT` of a database other than 0.
     #[error("ERR DB index is out of range")]
     DbIndexOutOfRange,
-    /// `HELLO` with a protocol version other than 2.
-    #[error("NOPROTO this server speaks RESP2 only")]
+    /// `HELLO` with a protocol version other than 2 or 3.
+    #[error("NOPROTO unsupported protocol version")]
     NoProto,
+    /// An argument that should be an integer is not one, or is out of range.
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    /// An argument or value that should be a float is not one.
+    #[error("ERR value is not a valid float")]
+    NotFloat,
+    /// `INCR` and friends past the 64-bit range.
+    #[error("ERR increment or decrement would overflow")]
+    Overflow,
+    /// `INCRBYFLOAT` to NaN or infinity.
+    #[error("ERR increment would produce NaN or Infinity")]
+    NanOrInfinity,
+    /// Options that do not parse.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// An expire time that is not positive or overflows.
+    #[error("ERR invalid expire time in '{0}' command")]
+    InvalidExpire(&'static str),
+    /// `RENAME` of a missing key.
+    #[error("ERR no such key")]
+    NoSuchKey,
+    /// A string would grow past the largest bulk string.
+    #[error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")]
+    StringTooLong,
+    /// `SETRANGE`, `GETRANGE` offsets out of range.
+    #[error("ERR offset is out of range")]
+    OffsetOutOfRange,
+    /// `SETBIT`/`GETBIT` offsets.
+    #[error("ERR bit offset is not an integer or out of range")]
+    BitOffset,
+    /// `SETBIT` values other than 0 and 1.
+    #[error("ERR bit is not an integer or out of range")]
+    BitValue,
+    /// `EXPIRE … NX` with `XX`, `GT` or `LT`.
+    #[error("ERR NX and XX, GT or LT options at the same time are not compatible")]
+    ExpireNxWithOthers,
+    /// `EXPIRE … GT LT`.
+    #[error("ERR GT and LT options at the same time are not compatible")]
+    ExpireGtLt,
+    /// An option the command does not have.
+    #[error("ERR Unsupported option {0}")]
+    UnsupportedOption(String),
+    /// A `SCAN` cursor that is not a number.
+    #[error("ERR invalid cursor")]
+    InvalidCursor,
+    /// A command refused inside `MULTI`.
+    #[error("ERR Command not allowed inside a transaction")]
+    NotInMulti,
+    /// A transaction that queued more than [`MAX_QUEUED`](crate::server::MAX_QUEUED) bytes.
+    #[error("ERR transaction too large (over {0} bytes queued); discarded")]
+    TransactionTooLarge(usize),
+    /// `MULTI` inside `MULTI`.
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    /// `EXEC` without `MULTI`.
+    #[error("ERR EXEC without MULTI")]
+    ExecWithoutMulti,
+    /// `DISCARD` without `MULTI`.
+    #[error("ERR DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    /// `WATCH` inside `MULTI`.
+    #[error("ERR WATCH inside MULTI is not allowed")]
+    WatchInMulti,
+    /// `EXEC` after a queuing error.
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    /// A command that needs state on a connection of its own upstream,
+    /// which the proxy does not give (yet).
+    #[error("ERR '{0}' is not available through the kv proxy: it needs a dedicated connection to the server (connect to the server directly)")]
+    NeedsDedicatedConnection(String),
     /// `CLIENT SETNAME` with spaces or control characters.
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,

@@ -26,6 +26,16 @@ use crate::Dialect;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+/// The protocol a connection's replies are in (`HELLO 2|3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Proto {
+    /// RESP2, the default.
+    #[default]
+    Resp2,
+    /// RESP3.
+    Resp3,
+}
+
 /// A reply to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -39,6 +49,8 @@ pub enum Reply {
     Bulk(Bytes),
     /// A missing key.
     Nil,
+    /// The null array (`EXEC` after a watched key changed).
+    NilArray,
     /// A list of replies.
     Array(Vec<Reply>),
     /// Key/value pairs, as `DUMP` returns them. In RESP it is a flat array
@@ -85,6 +97,7 @@ impl Reply {
             }
             Reply::Bulk(b) => bulk(out, b),
             Reply::Nil => out.put_slice(b"$-1\r\n"),
+            Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 header(out, b'*', items.len());
                 for r in items {
@@ -154,7 +167,7 @@ impl Reply {
                 put_decimal(out, *n);
             }
             Reply::Bulk(b) => quote(out, b),
-            Reply::Nil => out.put_slice(b"(nil)"),
+            Reply::Nil | Reply::NilArray => out.put_slice(b"(nil)"),
             Reply::Array(items) if items.is_empty() => out.put_slice(b"(empty array)"),
             Reply::Array(items) => {
                 out.put_u8(b'[');

@@ -3,6 +3,8 @@
 //! them.
 
 use crate::auth::Password;
+use crate::reply::Proto;
+use crate::server::Transaction;
 use bytes::Bytes;
 
 /// Which kind of node answers.
@@ -37,6 +39,11 @@ pub struct Session {
     /// The names a client gave itself; boxed, since most never do and
     /// every idle connection pays for what is inline.
     names: Option<Box<Names>>,
+    /// The protocol its replies are in (`HELLO 2|3`).
+    pub proto: Proto,
+    /// The transaction being queued and the keys watched, if any (the
+    /// server's; boxed for the same reason as the names).
+    pub tx: Option<Box<Transaction>>,
 }
 
 /// What `CLIENT SETNAME` and `CLIENT SETINFO` set.
@@ -59,6 +66,8 @@ impl Session {
             authenticated,
             closing: false,
             names: None,
+            proto: Proto::Resp2,
+            tx: None,
         }
     }
 
@@ -77,12 +86,93 @@ impl Session {
 pub trait Node {
     /// Server or proxy.
     fn role(&self) -> Role;
-    /// The text of `INFO`.
-    fn info(&self) -> String;
+    /// The text of `INFO` for the sections asked for.
+    fn info(&self, sections: &InfoSections) -> String;
     /// The password connections must give, if any.
     fn password(&self) -> Option<&Password>;
     /// The configuration parameters `CONFIG GET` reports, with their values.
     fn config(&self) -> Vec<(&'static str, String)>;
+    /// Sets a configuration parameter (`CONFIG SET`); the error text if it
+    /// cannot be set. By default only what is already true can be "set".
+    fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        default_config_set(&self.config(), name, value)
+    }
+}
+
+/// `CONFIG SET` of a parameter that cannot change while the node runs:
+/// setting it to the value it has is accepted (the test suite restores
+/// settings that way), anything else is refused with Redis's texts.
+pub fn default_config_set(
+    params: &[(&'static str, String)],
+    name: &str,
+    value: &[u8],
+) -> Result<(), String> {
+    match params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, current)) if current.as_bytes() == value => Ok(()),
+        Some((n, _)) => Err(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{n}') - can't set immutable config"
+        )),
+        None => Err(format!(
+            "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+        )),
+    }
+}
+
+/// Which sections `INFO` was asked for, as Redis reads its arguments: none
+/// or `default` for the default sections, `all` for those and the extra
+/// ones (`commandstats` …), `everything` likewise, or names, any case.
+#[derive(Debug, Clone, Default)]
+pub struct InfoSections {
+    names: Vec<String>,
+    all: bool,
+    default: bool,
+}
+
+impl InfoSections {
+    /// From `INFO`'s arguments.
+    pub fn parse(args: &[Bytes]) -> InfoSections {
+        let mut s = InfoSections::default();
+        if args.is_empty() {
+            s.default = true;
+        }
+        for a in args {
+            let name = String::from_utf8_lossy(a).to_ascii_lowercase();
+            match name.as_str() {
+                "all" | "everything" => s.all = true,
+                "default" => s.default = true,
+                _ => s.names.push(name),
+            }
+        }
+        s
+    }
+
+    /// Whether a default section is wanted.
+    pub fn wants(&self, section: &str) -> bool {
+        self.all || self.default || self.names.iter().any(|n| n == section)
+    }
+
+    /// Whether a section outside the defaults is wanted.
+    pub fn wants_extra(&self, section: &str) -> bool {
+        self.all || self.names.iter().any(|n| n == section)
+    }
+}
+
+/// The version of Redis whose semantics kv implements, which `HELLO` and
+/// `INFO` report as Redis-compatible servers do: client libraries gate
+/// features on it.
+pub const REDIS_VERSION: &str = "7.4.0";
+
+/// `INFO`'s `# Server` section, the same at both nodes.
+pub fn server_section(out: &mut String, role: Role, process_id: u32, tcp_port: u16) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# Server\nredis_version:{REDIS_VERSION}\nkv_version:{}\nredis_mode:standalone\nkv_role:{}\nos:{}\narch_bits:{}\nprocess_id:{process_id}\ntcp_port:{tcp_port}\n",
+        env!("CARGO_PKG_VERSION"),
+        role.name(),
+        std::env::consts::OS,
+        usize::BITS,
+    );
 }
 
 /// What a [`LocalHandler`](crate::command::table::LocalHandler) works with.
@@ -90,5 +180,5 @@ pub struct Local<'a> {
     /// The connection's session, which the handler may change.
     pub session: &'a mut Session,
     /// The node that answers.
-    pub node: &'a dyn Node,
+    pub node: &'a mut dyn Node,
 }

@@ -25,7 +25,10 @@ fn records() -> impl Strategy<Value = Vec<Effect>> {
         .prop_map(|k| Bytes::from_static(k.as_bytes()));
     let record = prop_oneof![
         3 => (key.clone(), prop::collection::vec(any::<u8>(), 0..40))
-            .prop_map(|(key, v)| Effect::Set { key, value: Bytes::from(v) }),
+            .prop_map(|(key, v)| Effect::Set { key, value: Bytes::from(v), deadline: None }),
+        1 => (key.clone(), 1u64..1000)
+            .prop_map(|(key, d)| Effect::Expire { key, deadline: Some(d * 1_000_000_000_000) }),
+        1 => Just(Effect::Flush),
         1 => key.prop_map(|key| Effect::Del { key }),
     ];
     prop::collection::vec(record, 0..24)
@@ -46,17 +49,20 @@ type Model = BTreeMap<Bytes, Bytes>;
 
 fn apply(model: &mut Model, r: &Effect) {
     match r {
-        Effect::Set { key, value } => {
+        Effect::Set { key, value, .. } => {
             model.insert(key.clone(), value.clone());
         }
+        // Deadlines are far in the future: values stay.
+        Effect::Expire { .. } => {}
         Effect::Del { key } => {
             model.remove(key);
         }
+        Effect::Flush => model.clear(),
     }
 }
 
 fn state(server: &Server) -> Model {
-    server.store().dump().into_iter().collect()
+    server.store().dump(0).into_iter().collect()
 }
 
 fn server() -> Server {

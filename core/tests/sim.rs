@@ -240,7 +240,8 @@ fn pipelined_reads_do_not_go_back_in_time() {
     // where it reads v2.
     proxy.handle_client_input(c, b"GET k\r\n", now);
     let v2 = to_server(&mut proxy, &mut server);
-    assert_eq!(&v2[..], b"$2\r\nv2\r\n");
+    // (With the PTTL the proxy sends beside it: no deadline.)
+    assert_eq!(&v2[..], b"$2\r\nv2\r\n:-1\r\n");
     // The write's OK arrives first: the cache now holds v1.
     proxy.handle_upstream_input(&ok, now);
     // The client reads again: no write pending, v1 is fresh in the cache.

@@ -75,6 +75,29 @@ pub struct ConnArgs {
     /// Close a client that sends nothing for this long (e.g. 300s, 5m; 0 = never).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "300s")]
     pub idle_timeout: Duration,
+    /// How inline (telnet) commands are answered: `human` (kv's readable
+    /// lines, until the connection speaks RESP or HELLO) or `resp` (as
+    /// Redis answers them, for Redis tools that send inline commands).
+    #[arg(long, value_enum, value_name = "FORM", default_value = "human")]
+    pub inline_replies: InlineRepliesArg,
+}
+
+/// `--inline-replies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InlineRepliesArg {
+    /// kv's human-readable lines.
+    Human,
+    /// RESP, as Redis.
+    Resp,
+}
+
+impl From<InlineRepliesArg> for kv_core::server::InlineReplies {
+    fn from(a: InlineRepliesArg) -> Self {
+        match a {
+            InlineRepliesArg::Human => kv_core::server::InlineReplies::Human,
+            InlineRepliesArg::Resp => kv_core::server::InlineReplies::Resp,
+        }
+    }
 }
 
 impl ConnArgs {
@@ -193,6 +216,7 @@ impl ServerArgs {
             hash_seed,
             persistence: self.persist.options(),
             password: self.auth.password(),
+            inline_replies: self.conn.inline_replies.into(),
         }
     }
 }
@@ -370,6 +394,7 @@ impl UpArgs {
             hash_seed,
             persistence: self.persist.options(),
             password: self.auth.password(),
+            inline_replies: self.conn.inline_replies.into(),
         }
     }
 

@@ -14,6 +14,8 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`] poll for an observable
 //!   condition instead of sleeping;
 //! - [`tools`]: [`require_tool`] finds external tools such as `redis-cli`;
+//! - [`clients`]: where the Redis client libraries that `cargo xtask setup`
+//!   installs live ([`venv_python`], [`node_modules`]);
 //! - [`rng`]: the one seeded generator, [`XorShift`].
 //!
 //! Every wait in this crate has a deadline and panics with a description of
@@ -21,6 +23,7 @@
 //! it.
 
 pub mod bin;
+pub mod clients;
 pub mod conn;
 pub mod http;
 pub mod process;
@@ -29,6 +32,7 @@ pub mod tools;
 pub mod wait;
 
 pub use bin::{build_kv, kv_bin, workspace_root, KV_BIN_ENV};
+pub use clients::{clients_dir, node_modules, python_venv, venv_python};
 pub use conn::{
     info_field, inline_header_count, play_seed_transcript, resp_command, Conn, ReadError,
     IO_TIMEOUT, SEED_TRANSCRIPT,

@@ -107,8 +107,12 @@ enum Part {
     Toolchain,
     /// The wasm32-unknown-unknown target and wasm-bindgen-cli.
     Wasm,
-    /// Debian packages: Redis, Chromium and ChromeDriver.
+    /// Debian packages: Redis, Chromium and ChromeDriver, Node.js and npm,
+    /// Python's venv, g++.
     System,
+    /// The Redis client libraries the end-to-end tests drive: redis-py in a
+    /// virtual environment, node-redis and ioredis with npm (tests/clients/).
+    Clients,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +194,10 @@ fn setup(only: Option<Part>) -> Result<()> {
     }
     if wanted(Part::System) {
         setup::system_packages()?;
+    }
+    // After the system packages, which bring python3-venv and npm.
+    if wanted(Part::Clients) {
+        setup::client_libs()?;
     }
     eprintln!("xtask setup: done");
     Ok(())
@@ -442,6 +450,13 @@ mod tests {
             cli.task,
             Task::Setup {
                 only: Some(Part::System)
+            }
+        ));
+        let cli = Cli::try_parse_from(["xtask", "setup", "--only", "clients"]).unwrap();
+        assert!(matches!(
+            cli.task,
+            Task::Setup {
+                only: Some(Part::Clients)
             }
         ));
     }

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kv_tests::which;
+use kv_tests::{clients_dir, node_modules, python_venv, venv_python, which};
+use serde_json::Value;
 
 use crate::cmd::Cmd;
 
@@ -18,16 +19,23 @@ const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 
 /// Debian packages needed by the tests: a Redis server and client to compare
 /// against, a headless Chromium with its WebDriver for browser tests, Node.js
-/// for the wasm unit tests (`wasm-bindgen-test-runner` runs them in Node),
-/// and a C++ compiler for libFuzzer, which the fuzz targets' check builds.
+/// for the wasm unit tests (`wasm-bindgen-test-runner` runs them in Node) and
+/// the Node.js client libraries, Python's `venv` for redis-py's virtual
+/// environment, and a C++ compiler for libFuzzer, which the fuzz targets'
+/// check builds.
 const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
     "chromium",
     "chromium-driver",
     "nodejs",
+    "python3-venv",
     "g++",
 ];
+
+/// Debian's package for `npm`, wanted only when no `npm` is on `PATH`: a
+/// `nodejs` built by NodeSource bundles npm and conflicts with this package.
+const NPM_PACKAGE: &str = "npm";
 
 /// Debian's hook that maintainer scripts ask before starting a service.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -147,6 +155,10 @@ pub fn system_packages() -> Result<()> {
             missing.push(name);
         }
     }
+    match which("npm") {
+        Some(npm) => skipped(&format!("npm is already installed ({})", npm.display())),
+        None => missing.push(NPM_PACKAGE),
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -171,6 +183,183 @@ pub fn system_packages() -> Result<()> {
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
         .run()
+}
+
+/// Makes sure the Redis client libraries that the end-to-end tests drive
+/// (tests/tests/client_libs.rs) are installed at the versions pinned in
+/// `tests/clients/`: redis-py in a Python virtual environment, node-redis
+/// and ioredis in `node_modules`. Needs `python3` with `venv`, and `npm`,
+/// which [`system_packages`] installs.
+pub fn client_libs() -> Result<()> {
+    python_client()?;
+    node_clients()
+}
+
+/// redis-py, at the version in `tests/clients/requirements.txt`, in the
+/// virtual environment `tests/clients/.venv`.
+fn python_client() -> Result<()> {
+    let requirements = clients_dir().join("requirements.txt");
+    let text = fs::read_to_string(&requirements)
+        .with_context(|| format!("could not read {}", requirements.display()))?;
+    let pins =
+        pinned_requirements(&text).with_context(|| format!("in {}", requirements.display()))?;
+
+    let venv = python_venv();
+    let python = venv_python();
+    // An environment whose interpreter does not run (never made, or made
+    // from a Python that is gone since) is made anew.
+    let runs = Cmd::new(&python)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        skipped(&format!(
+            "Python virtual environment {} already exists",
+            venv.display()
+        ));
+    } else {
+        if which("python3").is_none() {
+            bail!(
+                "python3 not found: install Python 3 with its venv module (Debian: python3-venv)"
+            );
+        }
+        Cmd::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .run()
+            .context(
+                "could not make the virtual environment; on Debian it needs the \
+                 python3-venv package: `cargo xtask setup --only system`",
+            )?;
+    }
+
+    let mut stale = Vec::new();
+    for (name, version) in &pins {
+        let installed = Cmd::new(&python)
+            .args([
+                "-c",
+                "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+            ])
+            .arg(name)
+            .output()?;
+        let found = String::from_utf8_lossy(&installed.stdout).trim().to_owned();
+        if installed.status.success() && found == *version {
+            skipped(&format!(
+                "Python package {name}=={version} is already installed"
+            ));
+        } else {
+            stale.push(format!("{name}=={version}"));
+        }
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: not installed: {}", stale.join(", "));
+    Cmd::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(&requirements)
+        .run()
+}
+
+/// The `name==version` pins of a `requirements.txt`. Only exact pins are
+/// accepted: they are what makes "already installed" a simple comparison.
+fn pinned_requirements(text: &str) -> Result<Vec<(String, String)>> {
+    let mut pins = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once("==") {
+            Some((name, version)) if !name.trim().is_empty() && !version.trim().is_empty() => {
+                pins.push((name.trim().to_owned(), version.trim().to_owned()));
+            }
+            _ => bail!(
+                "line {}: `{line}` is not an exact pin `name==version`",
+                number + 1
+            ),
+        }
+    }
+    Ok(pins)
+}
+
+/// node-redis and ioredis into `tests/clients/node_modules`: `npm ci` from
+/// the committed `package-lock.json`, or `npm install` (which writes the
+/// lock) when there is none yet.
+fn node_clients() -> Result<()> {
+    let dir = clients_dir();
+    if which("npm").is_none() {
+        bail!("npm not found: `cargo xtask setup --only system` installs it");
+    }
+    let lock_path = dir.join("package-lock.json");
+    let verb = if lock_path.exists() {
+        let lock = read_json(&lock_path)?;
+        let stale = stale_node_packages(&lock, &node_modules())?;
+        if stale.is_empty() {
+            skipped(&format!(
+                "Node packages in {} match package-lock.json",
+                node_modules().display()
+            ));
+            return Ok(());
+        }
+        if node_modules().exists() {
+            eprintln!("xtask: not installed as locked: {}", stale.join(", "));
+        }
+        "ci"
+    } else {
+        "install"
+    };
+    // --engine-strict: node-redis and ioredis name the Node.js versions they
+    // support, and an older Node.js had better fail here than in a test.
+    Cmd::new("npm")
+        .arg(verb)
+        .arg("--prefix")
+        .arg(&dir)
+        .args(["--engine-strict", "--no-audit", "--no-fund"])
+        .run()
+}
+
+/// The packages of a `package-lock.json` (lockfile version 2 or 3) that are
+/// not installed in `node_modules` at their locked version. Optional ones
+/// (e.g. for another platform) may be absent.
+fn stale_node_packages(lock: &Value, node_modules: &Path) -> Result<Vec<String>> {
+    let Some(packages) = lock["packages"].as_object() else {
+        bail!("package-lock.json has no `packages`: regenerate it with npm 7 or newer");
+    };
+    let mut stale = Vec::new();
+    for (key, entry) in packages {
+        // `""` is the project itself; nested entries read
+        // `node_modules/a/node_modules/b`.
+        let Some(path) = key.strip_prefix("node_modules/") else {
+            continue;
+        };
+        if entry["optional"].as_bool() == Some(true) || entry["link"].as_bool() == Some(true) {
+            continue;
+        }
+        let manifest = node_modules.join(path).join("package.json");
+        let installed = fs::read_to_string(&manifest)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|m| m["version"].as_str().map(str::to_owned));
+        if installed.as_deref() != entry["version"].as_str() {
+            stale.push(path.to_owned());
+        }
+    }
+    Ok(stale)
+}
+
+/// Reads and parses a JSON file.
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 /// Prints that a step was skipped because its tool is already present.
@@ -493,5 +682,44 @@ version = "0.2.101"
     fn several_versions_are_an_error() {
         let lock = format!("{LOCK}\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.99\"\n");
         assert!(locked_version(&lock, "wasm-bindgen").is_err());
+    }
+
+    #[test]
+    fn requirements_must_be_exact_pins() {
+        let text = "# comment\n\nredis==8.1.0  # trailing\nfoo == 1.2\n";
+        assert_eq!(
+            pinned_requirements(text).unwrap(),
+            [
+                ("redis".to_owned(), "8.1.0".to_owned()),
+                ("foo".to_owned(), "1.2".to_owned())
+            ]
+        );
+        assert!(pinned_requirements("redis>=8\n").is_err());
+        assert!(pinned_requirements("redis\n").is_err());
+        assert!(pinned_requirements("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn node_packages_compare_with_the_lock() {
+        let dir = std::env::temp_dir().join(format!("xtask-node-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("a")).unwrap();
+        fs::write(dir.join("a/package.json"), r#"{"version": "1.0.0"}"#).unwrap();
+        fs::create_dir_all(dir.join("b")).unwrap();
+        fs::write(dir.join("b/package.json"), r#"{"version": "0.9.0"}"#).unwrap();
+        let lock: Value = serde_json::from_str(
+            r#"{"packages": {
+                "": {"name": "root"},
+                "node_modules/a": {"version": "1.0.0"},
+                "node_modules/b": {"version": "1.0.0"},
+                "node_modules/c": {"version": "1.0.0"},
+                "node_modules/d": {"version": "1.0.0", "optional": true}
+            }}"#,
+        )
+        .unwrap();
+        let stale = stale_node_packages(&lock, &dir).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(stale, ["b", "c"]);
+        assert!(stale_node_packages(&serde_json::json!({}), &dir).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! ones that are not, and the log's status for `INFO`.
 
 use super::encode;
-use crate::db::{Change, Effect, Entry};
+use crate::db::Change;
 use crate::errors::ExecError;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -48,9 +48,8 @@ pub enum WriteOutcome {
 #[derive(Debug, Clone)]
 pub(crate) struct Undo {
     pub(crate) lsn: u64,
-    pub(crate) key: Bytes,
-    /// The key's entry before the write; `None` if it did not exist.
-    pub(crate) before: Option<Entry>,
+    /// The change, with what it replaced.
+    pub(crate) change: Change,
 }
 
 /// Failure ranges remembered for connections that have not collected their
@@ -127,15 +126,11 @@ impl Journal {
     pub(crate) fn record(&mut self, change: Change) {
         encode(&change.effect, &mut self.out);
         self.last_lsn += 1;
-        let key = match change.effect {
-            Effect::Set { key, .. } | Effect::Del { key } => key,
-        };
         // The key is usually a slice of the connection's receive buffer;
         // holding it pins that buffer only until the record is stored.
         self.undo.push_back(Undo {
             lsn: self.last_lsn,
-            key,
-            before: change.before,
+            change,
         });
     }
 
@@ -219,11 +214,11 @@ impl Journal {
 mod tests {
     use super::super::put_len;
     use super::*;
-    use crate::db::Store;
+    use crate::db::{Effect, Slot, Store};
 
-    fn entry(key: &[u8], value: &str) -> Entry {
+    fn slot(key: &[u8], value: &str) -> Slot {
         let mut s = Store::new(0);
-        s.put(key, value.as_bytes());
+        s.put(key, value.as_bytes(), None);
         s.take(key).unwrap()
     }
 
@@ -232,8 +227,10 @@ mod tests {
             effect: Effect::Set {
                 key: key.clone(),
                 value: Bytes::from_static(value.as_bytes()),
+                deadline: None,
             },
-            before: before.map(|b| entry(key, b)),
+            before: before.map(|b| slot(key, b)),
+            flushed: Vec::new(),
         }
     }
 
@@ -251,7 +248,8 @@ mod tests {
         assert_eq!(j.outcome(1), WriteOutcome::Stored);
         j.record(Change {
             effect: Effect::Del { key: k.clone() },
-            before: Some(entry(&k, "2")),
+            before: Some(slot(&k, "2")),
+            flushed: Vec::new(),
         });
         let undo = j.fail("disk full");
         assert_eq!(undo.iter().map(|u| u.lsn).collect::<Vec<_>>(), [2, 3]);

@@ -18,7 +18,14 @@
 //! body   = record version u8 (= 1) | type u8 | payload
 //!   type 1, PUT: key length u32 | key | value (the rest of the body)
 //!   type 2, DEL: key (the whole rest of the body)
+//!   type 3, PUT with deadline: deadline u64 | key length u32 | key | value
+//!   type 4, EXPIRE: deadline u64 (0: none, as PERSIST) | key
+//!   type 5, FLUSH: nothing (every key removed)
 //! ```
+//!
+//! Deadlines are absolute, in unix milliseconds, as Redis's AOF turns a
+//! relative `EXPIRE` into `PEXPIREAT`: replaying a log later must not
+//! give its keys their time to live again. Replay drops what has expired.
 //!
 //! The checksum of the record header (its length and body checksum) lets the
 //! decoder tell a damaged length from a record cut short by a crash: without
@@ -65,10 +72,17 @@ pub const MAX_BODY_LEN: usize = u32::MAX as usize;
 
 const TYPE_PUT: u8 = 1;
 const TYPE_DEL: u8 = 2;
+const TYPE_PUT_DEADLINE: u8 = 3;
+const TYPE_EXPIRE: u8 = 4;
+const TYPE_FLUSH: u8 = 5;
 /// Record version, type and key length.
 const PUT_FIXED: usize = 6;
 /// Record version and type.
 const DEL_FIXED: usize = 2;
+/// Record version, type, deadline and key length.
+const PUTX_FIXED: usize = 14;
+/// Record version, type and deadline.
+const EXPIRE_FIXED: usize = 10;
 
 /// The file header of a new log.
 pub fn file_header() -> [u8; FILE_HEADER_LEN] {
@@ -86,9 +100,54 @@ pub fn file_header() -> [u8; FILE_HEADER_LEN] {
 /// If the body would exceed [`MAX_BODY_LEN`]; see [`encode_put`].
 pub fn encode(effect: &Effect, out: &mut BytesMut) {
     match effect {
-        Effect::Set { key, value } => encode_put(key, value, out),
+        Effect::Set {
+            key,
+            value,
+            deadline: None,
+        } => encode_put(key, value, out),
+        Effect::Set {
+            key,
+            value,
+            deadline,
+        } => encode_slot(key, value, *deadline, out),
+        Effect::Expire { key, deadline } => {
+            let start = begin(out, TYPE_EXPIRE, EXPIRE_FIXED + key.len());
+            out.put_u64_le(deadline.unwrap_or(0));
+            out.put_slice(key);
+            seal(out, start);
+        }
         Effect::Del { key } => encode_del(key, out),
+        Effect::Flush => {
+            let start = begin(out, TYPE_FLUSH, DEL_FIXED);
+            seal(out, start);
+        }
     }
+}
+
+/// Appends the record that stores `key` with `value` and its deadline (a
+/// `PUT`, or a `PUT` with deadline): what a key holds, written down.
+pub fn encode_slot(key: &[u8], value: &[u8], deadline: Option<u64>, out: &mut BytesMut) {
+    let Some(d) = deadline else {
+        return encode_put(key, value, out);
+    };
+    let start = begin(out, TYPE_PUT_DEADLINE, PUTX_FIXED + key.len() + value.len());
+    out.put_u64_le(d);
+    out.put_u32_le(key.len() as u32);
+    out.put_slice(key);
+    out.put_slice(value);
+    seal(out, start);
+}
+
+/// Starts a record of `body_len` bytes of type `kind`: reserves its header
+/// and writes the version and type; returns where it starts, for [`seal`].
+fn begin(out: &mut BytesMut, kind: u8, body_len: usize) -> usize {
+    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
+    out.reserve(RECORD_HEADER_LEN + body_len);
+    let start = out.len();
+    out.put_bytes(0, RECORD_HEADER_LEN);
+    out.put_u8(RECORD_VERSION);
+    out.put_u8(kind);
+    start
 }
 
 /// The encoded length of a `PUT` record.
@@ -104,13 +163,7 @@ pub fn put_len(key: usize, value: usize) -> usize {
 /// If the body would exceed [`MAX_BODY_LEN`] (4 GiB); the
 /// [`Server`](crate::Server) refuses such writes before they get here.
 pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
-    let body_len = PUT_FIXED + key.len() + value.len();
-    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
-    out.reserve(RECORD_HEADER_LEN + body_len);
-    let start = out.len();
-    out.put_bytes(0, RECORD_HEADER_LEN);
-    out.put_u8(RECORD_VERSION);
-    out.put_u8(TYPE_PUT);
+    let start = begin(out, TYPE_PUT, PUT_FIXED + key.len() + value.len());
     out.put_u32_le(key.len() as u32);
     out.put_slice(key);
     out.put_slice(value);
@@ -123,13 +176,7 @@ pub fn encode_put(key: &[u8], value: &[u8], out: &mut BytesMut) {
 ///
 /// If the key is over [`MAX_BODY_LEN`].
 pub fn encode_del(key: &[u8], out: &mut BytesMut) {
-    let body_len = DEL_FIXED + key.len();
-    assert!(body_len <= MAX_BODY_LEN, "record too large for the log");
-    out.reserve(RECORD_HEADER_LEN + body_len);
-    let start = out.len();
-    out.put_bytes(0, RECORD_HEADER_LEN);
-    out.put_u8(RECORD_VERSION);
-    out.put_u8(TYPE_DEL);
+    let start = begin(out, TYPE_DEL, DEL_FIXED + key.len());
     out.put_slice(key);
     seal(out, start);
 }
@@ -190,7 +237,16 @@ pub struct Corruption {
 /// Where a body's key and value lie, once checked.
 enum Layout {
     Put { key_end: usize },
+    PutDeadline { key_end: usize },
+    Expire,
     Del,
+    Flush,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(n)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -250,6 +306,19 @@ fn check_body(body: &[u8]) -> Result<Layout, CorruptKind> {
                 .ok_or(CorruptKind::Malformed)?;
             Ok(Layout::Put { key_end })
         }
+        TYPE_PUT_DEADLINE => {
+            if body.len() < PUTX_FIXED {
+                return Err(CorruptKind::Malformed);
+            }
+            let key_end = PUTX_FIXED
+                .checked_add(u32_at(body, 10) as usize)
+                .filter(|&end| end <= body.len())
+                .ok_or(CorruptKind::Malformed)?;
+            Ok(Layout::PutDeadline { key_end })
+        }
+        TYPE_EXPIRE if body.len() >= EXPIRE_FIXED => Ok(Layout::Expire),
+        TYPE_FLUSH if body.len() == DEL_FIXED => Ok(Layout::Flush),
+        TYPE_EXPIRE | TYPE_FLUSH => Err(CorruptKind::Malformed),
         TYPE_DEL => Ok(Layout::Del),
         other => Err(CorruptKind::RecordType(other)),
     }
@@ -348,10 +417,21 @@ impl LogDecoder {
                     Layout::Put { key_end } => Effect::Set {
                         key: rec.slice(PUT_FIXED..key_end),
                         value: rec.slice(key_end..),
+                        deadline: None,
+                    },
+                    Layout::PutDeadline { key_end } => Effect::Set {
+                        key: rec.slice(PUTX_FIXED..key_end),
+                        value: rec.slice(key_end..),
+                        deadline: Some(u64_at(&rec, 2)),
+                    },
+                    Layout::Expire => Effect::Expire {
+                        key: rec.slice(EXPIRE_FIXED..),
+                        deadline: Some(u64_at(&rec, 2)).filter(|&d| d != 0),
                     },
                     Layout::Del => Effect::Del {
                         key: rec.slice(DEL_FIXED..),
                     },
+                    Layout::Flush => Effect::Flush,
                 }))
             }
         }
@@ -386,6 +466,7 @@ mod tests {
         Effect::Set {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
+            deadline: None,
         }
     }
 
@@ -407,6 +488,20 @@ mod tests {
                 key: Bytes::from_static(b"a"),
             },
             put("", ""),
+            Effect::Set {
+                key: Bytes::from_static(b"t"),
+                value: Bytes::from_static(b"v"),
+                deadline: Some(1_700_000_000_123),
+            },
+            Effect::Expire {
+                key: Bytes::from_static(b"t"),
+                deadline: Some(1_700_000_000_999),
+            },
+            Effect::Expire {
+                key: Bytes::from_static(b"t"),
+                deadline: None,
+            },
+            Effect::Flush,
         ];
         let bytes = log(&records);
         let mut d = LogDecoder::new();
@@ -420,7 +515,7 @@ mod tests {
         assert_eq!(got, records);
         assert_eq!(d.offset(), bytes.len() as u64);
         assert_eq!(d.pending(), 0);
-        assert_eq!(d.records(), 3);
+        assert_eq!(d.records(), 7);
     }
 
     #[test]

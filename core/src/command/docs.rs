@@ -69,6 +69,7 @@ fn categories(spec: &Spec) -> Vec<&'static str> {
         Group::Generic => "@keyspace",
         Group::Connection => "@connection",
         Group::Server => "@admin",
+        Group::Transactions => "@transaction",
     });
     c.push(if f.contains(Flags::FAST) {
         "@fast"
@@ -205,7 +206,7 @@ fn push_arg(s: &mut String, a: &Arg) {
                     t
                 })
                 .collect();
-            one.push_str(&alts.join("|"));
+            one.push_str(&alts.join(" | "));
         }
         ArgKind::Block => {
             for (i, x) in a.args.iter().enumerate() {
@@ -317,6 +318,8 @@ mod tests {
                 &b"CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"[..],
                 b"GET parameter [parameter ...]",
                 b"    The parameters matching the glob patterns given, with their values.",
+                b"SET parameter value [parameter value ...]",
+                b"    Sets configuration parameters (those that can change while running).",
                 b"HELP",
                 b"    Shows the subcommands and what they do.",
             ]
@@ -327,7 +330,10 @@ mod tests {
     fn usage_lines_read_like_redis_docs() {
         let t = Table::get();
         let usage_of = |n: &str| usage(t.lookup(n.as_bytes()).unwrap().1);
-        assert_eq!(usage_of("set"), "SET key value");
+        assert_eq!(
+            usage_of("set"),
+            "SET key value [NX | XX] [GET] [EX seconds | PX milliseconds | EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL]"
+        );
         assert_eq!(usage_of("del"), "DEL key [key ...]");
         assert_eq!(usage_of("ping"), "PING [message]");
     }

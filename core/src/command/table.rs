@@ -43,6 +43,13 @@ bitflags! {
         const ADMIN = 1 << 8;
         /// May grow memory: refused when memory is full.
         const DENYOOM = 1 << 9;
+        /// Runs at once inside `MULTI` instead of being queued (the
+        /// transaction commands themselves, `QUIT`). kv's own; not shown.
+        const IMMEDIATE = 1 << 10;
+        /// Needs state kept on the connection across commands (a
+        /// transaction, watched keys): the proxy cannot forward it over its
+        /// shared upstream pipe. kv's own; not shown.
+        const CONN_STATE = 1 << 11;
     }
 }
 
@@ -250,6 +257,13 @@ impl Arg {
         a
     }
 
+    /// All of `args`, in order (`key value` of `MSET`).
+    pub const fn block(name: &'static str, args: &'static [Arg]) -> Arg {
+        let mut a = Arg::new(name, ArgKind::Block);
+        a.args = args;
+        a
+    }
+
     /// Introduced by the word `word` (`EX seconds`).
     pub const fn with_token(mut self, word: &'static str) -> Arg {
         self.token = Some(word);
@@ -281,6 +295,8 @@ pub enum Group {
     Connection,
     /// Server commands (`families/server.rs`): INFO, CONFIG, COMMAND, HELP.
     Server,
+    /// Transactions (`families/transaction.rs`): MULTI, EXEC, WATCH …
+    Transactions,
 }
 
 impl Group {
@@ -291,6 +307,7 @@ impl Group {
             Group::String => "string",
             Group::Connection => "connection",
             Group::Server => "server",
+            Group::Transactions => "transactions",
         }
     }
 }
@@ -313,6 +330,9 @@ pub enum Handler {
     /// Answered wherever it arrives, never forwarded: the connection's own
     /// state (AUTH, SELECT, CLIENT …) and facts about the node itself.
     Local(LocalHandler),
+    /// A transaction command, run by the server with the connection's
+    /// transaction state (`server/tx.rs`).
+    Tx(crate::server::TxOp),
     /// A container called only with one of its [`Spec::subcommands`]
     /// (`CONFIG GET`), which has the handler; its arity (-2) refuses the
     /// bare name.
@@ -329,6 +349,9 @@ pub enum Cache {
     /// The reply is the value of the command's only key (or nil): it may be
     /// answered from the cache, and its reply fills it.
     Value,
+    /// The reply is an array of the values of its keys, in order (`MGET`):
+    /// each may be answered from the cache, and each fills it.
+    Values,
     /// An acknowledged reply says what the command did to its keys; the
     /// effects are written through to the cache. Keys not named by the
     /// effects are dropped from it.
@@ -565,10 +588,11 @@ const fn bar_at(name: &str) -> usize {
 }
 
 /// The commands of every family, in the order `COMMAND` lists them.
-fn families() -> [&'static [Spec]; 4] {
+fn families() -> [&'static [Spec]; 5] {
     [
         crate::families::string::COMMANDS,
         crate::families::keyspace::COMMANDS,
+        crate::families::transaction::COMMANDS,
         crate::families::connection::COMMANDS,
         crate::families::server::COMMANDS,
     ]

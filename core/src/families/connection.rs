@@ -51,7 +51,7 @@ fn echo(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const QUIT: Spec = Spec::new(
     "quit",
     -1,
-    ANYTIME_FAST.union(Flags::NO_AUTH),
+    ANYTIME_FAST.union(Flags::NO_AUTH).union(Flags::IMMEDIATE),
     Group::Connection,
     "Replies OK, then closes the connection.",
     Handler::Local(quit),

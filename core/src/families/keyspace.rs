@@ -1,12 +1,58 @@
-//! The keyspace family: DEL, EXISTS, and the seed's DUMP (every pair).
+//! The keyspace family: DEL, UNLINK, EXISTS, TOUCH, TYPE, RENAME(NX), COPY,
+//! KEYS, SCAN, RANDOMKEY, DBSIZE, FLUSHDB, FLUSHALL, the EXPIRE family,
+//! PERSIST, TTL and friends, OBJECT, TIME, and the seed's DUMP (every
+//! pair).
 
+use super::parse::{self, TimeArg};
 use crate::command::table::{Arg, Cache, Flags, Group, Handler, KeyAccess, Keys, Shape, Spec};
 use crate::command::Command;
 use crate::db::{Db, Effect};
+use crate::errors::ExecError;
+use crate::glob;
 use crate::reply::{Reply, ReplyOut};
+use bytes::Bytes;
 
 /// The family's commands.
-pub const COMMANDS: &[Spec] = &[DEL, EXISTS, DUMP];
+pub const COMMANDS: &[Spec] = &[
+    DEL,
+    UNLINK,
+    EXISTS,
+    TOUCH,
+    TYPE,
+    RENAME,
+    RENAMENX,
+    COPY,
+    KEYS,
+    SCAN,
+    RANDOMKEY,
+    DBSIZE,
+    FLUSHDB,
+    FLUSHALL,
+    EXPIRE,
+    PEXPIRE,
+    EXPIREAT,
+    PEXPIREAT,
+    PERSIST,
+    TTL,
+    PTTL,
+    EXPIRETIME,
+    PEXPIRETIME,
+    OBJECT,
+    TIME,
+    DUMP,
+];
+
+const READ_FAST: Flags = Flags::READONLY.union(Flags::FAST);
+const KEY_ARG: &[Arg] = &[Arg::key("key")];
+const KEYS_ARG: &[Arg] = &[Arg::key("key").multiple()];
+
+fn error(e: ExecError) -> Reply {
+    e.into()
+}
+
+fn status(s: &'static str) -> Reply {
+    Reply::Status(Bytes::from_static(s.as_bytes()))
+}
 
 const DEL: Spec = Spec::new(
     "del",
@@ -17,8 +63,21 @@ const DEL: Spec = Spec::new(
     Handler::Data(del),
 )
 .keys(Keys::range(1, -1, 1, KeyAccess::Remove))
-.args(&[Arg::key("key").multiple()])
+.args(KEYS_ARG)
 .complexity("O(N) where N is the number of keys that will be removed.")
+.cache(Cache::WriteThrough(del_effects));
+
+const UNLINK: Spec = Spec::new(
+    "unlink",
+    -2,
+    Flags::WRITE.union(Flags::FAST),
+    Group::Generic,
+    "Removes keys (as DEL: kv frees memory at once); how many existed.",
+    Handler::Data(del),
+)
+.keys(Keys::range(1, -1, 1, KeyAccess::Remove))
+.args(KEYS_ARG)
+.since("4.0.0")
 .cache(Cache::WriteThrough(del_effects));
 
 fn del(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
@@ -36,19 +95,666 @@ fn del_effects(cmd: &Command, reply: &Reply, effects: &mut Vec<Effect>) {
 const EXISTS: Spec = Spec::new(
     "exists",
     -2,
-    Flags::READONLY.union(Flags::FAST),
+    READ_FAST,
     Group::Generic,
     "Counts the keys that exist (a key named twice counts twice).",
     Handler::Data(exists),
 )
 .keys(Keys::range(1, -1, 1, KeyAccess::Read))
-.args(&[Arg::key("key").multiple()])
+.args(KEYS_ARG)
 .since("3.0.3")
 .complexity("O(N) where N is the number of keys to check.");
+
+const TOUCH: Spec = Spec::new(
+    "touch",
+    -2,
+    READ_FAST,
+    Group::Generic,
+    "Counts the keys that exist (kv keeps no access times to update).",
+    Handler::Data(exists),
+)
+.keys(Keys::range(1, -1, 1, KeyAccess::Read))
+.args(KEYS_ARG)
+.since("3.2.1");
 
 fn exists(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let found = cmd.keys().filter(|k| db.contains(k)).count();
     out.reply(Reply::Integer(found as i64));
+}
+
+const TYPE: Spec = Spec::new(
+    "type",
+    2,
+    READ_FAST,
+    Group::Generic,
+    "The type of a key's value: string, or none.",
+    Handler::Data(type_of),
+)
+.keys(Keys::one(1, KeyAccess::Read))
+.args(KEY_ARG);
+
+fn type_of(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    out.reply(status(if db.contains(cmd.arg(1)) {
+        "string"
+    } else {
+        "none"
+    }));
+}
+
+const RENAME: Spec = Spec::new(
+    "rename",
+    3,
+    Flags::WRITE,
+    Group::Generic,
+    "Renames a key (with its time to live), replacing the new name's value.",
+    Handler::Data(rename),
+)
+.keys(Keys::range(1, 2, 1, KeyAccess::Overwrite))
+.args(&[Arg::key("key"), Arg::key("newkey")]);
+
+const RENAMENX: Spec = Spec::new(
+    "renamenx",
+    3,
+    Flags::WRITE.union(Flags::FAST),
+    Group::Generic,
+    "Renames a key only if the new name is free; 1 if renamed.",
+    Handler::Data(renamenx),
+)
+.keys(Keys::range(1, 2, 1, KeyAccess::Overwrite))
+.args(&[Arg::key("key"), Arg::key("newkey")]);
+
+fn rename(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    match move_key(db, cmd.arg(1), cmd.arg(2), false) {
+        Ok(_) => out.reply(Reply::ok()),
+        Err(e) => out.reply(error(e)),
+    }
+}
+
+fn renamenx(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    match move_key(db, cmd.arg(1), cmd.arg(2), true) {
+        Ok(moved) => out.reply(Reply::Integer(i64::from(moved))),
+        Err(e) => out.reply(error(e)),
+    }
+}
+
+/// Moves `from` to `to` with its deadline; with `nx`, only if `to` is
+/// free. Whether it moved.
+fn move_key(db: &mut Db, from: &Bytes, to: &Bytes, nx: bool) -> Result<bool, ExecError> {
+    let Some(slot) = db.slot(from) else {
+        return Err(ExecError::NoSuchKey);
+    };
+    let (value, deadline) = (Bytes::copy_from_slice(slot.entry.value()), slot.deadline);
+    if from == to {
+        return Ok(!nx);
+    }
+    if nx && db.contains(to) {
+        return Ok(false);
+    }
+    db.set(to, &value, deadline);
+    db.del(from);
+    Ok(true)
+}
+
+const COPY: Spec = Spec::new(
+    "copy",
+    -3,
+    Flags::WRITE.union(Flags::DENYOOM),
+    Group::Generic,
+    "Copies a key's value (and time to live) to another key (DB 0 only; REPLACE).",
+    Handler::Data(copy),
+)
+.keys(Keys::range(1, 2, 1, KeyAccess::Overwrite))
+.args(&[
+    Arg::key("source"),
+    Arg::key("destination"),
+    Arg::integer("destination-db").with_token("DB").optional(),
+    Arg::token("replace", "REPLACE").optional(),
+])
+.since("6.2.0");
+
+fn copy(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let args = cmd.args();
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"replace") {
+            replace = true;
+        } else if args[i].eq_ignore_ascii_case(b"db") && i + 1 < args.len() {
+            match parse::int(&args[i + 1]) {
+                Some(0) => {}
+                Some(_) => return out.reply(error(ExecError::DbIndexOutOfRange)),
+                None => return out.reply(error(ExecError::NotInteger)),
+            }
+            i += 1;
+        } else {
+            return out.reply(error(ExecError::Syntax));
+        }
+        i += 1;
+    }
+    let (from, to) = (cmd.arg(1), cmd.arg(2));
+    if from == to {
+        return out.reply(Reply::error(
+            "ERR source and destination objects are the same",
+        ));
+    }
+    let Some(slot) = db.slot(from) else {
+        return out.reply(Reply::Integer(0));
+    };
+    let (value, deadline) = (Bytes::copy_from_slice(slot.entry.value()), slot.deadline);
+    if !replace && db.contains(to) {
+        return out.reply(Reply::Integer(0));
+    }
+    db.set(to, &value, deadline);
+    out.reply(Reply::Integer(1));
+}
+
+const KEYS: Spec = Spec::new(
+    "keys",
+    2,
+    Flags::READONLY,
+    Group::Generic,
+    "Every key matching a glob pattern.",
+    Handler::Data(keys),
+)
+.args(&[Arg::string("pattern")])
+.complexity("O(N) with N being the number of keys in the database");
+
+fn keys(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let pattern = cmd.arg(1);
+    let now = db.now();
+    let all = pattern.as_ref() == b"*";
+    let found = db
+        .store()
+        .iter_slots()
+        .filter(|s| !s.expired(now))
+        .map(|s| s.entry.key())
+        .filter(|k| all || glob::matches(pattern, k, false))
+        .map(|k| Reply::Bulk(Bytes::copy_from_slice(k)))
+        .collect();
+    out.reply(Reply::Array(found));
+}
+
+const SCAN: Spec = Spec::new(
+    "scan",
+    -2,
+    Flags::READONLY,
+    Group::Generic,
+    "Iterates over the keys with a cursor (MATCH, COUNT, TYPE).",
+    Handler::Data(scan),
+)
+.args(&[
+    Arg::integer("cursor"),
+    Arg::string("pattern").with_token("MATCH").optional(),
+    Arg::integer("count").with_token("COUNT").optional(),
+    Arg::string("type").with_token("TYPE").optional(),
+])
+.since("2.8.0")
+.complexity("O(1) for every call. O(N) for a complete iteration.");
+
+/// `SCAN`: the cursor is a position in the store's slots, walked from the
+/// end down (see [`Store`](crate::db::Store) for why that keeps Redis's
+/// guarantee as the store grows and shrinks). Cursor 0 starts at the end;
+/// a returned 0 means the walk is done.
+fn scan(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let Some(cursor) = std::str::from_utf8(cmd.arg(1))
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return out.reply(error(ExecError::InvalidCursor));
+    };
+    let args = cmd.args();
+    let (mut pattern, mut count, mut only_strings) = (None, 10usize, true);
+    let mut i = 2;
+    while i + 1 < args.len() + 1 {
+        let (Some(opt), Some(v)) = (args.get(i), args.get(i + 1)) else {
+            return out.reply(error(ExecError::Syntax));
+        };
+        if opt.eq_ignore_ascii_case(b"match") {
+            pattern = Some(v.clone());
+        } else if opt.eq_ignore_ascii_case(b"count") {
+            match parse::int(v) {
+                Some(n) if n >= 1 => count = n as usize,
+                Some(_) => return out.reply(error(ExecError::Syntax)),
+                None => return out.reply(error(ExecError::NotInteger)),
+            }
+        } else if opt.eq_ignore_ascii_case(b"type") {
+            only_strings = v.eq_ignore_ascii_case(b"string");
+        } else {
+            return out.reply(error(ExecError::Syntax));
+        }
+        i += 2;
+    }
+    let len = db.store().len();
+    let hi = if cursor == 0 {
+        len
+    } else {
+        usize::try_from(cursor).unwrap_or(usize::MAX).min(len)
+    };
+    let lo = hi.saturating_sub(count);
+    let mut found = Vec::new();
+    for p in (lo..hi).rev() {
+        if db.expire_position(p) {
+            continue;
+        }
+        let Some(slot) = db.store().at(p) else {
+            continue;
+        };
+        let key = slot.entry.key();
+        if only_strings
+            && pattern
+                .as_ref()
+                .is_none_or(|pat| glob::matches(pat, key, false))
+        {
+            found.push(Reply::Bulk(Bytes::copy_from_slice(key)));
+        }
+    }
+    let next = Bytes::from(lo.to_string());
+    out.reply(Reply::Array(vec![Reply::Bulk(next), Reply::Array(found)]));
+}
+
+const RANDOMKEY: Spec = Spec::new(
+    "randomkey",
+    1,
+    Flags::READONLY,
+    Group::Generic,
+    "A random key, or nil if there are none.",
+    Handler::Data(randomkey),
+);
+
+fn randomkey(db: &mut Db, _: &Command, out: &mut dyn ReplyOut) {
+    // Expired keys found on the way are removed; a bounded number of
+    // tries, then any key (as Redis does when all keys are volatile).
+    for _ in 0..100 {
+        let Some(p) = db.random_position() else {
+            return out.reply(Reply::Nil);
+        };
+        if !db.expire_position(p) {
+            let key = db
+                .store()
+                .at(p)
+                .map(|s| Bytes::copy_from_slice(s.entry.key()));
+            return out.reply(key.map_or(Reply::Nil, Reply::Bulk));
+        }
+    }
+    out.reply(Reply::Nil);
+}
+
+const DBSIZE: Spec = Spec::new(
+    "dbsize",
+    1,
+    READ_FAST,
+    Group::Server,
+    "How many keys there are.",
+    Handler::Data(dbsize),
+);
+
+fn dbsize(db: &mut Db, _: &Command, out: &mut dyn ReplyOut) {
+    out.reply(Reply::Integer(db.store().len() as i64));
+}
+
+const FLUSH_ARGS: &[Arg] = &[Arg::oneof(
+    "flush-type",
+    &[Arg::token("async", "ASYNC"), Arg::token("sync", "SYNC")],
+)
+.optional()];
+
+const FLUSHDB: Spec = Spec::new(
+    "flushdb",
+    -1,
+    Flags::WRITE,
+    Group::Server,
+    "Removes every key (ASYNC and SYNC alike: at once).",
+    Handler::Data(flush),
+)
+.args(FLUSH_ARGS)
+.cache(Cache::WriteThrough(flush_effects));
+
+const FLUSHALL: Spec = Spec::new(
+    "flushall",
+    -1,
+    Flags::WRITE,
+    Group::Server,
+    "Removes every key of every database (kv has one).",
+    Handler::Data(flush),
+)
+.args(FLUSH_ARGS)
+.cache(Cache::WriteThrough(flush_effects));
+
+fn flush(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    match cmd.args() {
+        [_] => {}
+        [_, mode] if mode.eq_ignore_ascii_case(b"async") || mode.eq_ignore_ascii_case(b"sync") => {}
+        _ => return out.reply(error(ExecError::Syntax)),
+    }
+    db.flush();
+    out.reply(Reply::ok());
+}
+
+/// An acknowledged flush leaves nothing: the proxy's cache is emptied.
+fn flush_effects(_: &Command, reply: &Reply, effects: &mut Vec<Effect>) {
+    if matches!(reply, Reply::Status(_)) {
+        effects.push(Effect::Flush);
+    }
+}
+
+const EXPIRE_ARGS: &[Arg] = &[
+    Arg::key("key"),
+    Arg::integer("time"),
+    Arg::oneof(
+        "condition",
+        &[
+            Arg::token("nx", "NX"),
+            Arg::token("xx", "XX"),
+            Arg::token("gt", "GT"),
+            Arg::token("lt", "LT"),
+        ],
+    )
+    .optional(),
+];
+
+const fn expire_spec(
+    name: &'static str,
+    summary: &'static str,
+    handler: crate::command::table::DataHandler,
+) -> Spec {
+    Spec::new(
+        name,
+        -3,
+        Flags::WRITE.union(Flags::FAST),
+        Group::Generic,
+        summary,
+        Handler::Data(handler),
+    )
+    .keys(Keys::one(1, KeyAccess::Overwrite))
+    .args(EXPIRE_ARGS)
+}
+
+const EXPIRE: Spec = expire_spec("expire", "Sets a key's time to live in seconds.", expire);
+const PEXPIRE: Spec = expire_spec(
+    "pexpire",
+    "Sets a key's time to live in milliseconds.",
+    pexpire,
+);
+const EXPIREAT: Spec = expire_spec(
+    "expireat",
+    "Sets when a key expires, as a unix time in seconds.",
+    expireat,
+);
+const PEXPIREAT: Spec = expire_spec(
+    "pexpireat",
+    "Sets when a key expires, as a unix time in milliseconds.",
+    pexpireat,
+);
+
+fn expire(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    expire_generic(db, cmd, TimeArg::Secs, "expire", out);
+}
+
+fn pexpire(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    expire_generic(db, cmd, TimeArg::Millis, "pexpire", out);
+}
+
+fn expireat(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    expire_generic(db, cmd, TimeArg::UnixSecs, "expireat", out);
+}
+
+fn pexpireat(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    expire_generic(db, cmd, TimeArg::UnixMillis, "pexpireat", out);
+}
+
+fn expire_generic(
+    db: &mut Db,
+    cmd: &Command,
+    unit: TimeArg,
+    name: &'static str,
+    out: &mut dyn ReplyOut,
+) {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &cmd.args()[3..] {
+        let flag = match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => &mut nx,
+            b"xx" => &mut xx,
+            b"gt" => &mut gt,
+            b"lt" => &mut lt,
+            _ => {
+                let opt = String::from_utf8_lossy(opt).into_owned();
+                return out.reply(error(ExecError::UnsupportedOption(opt)));
+            }
+        };
+        *flag = true;
+    }
+    if nx && (xx || gt || lt) {
+        return out.reply(error(ExecError::ExpireNxWithOthers));
+    }
+    if gt && lt {
+        return out.reply(error(ExecError::ExpireGtLt));
+    }
+    let at = match unit.deadline(cmd.arg(2), db.now(), false, name) {
+        Ok(at) => at,
+        Err(e) => return out.reply(error(e)),
+    };
+    let key = cmd.arg(1);
+    let Some(current) = db.deadline(key) else {
+        return out.reply(Reply::Integer(0));
+    };
+    // No deadline counts as an infinite one for GT and LT.
+    let refused = (nx && current.is_some())
+        || (xx && current.is_none())
+        || (gt && current.is_none_or(|c| at <= c as i64))
+        || (lt && current.is_some_and(|c| at >= c as i64));
+    if refused {
+        return out.reply(Reply::Integer(0));
+    }
+    // A deadline not after now deletes the key (Db::expire does).
+    db.expire(key, Some(u64::try_from(at).unwrap_or(0)));
+    out.reply(Reply::Integer(1));
+}
+
+const PERSIST: Spec = Spec::new(
+    "persist",
+    2,
+    Flags::WRITE.union(Flags::FAST),
+    Group::Generic,
+    "Removes a key's time to live; 1 if it had one.",
+    Handler::Data(persist),
+)
+.keys(Keys::one(1, KeyAccess::Overwrite))
+.args(KEY_ARG)
+.since("2.2.0");
+
+fn persist(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let key = cmd.arg(1);
+    if db.deadline(key).flatten().is_none() {
+        return out.reply(Reply::Integer(0));
+    }
+    db.expire(key, None);
+    out.reply(Reply::Integer(1));
+}
+
+/// How `TTL` and its kin report a deadline.
+#[derive(Clone, Copy)]
+enum TtlForm {
+    Secs,
+    Millis,
+    UnixSecs,
+    UnixMillis,
+}
+
+const fn ttl_spec(
+    name: &'static str,
+    summary: &'static str,
+    handler: crate::command::table::DataHandler,
+) -> Spec {
+    Spec::new(
+        name,
+        2,
+        READ_FAST,
+        Group::Generic,
+        summary,
+        Handler::Data(handler),
+    )
+    .keys(Keys::one(1, KeyAccess::Read))
+    .args(KEY_ARG)
+}
+
+const TTL: Spec = ttl_spec("ttl", "Seconds left to live (-1: none, -2: no key).", ttl);
+const PTTL: Spec = ttl_spec(
+    "pttl",
+    "Milliseconds left to live (-1: none, -2: no key).",
+    pttl,
+);
+const EXPIRETIME: Spec = ttl_spec(
+    "expiretime",
+    "When a key expires, unix seconds (-1, -2).",
+    expiretime,
+)
+.since("7.0.0");
+const PEXPIRETIME: Spec = ttl_spec(
+    "pexpiretime",
+    "When a key expires, unix milliseconds (-1, -2).",
+    pexpiretime,
+)
+.since("7.0.0");
+
+/// Appends the request for `key`'s time to live in milliseconds (`PTTL`),
+/// which the proxy sends behind each `GET` it may cache.
+pub fn encode_ttl_query(key: &Bytes, out: &mut bytes::BytesMut) {
+    crate::command::encode_resp_args(&[Bytes::from_static(b"PTTL"), key.clone()], out);
+}
+
+fn ttl(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    ttl_generic(db, cmd, TtlForm::Secs, out);
+}
+
+fn pttl(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    ttl_generic(db, cmd, TtlForm::Millis, out);
+}
+
+fn expiretime(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    ttl_generic(db, cmd, TtlForm::UnixSecs, out);
+}
+
+fn pexpiretime(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    ttl_generic(db, cmd, TtlForm::UnixMillis, out);
+}
+
+fn ttl_generic(db: &mut Db, cmd: &Command, form: TtlForm, out: &mut dyn ReplyOut) {
+    let now = db.now();
+    let n = match db.deadline(cmd.arg(1)) {
+        None => -2,
+        Some(None) => -1,
+        Some(Some(at)) => {
+            let left = at.saturating_sub(now);
+            match form {
+                // Rounded to the nearest second, as Redis does.
+                TtlForm::Secs => ((left + 500) / 1000) as i64,
+                TtlForm::Millis => left as i64,
+                TtlForm::UnixSecs => ((at + 500) / 1000) as i64,
+                TtlForm::UnixMillis => at as i64,
+            }
+        }
+    };
+    out.reply(Reply::Integer(n));
+}
+
+const OBJECT: Spec = Spec::new(
+    "object",
+    -2,
+    Flags::empty(),
+    Group::Generic,
+    "Facts about a key's value (ENCODING, FREQ, IDLETIME).",
+    Handler::Container,
+)
+.since("2.2.3")
+.subcommands(&[
+    OBJECT_ENCODING,
+    OBJECT_FREQ,
+    OBJECT_IDLETIME,
+    Spec::container_help("object|help", Group::Generic),
+]);
+
+const OBJECT_ENCODING: Spec = Spec::new(
+    "object|encoding",
+    3,
+    Flags::READONLY,
+    Group::Generic,
+    "How Redis would encode the value: int, embstr or raw.",
+    Handler::Data(object_encoding),
+)
+.keys(Keys::one(2, KeyAccess::Read))
+.args(KEY_ARG);
+
+fn object_encoding(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let Some(v) = db.get(cmd.arg(2)) else {
+        return out.reply(Reply::Nil);
+    };
+    // kv stores every value as bytes; report the encoding Redis would
+    // pick for it, which clients and tools inspect.
+    let name = if v.len() <= 20 && parse::int(v).is_some() {
+        "int"
+    } else if v.len() <= 44 {
+        "embstr"
+    } else {
+        "raw"
+    };
+    out.reply(Reply::Bulk(Bytes::from_static(name.as_bytes())));
+}
+
+const OBJECT_FREQ: Spec = Spec::new(
+    "object|freq",
+    3,
+    Flags::READONLY,
+    Group::Generic,
+    "Access frequency: needs an LFU eviction policy, which kv does not have.",
+    Handler::Data(object_freq),
+)
+.keys(Keys::one(2, KeyAccess::Read))
+.args(KEY_ARG);
+
+fn object_freq(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    if !db.contains(cmd.arg(2)) {
+        return out.reply(Reply::Nil);
+    }
+    out.reply(Reply::error(
+        "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+    ));
+}
+
+const OBJECT_IDLETIME: Spec = Spec::new(
+    "object|idletime",
+    3,
+    Flags::READONLY,
+    Group::Generic,
+    "Idle time: kv keeps no access times, so it says so.",
+    Handler::Data(object_idletime),
+)
+.keys(Keys::one(2, KeyAccess::Read))
+.args(KEY_ARG);
+
+fn object_idletime(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    if !db.contains(cmd.arg(2)) {
+        return out.reply(Reply::Nil);
+    }
+    out.reply(Reply::error(
+        "ERR kv does not track access times, so OBJECT IDLETIME has no answer",
+    ));
+}
+
+const TIME: Spec = Spec::new(
+    "time",
+    1,
+    Flags::READONLY.union(Flags::FAST).union(Flags::ANYTIME),
+    Group::Server,
+    "The server's time: unix seconds and microseconds.",
+    Handler::Data(time),
+)
+.since("2.6.0");
+
+fn time(db: &mut Db, _: &Command, out: &mut dyn ReplyOut) {
+    let now = db.now();
+    let secs = Bytes::from((now / 1000).to_string());
+    let micros = Bytes::from(((now % 1000) * 1000).to_string());
+    out.reply(Reply::Array(vec![Reply::Bulk(secs), Reply::Bulk(micros)]));
 }
 
 const DUMP: Spec = Spec::new(

@@ -3,8 +3,9 @@
 //! command, next to its handler) in a `COMMANDS` list, which the
 //! [`Table`](crate::command::table::Table) gathers.
 //!
-//! - [`string`]: GET, SET (alias PUT);
-//! - [`keyspace`]: DEL, EXISTS, DUMP;
+//! - [`string`]: GET, SET (alias PUT) and the rest of Redis's strings;
+//! - [`keyspace`]: DEL, EXISTS, SCAN, the EXPIRE family, DUMP …;
+//! - [`transaction`]: MULTI, EXEC, DISCARD, WATCH, UNWATCH;
 //! - [`connection`]: PING, ECHO, QUIT, HELLO, AUTH, SELECT, CLIENT;
 //! - [`server`]: INFO, CONFIG, COMMAND, HELP.
 //!
@@ -14,5 +15,7 @@
 
 pub mod connection;
 pub mod keyspace;
+pub mod parse;
 pub mod server;
 pub mod string;
+pub mod transaction;

@@ -10,7 +10,7 @@ use crate::session::Local;
 use bytes::Bytes;
 
 /// The family's commands.
-pub const COMMANDS: &[Spec] = &[INFO, CONFIG, COMMAND, HELP];
+pub const COMMANDS: &[Spec] = &[INFO, CONFIG, COMMAND, HELP, FUNCTION];
 
 const INFO: Spec = Spec::new(
     "info",
@@ -23,8 +23,9 @@ const INFO: Spec = Spec::new(
 .args(&[Arg::string("section").optional().multiple()])
 .shape(Shape::Text);
 
-fn info(local: &mut Local<'_>, _: &Command) -> Reply {
-    Reply::Text(local.node.info())
+fn info(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let sections = crate::session::InfoSections::parse(&cmd.args()[1..]);
+    Reply::Text(local.node.info(&sections))
 }
 
 const CONFIG: Spec = Spec::new(
@@ -32,12 +33,13 @@ const CONFIG: Spec = Spec::new(
     -2,
     Flags::empty(),
     Group::Server,
-    "Reads configuration parameters (GET).",
+    "Reads and sets configuration parameters (GET, SET).",
     Handler::Container,
 )
 .since("2.0.0")
 .subcommands(&[
     CONFIG_GET,
+    CONFIG_SET,
     Spec::container_help("config|help", Group::Server),
 ]);
 
@@ -72,6 +74,90 @@ fn config_get(local: &mut Local<'_>, cmd: &Command) -> Reply {
         })
         .collect();
     Reply::Array(items)
+}
+
+const CONFIG_SET: Spec = Spec::new(
+    "config|set",
+    -4,
+    Flags::ANYTIME.union(Flags::ADMIN),
+    Group::Server,
+    "Sets configuration parameters (those that can change while running).",
+    Handler::Local(config_set),
+)
+.args(&[Arg::block("data", &[Arg::string("parameter"), Arg::string("value")]).multiple()])
+.since("2.0.0")
+.complexity("O(N) when N is the number of configuration parameters provided");
+
+fn config_set(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let pairs = &cmd.args()[2..];
+    if pairs.len() % 2 != 0 {
+        return crate::errors::CommandError::WrongArity {
+            command: "config|set",
+        }
+        .into();
+    }
+    // Every parameter is checked before any is set, as Redis does.
+    for p in pairs.chunks_exact(2) {
+        let name = String::from_utf8_lossy(&p[0]).to_ascii_lowercase();
+        if let Err(e) = local.node.config_set(&name, &p[1]) {
+            return Reply::error(e);
+        }
+    }
+    Reply::ok()
+}
+
+const FUNCTION: Spec = Spec::new(
+    "function",
+    -2,
+    Flags::empty(),
+    Group::Server,
+    "Server-side functions: kv has none (FLUSH and LIST say so).",
+    Handler::Container,
+)
+.since("7.0.0")
+.subcommands(&[
+    FUNCTION_FLUSH,
+    FUNCTION_LIST,
+    Spec::container_help("function|help", Group::Server),
+]);
+
+const FUNCTION_FLUSH: Spec = Spec::new(
+    "function|flush",
+    -2,
+    Flags::ANYTIME,
+    Group::Server,
+    "Deletes every function: kv has none, so there is nothing to do.",
+    Handler::Local(function_flush),
+)
+.args(&[Arg::oneof(
+    "flush-type",
+    &[Arg::token("async", "ASYNC"), Arg::token("sync", "SYNC")],
+)
+.optional()])
+.since("7.0.0");
+
+fn function_flush(_: &mut Local<'_>, cmd: &Command) -> Reply {
+    match cmd.args() {
+        [_, _] => Reply::ok(),
+        [_, _, m] if m.eq_ignore_ascii_case(b"async") || m.eq_ignore_ascii_case(b"sync") => {
+            Reply::ok()
+        }
+        _ => crate::errors::ExecError::Syntax.into(),
+    }
+}
+
+const FUNCTION_LIST: Spec = Spec::new(
+    "function|list",
+    -2,
+    Flags::ANYTIME,
+    Group::Server,
+    "Lists the libraries of functions: none.",
+    Handler::Local(function_list),
+)
+.since("7.0.0");
+
+fn function_list(_: &mut Local<'_>, _: &Command) -> Reply {
+    Reply::Array(Vec::new())
 }
 
 const COMMAND: Spec = Spec::new(

@@ -5,7 +5,7 @@
 use super::{ProxyConfig, ProxyStats, UpstreamState};
 use crate::auth::Password;
 use crate::cache::TtlCache;
-use crate::session::{Node, Role};
+use crate::session::{server_section, InfoSections, Node, Role};
 
 pub(super) struct View<'a> {
     pub config: &'a ProxyConfig,
@@ -21,10 +21,14 @@ impl Node for View<'_> {
         Role::Proxy
     }
 
-    fn info(&self) -> String {
+    fn info(&self, sections: &InfoSections) -> String {
         let c = self.cache.stats();
         let s = self.stats;
-        format!(
+        let mut info = String::new();
+        if sections.wants("server") {
+            server_section(&mut info, Role::Proxy, 0, 0);
+        }
+        info + &format!(
             "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n",
             match self.upstream {
                 UpstreamState::Up => "up",

@@ -59,7 +59,7 @@ use crate::command::table::Cache;
 use crate::command::{admit, Command};
 use crate::conn::Owed;
 use crate::db::Effect;
-use crate::errors::{rejected_message, UpstreamError};
+use crate::errors::{rejected_message, ExecError, UpstreamError};
 use crate::reply::{encode_value, Reply};
 use crate::session::Local;
 use crate::time::{Clock, Instant};
@@ -463,7 +463,7 @@ impl Proxy {
             match route(cmd.spec()) {
                 Route::Local(handler) => {
                     let waiter = client.push_slot(id, dialect, now);
-                    let node = info::View {
+                    let mut node = info::View {
                         config: &self.config,
                         cache: &self.cache,
                         stats: &self.stats,
@@ -474,10 +474,16 @@ impl Proxy {
                     let reply = handler(
                         &mut Local {
                             session: &mut client.session,
-                            node: &node,
+                            node: &mut node,
                         },
                         &cmd,
                     );
+                    self.complete(waiter, reply, Source::Proxy, now);
+                }
+                Route::Refused => {
+                    let waiter = client.push_slot(id, dialect, now);
+                    let name = cmd.spec().name.replace('|', " ").to_ascii_uppercase();
+                    let reply = ExecError::NeedsDedicatedConnection(name).into();
                     self.complete(waiter, reply, Source::Proxy, now);
                 }
                 Route::CachedRead => {
@@ -675,7 +681,13 @@ impl Proxy {
             Job::Fill { cmd } => {
                 let key = cache_key(cmd);
                 self.keys.end_get(key, seq);
-                if !self.keys.writing(key) {
+                // A key with a deadline sooner than the cache's lifetime is
+                // not cached: the cache must never outlive the key.
+                let ttl = self.cache.config().ttl.as_millis();
+                let lives = req
+                    .ttl_ms
+                    .is_some_and(|t| t < 0 || u128::from(t.unsigned_abs()) >= ttl);
+                if lives && !self.keys.writing(key) {
                     match &reply {
                         Reply::Bulk(v) => self.cache.insert(key, Some(v), now),
                         Reply::Nil => self.cache.insert(key, None, now),
@@ -695,14 +707,22 @@ impl Proxy {
                     for effect in self.effects.drain(..) {
                         // A later write of the key is in flight: its outcome
                         // decides, not this one.
-                        if self.keys.writing(effect.key()) {
+                        if effect.key().is_some_and(|k| self.keys.writing(k)) {
                             continue;
                         }
                         match effect {
-                            Effect::Set { key, value } => {
-                                self.cache.insert(&key, Some(&value), now)
+                            Effect::Set {
+                                key,
+                                value,
+                                deadline: None,
+                            } => self.cache.insert(&key, Some(&value), now),
+                            // The cache keeps one lifetime for all entries:
+                            // a key with its own deadline is not cached.
+                            Effect::Set { key, .. } | Effect::Expire { key, .. } => {
+                                self.cache.remove(&key);
                             }
                             Effect::Del { key } => self.cache.insert(&key, None, now),
+                            Effect::Flush => self.cache.clear(),
                         }
                     }
                 }

@@ -15,6 +15,10 @@ pub(super) enum Route {
     /// From the cache if it holds the key fresh, else upstream; the reply
     /// fills the cache (`GET`).
     CachedRead,
+    /// Refused with an error naming the limitation: the command needs
+    /// state on a connection of its own upstream (transactions, watched
+    /// keys), and the proxy's upstream pipe is shared.
+    Refused,
     /// Upstream, in order; its keys bypass the cache until it is answered
     /// (reads behind a forwarded command go upstream too).
     Forward {
@@ -25,7 +29,11 @@ pub(super) enum Route {
 
 /// The route of a command, from its spec alone.
 pub(super) fn route(spec: &Spec) -> Route {
+    if spec.flags.contains(Flags::CONN_STATE) {
+        return Route::Refused;
+    }
     match spec.handler {
+        Handler::Tx(_) => Route::Refused,
         Handler::Local(handler) => Route::Local(handler),
         Handler::Data(_) if matches!(spec.cache, Cache::Value) => Route::CachedRead,
         // A container never reaches routing (parsing resolves subcommands);

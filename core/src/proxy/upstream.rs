@@ -35,6 +35,9 @@ pub(super) struct InFlight {
     pub job: Job,
     pub waiters: Vec<Waiter>,
     pub deadline: Instant,
+    /// For a fill: the key's time to live in milliseconds, as the `PTTL`
+    /// sent right behind the `GET` said (-1: none, -2: no key).
+    pub ttl_ms: Option<i64>,
 }
 
 /// A request the proxy makes of its own on a new connection.
@@ -66,6 +69,9 @@ pub(super) struct Upstream {
     in_flight: VecDeque<InFlight>,
     /// Sequence number of `in_flight[0]`.
     head_seq: u64,
+    /// The reply to the `GET` of the fill at the head, waiting for the
+    /// reply to its `PTTL`.
+    fill_value: Option<Reply>,
 }
 
 impl Upstream {
@@ -79,6 +85,7 @@ impl Upstream {
             handshake: VecDeque::new(),
             in_flight: VecDeque::new(),
             head_seq: 0,
+            fill_value: None,
         }
     }
 
@@ -104,13 +111,24 @@ impl Upstream {
     /// Queues a request for `waiter`; returns its sequence number.
     pub fn push(&mut self, job: Job, waiter: Waiter, now: Instant) -> u64 {
         match &job {
-            Job::Fill { cmd } | Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
+            Job::Fill { cmd } => {
+                cmd.encode_resp(&mut self.out);
+                // The key's time to live, asked for in the same breath: a
+                // value is cached only where the cache's lifetime cannot
+                // outlast the key's own (the PTTL runs after the GET, so a
+                // deadline it reports is no later than the value's).
+                if let Some(key) = cmd.keys().next() {
+                    crate::families::keyspace::encode_ttl_query(key, &mut self.out);
+                }
+            }
+            Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
         }
         let seq = self.head_seq + self.in_flight.len() as u64;
         self.in_flight.push_back(InFlight {
             job,
             waiters: vec![waiter],
             deadline: now + self.request_timeout,
+            ttl_ms: None,
         });
         seq
     }
@@ -173,9 +191,24 @@ impl Upstream {
             }
             return Some(Incoming::Ready);
         }
-        let Some(req) = self.in_flight.pop_front() else {
-            return Some(Incoming::Fault(UpstreamError::Unasked));
+        let fill = match self.in_flight.front() {
+            None => return Some(Incoming::Fault(UpstreamError::Unasked)),
+            Some(req) => matches!(req.job, Job::Fill { .. }),
         };
+        let (reply, ttl_ms) = match (fill, self.fill_value.take()) {
+            (true, None) => {
+                // The GET's reply; its PTTL's comes next.
+                self.fill_value = Some(reply);
+                return self.next_reply();
+            }
+            (true, Some(value)) => match reply {
+                Reply::Integer(ttl) => (value, Some(ttl)),
+                _ => (value, None),
+            },
+            (false, _) => (reply, None),
+        };
+        let mut req = self.in_flight.pop_front()?;
+        req.ttl_ms = ttl_ms;
         let seq = self.head_seq;
         self.head_seq += 1;
         Some(Incoming::Reply(seq, req, reply))
@@ -190,6 +223,7 @@ impl Upstream {
         self.out.clear();
         self.decoder.reset();
         self.handshake.clear();
+        self.fill_value = None;
         self.head_seq += self.in_flight.len() as u64;
         self.state = state;
         (self.in_flight.drain(..).collect(), counted)

@@ -44,6 +44,45 @@ pub struct ServerConnection {
     held_base: u64,
     /// Made on the first command, from the server's configuration.
     session: Option<Session>,
+    /// The client has sent a RESP command: it is a Redis client, and its
+    /// inline commands get RESP replies too, as Redis gives.
+    spoke_resp: bool,
+}
+
+/// How inline (telnet) commands are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InlineReplies {
+    /// In kv's human-readable form, until the connection speaks RESP or
+    /// `HELLO` (the seed's behaviour, for telnet).
+    #[default]
+    Human,
+    /// In RESP, as Redis answers them (`--inline-replies resp`).
+    Resp,
+}
+
+/// The dialect a reply is written in: a RESP request's is RESP; an inline
+/// one's is human-readable unless the connection has spoken RESP or
+/// `HELLO`, or the server answers inline commands in RESP.
+pub fn reply_dialect(
+    request: Dialect,
+    spoke_resp: &mut bool,
+    inline: InlineReplies,
+    session: &Session,
+) -> Dialect {
+    match request {
+        Dialect::Resp => {
+            *spoke_resp = true;
+            Dialect::Resp
+        }
+        Dialect::Inline
+            if *spoke_resp
+                || inline == InlineReplies::Resp
+                || session.proto != crate::reply::Proto::Resp2 =>
+        {
+            Dialect::Resp
+        }
+        Dialect::Inline => Dialect::Inline,
+    }
 }
 
 /// A write's reply inside the held output.
@@ -70,6 +109,16 @@ impl ServerConnection {
             marks: VecDeque::new(),
             held_base: 0,
             session: None,
+            spoke_resp: false,
+        }
+    }
+
+    /// The connection is gone: forgets what its session held on the
+    /// server (watched keys). Drivers call it once, when the connection
+    /// ends.
+    pub fn end(&mut self, server: &mut Server) {
+        if let Some(session) = &mut self.session {
+            server.end_session(session);
         }
     }
 
@@ -113,16 +162,21 @@ impl ServerConnection {
             let (dialect, errors) = match self.decoder.next_frame() {
                 Ok(None) => return,
                 Ok(Some(frame)) => {
-                    let dialect = frame.dialect();
-                    let mut enc = ReplyEncoder::new(dialect, target);
                     let session = self.session.get_or_insert_with(|| server.new_session());
+                    let dialect = reply_dialect(
+                        frame.dialect(),
+                        &mut self.spoke_resp,
+                        server.config.inline_replies,
+                        session,
+                    );
+                    let mut enc = ReplyEncoder::new(dialect, target);
                     match Command::from_frame(frame, self.decoder.limits()) {
                         Ok(cmd) => {
                             server.run(session, &cmd, &mut enc);
                             self.decoder.recycle(cmd.into_args());
                         }
                         Err(e) => {
-                            server.stats.commands += 1;
+                            server.rejected(session);
                             enc.reply(e.into());
                         }
                     }
@@ -131,7 +185,14 @@ impl ServerConnection {
                 Err(e) => {
                     server.stats.commands += 1;
                     self.failed = e.is_fatal();
-                    let dialect = e.dialect();
+                    let dialect = match (e.dialect(), self.spoke_resp) {
+                        (Dialect::Inline, false)
+                            if server.config.inline_replies == InlineReplies::Human =>
+                        {
+                            Dialect::Inline
+                        }
+                        _ => Dialect::Resp,
+                    };
                     Reply::from(e).encode(dialect, target);
                     (dialect, 1)
                 }
@@ -270,7 +331,9 @@ mod tests {
         let (out, close) = run(&mut s, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nFOO\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n");
         assert_eq!(
             out,
-            "+OK\r\n(error) ERR unknown command 'FOO'\r\n$1\r\nv\r\n:1\r\n"
+            // Once a client has spoken RESP, its inline commands get RESP
+            // replies too, as Redis gives.
+            "+OK\r\n-ERR unknown command 'FOO'\r\n$1\r\nv\r\n:1\r\n"
         );
         assert!(!close);
         assert_eq!(s.stats().errors, 1);
@@ -380,8 +443,8 @@ mod tests {
         assert_eq!(
             take(&mut c),
             "-ERR persistence failed: No space left on device\r\n\
-             (error) ERR persistence failed: No space left on device\r\n\
-             (error) ERR persistence failed: No space left on device\r\n\"2\"\r\n"
+             -ERR persistence failed: No space left on device\r\n\
+             -ERR persistence failed: No space left on device\r\n$1\r\n2\r\n"
         );
         // Rolled back: memory matches the log.
         assert_eq!(s.store().get(b"a"), Some(&b"1"[..]));
@@ -392,7 +455,7 @@ mod tests {
         c.handle_input(&mut s, b"PUT d 4\r\nGET b\r\n");
         assert_eq!(
             take(&mut c),
-            "(error) ERR persistence failed: No space left on device\r\n\"1\"\r\n"
+            "-ERR persistence failed: No space left on device\r\n$1\r\n1\r\n"
         );
         let (out, _) = run(&mut s, b"INFO\r\n");
         assert!(out.contains("aof_status:failed"), "{out}");
@@ -401,7 +464,7 @@ mod tests {
         let (_, upto) = s.take_log_records().unwrap();
         s.log_stored(upto);
         c.process(&mut s);
-        assert_eq!(take(&mut c), "OK\r\n");
+        assert_eq!(take(&mut c), "+OK\r\n");
         assert_eq!(s.stats().errors, 4);
     }
 
@@ -425,6 +488,7 @@ mod tests {
         s.replay(&Effect::Set {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
+            deadline: None,
         });
         s.replay(&Effect::Del {
             key: Bytes::from_static(b"gone"),

@@ -6,14 +6,17 @@
 //! ([`admit`]), the handler, and the log records of the command's effects.
 
 mod conn;
+mod tx;
 
-pub use conn::{ServerConnection, OUTPUT_HIGH_WATER};
+pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER};
+pub use tx::{Transaction, TxOp, MAX_QUEUED};
 
 use crate::aof::{self, Journal, LogStatus, WriteOutcome};
 use crate::auth::Password;
 use crate::codec::Limits;
 use crate::command::table::{Flags, Handler};
 use crate::command::{admit, Command};
+use crate::db::EXPIRE_BUDGET;
 use crate::db::{Db, Effect};
 use crate::errors::{CommandError, ExecError};
 use crate::reply::{Reply, ReplyOut};
@@ -29,6 +32,8 @@ pub struct ServerConfig {
     pub hash_seed: u64,
     /// Password connections must give with `AUTH` (none: no authentication).
     pub password: Option<Password>,
+    /// How inline commands are answered.
+    pub inline_replies: InlineReplies,
 }
 
 /// Counters reported by `INFO`. The connection counters are kept by the
@@ -47,6 +52,27 @@ pub struct ServerStats {
     pub connections_rejected: u64,
     /// Connections closed for idling or stalling mid-command.
     pub connections_timed_out: u64,
+    /// Commands refused before they ran (unknown, wrong arity, no auth,
+    /// a transaction's queuing errors): Redis's `rejected_calls`.
+    pub rejected: u64,
+}
+
+/// Facts about the process that only the driver can read (the core reads
+/// no clock and no OS counters), for `INFO`. The driver refreshes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostFacts {
+    /// The process id.
+    pub process_id: u32,
+    /// The TCP port the server listens on.
+    pub tcp_port: u16,
+    /// Seconds since the server started.
+    pub uptime_secs: u64,
+    /// CPU seconds spent in user mode.
+    pub used_cpu_user: f64,
+    /// CPU seconds spent in the kernel.
+    pub used_cpu_sys: f64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
 }
 
 /// The database and the commands that act on it. One instance is shared by
@@ -65,6 +91,7 @@ pub struct Server {
     journal: Option<Journal>,
     /// The id the next connection's session gets (`CLIENT ID`).
     next_session: u64,
+    host: HostFacts,
 }
 
 impl Server {
@@ -76,7 +103,46 @@ impl Server {
             config,
             journal: None,
             next_session: 1,
+            host: HostFacts::default(),
         }
+    }
+
+    /// The unix time in milliseconds, from the driver: key deadlines are
+    /// compared with it until the next call. Drivers call it before each
+    /// batch of input; tests move it as they please.
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.db.set_time(now_ms);
+    }
+
+    /// When active expiry next has work (unix milliseconds): the driver
+    /// calls [`Server::handle_timeout`] then. Immediately again after a
+    /// call that used its whole budget.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.db.next_deadline()
+    }
+
+    /// Active expiry: sets the time and removes up to
+    /// [`EXPIRE_BUDGET`] keys whose deadline has passed, logging their
+    /// removal; how many it removed.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> usize {
+        self.db.set_time(now_ms);
+        let n = self.db.expire_due();
+        debug_assert!(n <= EXPIRE_BUDGET);
+        if let Some(journal) = &mut self.journal {
+            self.db.take_changes().for_each(|c| journal.record(c));
+        }
+        n
+    }
+
+    /// The process facts `INFO` shows, for the driver to refresh.
+    pub fn host_mut(&mut self) -> &mut HostFacts {
+        &mut self.host
+    }
+
+    /// Forgets what a closed connection's session held on the server (its
+    /// watched keys). Drivers call it when a connection ends.
+    pub fn end_session(&mut self, session: &mut Session) {
+        tx::end(&mut self.db, session);
     }
 
     /// A session for a new connection: numbered, and authenticated unless
@@ -137,7 +203,7 @@ impl Server {
         let Some(j) = &mut self.journal else { return };
         // Newest first, so a key written twice gets its oldest value back.
         for undo in j.fail(error).into_iter().rev() {
-            self.db.undo(&undo.key, undo.before);
+            self.db.undo(undo.change);
         }
     }
 
@@ -184,10 +250,36 @@ impl Server {
         self.stats.commands += 1;
         let refusing = self.journal.as_ref().and_then(Journal::refusing);
         if let Err(reply) = admit(cmd, session, refusing) {
+            self.stats.rejected += 1;
+            tx::flag_error(session);
             out.reply(reply);
             return;
         }
+        if tx::queues(session, cmd) {
+            out.reply(tx::queue(session, cmd));
+            return;
+        }
+        self.execute_admitted(session, cmd, out);
+    }
+
+    /// A command that could not be parsed (unknown, wrong arity …): counted
+    /// as rejected, and it aborts the connection's transaction if one is
+    /// being queued, as in Redis.
+    pub fn rejected(&mut self, session: &mut Session) {
+        self.stats.commands += 1;
+        self.stats.rejected += 1;
+        tx::flag_error(session);
+    }
+
+    /// Runs an admitted command (or a queued one, at `EXEC`).
+    pub(crate) fn execute_admitted(
+        &mut self,
+        session: &mut Session,
+        cmd: &Command,
+        out: &mut dyn ReplyOut,
+    ) {
         match cmd.spec().handler {
+            Handler::Tx(op) => tx::run(self, session, op, cmd, out),
             Handler::Data(handler) => {
                 if self.journal.is_some()
                     && cmd.spec().flags.contains(Flags::WRITE)
@@ -205,7 +297,7 @@ impl Server {
                 let reply = handler(
                     &mut Local {
                         session,
-                        node: &*self,
+                        node: &mut *self,
                     },
                     cmd,
                 );
@@ -249,23 +341,77 @@ impl Node for Server {
         Role::Server
     }
 
-    fn info(&self) -> String {
+    fn info(&self, sections: &crate::session::InfoSections) -> String {
+        use std::fmt::Write;
         let s = &self.stats;
+        let h = &self.host;
         let store = self.db.store();
-        let mut info = format!(
-            "# Server\nrole:server\n# Keyspace\nkeys:{}\ndata_bytes:{}\n# Stats\ncommands:{}\nerrors:{}\nconnections_total:{}\nconnections_current:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n# Persistence\n",
-            store.len(),
-            store.data_bytes(),
-            s.commands,
-            s.errors,
-            s.connections_total,
-            s.connections_current,
-            s.connections_rejected,
-            s.connections_timed_out,
-        );
-        match &self.journal {
-            Some(j) => j.info(&mut info),
-            None => info.push_str("aof_enabled:0\n"),
+        let mut info = String::new();
+        if sections.wants("server") {
+            crate::session::server_section(&mut info, Role::Server, h.process_id, h.tcp_port);
+            let _ = writeln!(info, "uptime_in_seconds:{}", h.uptime_secs);
+        }
+        if sections.wants("clients") {
+            let _ = write!(
+                info,
+                "# Clients\nconnected_clients:{}\nblocked_clients:0\n",
+                s.connections_current
+            );
+        }
+        if sections.wants("memory") {
+            let _ = write!(
+                info,
+                "# Memory\nused_memory:{rss}\nused_memory_rss:{rss}\nused_memory_dataset:{}\nmaxmemory:0\nmaxmemory_policy:noeviction\nmem_allocator:libc\n",
+                store.data_bytes(),
+                rss = h.rss_bytes,
+            );
+        }
+        if sections.wants("persistence") {
+            info.push_str("# Persistence\nloading:0\nrdb_bgsave_in_progress:0\n");
+            match &self.journal {
+                Some(j) => j.info(&mut info),
+                None => info.push_str("aof_enabled:0\naof_rewrite_in_progress:0\n"),
+            }
+        }
+        if sections.wants("stats") {
+            let _ = write!(
+                info,
+                "# Stats\ntotal_connections_received:{}\ntotal_commands_processed:{}\nrejected_connections:{}\nexpired_keys:{}\nevicted_keys:0\ntotal_error_replies:{}\ntotal_forks:0\nconnections_timed_out:{}\n",
+                s.connections_total,
+                s.commands,
+                s.connections_rejected,
+                self.db.expired_keys(),
+                s.errors,
+                s.connections_timed_out,
+            );
+        }
+        if sections.wants("replication") {
+            info.push_str("# Replication\nrole:master\nconnected_slaves:0\nmaster_repl_offset:0\n");
+        }
+        if sections.wants("cpu") {
+            let _ = write!(
+                info,
+                "# CPU\nused_cpu_sys:{:.6}\nused_cpu_user:{:.6}\nused_cpu_sys_children:0.000000\nused_cpu_user_children:0.000000\n",
+                h.used_cpu_sys, h.used_cpu_user
+            );
+        }
+        if sections.wants_extra("commandstats") {
+            let _ = write!(
+                info,
+                "# Commandstats\ncmdstat_all:calls={},rejected_calls={},failed_calls={}\n",
+                s.commands, s.rejected, s.errors
+            );
+        }
+        if sections.wants("keyspace") {
+            info.push_str("# Keyspace\n");
+            if !store.is_empty() {
+                let _ = writeln!(
+                    info,
+                    "db0:keys={},expires={},avg_ttl=0",
+                    store.len(),
+                    store.volatile()
+                );
+            }
         }
         info
     }

@@ -1543,7 +1543,7 @@ impl World {
         if self.p.bug == Some(Bug::StaleRestart) {
             // Restores the state of the previous restart, and keeps the
             // current one for the next.
-            let old = std::mem::replace(&mut self.snapshot, self.server.store().dump());
+            let old = std::mem::replace(&mut self.snapshot, self.server.store().dump(0));
             self.server = Server::new(self.server.config().clone());
             for (k, v) in old {
                 let set = Command::build(&[&b"SET"[..], &k, &v]).expect("a valid SET");

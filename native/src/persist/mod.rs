@@ -38,7 +38,7 @@ pub use replay::replay;
 
 use crate::runtime::clock::Epoch;
 use kv_core::aof::{self, CorruptKind, LogStatus, Upkeep, UpkeepConfig};
-use kv_core::db::Entry;
+use kv_core::db::Slot;
 use kv_core::Server;
 use rewrite::Rewrite;
 use std::cell::{Cell, RefCell};
@@ -460,7 +460,7 @@ impl Log {
     /// the old log only, not to the new file's tail.
     fn send_rewrite(&self, server: &mut Server) {
         self.flush(server);
-        let snapshot: Vec<Entry> = server.store().entries().collect();
+        let snapshot: Vec<Slot> = server.store().slots().collect();
         let failures = self.failures.get();
         if self
             .to_writer
@@ -530,6 +530,7 @@ mod tests {
         Effect::Set {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
+            deadline: None,
         }
     }
 
@@ -550,7 +551,7 @@ mod tests {
 
     fn keys(s: &Server) -> Vec<String> {
         s.store()
-            .dump()
+            .dump(0)
             .into_iter()
             .map(|(k, v)| {
                 format!(

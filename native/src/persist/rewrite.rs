@@ -7,7 +7,7 @@ use super::sync_dir;
 use super::writer::{write_all_chunks, Event, ToWriter, Writer};
 use bytes::{Bytes, BytesMut};
 use kv_core::aof;
-use kv_core::db::Entry;
+use kv_core::db::Slot;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
@@ -33,7 +33,7 @@ pub(super) struct Rewrite {
 }
 
 impl Writer {
-    pub(super) fn start_rewrite(&mut self, snapshot: Vec<Entry>, failures: u64) {
+    pub(super) fn start_rewrite(&mut self, snapshot: Vec<Slot>, failures: u64) {
         if failures != self.failures {
             // Asked for before a failure; the driver knows it was dropped.
             return;
@@ -141,7 +141,7 @@ impl Writer {
 /// the tail as keeps coming, synced.
 fn write_snapshot(
     tmp: &Path,
-    snapshot: Vec<Entry>,
+    snapshot: Vec<Slot>,
     tail: &Mutex<Vec<Bytes>>,
     cancel: &AtomicBool,
 ) -> io::Result<File> {
@@ -153,8 +153,13 @@ fn write_snapshot(
     let mut file = OpenOptions::new().append(true).create_new(true).open(tmp)?;
     let mut buf = BytesMut::with_capacity(REWRITE_CHUNK + 4096);
     buf.extend_from_slice(&aof::file_header());
-    for entry in snapshot {
-        aof::encode_put(entry.key(), entry.value(), &mut buf);
+    for slot in snapshot {
+        aof::encode_slot(
+            slot.entry.key(),
+            slot.entry.value(),
+            slot.deadline,
+            &mut buf,
+        );
         if buf.len() >= REWRITE_CHUNK {
             file.write_all(&buf)?;
             buf.clear();

@@ -4,7 +4,7 @@
 
 use super::{FsyncPolicy, Rewrite};
 use bytes::Bytes;
-use kv_core::db::Entry;
+use kv_core::db::Slot;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub(super) enum ToWriter {
         failures: u64,
     },
     /// Start a rewrite from this snapshot of the store.
-    Rewrite { snapshot: Vec<Entry>, failures: u64 },
+    Rewrite { snapshot: Vec<Slot>, failures: u64 },
     /// From the rewrite thread: the snapshot (and most of the tail) is in
     /// the temp file.
     SnapshotWritten { id: u64, result: io::Result<File> },

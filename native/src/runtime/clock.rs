@@ -14,6 +14,15 @@ use tokio::time::{Instant as TokioInstant, Sleep};
 /// in Tokio's clock.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+/// The unix time in milliseconds: what the core's key deadlines are
+/// measured in (they must survive restarts, so a monotonic clock will not
+/// do). A clock set before 1970 reads as 0.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Translates between Tokio's clock and the core's [`kv_core::Instant`].
 #[derive(Debug, Clone, Copy)]
 pub struct Epoch {

@@ -15,7 +15,7 @@
 
 use crate::conn::{self, Conn, Wake};
 use crate::persist::{self, Log, PersistError, PersistOptions};
-use crate::runtime::clock::Epoch;
+use crate::runtime::clock::{self, Epoch};
 use crate::runtime::net::{self, AcceptHooks};
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub persistence: Option<PersistOptions>,
     /// Password clients must give with `AUTH` (none: no authentication).
     pub password: Option<kv_core::auth::Password>,
+    /// How inline commands are answered.
+    pub inline_replies: kv_core::server::InlineReplies,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +61,7 @@ impl Default for ServerOptions {
             hash_seed: 0,
             persistence: None,
             password: None,
+            inline_replies: kv_core::server::InlineReplies::Human,
         }
     }
 }
@@ -79,7 +82,10 @@ pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
         limits: options.limits,
         hash_seed: options.hash_seed,
         password: options.password.clone(),
+        inline_replies: options.inline_replies,
     });
+    // Replay drops what has expired by now.
+    server.set_time(clock::unix_millis());
     let log = match &options.persistence {
         Some(p) => Some(persist::open(p, &mut server)?),
         None => None,
@@ -142,6 +148,8 @@ pub async fn run_prepared(
             }
         })
     });
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let expiry = tokio::task::spawn_local(expire_keys(shared.clone(), port));
     let hooks = shared.clone();
     net::accept_loop(
         listener,
@@ -161,10 +169,43 @@ pub async fn run_prepared(
         log.flush(&mut shared.server.borrow_mut());
         log.stop();
     }
+    expiry.abort();
     if let Some(driver) = driver {
         let _ = driver.await;
     }
 }
+
+/// Active expiry: wakes when the next key is due (or at least every
+/// [`HOUSEKEEPING`], to refresh the facts `INFO` shows), removes what is
+/// due within the core's budget, and hands the removals to the log. A
+/// call that used its whole budget goes again after yielding, so clients
+/// are served in between.
+async fn expire_keys(shared: Rc<Shared>, port: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        let now = clock::unix_millis();
+        let due = shared.server.borrow().poll_timeout();
+        let wait = due.map_or(HOUSEKEEPING, |d| {
+            Duration::from_millis(d.saturating_sub(now)).min(HOUSEKEEPING)
+        });
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+        let mut server = shared.server.borrow_mut();
+        server.handle_timeout(clock::unix_millis());
+        if let Some(log) = &shared.log {
+            if server.journal().is_some_and(|j| j.has_pending()) {
+                log.request_flush();
+            }
+        }
+        crate::runtime::host::refresh(server.host_mut(), started, port);
+    }
+}
+
+/// How often the expiry task wakes at the least.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// One client of the server, as the connection loop drives it.
 struct ServerClient {
@@ -196,6 +237,7 @@ impl ServerClient {
 impl Drop for ServerClient {
     fn drop(&mut self) {
         if let Ok(mut server) = self.shared.server.try_borrow_mut() {
+            self.conn.end(&mut server);
             let stats = server.stats_mut();
             stats.connections_current = stats.connections_current.saturating_sub(1);
         }
@@ -210,6 +252,7 @@ impl Conn for ServerClient {
     /// the log works on them while this task writes.
     fn poll_output(&mut self) -> Option<BytesMut> {
         let mut server = self.shared.server.borrow_mut();
+        server.set_time(clock::unix_millis());
         self.conn.process(&mut server);
         if let Some(log) = &self.shared.log {
             if server.journal().is_some_and(|j| j.has_pending()) {
