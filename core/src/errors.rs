@@ -8,43 +8,63 @@
 use crate::reply::Reply;
 use thiserror::Error;
 
-/// Input that cannot be decoded. [`DecodeError::is_fatal`] tells whether the
-/// connection can carry on after the error reply.
+/// Input that cannot be decoded: each is one of Redis's protocol errors,
+/// worded as Redis 7.0 words it (`processMultibulkBuffer` and
+/// `processInlineBuffer` in its `networking.c`), so that clients and tests
+/// written against Redis recognise them. [`DecodeError::is_fatal`] tells
+/// whether the connection can carry on after the error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    /// An inline line exceeded [`Limits::max_line`](crate::Limits::max_line);
-    /// the rest of it is skipped.
-    #[error("ERR line too long (limit {limit} bytes)")]
-    LineTooLong {
-        /// The limit in force.
-        limit: usize,
+    /// A RESP array's `*` line is not a number as Redis reads one, or
+    /// announces more than [`Limits::max_args`](crate::Limits::max_args)
+    /// elements.
+    #[error("ERR Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// An array element does not start with `$`: only bulk strings may
+    /// make up a request.
+    #[error("ERR Protocol error: expected '$', got '{}'", shown_byte(*got))]
+    ExpectedBulk {
+        /// The byte found instead.
+        got: u8,
     },
-    /// A RESP bulk string exceeded [`Limits::max_bulk`](crate::Limits::max_bulk);
-    /// the command is skipped without buffering it.
-    #[error("ERR argument too long ({len} bytes, limit {limit})")]
-    BulkTooLong {
-        /// The announced length.
-        len: usize,
-        /// The limit in force.
-        limit: usize,
-    },
-    /// A RESP array announced more than
-    /// [`Limits::max_args`](crate::Limits::max_args) elements.
-    #[error("ERR Protocol error: too many arguments ({len}, limit {limit})")]
-    TooManyArgs {
-        /// The announced length.
-        len: usize,
-        /// The limit in force.
-        limit: usize,
-    },
+    /// A `$` line is not a number, is negative, or announces more than
+    /// [`Limits::max_bulk`](crate::Limits::max_bulk) bytes. Refused as soon
+    /// as the line is read, before any of the payload is buffered.
+    #[error("ERR Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    /// A `*` line ran past [`Limits::max_line`](crate::Limits::max_line)
+    /// bytes without its `\r`.
+    #[error("ERR Protocol error: too big mbulk count string")]
+    MultibulkCountTooBig,
+    /// A `$` line ran past [`Limits::max_line`](crate::Limits::max_line)
+    /// bytes without its `\r`.
+    #[error("ERR Protocol error: too big bulk count string")]
+    BulkCountTooBig,
+    /// An inline line ran past [`Limits::max_line`](crate::Limits::max_line)
+    /// bytes.
+    #[error("ERR Protocol error: too big inline request")]
+    InlineTooBig,
+    /// An inline line whose quotes do not split into words: a quote left
+    /// open, or a closing quote followed by something other than a blank
+    /// (see [`Command::from_inline`](crate::Command::from_inline)).
+    #[error("ERR Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
     /// An HTTP request arrived on the TCP port: a web page may be trying to
     /// reach the store through the user's browser. Like Redis, the
     /// connection is closed at once.
     #[error("ERR HTTP request refused on the kv port (possible cross-protocol attack); closing")]
     CrossProtocol,
-    /// The RESP framing is broken; what follows cannot be trusted.
-    #[error("ERR Protocol error: {0}")]
-    Protocol(&'static str),
+}
+
+/// A byte of the wire as Redis's `%c` shows it in an error line, except
+/// that the error text is UTF-8: a byte past ASCII is shown as the Latin-1
+/// character of that number where Redis sends the raw byte.
+fn shown_byte(b: u8) -> String {
+    match b {
+        // Redis maps line breaks to spaces so the reply stays one line.
+        b'\r' | b'\n' => " ".to_owned(),
+        _ => char::from(b).to_string(),
+    }
 }
 
 /// A request that is well framed but not a valid command. The connection
@@ -298,5 +318,50 @@ mod tests {
         assert!(UpstreamError::Unavailable
             .to_string()
             .starts_with("ERR upstream unavailable"));
+    }
+
+    #[test]
+    fn decode_errors_read_as_redis_writes_them() {
+        let cases = [
+            (
+                DecodeError::InvalidMultibulkLength,
+                "ERR Protocol error: invalid multibulk length",
+            ),
+            (
+                DecodeError::InvalidBulkLength,
+                "ERR Protocol error: invalid bulk length",
+            ),
+            (
+                DecodeError::MultibulkCountTooBig,
+                "ERR Protocol error: too big mbulk count string",
+            ),
+            (
+                DecodeError::BulkCountTooBig,
+                "ERR Protocol error: too big bulk count string",
+            ),
+            (
+                DecodeError::InlineTooBig,
+                "ERR Protocol error: too big inline request",
+            ),
+            (
+                DecodeError::UnbalancedQuotes,
+                "ERR Protocol error: unbalanced quotes in request",
+            ),
+            (
+                DecodeError::ExpectedBulk { got: b'f' },
+                "ERR Protocol error: expected '$', got 'f'",
+            ),
+            (
+                DecodeError::ExpectedBulk { got: b'\n' },
+                "ERR Protocol error: expected '$', got ' '",
+            ),
+            (
+                DecodeError::ExpectedBulk { got: 0xE9 },
+                "ERR Protocol error: expected '$', got '\u{e9}'",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
     }
 }

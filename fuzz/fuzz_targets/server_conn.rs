@@ -13,8 +13,6 @@ use kv_core::{Decoder, Dialect, Limits, ReplyDecoder, Server, ServerConfig, Serv
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
-const MAX_HEADER: usize = 32;
-
 #[derive(Debug, Arbitrary)]
 struct Input {
     max_line: u8,
@@ -32,9 +30,7 @@ fuzz_target!(|input: Input| {
         max_value: 1 + usize::from(input.max_value % 64),
         max_args: 1 + usize::from(input.max_args % 8),
     };
-    let bound = (limits.max_line + 1)
-        .max(limits.max_bulk() + 1)
-        .max(MAX_HEADER - 1);
+    let bound = (limits.max_line + 1).max(limits.max_bulk() + 1);
     let mut server = Server::new(ServerConfig {
         limits,
         hash_seed: 7,

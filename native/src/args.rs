@@ -37,19 +37,28 @@ pub enum KvCommand {
     Up(UpArgs),
 }
 
-/// Input limits, shared by the server and the proxy.
+/// Input limits, shared by the server and the proxy. The defaults are
+/// Redis's (see `kv_core::Limits`), so that what works against Redis works
+/// here; a test keeps them equal to `Limits::default()`.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
-    /// Longest inline (telnet) request line, in bytes.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_line)]
+    /// Longest inline (telnet) request line, and longest RESP `*`/`$`
+    /// header line, in bytes, as Redis's fixed 64 KiB. Longer closes the
+    /// connection with Redis's protocol error.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
     pub max_line: usize,
-    /// Longest key, in bytes.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_key)]
+    /// Longest key, in bytes. Redis bounds keys only as it bounds any
+    /// argument (proto-max-bulk-len), hence the same default as
+    /// --max-value.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "512MiB")]
     pub max_key: usize,
-    /// Longest value, in bytes.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = Limits::default().max_value)]
+    /// Longest value, in bytes: Redis's proto-max-bulk-len. A RESP bulk
+    /// string longer than both this and --max-key is refused as soon as its
+    /// length is read, before its bytes are, and the connection closed.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "512MiB")]
     pub max_value: usize,
-    /// Most arguments in one RESP request, the command name included.
+    /// Most arguments in one request (RESP array elements or inline
+    /// words), the command name included.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_args)]
     pub max_args: usize,
 }

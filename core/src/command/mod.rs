@@ -12,7 +12,7 @@ pub mod docs;
 pub mod table;
 
 use crate::codec::{Frame, Limits};
-use crate::errors::{CommandError, ExecError};
+use crate::errors::{CommandError, DecodeError, ExecError};
 use crate::reply::{bulk, header, Reply};
 use crate::session::Session;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -44,68 +44,87 @@ impl Command {
         }
     }
 
-    /// Parses an inline line: words separated by spaces and tabs, except
-    /// that a command with [`Spec::inline_rest`] takes the rest of the line
-    /// from that argument on as one argument (`PUT key value with spaces`).
+    /// Parses an inline line, splitting it into words as Redis's
+    /// `sdssplitargs` does:
+    ///
+    /// - words are separated by blanks (space, tab, `\r`, `\n`, vertical tab,
+    ///   form feed);
+    /// - `"…"` quotes a word, blanks included, with the escapes `\n`, `\r`,
+    ///   `\t`, `\b`, `\a`, `\xHH` (two hex digits) and `\` before any other
+    ///   byte for that byte (`\"`, `\\`); `'…'` quotes a word with `\'` as
+    ///   its only escape. A quote may begin mid-word (`a"b c"` is `ab c`),
+    ///   and the word ends at the closing quote;
+    /// - a quote left open, or a closing quote followed by anything but a
+    ///   blank or the end of the line, is *unbalanced*.
+    ///
+    /// So `SET "a b" c` sets the key `a b`. One exception is kv's own: for a
+    /// command with [`Spec::inline_rest`] (`PUT`, alias of `SET`), the
+    /// words before that argument are split as above, and the rest of the
+    /// line from it on is one argument: as it stands, inner blanks and
+    /// quotes kept, when it does not start with a quote
+    /// (`PUT key it's a "value"`); when it does, it is split as above, and if
+    /// that gives exactly one word it is the argument (`PUT key "a \"b\""`
+    /// stores `a "b"`), otherwise the rest as it stands is.
+    ///
+    /// A line from a [`Decoder`](crate::Decoder) never has unbalanced quotes:
+    /// the decoder refuses them with [`DecodeError::UnbalancedQuotes`] and
+    /// closes the connection, as Redis does, so no command error is needed
+    /// for them. Given such a line directly, this splits it on blanks alone,
+    /// taking every quote literally; call [`Command::check_inline`] first to
+    /// refuse it instead.
     pub fn from_inline(line: Bytes, limits: &Limits) -> Result<Command, CommandError> {
-        let mut words = Words {
-            line: &line,
-            pos: 0,
+        let bytes = |w: Word| match w {
+            Word::Plain(s, e) => line.slice(s..e),
+            Word::Unquoted(v) => Bytes::from(v),
         };
-        let Some((s, e)) = words.next() else {
+        let Split { found, args, len } = split(&line, limits.max_args, Quotes::Redis, bytes)
+            .or_else(|Unbalanced| split(&line, limits.max_args, Quotes::Literal, bytes))
+            .unwrap_or_else(|Unbalanced| unreachable!("literal splitting has no quotes"));
+        let Some(name) = args.first() else {
             return Err(unknown(b""));
         };
-        let name = line.slice(s..e);
-        let found = Table::get().lookup(&name);
-        if let Some((called, spec)) = found {
-            if let Some(rest_at) = spec.inline_rest {
-                let mut args = Vec::with_capacity(rest_at + 1);
-                args.push(name);
-                while args.len() < rest_at {
-                    match words.next() {
-                        Some((s, e)) => args.push(line.slice(s..e)),
-                        None => break,
-                    }
-                }
-                if let Some(start) = words.rest_start().filter(|_| args.len() == rest_at) {
-                    args.push(line.slice(start..));
-                }
-                if !spec.arity_allows(args.len()) {
-                    return Err(CommandError::WrongArity { command: called });
-                }
-                // However many words the last argument has, it is one
-                // argument: held to the same limit as in RESP, which is how
-                // the proxy forwards it.
-                if args.len() > limits.max_args {
-                    return Err(CommandError::TooManyArgs {
-                        len: args.len(),
-                        limit: limits.max_args,
-                    });
-                }
-                return Command::checked(spec, called, args, limits);
+        if let Some((called, spec)) = found.filter(|(_, spec)| spec.inline_rest.is_some()) {
+            if !spec.arity_allows(args.len()) {
+                return Err(CommandError::WrongArity { command: called });
             }
-        }
-        let mut args = Vec::with_capacity(4);
-        args.push(name);
-        if limits.max_args == 0 {
-            return Err(CommandError::TooManyArgs {
-                len: 1 + words.count(),
-                limit: 0,
-            });
-        }
-        for (s, e) in words.by_ref() {
-            if args.len() == limits.max_args {
+            // However many words the last argument has, it is one
+            // argument: held to the same limit as in RESP, which is how
+            // the proxy forwards it.
+            if args.len() > limits.max_args {
                 return Err(CommandError::TooManyArgs {
-                    len: args.len() + 1 + words.count(),
+                    len: args.len(),
                     limit: limits.max_args,
                 });
             }
-            args.push(line.slice(s..e));
+            return Command::checked(spec, called, args, limits);
+        }
+        // The same bound as RESP arrays have, so that whatever is accepted
+        // here can be forwarded upstream in RESP.
+        if len > limits.max_args {
+            return Err(CommandError::TooManyArgs {
+                len,
+                limit: limits.max_args,
+            });
         }
         match found {
             Some((called, spec)) => Command::resolve(spec, called, args, limits),
-            None => Err(unknown(&args[0])),
+            None => Err(unknown(name)),
         }
+    }
+
+    /// Checks that an inline line's quotes are balanced as
+    /// [`Command::from_inline`] splits it: what the [`Decoder`](crate::Decoder)
+    /// checks of every line, and what a client that sends inline lines
+    /// can check before sending one, to refuse what the server would.
+    pub fn check_inline(line: &[u8]) -> Result<(), DecodeError> {
+        // Nearly every line has no quote at all, and then nothing can be
+        // unbalanced: one fast scan instead of a split.
+        if memchr::memchr2(b'"', b'\'', line).is_none() {
+            return Ok(());
+        }
+        split(line, 0, Quotes::Redis, drop)
+            .map(drop)
+            .map_err(|Unbalanced| DecodeError::UnbalancedQuotes)
     }
 
     /// Parses RESP arguments; `args[0]` is the command name.
@@ -295,36 +314,250 @@ pub(crate) fn put_decimal(out: &mut BytesMut, n: i64) {
     out.put_slice(buf.format(n).as_bytes());
 }
 
-/// Splits an inline line on spaces and tabs, yielding byte ranges.
+/// Whether C's `isspace` holds for `b` (in the C locale): the blanks
+/// Redis's `sdssplitargs` skips between inline words.
+pub(crate) fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
+}
+
+/// Whether `b` ends an unquoted word. Fewer bytes than [`is_blank`]:
+/// `sdssplitargs` ends words on these four only, so a vertical tab or form
+/// feed inside a word stays in it.
+fn ends_word(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// An inline line's quotes do not split into words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unbalanced;
+
+/// Whether quotes mean anything to the splitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quotes {
+    /// As in Redis (see [`Command::from_inline`]).
+    Redis,
+    /// Taken as any other byte: for lines whose quotes do not balance.
+    Literal,
+}
+
+/// One word of an inline line.
+enum Word {
+    /// `line[start..end]` as it stands: shared with the line, not copied.
+    Plain(usize, usize),
+    /// A word with quotes or escapes, undone.
+    Unquoted(Vec<u8>),
+}
+
+/// An inline line split into arguments.
+struct Split<T> {
+    /// The command, if the table knows the first word.
+    found: Option<(&'static str, &'static Spec)>,
+    /// The arguments, the name first: all of them for a command with
+    /// [`Spec::inline_rest`] (there are few), else at most `keep` (and the
+    /// name).
+    args: Vec<T>,
+    /// How many arguments the line holds, kept or not.
+    len: usize,
+}
+
+/// Splits `line` as [`Command::from_inline`] says, turning each argument
+/// kept into a `T` with `make`. Every word is read, kept or not, so that
+/// an unbalanced quote is found wherever it is.
+fn split<T>(
+    line: &[u8],
+    keep: usize,
+    quotes: Quotes,
+    mut make: impl FnMut(Word) -> T,
+) -> Result<Split<T>, Unbalanced> {
+    let mut words = Words {
+        line,
+        pos: 0,
+        quotes,
+    };
+    let Some(name) = words.next().transpose()? else {
+        return Ok(Split {
+            found: None,
+            args: Vec::new(),
+            len: 0,
+        });
+    };
+    let found = Table::get().lookup(words.text(&name));
+    let mut args = Vec::with_capacity(4);
+    args.push(make(name));
+    if let Some(rest_at) = found.and_then(|(_, spec)| spec.inline_rest) {
+        while args.len() < rest_at {
+            match words.next() {
+                Some(word) => args.push(make(word?)),
+                None => break,
+            }
+        }
+        if args.len() == rest_at {
+            if let Some(rest) = words.rest()? {
+                args.push(make(rest));
+            }
+        }
+        let len = args.len();
+        return Ok(Split { found, args, len });
+    }
+    let mut len = 1;
+    for word in words {
+        let word = word?;
+        len += 1;
+        if args.len() < keep {
+            args.push(make(word));
+        }
+    }
+    Ok(Split { found, args, len })
+}
+
+/// Splits an inline line into words, yielding them one by one.
 struct Words<'a> {
     line: &'a [u8],
     pos: usize,
+    quotes: Quotes,
 }
 
 impl Words<'_> {
     fn skip_blanks(&mut self) {
-        while self.pos < self.line.len() && matches!(self.line[self.pos], b' ' | b'\t') {
+        while self.pos < self.line.len() && is_blank(self.line[self.pos]) {
             self.pos += 1;
         }
     }
 
-    /// Where the unsplit rest of the line starts, if anything is left.
-    fn rest_start(&mut self) -> Option<usize> {
+    /// The bytes of a word.
+    fn text<'w>(&'w self, word: &'w Word) -> &'w [u8] {
+        match word {
+            Word::Plain(s, e) => &self.line[*s..*e],
+            Word::Unquoted(v) => v,
+        }
+    }
+
+    /// The rest of the line as one argument, for [`Spec::inline_rest`]: as
+    /// it stands unless it starts with a quote and is one word.
+    fn rest(&mut self) -> Result<Option<Word>, Unbalanced> {
         self.skip_blanks();
-        (self.pos < self.line.len()).then_some(self.pos)
+        let start = self.pos;
+        let Some(&first) = self.line.get(start) else {
+            return Ok(None);
+        };
+        let as_is = Word::Plain(start, self.line.len());
+        if self.quotes == Quotes::Literal || !matches!(first, b'"' | b'\'') {
+            return Ok(Some(as_is));
+        }
+        let word = self.word()?;
+        if self.next().transpose()?.is_some() {
+            // Read on to the end: an unbalanced quote there is one still.
+            for word in self.by_ref() {
+                word?;
+            }
+            return Ok(Some(as_is));
+        }
+        Ok(Some(word))
+    }
+
+    /// Reads the word that starts at `pos` (not a blank).
+    fn word(&mut self) -> Result<Word, Unbalanced> {
+        let start = self.pos;
+        while let Some(&b) = self.line.get(self.pos) {
+            if ends_word(b) {
+                break;
+            }
+            if self.quotes == Quotes::Redis && matches!(b, b'"' | b'\'') {
+                let mut out = self.line[start..self.pos].to_vec();
+                self.pos += 1;
+                if b == b'"' {
+                    self.double_quoted(&mut out)?;
+                } else {
+                    self.single_quoted(&mut out)?;
+                }
+                return Ok(Word::Unquoted(out));
+            }
+            self.pos += 1;
+        }
+        Ok(Word::Plain(start, self.pos))
+    }
+
+    /// Reads the inside of `"…"` and its closing quote, undoing escapes.
+    fn double_quoted(&mut self, out: &mut Vec<u8>) -> Result<(), Unbalanced> {
+        let line = self.line;
+        loop {
+            let Some(&b) = line.get(self.pos) else {
+                return Err(Unbalanced);
+            };
+            let next = line.get(self.pos + 1).copied();
+            let hex = |i: usize| line.get(i).and_then(|&d| char::from(d).to_digit(16));
+            if let (b'\\', Some(b'x'), Some(hi), Some(lo)) =
+                (b, next, hex(self.pos + 2), hex(self.pos + 3))
+            {
+                // Two hex digits are at most 0xFF.
+                out.push((hi * 16 + lo) as u8);
+                self.pos += 4;
+                continue;
+            }
+            match (b, next) {
+                (b'\\', Some(c)) => {
+                    out.push(match c {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                    self.pos += 2;
+                }
+                (b'"', _) => {
+                    self.pos += 1;
+                    return self.closed();
+                }
+                // A `\` ending the line falls here too, and the quote is
+                // then left open.
+                _ => {
+                    out.push(b);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    /// Reads the inside of `'…'` and its closing quote: `\'` is the only
+    /// escape, any other `\` is itself.
+    fn single_quoted(&mut self, out: &mut Vec<u8>) -> Result<(), Unbalanced> {
+        loop {
+            match (self.line.get(self.pos), self.line.get(self.pos + 1)) {
+                (None, _) => return Err(Unbalanced),
+                (Some(b'\\'), Some(b'\'')) => {
+                    out.push(b'\'');
+                    self.pos += 2;
+                }
+                (Some(b'\''), _) => {
+                    self.pos += 1;
+                    return self.closed();
+                }
+                (Some(&b), _) => {
+                    out.push(b);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    /// After a closing quote: the word must end there. (Redis's rule:
+    /// `"a"b` is refused, not read as `ab`.)
+    fn closed(&self) -> Result<(), Unbalanced> {
+        match self.line.get(self.pos) {
+            Some(&b) if !is_blank(b) => Err(Unbalanced),
+            _ => Ok(()),
+        }
     }
 }
 
 impl Iterator for Words<'_> {
-    type Item = (usize, usize);
+    type Item = Result<Word, Unbalanced>;
 
-    fn next(&mut self) -> Option<(usize, usize)> {
+    fn next(&mut self) -> Option<Result<Word, Unbalanced>> {
         self.skip_blanks();
-        let start = self.pos;
-        while self.pos < self.line.len() && !matches!(self.line[self.pos], b' ' | b'\t') {
-            self.pos += 1;
-        }
-        (self.pos > start).then_some((start, self.pos))
+        (self.pos < self.line.len()).then(|| self.word())
     }
 }
 
@@ -351,6 +584,141 @@ mod tests {
             inline("Put k"),
             Err(CommandError::WrongArity { command: "put" })
         );
+    }
+
+    #[test]
+    fn inline_words_split_as_redis_splits_them() {
+        let cases: &[(&str, &[&[u8]])] = &[
+            ("DEL a  b\tc\x0b\x0cd", &[b"DEL", b"a", b"b", b"c\x0b\x0cd"]),
+            ("DEL a\rb\nc", &[b"DEL", b"a", b"b", b"c"]),
+            (" \x0bDEL  a ", &[b"DEL", b"a"]),
+            ("DEL \"a b\" 'c d'", &[b"DEL", b"a b", b"c d"]),
+            ("DEL \"\" ''", &[b"DEL", b"", b""]),
+            ("DEL a\"b c\" d'e f'", &[b"DEL", b"ab c", b"de f"]),
+            ("DEL \"a\"\x0b\"b\"", &[b"DEL", b"a", b"b"]),
+            (
+                r#"DEL "\n\r\t\b\a\\\"\q\'""#,
+                &[b"DEL", b"\n\r\t\x08\x07\\\"q'"],
+            ),
+            (
+                r#"DEL "\x41\x4a\x4A\xff\x00" "\x4" "\xzz" "\x""#,
+                &[b"DEL", b"AJJ\xff\x00", b"x4", b"xzz", b"x"],
+            ),
+            (
+                r#"DEL 'it\'s' 'a\nb\\x' 'x"y'"#,
+                &[b"DEL", b"it's", b"a\\nb\\\\x", b"x\"y"],
+            ),
+            ("\"DEL\" 'k'", &[b"DEL", b"k"]),
+        ];
+        for (line, expected) in cases {
+            let cmd = inline(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!(words(&cmd), *expected, "{line:?}");
+            assert_eq!(Command::check_inline(line.as_bytes()), Ok(()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_can_be_quoted() {
+        for b in 0..=255u8 {
+            let hex = inline(&format!("DEL \"\\x{b:02x}\" \"\\x{b:02X}\"")).unwrap();
+            assert_eq!(words(&hex)[1..], [[b], [b]], "{b:#x}");
+            if b != b'"' && b != b'\\' {
+                let mut line = b"ECHO \"".to_vec();
+                line.extend([b, b'"']);
+                let cmd = Command::from_inline(Bytes::from(line), &Limits::default()).unwrap();
+                assert_eq!(words(&cmd)[1..], [[b]], "{b:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn unbalanced_quotes_are_found_wherever_they_are() {
+        for line in [
+            "DEL \"a",
+            "DEL 'a",
+            "DEL \"a\"b",
+            "DEL 'a'b",
+            "DEL \"a\\\"",
+            "DEL \"a\\",
+            "DEL 'a\\'",
+            "DEL 'a\\\\'",
+            "DEL it's",
+            "\"DEL",
+            "FROB x \"y",
+            "DEL a b c \"d",
+            "PUT \"k v",
+            "PUT \"k\"v v",
+            "PUT k \"v",
+            "PUT k 'v'x",
+            "PUT k \"a\" \"b",
+            "PUT k \"a\" b'",
+        ] {
+            assert_eq!(
+                Command::check_inline(line.as_bytes()),
+                Err(DecodeError::UnbalancedQuotes),
+                "{line:?}"
+            );
+        }
+        // Given one anyway, `from_inline` takes its quotes literally.
+        assert_eq!(words(&inline("GET \"k").unwrap()), [&b"GET"[..], b"\"k"]);
+        assert_eq!(
+            words(&inline("DEL 'a'b \"c").unwrap()),
+            [&b"DEL"[..], b"'a'b", b"\"c"]
+        );
+        assert_eq!(
+            words(&inline("PUT \"k v w").unwrap()),
+            [&b"PUT"[..], b"\"k", b"v w"]
+        );
+    }
+
+    #[test]
+    fn inline_rest_is_the_line_unless_it_is_one_quoted_word() {
+        let cases: &[(&str, &[u8], &[u8])] = &[
+            ("PUT k it's a \"value\"", b"k", b"it's a \"value\""),
+            ("PUT k a  b ", b"k", b"a  b "),
+            ("PUT k \"a \\\"b\\\"\"", b"k", b"a \"b\""),
+            ("PUT k 'a b'  ", b"k", b"a b"),
+            ("PUT k \"\"", b"k", b""),
+            ("PUT k \"a\" b", b"k", b"\"a\" b"),
+            ("PUT k 'a' 'b'", b"k", b"'a' 'b'"),
+            (
+                "PUT \"my key\" value with spaces",
+                b"my key",
+                b"value with spaces",
+            ),
+            ("SET 'k' \"v\"", b"k", b"v"),
+            ("set \"a b\" c", b"a b", b"c"),
+            ("PUT k v\"w x\"", b"k", b"v\"w x\""),
+        ];
+        for (line, key, value) in cases {
+            let cmd = inline(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!(words(&cmd)[1..], [*key, *value], "{line:?}");
+            assert_eq!(Command::check_inline(line.as_bytes()), Ok(()), "{line:?}");
+        }
+        assert_eq!(
+            inline("PUT \"k\""),
+            Err(CommandError::WrongArity { command: "put" })
+        );
+    }
+
+    #[test]
+    fn inline_argument_count_is_held_to_max_args() {
+        let limits = Limits {
+            max_args: 3,
+            ..Limits::default()
+        };
+        let line =
+            |s: &'static str| Command::from_inline(Bytes::from_static(s.as_bytes()), &limits);
+        assert!(line("DEL \"a b\" 'c d'").is_ok());
+        assert_eq!(
+            line("DEL \"a b\" 'c d' e f"),
+            Err(CommandError::TooManyArgs { len: 5, limit: 3 })
+        );
+        assert_eq!(
+            line("FROB a b c"),
+            Err(CommandError::TooManyArgs { len: 4, limit: 3 })
+        );
+        assert!(line("PUT k a b c d").is_ok());
     }
 
     #[test]

@@ -346,7 +346,7 @@ mod tests {
         let (out, close) = run(&mut s, b"PING\r\n*1\r\n:1\r\nPING\r\n");
         assert_eq!(
             out,
-            "PONG\r\n-ERR Protocol error: expected '$' for a bulk string\r\n"
+            "PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n"
         );
         assert!(close);
         let (out, close) = run(&mut s, b"QUIT\r\nPING\r\n");
