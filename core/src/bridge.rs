@@ -19,7 +19,9 @@
 //! - `reply`: the reply as data, its `type` one of `status`, `error`,
 //!   `integer`, `bulk`, `nil`, `array` (`items`), `pairs` (`pairs`: `[[k, v]…]`),
 //!   `text`. A `bulk` value that is not UTF-8 is sent as hex with
-//!   `"binary":true`.
+//!   `"binary":true`. A RESP3 reply is sent in its RESP2 shape (a map as a
+//!   flat array, a double as a `bulk` string, a boolean as an integer, a
+//!   verbatim string as `text`); `display` shows its real form.
 //! - `display`: the reply exactly as telnet would show it (one or more lines).
 //! - `source`: `cache` (then `age_ms` is the entry's age), `server`, or
 //!   `proxy` (answered by the proxy itself: `PING`, `INFO`, errors).
@@ -51,10 +53,16 @@ pub enum Inbound<'a> {
     Refused(String),
 }
 
+/// The longest command a browser may send: the socket layer buffers a
+/// whole message before it is understood, so this is kept well below the
+/// TCP port's limits (which are Redis's 512 MB), while a multi-megabyte
+/// value still fits.
+pub const MAX_BROWSER_COMMAND: usize = 16 * 1024 * 1024;
+
 /// The longest binary message that can hold one command: a key, a value,
-/// and room for the RESP framing.
+/// and room for the RESP framing, up to [`MAX_BROWSER_COMMAND`].
 pub fn max_binary(limits: &Limits) -> usize {
-    limits.max_key + limits.max_value + 1024
+    (limits.max_key + limits.max_value + 1024).min(MAX_BROWSER_COMMAND)
 }
 
 /// The longest message the socket layer buffers. Messages up to it that
@@ -193,7 +201,7 @@ impl From<&Reply> for WireReply {
             Reply::Error(s) => WireReply::Error { value: text(s) },
             Reply::Integer(n) => WireReply::Integer { value: *n },
             Reply::Bulk(b) => bulk(b),
-            Reply::Nil | Reply::NilArray => WireReply::Nil,
+            Reply::Nil => WireReply::Nil,
             Reply::Array(items) => WireReply::Array {
                 items: items.iter().map(WireReply::from).collect(),
             },
@@ -201,6 +209,26 @@ impl From<&Reply> for WireReply {
                 pairs: pairs.iter().map(|(k, v)| (bulk(k), bulk(v))).collect(),
             },
             Reply::Text(t) => WireReply::Text { value: t.clone() },
+            // The RESP3 types travel in their RESP2 shape; the message's
+            // `display` keeps their real form.
+            Reply::NilArray => WireReply::Nil,
+            Reply::Map(entries) => WireReply::Array {
+                items: entries
+                    .iter()
+                    .flat_map(|(k, v)| [WireReply::from(k), WireReply::from(v)])
+                    .collect(),
+            },
+            Reply::Set(items) | Reply::Push(items) => WireReply::Array {
+                items: items.iter().map(WireReply::from).collect(),
+            },
+            Reply::Boolean(b) => WireReply::Integer {
+                value: i64::from(*b),
+            },
+            Reply::Double(d) => bulk(crate::reply::DoubleText::new(*d).as_bytes()),
+            Reply::BigNumber(n) => bulk(n),
+            Reply::Verbatim { text, .. } => WireReply::Text {
+                value: self::text(text),
+            },
         }
     }
 }

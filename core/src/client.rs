@@ -96,6 +96,10 @@ struct Pending {
 /// A timeout or a protocol error breaks the connection: replies are paired
 /// with requests by order only, so once one is missing none can be trusted.
 /// Every request in flight then fails and the driver must reconnect.
+///
+/// A RESP3 push (`>`, e.g. a client-tracking invalidation) answers no
+/// request, so it is not paired with one: it is queued apart, for
+/// [`Client::poll_push`].
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
@@ -104,6 +108,7 @@ pub struct Client {
     decoder: ReplyDecoder,
     pending: VecDeque<Pending>,
     events: VecDeque<ClientEvent>,
+    pushes: VecDeque<Reply>,
     next_id: u64,
     broken: bool,
 }
@@ -120,6 +125,7 @@ impl Client {
             decoder: ReplyDecoder::new(ReplyLimits::default()),
             pending: VecDeque::new(),
             events: VecDeque::new(),
+            pushes: VecDeque::new(),
             next_id: 0,
             broken: false,
         }
@@ -170,6 +176,18 @@ impl Client {
         self.events.pop_front()
     }
 
+    /// The next RESP3 push received, oldest first. At most
+    /// [`Client::MAX_PUSHES`] are kept: a caller that never asks for them
+    /// loses the oldest rather than letting a peer grow memory without
+    /// bound.
+    #[must_use]
+    pub fn poll_push(&mut self) -> Option<Reply> {
+        self.pushes.pop_front()
+    }
+
+    /// How many undrained pushes [`Client::poll_push`] keeps.
+    pub const MAX_PUSHES: usize = 1024;
+
     /// Feeds bytes received on a stream transport.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         let now = self.clock.advance(now);
@@ -198,6 +216,13 @@ impl Client {
     }
 
     fn deliver(&mut self, reply: Reply, now: Instant) {
+        if matches!(reply, Reply::Push(_)) {
+            if self.pushes.len() >= Self::MAX_PUSHES {
+                self.pushes.pop_front();
+            }
+            self.pushes.push_back(reply);
+            return;
+        }
         match self.pending.pop_front() {
             Some(p) => self.events.push_back(ClientEvent::Reply {
                 id: p.id,
@@ -330,6 +355,40 @@ mod tests {
         );
         c.handle_reconnected(Instant::from_millis(2_100));
         assert!(c.send(&dump(), Instant::from_millis(2_101)).is_ok());
+    }
+
+    #[test]
+    fn pushes_are_not_replies() {
+        let mut c = Client::new(ClientConfig::default(), Instant::ZERO);
+        let a = c.send(&dump(), Instant::ZERO).unwrap();
+        // A push before the reply, then a RESP3 map answering DUMP.
+        c.handle_input(
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n%1\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            Instant::from_millis(1),
+        );
+        assert_eq!(
+            c.poll_push(),
+            Some(Reply::Push(vec![
+                Reply::Bulk(Bytes::from_static(b"invalidate")),
+                Reply::Array(vec![Reply::Bulk(Bytes::from_static(b"k"))]),
+            ]))
+        );
+        assert_eq!(c.poll_push(), None);
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Reply {
+                id: a,
+                reply: Reply::Map(vec![(
+                    Reply::Bulk(Bytes::from_static(b"k")),
+                    Reply::Bulk(Bytes::from_static(b"v"))
+                )]),
+                rtt: Duration::from_millis(1)
+            })
+        );
+        // With nothing in flight a push is no stray reply.
+        c.handle_input(b">1\r\n+x\r\n", Instant::from_millis(2));
+        assert!(!c.is_broken());
+        assert!(c.poll_push().is_some());
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub use proxy::{
     AnnotatedReply, ClientId, ClientKind, ClientStatus, Proxy, ProxyConfig, ProxyEvent, ProxyStats,
     Source, UpstreamState,
 };
-pub use reply::{Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
+pub use reply::{Proto, Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};
 pub use session::Session;
 pub use time::{Clock, Instant};

@@ -796,9 +796,10 @@ fn resp_get_through_the_proxy_gets_resp_replies() {
     h.server_put("p", "a\r\nb");
     h.send(a, b"*2\r\n$3\r\nGET\r\n$1\r\np\r\n");
     assert_eq!(h.take(a), "$4\r\na\r\nb\r\n");
-    // Mixed dialects on one connection, each answered in its own.
+    // Once a client has spoken RESP, its inline commands are answered in
+    // RESP too, as Redis answers them.
     h.send(a, b"GET p\r\n*2\r\n$3\r\nGET\r\n$1\r\nz\r\n");
-    assert_eq!(h.take(a), "\"a\\r\\nb\"\r\n$-1\r\n");
+    assert_eq!(h.take(a), "$4\r\na\r\nb\r\n$-1\r\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -959,7 +960,7 @@ fn clients_must_authenticate_when_the_proxy_has_a_password() {
         a,
         b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\nPUT k v\r\nGET k\r\n",
     );
-    assert_eq!(h.take(a), "+OK\r\nOK\r\n\"v\"\r\n");
+    assert_eq!(h.take(a), "+OK\r\n+OK\r\n$1\r\nv\r\n");
     // Authentication is per connection.
     let b = h.client();
     h.send(b, b"GET k\r\nAUTH default s3cret\r\nGET k\r\n");

@@ -347,6 +347,7 @@ impl ProxyArgs {
                     .as_ref()
                     .or(self.upstream_password_file.as_ref())
                     .map(|p| Password::new(p.clone().into_bytes())),
+                inline_replies: self.conn.inline_replies.into(),
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)
             },
             http: self.http.map(|addr| self.web.options(addr, &self.conn)),
@@ -418,6 +419,7 @@ impl UpArgs {
             proxy: ProxyConfig {
                 password: self.auth.password(),
                 upstream_password: self.auth.password(),
+                inline_replies: self.conn.inline_replies.into(),
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)
             },
             http: (!self.no_http).then(|| self.web.options(self.http, &self.conn)),

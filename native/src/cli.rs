@@ -1,6 +1,14 @@
 //! `kv cli`: sends commands through a [`kv_core::Client`] and prints the
 //! replies in the human inline format.
 //!
+//! RESP3 replies (from a server the user switched with `HELLO 3`) are shown
+//! as `redis-cli` 7 shows them, under the same count header as an array:
+//! map entries as `1# "key" => "value"` lines, set members as `1~ …`,
+//! `(double) 1.5`, `(true)`/`(false)`, `(big number) 123`, a verbatim
+//! string as its lines, a push as an array, both nils as `(nil)`. A push
+//! answers no command, so it is printed when it arrives, before the reply
+//! being waited for.
+//!
 //! With a command on the command line it sends that one command and exits:
 //! 0 for a reply, 1 for an error reply or an invalid command, 2 if the
 //! connection cannot be made or the reply does not come. Without one it is an
@@ -186,8 +194,13 @@ fn print_reply(cmd: &Command, reply: Reply) {
 /// The bytes [`print_reply`] prints (bytes, not text: a status from the
 /// server need not be UTF-8, and is shown as it came).
 fn render(cmd: &Command, reply: Reply) -> Vec<u8> {
+    render_plain(&for_display(cmd, reply))
+}
+
+/// The inline form of `reply` with the local line ending.
+fn render_plain(reply: &Reply) -> Vec<u8> {
     let mut wire = BytesMut::new();
-    for_display(cmd, reply).encode_inline(&mut wire);
+    reply.encode_inline(&mut wire);
     let mut out = Vec::with_capacity(wire.len());
     for (i, &b) in wire.iter().enumerate() {
         if !(b == b'\r' && wire.get(i + 1) == Some(&b'\n')) {
@@ -198,9 +211,10 @@ fn render(cmd: &Command, reply: Reply) -> Vec<u8> {
 }
 
 /// Undoes what the RESP encoding loses, for display only: `DUMP` pairs come
-/// back as a flat array and `INFO`/`HELP` text as one bulk string, while the
-/// inline format (what telnet shows) has a form for each. The command's
-/// spec says which shape it has.
+/// back as a flat array (a map in RESP3) and `INFO`/`HELP` text as one bulk
+/// string (a verbatim string in RESP3), while the inline format (what
+/// telnet shows) has a form for each. The command's spec says which shape
+/// it has.
 fn for_display(cmd: &Command, reply: Reply) -> Reply {
     cmd.spec().shape.restore(reply)
 }
@@ -309,6 +323,12 @@ impl Connection {
             }
         }
         loop {
+            // Out-of-band RESP3 pushes (e.g. client-tracking invalidations).
+            while let Some(push) = self.client.poll_push() {
+                let mut stdout = io::stdout().lock();
+                let _ = stdout.write_all(&render_plain(&push));
+                let _ = stdout.flush();
+            }
             if let Some(event) = self.client.poll_event() {
                 return match event {
                     ClientEvent::Reply { reply, .. } => Ok(reply),
@@ -411,6 +431,69 @@ mod tests {
             "(2 lines)\n# Proxy\nrole:proxy\n"
         );
         assert_eq!(inline(&cmd(&["GET", "k"]), Reply::Nil), "(nil)\n");
+    }
+
+    #[test]
+    fn resp3_replies_display_like_redis_cli() {
+        let b = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+        // `CONFIG GET maxmemory` and `HELLO 3` from Redis in RESP3.
+        assert_eq!(
+            inline(
+                &cmd(&["CONFIG", "GET", "maxmemory"]),
+                Reply::Map(vec![(b("maxmemory"), b("0"))])
+            ),
+            "(1 entry)\n1# \"maxmemory\" => \"0\"\n"
+        );
+        assert_eq!(
+            inline(
+                &cmd(&["HELLO", "3"]),
+                Reply::Map(vec![
+                    (b("proto"), Reply::Integer(3)),
+                    (b("modules"), Reply::Array(vec![])),
+                ])
+            ),
+            "(2 entries)\n1# \"proto\" => (integer) 3\n2# \"modules\" => (empty array)\n"
+        );
+        let get = cmd(&["GET", "k"]);
+        assert_eq!(
+            inline(&get, Reply::Set(vec![b("c"), b("b")])),
+            "(2 members)\n1~ \"c\"\n2~ \"b\"\n"
+        );
+        assert_eq!(inline(&get, Reply::Set(vec![])), "(empty set)\n");
+        assert_eq!(inline(&get, Reply::Map(vec![])), "(empty hash)\n");
+        assert_eq!(
+            inline(&get, Reply::Double(1.1)),
+            "(double) 1.1000000000000001\n"
+        );
+        assert_eq!(inline(&get, Reply::Boolean(true)), "(true)\n");
+        assert_eq!(inline(&get, Reply::Boolean(false)), "(false)\n");
+        assert_eq!(
+            inline(&get, Reply::BigNumber(Bytes::from_static(b"123"))),
+            "(big number) 123\n"
+        );
+        assert_eq!(inline(&get, Reply::Nil), "(nil)\n");
+        assert_eq!(inline(&get, Reply::NilArray), "(nil)\n");
+        assert_eq!(
+            inline(&get, Reply::Push(vec![b("invalidate")])),
+            "(1 item)\n1) \"invalidate\"\n"
+        );
+        // INFO's verbatim string and DUMP's map look as they do in RESP2.
+        let info = Reply::Verbatim {
+            format: *b"txt",
+            text: Bytes::from_static(b"# Server\r\nredis_version:7.0.15\r\n"),
+        };
+        assert_eq!(
+            inline(&cmd(&["INFO"]), info.clone()),
+            "(2 lines)\n# Server\nredis_version:7.0.15\n"
+        );
+        assert_eq!(
+            inline(&get, info),
+            "(2 lines)\n# Server\nredis_version:7.0.15\n"
+        );
+        assert_eq!(
+            inline(&cmd(&["DUMP"]), Reply::Map(vec![(b("age"), b("18"))])),
+            "(1 pair)\n\"age\" \"18\"\n"
+        );
     }
 
     #[tokio::test]

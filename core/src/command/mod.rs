@@ -58,7 +58,8 @@ impl Command {
     ///   blank or the end of the line, is *unbalanced*.
     ///
     /// So `SET "a b" c` sets the key `a b`. One exception is kv's own: for a
-    /// command with [`Spec::inline_rest`] (`PUT`, alias of `SET`), the
+    /// command with [`Spec::inline_rest`] (`PUT`, alias of `SET`, but not
+    /// `SET` itself, whose options are words), the
     /// words before that argument are split as above, and the rest of the
     /// line from it on is one argument: as it stands, inner blanks and
     /// quotes kept, when it does not start with a quote
@@ -83,7 +84,7 @@ impl Command {
         let Some(name) = args.first() else {
             return Err(unknown(b""));
         };
-        if let Some((called, spec)) = found.filter(|(_, spec)| spec.inline_rest.is_some()) {
+        if let Some((called, spec)) = found.filter(|(called, spec)| spec.inline_rest_for(called).is_some()) {
             if !spec.arity_allows(args.len()) {
                 return Err(CommandError::WrongArity { command: called });
             }
@@ -384,7 +385,7 @@ fn split<T>(
     let found = Table::get().lookup(words.text(&name));
     let mut args = Vec::with_capacity(4);
     args.push(make(name));
-    if let Some(rest_at) = found.and_then(|(_, spec)| spec.inline_rest) {
+    if let Some(rest_at) = found.and_then(|(called, spec)| spec.inline_rest_for(called)) {
         while args.len() < rest_at {
             match words.next() {
                 Some(word) => args.push(make(word?)),
@@ -578,8 +579,11 @@ mod tests {
         let put = inline("PUT name Derek  Moss").unwrap();
         assert_eq!(put.name(), "set");
         assert_eq!(words(&put), [&b"PUT"[..], b"name", b"Derek  Moss"]);
-        let set = inline("set\tk  v ").unwrap();
-        assert_eq!(words(&set)[1..], [&b"k"[..], b"v "]);
+        // SET itself takes words, as in Redis: its options follow the value.
+        let set = inline("set\tk  v EX 10").unwrap();
+        assert_eq!(words(&set)[1..], [&b"k"[..], b"v", b"EX", b"10"]);
+        let put = inline("put k v EX 10").unwrap();
+        assert_eq!(words(&put)[1..], [&b"k"[..], b"v EX 10"]);
         assert_eq!(
             inline("Put k"),
             Err(CommandError::WrongArity { command: "put" })

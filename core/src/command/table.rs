@@ -360,17 +360,19 @@ pub enum Cache {
     WriteThrough(fn(&Command, &Reply, &mut Vec<Effect>)),
 }
 
-/// How the inline (telnet) form of a RESP reply reads back: RESP has no
-/// pair or text type, so a reply relayed in RESP (by the proxy from its
-/// upstream, or to `kv cli`) is restored to its inline shape with this.
+/// How the inline (telnet) form of a RESP reply reads back: RESP2 has no
+/// pair or text type (RESP3's map and verbatim string are close, not the
+/// same), so a reply relayed in RESP (by the proxy from its upstream, or to
+/// `kv cli`) is restored to its inline shape with this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// As it is.
     Plain,
-    /// A flat `key, value, …` array of bulk strings is key/value pairs
-    /// (`DUMP`).
+    /// A flat `key, value, …` array of bulk strings (or a RESP3 map of
+    /// them) is key/value pairs (`DUMP`).
     Pairs,
-    /// A bulk string is multi-line text (`INFO`, `HELP`).
+    /// A bulk string (or a RESP3 verbatim string) is multi-line text
+    /// (`INFO`, `HELP`).
     Text,
 }
 
@@ -388,7 +390,22 @@ impl Shape {
                 }
                 Reply::Pairs(pairs)
             }
-            (Shape::Text, Reply::Bulk(text)) => {
+            // RESP3 sends DUMP's pairs as a map.
+            (Shape::Pairs, Reply::Map(entries))
+                if entries
+                    .iter()
+                    .all(|(k, v)| matches!((k, v), (Reply::Bulk(_), Reply::Bulk(_)))) =>
+            {
+                let mut pairs = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    if let (Reply::Bulk(k), Reply::Bulk(v)) = (k, v) {
+                        pairs.push((k, v));
+                    }
+                }
+                Reply::Pairs(pairs)
+            }
+            // RESP3 sends text as a verbatim string.
+            (Shape::Text, Reply::Bulk(text) | Reply::Verbatim { text, .. }) => {
                 Reply::Text(String::from_utf8_lossy(&text).replace("\r\n", "\n"))
             }
             (_, reply) => reply,
@@ -420,9 +437,10 @@ pub struct Spec {
     pub complexity: &'static str,
     /// Its arguments, for `COMMAND DOCS` and `HELP`.
     pub args: &'static [Arg],
-    /// Inline only: from this argument on, the rest of the line is one
-    /// argument, inner spaces kept (`PUT key value with spaces`).
-    pub inline_rest: Option<usize>,
+    /// Inline only, and only when called by the name given: from this
+    /// argument on, the rest of the line is one argument, inner spaces kept
+    /// (`PUT key value with spaces`, while `SET k v EX 10` has options).
+    pub inline_rest: Option<(usize, &'static str)>,
     /// How the proxy may cache it.
     pub cache: Cache,
     /// How its RESP reply reads back inline.
@@ -518,10 +536,18 @@ impl Spec {
         self
     }
 
-    /// Inline, the rest of the line from argument `index` is one argument.
-    pub const fn inline_rest(mut self, index: usize) -> Spec {
-        self.inline_rest = Some(index);
+    /// Inline and called `name`, the rest of the line from argument
+    /// `index` is one argument.
+    pub const fn inline_rest(mut self, index: usize, name: &'static str) -> Spec {
+        self.inline_rest = Some((index, name));
         self
+    }
+
+    /// Where the rest of an inline line is one argument, when the command is
+    /// called `called`.
+    pub fn inline_rest_for(&self, called: &str) -> Option<usize> {
+        self.inline_rest
+            .and_then(|(i, name)| (name == called).then_some(i))
     }
 
     /// How the proxy may cache it.

@@ -432,6 +432,11 @@ impl Db {
         }
     }
 
+    /// How many distinct keys are watched.
+    pub fn watched_keys(&self) -> usize {
+        self.watched.len()
+    }
+
     /// Stops watching a key watched with [`Db::watch`].
     pub fn unwatch(&mut self, w: &Watched) {
         if let Some((n, _)) = self.watched.get_mut(&w.key) {

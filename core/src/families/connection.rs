@@ -6,8 +6,10 @@ use crate::auth;
 use crate::command::table::{Arg, Flags, Group, Handler, Spec};
 use crate::command::Command;
 use crate::errors::{CommandError, ExecError};
+use crate::families::parse;
+use crate::reply::Proto;
 use crate::reply::Reply;
-use crate::session::Local;
+use crate::session::{Local, REDIS_VERSION};
 use bytes::Bytes;
 
 /// The family's commands.
@@ -65,31 +67,86 @@ fn quit(local: &mut Local<'_>, _: &Command) -> Reply {
 const HELLO: Spec = Spec::new(
     "hello",
     -1,
-    ANYTIME_FAST,
+    ANYTIME_FAST.union(Flags::NO_AUTH),
     Group::Connection,
-    "Says which server this is and which protocol it speaks (RESP2).",
+    "Chooses the protocol (2 or 3), optionally authenticates and names the connection; says which server this is.",
     Handler::Local(hello),
 )
-.args(&[Arg::integer("protover").optional()])
+.args(&[
+    Arg::integer("protover").optional(),
+    Arg::block(
+        "auth",
+        &[Arg::string("username"), Arg::string("password")],
+    )
+    .with_token("AUTH")
+    .optional(),
+    Arg::string("clientname").with_token("SETNAME").optional(),
+])
 .since("6.0.0");
 
 fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
-    match cmd.args().get(1).map(|v| &v[..]) {
-        None | Some(b"2") => {
-            let bulk = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
-            Reply::Array(vec![
-                bulk("server"),
-                bulk("kv"),
-                bulk("version"),
-                bulk(env!("CARGO_PKG_VERSION")),
-                bulk("proto"),
-                Reply::Integer(2),
-                bulk("role"),
-                bulk(local.node.role().name()),
-            ])
-        }
-        Some(_) => ExecError::NoProto.into(),
+    let args = cmd.args();
+    let mut proto = local.session.proto;
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        proto = match parse::int(v) {
+            Some(2) => Proto::Resp2,
+            Some(3) => Proto::Resp3,
+            Some(_) => return ExecError::NoProto.into(),
+            None => return Reply::error("ERR Protocol version is not an integer or out of range"),
+        };
+        i = 2;
     }
+    let (mut auth, mut name) = (None, None);
+    while i < args.len() {
+        let more = args.len() - i - 1;
+        if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
+            auth = Some((&args[i + 1], &args[i + 2]));
+            i += 3;
+        } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
+            name = Some(&args[i + 1]);
+            i += 2;
+        } else {
+            let opt = String::from_utf8_lossy(&args[i]).into_owned();
+            return Reply::error(format!("ERR Syntax error in HELLO option '{opt}'"));
+        }
+    }
+    if let Some((user, password)) = auth {
+        let other_user = !user.eq_ignore_ascii_case(b"default");
+        let (reply, ok) = auth::check(local.node.password(), password, other_user);
+        if !ok || reply.is_error() && local.node.password().is_some() {
+            return reply;
+        }
+        local.session.authenticated = true;
+    }
+    if !local.session.authenticated {
+        return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    if let Some(name) = name {
+        if !plain_word(name) {
+            return ExecError::BadClientName.into();
+        }
+        local.session.names_mut().name = (!name.is_empty()).then(|| name.clone());
+    }
+    local.session.proto = proto;
+    let text = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+    Reply::Map(vec![
+        (text("server"), text("kv")),
+        (text("version"), text(REDIS_VERSION)),
+        (text("kv_version"), text(env!("CARGO_PKG_VERSION"))),
+        (
+            text("proto"),
+            Reply::Integer(if proto == Proto::Resp3 { 3 } else { 2 }),
+        ),
+        (
+            text("id"),
+            Reply::Integer(i64::try_from(local.session.id).unwrap_or(i64::MAX)),
+        ),
+        (text("mode"), text("standalone")),
+        (text("role"), text("master")),
+        (text("kv_role"), text(local.node.role().name())),
+        (text("modules"), Reply::Array(Vec::new())),
+    ])
 }
 
 const AUTH: Spec = Spec::new(
@@ -111,7 +168,10 @@ fn auth(local: &mut Local<'_>, cmd: &Command) -> Reply {
     // Only the default user exists.
     let other_user = user.is_some_and(|u| !u.eq_ignore_ascii_case(b"default"));
     let (reply, ok) = auth::check(local.node.password(), password, other_user);
-    local.session.authenticated = ok;
+    // A failed AUTH leaves the connection as it was, as in Redis.
+    if ok {
+        local.session.authenticated = true;
+    }
     reply
 }
 

@@ -77,7 +77,7 @@ const SET: Spec = Spec::new(
     -3,
     WRITE,
     Group::String,
-    "Stores a value under a key, with options (inline: the rest of the line is the value).",
+    "Stores a value under a key, with options (inline PUT: the rest of the line is the value).",
     Handler::Data(set),
 )
 .aliases(&["put"])
@@ -103,7 +103,7 @@ const SET: Spec = Spec::new(
     )
     .optional(),
 ])
-.inline_rest(2)
+.inline_rest(2, "put")
 .cache(Cache::WriteThrough(set_effects));
 
 /// `SET`'s options, parsed.

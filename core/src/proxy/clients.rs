@@ -54,6 +54,9 @@ pub(super) struct Client {
     /// Input that arrived behind a rejected message while earlier input was
     /// still undecoded: it waits here so that replies keep arrival order.
     pub deferred: VecDeque<Deferred>,
+    /// The client has sent a RESP command: its inline commands get RESP
+    /// replies too, as Redis gives.
+    pub spoke_resp: bool,
 }
 
 impl Client {
@@ -125,6 +128,7 @@ impl Clients {
                 notified: false,
                 throttled: false,
                 deferred: VecDeque::new(),
+                spoke_resp: false,
             },
         );
         id
@@ -178,7 +182,9 @@ impl Clients {
             client.head_seq += 1;
             moved = true;
             match client.kind {
-                ClientKind::Stream => reply.encode(slot.dialect, &mut client.out),
+                ClientKind::Stream => {
+                    reply.encode_as(slot.dialect, client.session.proto, &mut client.out)
+                }
                 ClientKind::Messages => client.messages.push_back(AnnotatedReply {
                     reply,
                     source,

@@ -60,7 +60,8 @@ use crate::command::{admit, Command};
 use crate::conn::Owed;
 use crate::db::Effect;
 use crate::errors::{rejected_message, ExecError, UpstreamError};
-use crate::reply::{encode_value, Reply};
+use crate::reply::{encode_value_proto, Reply};
+use crate::server::{reply_dialect, InlineReplies};
 use crate::session::Local;
 use crate::time::{Clock, Instant};
 use bytes::{Bytes, BytesMut};
@@ -92,6 +93,8 @@ pub struct ProxyConfig {
     pub password: Option<Password>,
     /// Password the proxy gives the upstream server on every connection.
     pub upstream_password: Option<Password>,
+    /// How inline commands are answered.
+    pub inline_replies: InlineReplies,
 }
 
 impl Default for ProxyConfig {
@@ -105,6 +108,7 @@ impl Default for ProxyConfig {
             hash_seed: 0,
             password: None,
             upstream_password: None,
+            inline_replies: InlineReplies::Human,
         }
     }
 }
@@ -437,7 +441,12 @@ impl Proxy {
                     }
                 },
                 Ok(Some(frame)) => {
-                    let dialect = frame.dialect();
+                    let dialect = reply_dialect(
+                        frame.dialect(),
+                        &mut client.spoke_resp,
+                        self.config.inline_replies,
+                        &client.session,
+                    );
                     (
                         dialect,
                         Command::from_frame(frame, &limits).map_err(Reply::from),
@@ -447,7 +456,13 @@ impl Proxy {
                     if e.is_fatal() {
                         client.failed = true;
                     }
-                    (e.dialect(), Err(Reply::from(e)))
+                    let dialect = reply_dialect(
+                        e.dialect(),
+                        &mut client.spoke_resp,
+                        self.config.inline_replies,
+                        &client.session,
+                    );
+                    (dialect, Err(Reply::from(e)))
                 }
             };
             self.stats.requests += 1;
@@ -496,7 +511,12 @@ impl Proxy {
                         // its output, with no slot and no `Reply` value; the
                         // value is borrowed from the cache and copied once.
                         if let Lookup::Hit { value, .. } = self.cache.lookup(key, now) {
-                            encode_value(dialect, value, &mut client.out);
+                            encode_value_proto(
+                                dialect,
+                                client.session.proto,
+                                value,
+                                &mut client.out,
+                            );
                             client.decoder.recycle(cmd.into_args());
                             continue;
                         }

@@ -169,7 +169,7 @@ impl ServerConnection {
                         server.config.inline_replies,
                         session,
                     );
-                    let mut enc = ReplyEncoder::new(dialect, target);
+                    let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
                     match Command::from_frame(frame, self.decoder.limits()) {
                         Ok(cmd) => {
                             server.run(session, &cmd, &mut enc);
@@ -372,8 +372,115 @@ mod tests {
             out.starts_with(&format!("*{}\r\n$3\r\nget\r\n*", 2 * count)),
             "{out}"
         );
-        let (out, _) = run(&mut s, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
-        assert!(out.starts_with("-NOPROTO"));
+        let (out, _) = run(&mut s, b"*2\r\n$5\r\nHELLO\r\n$1\r\n4\r\n");
+        assert!(out.starts_with("-NOPROTO"), "{out}");
+    }
+
+    #[test]
+    fn hello_3_switches_the_connection_to_resp3_and_back() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut c = ServerConnection::new(Limits::default());
+        c.handle_input(&mut s, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        let hello = take(&mut c);
+        // The HELLO reply itself is a RESP3 map, as Redis sends it.
+        assert!(
+            hello.starts_with("%9\r\n$6\r\nserver\r\n$2\r\nkv\r\n$7\r\nversion\r\n"),
+            "{hello}"
+        );
+        assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello}");
+        c.handle_input(&mut s, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nGET k\r\n");
+        assert_eq!(take(&mut c), "_\r\n_\r\n", "RESP3 nulls, inline too");
+        c.handle_input(
+            &mut s,
+            b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        );
+        let out = take(&mut c);
+        assert!(
+            out.starts_with("*18\r\n") && out.ends_with("$-1\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn transactions_queue_run_and_abort_as_in_redis() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut a = ServerConnection::new(Limits::default());
+        let mut b = ServerConnection::new(Limits::default());
+        let cmd = |args: &[&str]| {
+            let mut out = BytesMut::new();
+            let args: Vec<bytes::Bytes> = args
+                .iter()
+                .map(|a| bytes::Bytes::copy_from_slice(a.as_bytes()))
+                .collect();
+            crate::command::encode_resp_args(&args, &mut out);
+            out
+        };
+        a.handle_input(&mut s, &cmd(&["MULTI"]));
+        a.handle_input(&mut s, &cmd(&["INCR", "n"]));
+        a.handle_input(&mut s, &cmd(&["INCR", "n"]));
+        assert_eq!(take(&mut a), "+OK\r\n+QUEUED\r\n+QUEUED\r\n");
+        a.handle_input(&mut s, &cmd(&["EXEC"]));
+        assert_eq!(take(&mut a), "*2\r\n:1\r\n:2\r\n");
+        // A queuing error aborts the transaction.
+        a.handle_input(&mut s, &cmd(&["MULTI"]));
+        a.handle_input(&mut s, &cmd(&["INCR"]));
+        a.handle_input(&mut s, &cmd(&["EXEC"]));
+        let out = take(&mut a);
+        assert!(
+            out.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
+            "{out}"
+        );
+        // A watched key written by another client makes EXEC return null.
+        a.handle_input(&mut s, &cmd(&["WATCH", "n"]));
+        b.handle_input(&mut s, &cmd(&["SET", "n", "10"]));
+        a.handle_input(&mut s, &cmd(&["MULTI"]));
+        a.handle_input(&mut s, &cmd(&["INCR", "n"]));
+        a.handle_input(&mut s, &cmd(&["EXEC"]));
+        assert_eq!(take(&mut a), "+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n");
+        assert_eq!(s.store().get(b"n"), Some(&b"10"[..]));
+        // So does its expiry, on the server's clock.
+        s.set_time(1_000);
+        b.handle_input(&mut s, &cmd(&["SET", "t", "v", "PX", "100"]));
+        a.handle_input(&mut s, &cmd(&["WATCH", "t"]));
+        s.set_time(1_100);
+        a.handle_input(&mut s, &cmd(&["MULTI"]));
+        a.handle_input(&mut s, &cmd(&["GET", "t"]));
+        a.handle_input(&mut s, &cmd(&["EXEC"]));
+        assert_eq!(take(&mut a), "+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n");
+        // A closed connection's watches are forgotten.
+        a.handle_input(&mut s, &cmd(&["WATCH", "x", "y"]));
+        a.end(&mut s);
+        assert_eq!(s.watched_keys(), 0);
+    }
+
+    #[test]
+    fn a_key_with_px_100_is_there_at_99_ms_and_gone_at_100() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut c = ServerConnection::new(Limits::default());
+        s.set_time(5_000);
+        c.handle_input(&mut s, b"SET k v PX 100\r\nPTTL k\r\n");
+        assert_eq!(take(&mut c), "OK\r\n(integer) 100\r\n");
+        s.set_time(5_099);
+        c.handle_input(&mut s, b"GET k\r\n");
+        assert_eq!(take(&mut c), "\"v\"\r\n");
+        s.set_time(5_100);
+        c.handle_input(&mut s, b"GET k\r\nEXISTS k\r\n");
+        assert_eq!(take(&mut c), "(nil)\r\n(integer) 0\r\n");
+        // Active expiry removes what nobody reads, when the timer says.
+        c.handle_input(&mut s, b"SET a 1 PX 10\r\nSET b 1\r\n");
+        let _ = take(&mut c);
+        // k's deadline is still queued (it was removed on access): one
+        // early wake-up that finds nothing.
+        assert_eq!(s.poll_timeout(), Some(5_100));
+        assert_eq!(s.handle_timeout(5_100), 0);
+        assert_eq!(s.poll_timeout(), Some(5_110));
+        assert_eq!(s.handle_timeout(5_109), 0);
+        assert_eq!(s.handle_timeout(5_110), 1);
+        assert_eq!(s.store().len(), 1);
+        let (info, _) = run(&mut s, b"INFO keyspace\r\n");
+        assert!(info.contains("db0:keys=1,expires=0"), "{info}");
+        let (info, _) = run(&mut s, b"INFO stats\r\n");
+        assert!(info.contains("expired_keys:2"), "{info}");
     }
 
     fn logged() -> Server {

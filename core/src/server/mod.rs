@@ -134,6 +134,11 @@ impl Server {
         n
     }
 
+    /// How many distinct keys are watched (by `WATCH`) now.
+    pub fn watched_keys(&self) -> usize {
+        self.db.watched_keys()
+    }
+
     /// The process facts `INFO` shows, for the driver to refresh.
     pub fn host_mut(&mut self) -> &mut HostFacts {
         &mut self.host
@@ -301,6 +306,7 @@ impl Server {
                     },
                     cmd,
                 );
+                out.set_proto(session.proto);
                 out.reply(reply);
             }
             // Parsing goes down to a subcommand; a container's arity refuses
