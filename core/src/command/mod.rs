@@ -84,7 +84,9 @@ impl Command {
         let Some(name) = args.first() else {
             return Err(unknown(b""));
         };
-        if let Some((called, spec)) = found.filter(|(called, spec)| spec.inline_rest_for(called).is_some()) {
+        if let Some((called, spec)) =
+            found.filter(|(called, spec)| spec.inline_rest_for(called).is_some())
+        {
             if !spec.arity_allows(args.len()) {
                 return Err(CommandError::WrongArity { command: called });
             }

@@ -403,7 +403,7 @@ mod tests {
                     len += third.read(&mut info[len..]).await.unwrap();
                 }
                 let text = String::from_utf8_lossy(&info[..len]);
-                assert!(text.contains("connections_rejected:1"), "{text}");
+                assert!(text.contains("rejected_connections:1"), "{text}");
                 assert!(text.contains("connections_timed_out:1"), "{text}");
             })
             .await;
