@@ -162,17 +162,54 @@ impl InfoSections {
 /// features on it.
 pub const REDIS_VERSION: &str = "7.4.0";
 
+/// Facts about the process that only the driver can read (the core reads
+/// no clock and no OS counters), for `INFO`. The driver refreshes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostFacts {
+    /// The process id.
+    pub process_id: u32,
+    /// The TCP port the server listens on.
+    pub tcp_port: u16,
+    /// Seconds since the server started.
+    pub uptime_secs: u64,
+    /// CPU seconds spent in user mode.
+    pub used_cpu_user: f64,
+    /// CPU seconds spent in the kernel.
+    pub used_cpu_sys: f64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+}
+
 /// `INFO`'s `# Server` section, the same at both nodes.
-pub fn server_section(out: &mut String, role: Role, process_id: u32, tcp_port: u16) {
+pub fn server_section(out: &mut String, role: Role, host: &HostFacts) {
     use std::fmt::Write;
     let _ = write!(
         out,
-        "# Server\nredis_version:{REDIS_VERSION}\nkv_version:{}\nredis_mode:standalone\nkv_role:{}\nos:{}\narch_bits:{}\nprocess_id:{process_id}\ntcp_port:{tcp_port}\n",
+        "# Server\nredis_version:{REDIS_VERSION}\nkv_version:{}\nredis_mode:standalone\nkv_role:{}\nos:{}\narch_bits:{}\nprocess_id:{}\ntcp_port:{}\nuptime_in_seconds:{}\n",
         env!("CARGO_PKG_VERSION"),
         role.name(),
         std::env::consts::OS,
         usize::BITS,
+        host.process_id,
+        host.tcp_port,
+        host.uptime_secs,
     );
+}
+
+/// `INFO`'s `# Replication` (a node that is no replica: Redis's `master`)
+/// and `# CPU` sections, the same at both nodes.
+pub fn replication_and_cpu(out: &mut String, sections: &InfoSections, host: &HostFacts) {
+    use std::fmt::Write;
+    if sections.wants("replication") {
+        out.push_str("# Replication\nrole:master\nconnected_slaves:0\nmaster_repl_offset:0\n");
+    }
+    if sections.wants("cpu") {
+        let _ = write!(
+            out,
+            "# CPU\nused_cpu_sys:{:.6}\nused_cpu_user:{:.6}\nused_cpu_sys_children:0.000000\nused_cpu_user_children:0.000000\n",
+            host.used_cpu_sys, host.used_cpu_user
+        );
+    }
 }
 
 /// What a [`LocalHandler`](crate::command::table::LocalHandler) works with.

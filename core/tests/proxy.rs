@@ -969,3 +969,62 @@ fn clients_must_authenticate_when_the_proxy_has_a_password() {
         "(error) NOAUTH Authentication required.\r\nOK\r\n\"v\"\r\n"
     );
 }
+
+/// A key's own deadline at the server bounds what the proxy serves: with
+/// the cache's 60 s lifetime, a key set with `PX 500` is read at 499 ms and
+/// gone at 500 ms, through the proxy as at the server. (The proxy learns the
+/// key's time to live with the `PTTL` it sends behind each `GET`, and does
+/// not cache a value whose key dies sooner than the cache entry would.)
+#[test]
+fn a_key_with_px_500_is_gone_at_the_proxy_at_500_ms_despite_the_60_s_cache() {
+    let mut h = Harness::new();
+    let start = 1_700_000_000_000u64;
+    let at = |h: &mut Harness, ms: u64| {
+        h.set_now(Instant::from_millis(ms));
+        h.server.set_time(start + ms);
+    };
+    at(&mut h, 0);
+    let a = h.client();
+    h.send(a, b"SET k v PX 500\r\nSET forever v\r\n");
+    assert_eq!(h.take(a), "OK\r\nOK\r\n");
+    h.send(a, b"GET k\r\nGET forever\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n\"v\"\r\n");
+    at(&mut h, 499);
+    h.send(a, b"GET k\r\nGET forever\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n\"v\"\r\n");
+    // Both reads of `forever` came from the cache (written through by the
+    // plain SET); no read of `k` did.
+    assert_eq!(h.proxy.cache_stats().hits, 2);
+    at(&mut h, 500);
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "(nil)\r\n");
+    // A key whose deadline is beyond the cache's lifetime is cached.
+    h.send(a, b"SET long v EX 3600\r\nGET long\r\n");
+    assert_eq!(h.take(a), "OK\r\n\"v\"\r\n");
+    h.send(a, b"GET long\r\n");
+    assert_eq!(h.take(a), "\"v\"\r\n");
+    assert_eq!(h.proxy.cache_stats().hits, 3);
+}
+
+/// An `MGET` whose keys are all fresh in the cache is answered from it; one
+/// that is not goes upstream whole, in one request.
+#[test]
+fn mget_is_answered_from_the_cache_when_every_key_is_fresh() {
+    let mut h = Harness::new();
+    let a = h.client();
+    h.send(a, b"PUT a 1\r\nPUT b 2\r\nGET missing\r\n");
+    assert_eq!(h.take(a), "OK\r\nOK\r\n(nil)\r\n");
+    let upstream = h.upstream_requests();
+    h.send(a, b"MGET a b missing\r\n");
+    assert_eq!(
+        h.take(a),
+        "(3 items)\r\n1) \"1\"\r\n2) \"2\"\r\n3) (nil)\r\n"
+    );
+    assert_eq!(h.upstream_requests(), upstream, "all from the cache");
+    h.send(a, b"MGET a b c\r\n");
+    assert_eq!(
+        h.take(a),
+        "(3 items)\r\n1) \"1\"\r\n2) \"2\"\r\n3) (nil)\r\n"
+    );
+    assert_eq!(h.upstream_requests(), upstream + 1, "one request upstream");
+}

@@ -5,7 +5,7 @@
 use super::{ProxyConfig, ProxyStats, UpstreamState};
 use crate::auth::Password;
 use crate::cache::TtlCache;
-use crate::session::{server_section, InfoSections, Node, Role};
+use crate::session::{replication_and_cpu, server_section, HostFacts, InfoSections, Node, Role};
 
 pub(super) struct View<'a> {
     pub config: &'a ProxyConfig,
@@ -14,6 +14,7 @@ pub(super) struct View<'a> {
     pub upstream: UpstreamState,
     pub upstream_in_flight: usize,
     pub clients: usize,
+    pub host: &'a HostFacts,
 }
 
 impl Node for View<'_> {
@@ -24,9 +25,32 @@ impl Node for View<'_> {
     fn info(&self, sections: &InfoSections) -> String {
         let c = self.cache.stats();
         let s = self.stats;
+        use std::fmt::Write;
+        let h = self.host;
         let mut info = String::new();
         if sections.wants("server") {
-            server_section(&mut info, Role::Proxy, 0, 0);
+            server_section(&mut info, Role::Proxy, h);
+        }
+        if sections.wants("clients") {
+            let _ = write!(info, "# Clients\nconnected_clients:{}\n", self.clients);
+        }
+        if sections.wants("memory") {
+            let _ = write!(
+                info,
+                "# Memory\nused_memory:{rss}\nused_memory_rss:{rss}\nmaxmemory:0\n",
+                rss = h.rss_bytes
+            );
+        }
+        replication_and_cpu(&mut info, sections, h);
+        if sections.wants_extra("commandstats") {
+            let _ = write!(
+                info,
+                "# Commandstats\ncmdstat_all:calls={},rejected_calls={},failed_calls={}\n",
+                s.requests, s.rejected, s.errors
+            );
+        }
+        if !(sections.wants("proxy") || sections.wants("stats")) {
+            return info;
         }
         info + &format!(
             "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n",

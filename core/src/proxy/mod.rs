@@ -62,7 +62,7 @@ use crate::db::Effect;
 use crate::errors::{rejected_message, ExecError, UpstreamError};
 use crate::reply::{encode_value_proto, Reply};
 use crate::server::{reply_dialect, InlineReplies};
-use crate::session::Local;
+use crate::session::{HostFacts, Local};
 use crate::time::{Clock, Instant};
 use bytes::{Bytes, BytesMut};
 use clients::{Clients, Deferred, Waiter};
@@ -220,6 +220,9 @@ pub struct ProxyStats {
     pub upstream_resets: u64,
     /// Error replies sent to clients.
     pub errors: u64,
+    /// Requests refused before they ran (unknown, wrong arity, no auth):
+    /// Redis's `rejected_calls`.
+    pub rejected: u64,
     /// Connections accepted since start (kept by the driver).
     pub connections_total: u64,
     /// Connections refused by the client cap (kept by the driver).
@@ -248,6 +251,8 @@ pub struct Proxy {
     stats: ProxyStats,
     /// Reused for the effects of each acknowledged write.
     effects: Vec<Effect>,
+    /// The process facts `INFO` shows, refreshed by the driver.
+    host: HostFacts,
 }
 
 impl Proxy {
@@ -265,6 +270,7 @@ impl Proxy {
             events: VecDeque::new(),
             stats: ProxyStats::default(),
             effects: Vec::new(),
+            host: HostFacts::default(),
         }
     }
 
@@ -470,6 +476,7 @@ impl Proxy {
             {
                 Ok(cmd) => cmd,
                 Err(reply) => {
+                    self.stats.rejected += 1;
                     let waiter = client.push_slot(id, dialect, now);
                     self.complete(waiter, reply, Source::Proxy, now);
                     continue;
@@ -485,6 +492,7 @@ impl Proxy {
                         upstream: self.upstream.state(),
                         upstream_in_flight: self.upstream.len(),
                         clients: client_count,
+                        host: &self.host,
                     };
                     let reply = handler(
                         &mut Local {
@@ -529,11 +537,44 @@ impl Proxy {
                 }
                 Route::Forward { write } => {
                     let waiter = client.push_slot(id, dialect, now);
+                    if let Some((reply, age)) = self.values_from_cache(&cmd, now) {
+                        self.complete(waiter, reply, Source::Cache { age }, now);
+                        continue;
+                    }
                     self.send(Job::Forward { cmd, write }, waiter, now);
                 }
             }
         }
         self.flush(id);
+    }
+
+    /// A multi-key read (`MGET`, [`Cache::Values`]) answered from the cache
+    /// when every key may be read from it (no upstream read or write of it
+    /// in flight, as for `GET`) and is fresh there; with the oldest entry's
+    /// age. Otherwise the whole read goes upstream, in one request.
+    fn values_from_cache(&mut self, cmd: &Command, now: Instant) -> Option<(Reply, Duration)> {
+        if !matches!(cmd.spec().cache, Cache::Values) {
+            return None;
+        }
+        let upstream = &self.upstream;
+        if cmd
+            .keys()
+            .any(|k| self.keys.get_route(k, |seq| upstream.is_live(seq)) != GetRoute::Cache)
+        {
+            return None;
+        }
+        let mut values = Vec::with_capacity(cmd.args().len() - 1);
+        let mut oldest = Duration::ZERO;
+        for key in cmd.keys() {
+            match self.cache.get(key, now) {
+                Lookup::Hit { value, age } => {
+                    oldest = oldest.max(age);
+                    values.push(value.map_or(Reply::Nil, Reply::Bulk));
+                }
+                Lookup::Miss => return None,
+            }
+        }
+        Some((Reply::Array(values), oldest))
     }
 
     /// Answers a cacheable read by its route.
@@ -756,6 +797,11 @@ impl Proxy {
             }
             self.complete(*last, reply, Source::Upstream, now);
         }
+    }
+
+    /// The process facts `INFO` shows, for the driver to refresh.
+    pub fn host_mut(&mut self) -> &mut HostFacts {
+        &mut self.host
     }
 
     /// The earliest time [`Proxy::handle_timeout`] has work to do.

@@ -20,7 +20,7 @@ use crate::db::EXPIRE_BUDGET;
 use crate::db::{Db, Effect};
 use crate::errors::{CommandError, ExecError};
 use crate::reply::{Reply, ReplyOut};
-use crate::session::{Local, Node, Role, Session};
+use crate::session::{HostFacts, Local, Node, Role, Session};
 use bytes::Bytes;
 
 /// Server settings.
@@ -55,24 +55,6 @@ pub struct ServerStats {
     /// Commands refused before they ran (unknown, wrong arity, no auth,
     /// a transaction's queuing errors): Redis's `rejected_calls`.
     pub rejected: u64,
-}
-
-/// Facts about the process that only the driver can read (the core reads
-/// no clock and no OS counters), for `INFO`. The driver refreshes them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HostFacts {
-    /// The process id.
-    pub process_id: u32,
-    /// The TCP port the server listens on.
-    pub tcp_port: u16,
-    /// Seconds since the server started.
-    pub uptime_secs: u64,
-    /// CPU seconds spent in user mode.
-    pub used_cpu_user: f64,
-    /// CPU seconds spent in the kernel.
-    pub used_cpu_sys: f64,
-    /// Resident set size, in bytes.
-    pub rss_bytes: u64,
 }
 
 /// The database and the commands that act on it. One instance is shared by
@@ -354,8 +336,7 @@ impl Node for Server {
         let store = self.db.store();
         let mut info = String::new();
         if sections.wants("server") {
-            crate::session::server_section(&mut info, Role::Server, h.process_id, h.tcp_port);
-            let _ = writeln!(info, "uptime_in_seconds:{}", h.uptime_secs);
+            crate::session::server_section(&mut info, Role::Server, h);
         }
         if sections.wants("clients") {
             let _ = write!(
@@ -391,16 +372,7 @@ impl Node for Server {
                 s.connections_timed_out,
             );
         }
-        if sections.wants("replication") {
-            info.push_str("# Replication\nrole:master\nconnected_slaves:0\nmaster_repl_offset:0\n");
-        }
-        if sections.wants("cpu") {
-            let _ = write!(
-                info,
-                "# CPU\nused_cpu_sys:{:.6}\nused_cpu_user:{:.6}\nused_cpu_sys_children:0.000000\nused_cpu_user_children:0.000000\n",
-                h.used_cpu_sys, h.used_cpu_user
-            );
-        }
+        crate::session::replication_and_cpu(&mut info, sections, h);
         if sections.wants_extra("commandstats") {
             let _ = write!(
                 info,

@@ -563,6 +563,40 @@ mod tests {
             .collect()
     }
 
+    /// Deadlines are absolute in the log: a key whose deadline passed
+    /// while the server was down is not loaded, one still in the future
+    /// keeps its deadline, and an `EXPIRE` record replays as one.
+    #[test]
+    fn replay_drops_keys_that_expired_while_the_server_was_down() {
+        let dir = temp_dir("expired");
+        let at = |k: &str, d: u64| Effect::Set {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            deadline: Some(d),
+        };
+        write_log(
+            &dir,
+            &[
+                at("gone", 1_000),
+                at("due-now", 2_000),
+                at("later", 3_000),
+                put("persisted", "v"),
+                Effect::Expire {
+                    key: Bytes::from_static(b"persisted"),
+                    deadline: Some(1_500),
+                },
+            ],
+        );
+        let mut s = server();
+        s.set_time(2_000);
+        replay(&PersistOptions::new(&dir), &mut s).unwrap();
+        assert_eq!(keys(&s), ["later=v"]);
+        assert_eq!(
+            s.store().slot(b"later").and_then(|slot| slot.deadline),
+            Some(3_000)
+        );
+    }
+
     #[test]
     fn creates_a_log_and_cuts_a_torn_tail() {
         let dir = temp_dir("torn");

@@ -324,6 +324,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let handle = start(&options);
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let facts = tokio::task::spawn_local(refresh_host_facts(handle.clone(), port));
     let clients = tcp::serve(&handle, listener, &options, shutdown.clone());
     match http {
         Some((http_listener, http_options)) => {
@@ -333,6 +335,17 @@ pub async fn run(
             );
         }
         None => clients.await,
+    }
+    facts.abort();
+}
+
+/// Keeps the process facts `INFO` shows fresh (once a second: they are
+/// for people and monitoring, not for the request path).
+async fn refresh_host_facts(handle: ProxyHandle, port: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        crate::runtime::host::refresh(handle.inner.proxy.borrow_mut().host_mut(), started, port);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

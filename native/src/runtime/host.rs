@@ -2,7 +2,7 @@
 //! reads no OS counters) and `INFO` shows: CPU time, resident memory,
 //! uptime.
 
-use kv_core::server::HostFacts;
+use kv_core::session::HostFacts;
 use std::time::Instant;
 
 /// Refreshes `facts` from the OS.
