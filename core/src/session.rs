@@ -92,10 +92,42 @@ pub trait Node {
     fn password(&self) -> Option<&Password>;
     /// The configuration parameters `CONFIG GET` reports, with their values.
     fn config(&self) -> Vec<(&'static str, String)>;
+    /// `CLIENT LIST`: one line per client; the error text if the node
+    /// cannot list them.
+    fn client_list(&self, current: &Session) -> Result<String, String>;
+    /// `CLIENT INFO`: the line of the current client.
+    fn client_info(&self, current: &Session) -> String;
+    /// `CLIENT KILL`: closes the clients the filter matches; how many, or
+    /// the error text if the node cannot.
+    fn client_kill(&mut self, filter: &KillFilter, current: &Session) -> Result<usize, String>;
     /// Sets a configuration parameter (`CONFIG SET`); the error text if it
     /// cannot be set. By default only what is already true can be "set".
     fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
         default_config_set(&self.config(), name, value)
+    }
+}
+
+/// Which clients `CLIENT KILL` closes: all of its filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KillFilter {
+    /// `ID id`.
+    pub id: Option<u64>,
+    /// `ADDR ip:port` (or the old form's only argument).
+    pub addr: Option<String>,
+    /// `LADDR ip:port`.
+    pub laddr: Option<String>,
+    /// `SKIPME yes` (the default): the calling client is spared.
+    pub skip_me: bool,
+}
+
+impl KillFilter {
+    /// Whether client `id` at `addr` (connected to `laddr`) is to be
+    /// killed, when `me` asks.
+    pub fn matches(&self, id: u64, addr: &str, laddr: &str, me: u64) -> bool {
+        !(self.skip_me && id == me)
+            && self.id.is_none_or(|want| want == id)
+            && self.addr.as_deref().is_none_or(|want| want == addr)
+            && self.laddr.as_deref().is_none_or(|want| want == laddr)
     }
 }
 

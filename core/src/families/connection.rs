@@ -9,7 +9,7 @@ use crate::errors::{CommandError, ExecError};
 use crate::families::parse;
 use crate::reply::Proto;
 use crate::reply::Reply;
-use crate::session::{Local, REDIS_VERSION};
+use crate::session::{KillFilter, Local, REDIS_VERSION};
 use bytes::Bytes;
 
 /// The family's commands.
@@ -163,7 +163,7 @@ fn auth(local: &mut Local<'_>, cmd: &Command) -> Reply {
     let (user, password) = match cmd.args() {
         [_, password] => (None, password),
         [_, user, password] => (Some(user), password),
-        _ => return CommandError::WrongArity { command: "auth" }.into(),
+        _ => return ExecError::Syntax.into(),
     };
     // Only the default user exists.
     let other_user = user.is_some_and(|u| !u.eq_ignore_ascii_case(b"default"));
@@ -186,10 +186,10 @@ const SELECT: Spec = Spec::new(
 .args(&[Arg::integer("index")]);
 
 fn select(_: &mut Local<'_>, cmd: &Command) -> Reply {
-    if &cmd.arg(1)[..] == b"0" {
-        Reply::ok()
-    } else {
-        ExecError::DbIndexOutOfRange.into()
+    match parse::int(cmd.arg(1)) {
+        Some(0) => Reply::ok(),
+        Some(_) => ExecError::DbIndexOutOfRange.into(),
+        None => ExecError::NotInteger.into(),
     }
 }
 
@@ -198,7 +198,7 @@ const CLIENT: Spec = Spec::new(
     -2,
     Flags::empty(),
     Group::Connection,
-    "Reads or sets this connection's identity (ID, GETNAME, SETNAME, SETINFO).",
+    "This connection's identity and the list of clients (ID, GETNAME, SETNAME, SETINFO, LIST, INFO, KILL).",
     Handler::Container,
 )
 .since("2.4.0")
@@ -207,6 +207,9 @@ const CLIENT: Spec = Spec::new(
     CLIENT_GETNAME,
     CLIENT_SETNAME,
     CLIENT_SETINFO,
+    CLIENT_LIST,
+    CLIENT_INFO,
+    CLIENT_KILL,
     Spec::container_help("client|help", Group::Connection),
 ]);
 
@@ -295,6 +298,115 @@ fn client_setinfo(local: &mut Local<'_>, cmd: &Command) -> Reply {
     }
     *slot = (!value.is_empty()).then(|| value.clone());
     Reply::ok()
+}
+
+const CLIENT_LIST: Spec = Spec::new(
+    "client|list",
+    -2,
+    Flags::ADMIN.union(Flags::ANYTIME),
+    Group::Connection,
+    "One line per client: id, addresses, name, age, protocol, transaction.",
+    Handler::Local(client_list),
+)
+.since("2.4.0");
+
+fn client_list(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    match cmd.args().get(2) {
+        None => {}
+        Some(t) if t.eq_ignore_ascii_case(b"type") && cmd.args().len() == 4 => {
+            // Every kv client is a normal one.
+            if !cmd.arg(3).eq_ignore_ascii_case(b"normal") {
+                return Reply::Verbatim {
+                    format: *b"txt",
+                    text: Bytes::new(),
+                };
+            }
+        }
+        Some(_) => return ExecError::Syntax.into(),
+    }
+    match local.node.client_list(local.session) {
+        Ok(list) => Reply::Verbatim {
+            format: *b"txt",
+            text: Bytes::from(list),
+        },
+        Err(e) => Reply::error(e),
+    }
+}
+
+const CLIENT_INFO: Spec = Spec::new(
+    "client|info",
+    2,
+    ANYTIME_FAST,
+    Group::Connection,
+    "This client's line of CLIENT LIST.",
+    Handler::Local(client_info),
+)
+.since("6.2.0");
+
+fn client_info(local: &mut Local<'_>, _: &Command) -> Reply {
+    Reply::Verbatim {
+        format: *b"txt",
+        text: Bytes::from(local.node.client_info(local.session)),
+    }
+}
+
+const CLIENT_KILL: Spec = Spec::new(
+    "client|kill",
+    -3,
+    Flags::ADMIN.union(Flags::ANYTIME),
+    Group::Connection,
+    "Closes clients: KILL ip:port, or KILL ID id | ADDR ip:port | LADDR ip:port | SKIPME yes|no ...",
+    Handler::Local(client_kill),
+)
+.since("2.4.0");
+
+fn client_kill(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let args = &cmd.args()[2..];
+    if let [addr] = args {
+        // The old form: one address, OK or an error.
+        let filter = KillFilter {
+            addr: Some(String::from_utf8_lossy(addr).into_owned()),
+            ..KillFilter::default()
+        };
+        return match local.node.client_kill(&filter, local.session) {
+            Ok(0) => Reply::error("ERR No such client"),
+            Ok(_) => Reply::ok(),
+            Err(e) => Reply::error(e),
+        };
+    }
+    if args.len() % 2 != 0 {
+        return ExecError::Syntax.into();
+    }
+    let mut filter = KillFilter {
+        skip_me: true,
+        ..KillFilter::default()
+    };
+    for pair in args.chunks_exact(2) {
+        let (name, value) = (&pair[0], &pair[1]);
+        let text = String::from_utf8_lossy(value).into_owned();
+        if name.eq_ignore_ascii_case(b"id") {
+            match parse::int(value).and_then(|n| u64::try_from(n).ok()) {
+                Some(id) => filter.id = Some(id),
+                None => return Reply::error("ERR client-id should be greater than 0"),
+            }
+        } else if name.eq_ignore_ascii_case(b"addr") {
+            filter.addr = Some(text);
+        } else if name.eq_ignore_ascii_case(b"laddr") {
+            filter.laddr = Some(text);
+        } else if name.eq_ignore_ascii_case(b"skipme") {
+            filter.skip_me = match text.to_ascii_lowercase().as_str() {
+                "yes" => true,
+                "no" => false,
+                _ => return ExecError::Syntax.into(),
+            };
+        } else {
+            return ExecError::Syntax.into();
+        }
+    }
+    match local.node.client_kill(&filter, local.session) {
+        Ok(n) => Reply::Integer(n as i64),
+        Err(e) => Reply::error(e),
+    }
 }
 
 /// Redis's rule for names: printable ASCII without spaces.

@@ -5,7 +5,14 @@
 use super::{ProxyConfig, ProxyStats, UpstreamState};
 use crate::auth::Password;
 use crate::cache::TtlCache;
-use crate::session::{replication_and_cpu, server_section, HostFacts, InfoSections, Node, Role};
+use crate::session::{
+    replication_and_cpu, server_section, HostFacts, InfoSections, KillFilter, Node, Role, Session,
+};
+
+/// What the proxy says to the client commands it does not carry out: its
+/// clients are its drivers', and it keeps no list of them yet.
+const NOT_AT_PROXY: &str =
+    "ERR CLIENT {} is not available through the kv proxy (connect to the server for its clients)";
 
 pub(super) struct View<'a> {
     pub config: &'a ProxyConfig,
@@ -78,6 +85,28 @@ impl Node for View<'_> {
             s.connections_rejected,
             s.connections_timed_out,
         )
+    }
+
+    fn client_info(&self, current: &Session) -> String {
+        let resp = if current.proto == crate::reply::Proto::Resp3 {
+            3
+        } else {
+            2
+        };
+        let name = current
+            .names()
+            .and_then(|n| n.name.as_ref())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        format!("id={} name={name} db=0 resp={resp}\n", current.id)
+    }
+
+    fn client_list(&self, _: &Session) -> Result<String, String> {
+        Err(NOT_AT_PROXY.replace("{}", "LIST"))
+    }
+
+    fn client_kill(&mut self, _: &KillFilter, _: &Session) -> Result<usize, String> {
+        Err(NOT_AT_PROXY.replace("{}", "KILL"))
     }
 
     fn password(&self) -> Option<&Password> {

@@ -47,6 +47,8 @@ pub struct ServerConnection {
     /// The client has sent a RESP command: it is a Redis client, and its
     /// inline commands get RESP replies too, as Redis gives.
     spoke_resp: bool,
+    /// The peer's and the local address, until the session is made.
+    peer: Option<(String, String)>,
 }
 
 /// How inline (telnet) commands are answered.
@@ -110,7 +112,13 @@ impl ServerConnection {
             held_base: 0,
             session: None,
             spoke_resp: false,
+            peer: None,
         }
+    }
+
+    /// The peer's address and the local one, as `CLIENT LIST` shows them.
+    pub fn set_peer(&mut self, addr: String, laddr: String) {
+        self.peer = Some((addr, laddr));
     }
 
     /// The connection is gone: forgets what its session held on the
@@ -143,6 +151,14 @@ impl ServerConnection {
     pub fn process(&mut self, server: &mut Server) {
         self.release(server);
         self.backlog = false;
+        if let Some(s) = &self.session {
+            if server.clients.is_killed(s.id) {
+                // CLIENT KILL: closed at once, as Redis closes it.
+                self.failed = true;
+                self.out.clear();
+                return;
+            }
+        }
         while !self.closing() {
             if self.out.len() + self.held.len() >= OUTPUT_HIGH_WATER {
                 self.backlog = true;
@@ -162,7 +178,11 @@ impl ServerConnection {
             let (dialect, errors) = match self.decoder.next_frame() {
                 Ok(None) => return,
                 Ok(Some(frame)) => {
-                    let session = self.session.get_or_insert_with(|| server.new_session());
+                    let peer = &mut self.peer;
+                    let session = self.session.get_or_insert_with(|| {
+                        let (addr, laddr) = peer.take().unwrap_or_default();
+                        server.new_client(addr, laddr)
+                    });
                     let dialect = reply_dialect(
                         frame.dialect(),
                         &mut self.spoke_resp,
@@ -451,6 +471,43 @@ mod tests {
         a.handle_input(&mut s, &cmd(&["WATCH", "x", "y"]));
         a.end(&mut s);
         assert_eq!(s.watched_keys(), 0);
+    }
+
+    #[test]
+    fn client_list_shows_every_client_and_kill_closes_one() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut a = ServerConnection::new(Limits::default());
+        let mut b = ServerConnection::new(Limits::default());
+        a.set_peer("10.0.0.1:1000".into(), "127.0.0.1:7070".into());
+        b.set_peer("10.0.0.2:2000".into(), "127.0.0.1:7070".into());
+        a.handle_input(&mut s, b"CLIENT SETNAME alpha\r\n");
+        b.handle_input(&mut s, b"CLIENT ID\r\n");
+        assert_eq!(take(&mut a), "OK\r\n");
+        assert_eq!(take(&mut b), "(integer) 2\r\n");
+        b.handle_input(&mut s, b"CLIENT LIST\r\n");
+        let list = take(&mut b);
+        assert!(
+            list.contains("id=1 addr=10.0.0.1:1000 laddr=127.0.0.1:7070"),
+            "{list}"
+        );
+        assert!(list.contains("name=alpha"), "{list}");
+        assert!(list.contains("id=2 addr=10.0.0.2:2000"), "{list}");
+        b.handle_input(
+            &mut s,
+            b"CLIENT KILL ID 2\r\nCLIENT KILL ADDR 10.0.0.1:1000\r\n",
+        );
+        assert_eq!(
+            take(&mut b),
+            "(integer) 0\r\n(integer) 1\r\n",
+            "SKIPME by default"
+        );
+        assert!(s.clients_mut().take_kill_signal());
+        a.handle_input(&mut s, b"PING\r\n");
+        assert!(a.should_close(), "killed: closed without a reply");
+        assert_eq!(take(&mut a), "");
+        a.end(&mut s);
+        b.handle_input(&mut s, b"CLIENT KILL 10.0.0.1:1000\r\n");
+        assert_eq!(take(&mut b), "(error) ERR No such client\r\n");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! [`Server::run`] is the server's one dispatch step: the table's checks
 //! ([`admit`]), the handler, and the log records of the command's effects.
 
+mod clients;
 mod conn;
 mod tx;
 
+pub use clients::{ClientEntry, Clients};
 pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER};
 pub use tx::{Transaction, TxOp, MAX_QUEUED};
 
@@ -20,7 +22,7 @@ use crate::db::EXPIRE_BUDGET;
 use crate::db::{Db, Effect};
 use crate::errors::{CommandError, ExecError};
 use crate::reply::{Reply, ReplyOut};
-use crate::session::{HostFacts, Local, Node, Role, Session};
+use crate::session::{HostFacts, KillFilter, Local, Node, Role, Session};
 use bytes::Bytes;
 
 /// Server settings.
@@ -74,6 +76,7 @@ pub struct Server {
     /// The id the next connection's session gets (`CLIENT ID`).
     next_session: u64,
     host: HostFacts,
+    clients: Clients,
 }
 
 impl Server {
@@ -86,6 +89,7 @@ impl Server {
             journal: None,
             next_session: 1,
             host: HostFacts::default(),
+            clients: Clients::default(),
         }
     }
 
@@ -130,14 +134,27 @@ impl Server {
     /// watched keys). Drivers call it when a connection ends.
     pub fn end_session(&mut self, session: &mut Session) {
         tx::end(&mut self.db, session);
+        self.clients.remove(session.id);
     }
 
     /// A session for a new connection: numbered, and authenticated unless
     /// the server has a password.
     pub fn new_session(&mut self) -> Session {
+        self.new_client(String::new(), String::new())
+    }
+
+    /// A session for a new connection from `addr` to `laddr`, listed by
+    /// `CLIENT LIST` until [`Server::end_session`].
+    pub fn new_client(&mut self, addr: String, laddr: String) -> Session {
         let id = self.next_session;
         self.next_session += 1;
+        self.clients.add(id, addr, laddr, self.db.now());
         Session::new(id, self.config.password.is_none())
+    }
+
+    /// The clients, for the driver (kills to carry out).
+    pub fn clients_mut(&mut self) -> &mut Clients {
+        &mut self.clients
     }
 
     /// Turns the log on: from now on writes produce records. Effects
@@ -288,6 +305,10 @@ impl Server {
                     },
                     cmd,
                 );
+                // Connection commands are what change what CLIENT LIST
+                // shows of a session (names, protocol): refreshed here,
+                // not per data command.
+                self.clients.refresh(session);
                 out.set_proto(session.proto);
                 out.reply(reply);
             }
@@ -398,9 +419,37 @@ impl Node for Server {
         self.config.password.as_ref()
     }
 
+    fn client_list(&self, current: &Session) -> Result<String, String> {
+        Ok(self.clients.lines(self.db.now(), current))
+    }
+
+    fn client_info(&self, current: &Session) -> String {
+        self.clients.line_of(current, self.db.now())
+    }
+
+    fn client_kill(&mut self, filter: &KillFilter, current: &Session) -> Result<usize, String> {
+        Ok(self
+            .clients
+            .kill(|id, e| filter.matches(id, &e.addr, &e.laddr, current.id)))
+    }
+
     fn config(&self) -> Vec<(&'static str, String)> {
         // No RDB snapshots; an append-only log if it is on.
         let aof = if self.journal.is_some() { "yes" } else { "no" };
-        vec![("save", String::new()), ("appendonly", aof.to_string())]
+        let fsync = self
+            .journal
+            .as_ref()
+            .map_or_else(|| "no".to_string(), |j| j.status().fsync.clone());
+        let limits = &self.config.limits;
+        vec![
+            ("save", String::new()),
+            ("appendonly", aof.to_string()),
+            ("appendfsync", fsync),
+            ("databases", "1".to_string()),
+            ("maxmemory", "0".to_string()),
+            ("maxmemory-policy", "noeviction".to_string()),
+            ("proto-max-bulk-len", limits.max_value.to_string()),
+            ("client-query-buffer-limit", limits.max_bulk().to_string()),
+        ]
     }
 }

@@ -57,6 +57,16 @@ impl Transaction {
     pub fn in_multi(&self) -> bool {
         self.queue.is_some()
     }
+
+    /// Commands queued, or -1 outside `MULTI` (as `CLIENT LIST` shows).
+    pub fn queued_count(&self) -> i64 {
+        self.queue.as_ref().map_or(-1, |q| q.len() as i64)
+    }
+
+    /// Keys watched.
+    pub fn watch_count(&self) -> usize {
+        self.watched.len()
+    }
 }
 
 /// Transaction state is compared by whether it is there, not its content

@@ -100,6 +100,9 @@ struct Shared {
     limits: Limits,
     policy: ConnConfig,
     epoch: Epoch,
+    /// Bumped when CLIENT KILL marked clients: every connection looks
+    /// whether it is one of them.
+    kills: watch::Sender<u64>,
 }
 
 impl AcceptHooks for Shared {
@@ -139,6 +142,7 @@ pub async fn run_prepared(
             ..ConnConfig::default()
         },
         epoch: Epoch::new(),
+        kills: watch::channel(0).0,
     });
     let driver = shared.log.is_some().then(|| {
         let shared = shared.clone();
@@ -214,6 +218,8 @@ struct ServerClient {
     conn: ServerConnection,
     /// Changes when the log stores (or fails) records; `None` without a log.
     released: Option<watch::Receiver<u64>>,
+    /// Changes when clients were killed.
+    kills: watch::Receiver<u64>,
 }
 
 impl ServerClient {
@@ -224,8 +230,12 @@ impl ServerClient {
             stats.connections_total += 1;
             stats.connections_current += 1;
         }
+        let mut conn = ServerConnection::new(shared.limits);
+        let addr = |a: io::Result<SocketAddr>| a.map_or_else(|_| String::new(), |a| a.to_string());
+        conn.set_peer(addr(stream.peer_addr()), addr(stream.local_addr()));
         ServerClient {
-            conn: ServerConnection::new(shared.limits),
+            kills: shared.kills.subscribe(),
+            conn,
             released: shared.log.as_ref().map(Log::subscribe),
             shared,
             stream,
@@ -254,6 +264,9 @@ impl Conn for ServerClient {
         let mut server = self.shared.server.borrow_mut();
         server.set_time(clock::unix_millis());
         self.conn.process(&mut server);
+        if server.clients_mut().take_kill_signal() {
+            self.shared.kills.send_modify(|n| *n += 1);
+        }
         if let Some(log) = &self.shared.log {
             if server.journal().is_some_and(|j| j.has_pending()) {
                 log.request_flush();
@@ -271,6 +284,7 @@ impl Conn for ServerClient {
         tokio::select! {
             biased;
             _ = log_progress(&mut self.released), if waiting => Ok(Wake::Session),
+            Ok(()) = self.kills.changed() => Ok(Wake::Session),
             ready = self.stream.readable(), if reading => {
                 ready?;
                 let conn = &mut self.conn;
