@@ -439,6 +439,9 @@ pub struct CliArgs {
     /// Password to send with `AUTH` right after connecting.
     #[arg(short = 'a', long, value_name = "PASSWORD")]
     pub password: Option<String>,
+    /// Speak RESP3 (`HELLO 3` on every new connection), as `redis-cli -3`.
+    #[arg(short = '3', long)]
+    pub resp3: bool,
     /// A command to send, e.g. `GET name` (none: interactive prompt).
     #[arg(
         value_name = "COMMAND",

@@ -69,6 +69,9 @@ pub enum CliError {
     /// The server refused the password given with `--password`.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The server refused `HELLO 3` (`--resp3`).
+    #[error("the server does not speak RESP3: {0}")]
+    Hello(String),
     /// The Tokio runtime or the line editor could not start.
     #[error("{0}")]
     Setup(String),
@@ -98,6 +101,7 @@ pub fn run(args: &CliArgs) -> u8 {
     };
     let mut session = Session::new(args.connect.clone(), args.timeout);
     session.password = args.password.clone().map(Bytes::from);
+    session.resp3 = args.resp3;
     if args.command.is_empty() {
         match interactive(&runtime, &mut session) {
             Ok(()) => EXIT_OK,
@@ -227,6 +231,8 @@ struct Session {
     conn: Option<Connection>,
     /// Sent with `AUTH` on every new connection.
     password: Option<Bytes>,
+    /// `HELLO 3` on every new connection.
+    resp3: bool,
 }
 
 struct Connection {
@@ -243,6 +249,7 @@ impl Session {
             epoch: Epoch::new(),
             conn: None,
             password: None,
+            resp3: false,
         }
     }
 
@@ -281,6 +288,22 @@ impl Session {
                 match conn.exchange(&auth, self.epoch).await {
                     Ok(Reply::Error(e)) => {
                         return Err(CliError::Auth(String::from_utf8_lossy(&e).into_owned()))
+                    }
+                    Ok(_) => {}
+                    Err(reason) => {
+                        return Err(CliError::Request {
+                            addr: self.addr.clone(),
+                            reason,
+                        })
+                    }
+                }
+            }
+            if self.resp3 {
+                let hello =
+                    Command::build(&["HELLO", "3"]).map_err(|e| CliError::Auth(e.to_string()))?;
+                match conn.exchange(&hello, self.epoch).await {
+                    Ok(Reply::Error(e)) => {
+                        return Err(CliError::Hello(String::from_utf8_lossy(&e).into_owned()))
                     }
                     Ok(_) => {}
                     Err(reason) => {

@@ -772,3 +772,88 @@ const DUMP: Spec = Spec::new(
 fn dump(db: &mut Db, _cmd: &Command, out: &mut dyn ReplyOut) {
     out.reply(Reply::Pairs(db.dump()));
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::command::Command;
+    use crate::reply::Reply;
+    use crate::server::{Server, ServerConfig};
+    use std::collections::HashSet;
+
+    fn run(s: &mut Server, args: &[&str]) -> Reply {
+        s.execute(Command::build(args).unwrap())
+    }
+
+    /// Redis's guarantee: a full SCAN returns every key that was there for
+    /// the whole iteration, however the store grows and shrinks meanwhile.
+    #[test]
+    fn a_full_scan_returns_every_key_present_throughout_while_the_store_changes() {
+        let mut s = Server::new(ServerConfig::default());
+        for i in 0..500 {
+            let _ = run(&mut s, &["SET", &format!("stay:{i}"), "v"]);
+            let _ = run(&mut s, &["SET", &format!("go:{i}"), "v"]);
+        }
+        let (mut cursor, mut seen, mut round) = ("0".to_string(), HashSet::new(), 0);
+        loop {
+            let Reply::Array(parts) = run(&mut s, &["SCAN", &cursor, "COUNT", "7"]) else {
+                panic!("SCAN replies an array");
+            };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else {
+                panic!("cursor and keys");
+            };
+            for k in keys {
+                let Reply::Bulk(k) = k else { panic!("a key") };
+                seen.insert(String::from_utf8_lossy(k).into_owned());
+            }
+            // Between calls: the store grows (new keys) and shrinks (the
+            // `go:` keys leave), moving keys around inside it.
+            for j in 0..5 {
+                let _ = run(&mut s, &["SET", &format!("new:{round}:{j}"), "v"]);
+            }
+            let _ = run(
+                &mut s,
+                &[
+                    "DEL",
+                    &format!("go:{round}"),
+                    &format!("go:{}", 499 - round),
+                ],
+            );
+            round += 1;
+            cursor = String::from_utf8_lossy(next).into_owned();
+            if cursor == "0" {
+                break;
+            }
+        }
+        for i in 0..500 {
+            assert!(seen.contains(&format!("stay:{i}")), "stay:{i} was missed");
+        }
+    }
+
+    #[test]
+    fn expire_options_follow_redis() {
+        let mut s = Server::new(ServerConfig::default());
+        s.set_time(1_000_000);
+        let _ = run(&mut s, &["SET", "k", "v"]);
+        assert_eq!(
+            run(&mut s, &["EXPIRE", "k", "100", "XX"]),
+            Reply::Integer(0)
+        );
+        assert_eq!(
+            run(&mut s, &["EXPIRE", "k", "100", "GT"]),
+            Reply::Integer(0)
+        );
+        assert_eq!(
+            run(&mut s, &["EXPIRE", "k", "100", "LT"]),
+            Reply::Integer(1)
+        );
+        assert_eq!(run(&mut s, &["EXPIRE", "k", "50", "NX"]), Reply::Integer(0));
+        assert_eq!(
+            run(&mut s, &["EXPIRE", "k", "200", "GT"]),
+            Reply::Integer(1)
+        );
+        assert_eq!(run(&mut s, &["PTTL", "k"]), Reply::Integer(200_000));
+        assert!(run(&mut s, &["EXPIRE", "k", "1", "NX", "GT"]).is_error());
+        assert_eq!(run(&mut s, &["EXPIRE", "k", "-1"]), Reply::Integer(1));
+        assert_eq!(run(&mut s, &["TTL", "k"]), Reply::Integer(-2));
+    }
+}

@@ -66,14 +66,15 @@ fn config_get(local: &mut Local<'_>, cmd: &Command) -> Reply {
                 .iter()
                 .any(|p| glob::matches(p, name.as_bytes(), true))
         })
-        .flat_map(|(name, value)| {
-            [
+        .map(|(name, value)| {
+            (
                 Reply::Bulk(Bytes::from_static(name.as_bytes())),
                 Reply::Bulk(Bytes::from(value)),
-            ]
+            )
         })
         .collect();
-    Reply::Array(items)
+    // A map in RESP3, a flat array of names and values in RESP2, as Redis.
+    Reply::Map(items)
 }
 
 const CONFIG_SET: Spec = Spec::new(
