@@ -313,15 +313,18 @@ const CLIENT_LIST: Spec = Spec::new(
 fn client_list(local: &mut Local<'_>, cmd: &Command) -> Reply {
     match cmd.args().get(2) {
         None => {}
-        Some(t) if t.eq_ignore_ascii_case(b"type") && cmd.args().len() == 4 => {
-            // Every kv client is a normal one.
-            if !cmd.arg(3).eq_ignore_ascii_case(b"normal") {
-                return Reply::Verbatim {
-                    format: *b"txt",
-                    text: Bytes::new(),
-                };
-            }
+        // Every kv client is a normal one.
+        Some(t)
+            if t.eq_ignore_ascii_case(b"type")
+                && cmd.args().len() == 4
+                && !cmd.arg(3).eq_ignore_ascii_case(b"normal") =>
+        {
+            return Reply::Verbatim {
+                format: *b"txt",
+                text: Bytes::new(),
+            };
         }
+        Some(t) if t.eq_ignore_ascii_case(b"type") && cmd.args().len() == 4 => {}
         Some(_) => return ExecError::Syntax.into(),
     }
     match local.node.client_list(local.session) {
