@@ -74,6 +74,10 @@ enum Task {
         /// A short smoke run: about a second per measurement.
         #[arg(long)]
         quick: bool,
+        /// Run only this part (repeatable) [default: all]. Such a run
+        /// writes artifacts/bench/ only, not BENCHMARKS.md.
+        #[arg(long, value_enum)]
+        only: Vec<bench::Part>,
     },
     /// Run many seeds of the deterministic simulation (core/tests/sim.rs)
     /// in release and report steps per second, or a shrunk failure.
@@ -157,12 +161,22 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Test { skip_setup } => test(skip_setup)?,
         Task::Up { args } => return up(args),
-        Task::Bench { rounds, quick } => {
+        Task::Bench {
+            rounds,
+            quick,
+            only,
+        } => {
             let default_rounds = if quick { 1 } else { 3 };
+            let parts = if only.is_empty() {
+                bench::PARTS.to_vec()
+            } else {
+                only.clone()
+            };
             bench::run(&bench::Options {
                 rounds: rounds.map_or(default_rounds, |r| r as usize),
                 quick,
-                command_line: bench_command_line(rounds, quick),
+                parts,
+                command_line: bench_command_line(rounds, quick, &only),
             })?;
         }
         Task::Sim {
@@ -329,13 +343,18 @@ fn test(skip_setup: bool) -> Result<()> {
 
 /// The `cargo xtask bench` command line that reproduces a run, for its
 /// report.
-fn bench_command_line(rounds: Option<u32>, quick: bool) -> String {
+fn bench_command_line(rounds: Option<u32>, quick: bool, only: &[bench::Part]) -> String {
     let mut line = String::from("cargo xtask bench");
     if let Some(rounds) = rounds {
         line.push_str(&format!(" --rounds {rounds}"));
     }
     if quick {
         line.push_str(" --quick");
+    }
+    for part in only {
+        if let Some(name) = part.to_possible_value() {
+            line.push_str(&format!(" --only {}", name.get_name()));
+        }
     }
     line
 }
@@ -412,14 +431,35 @@ mod tests {
             cli.task,
             Task::Bench {
                 rounds: Some(2),
-                quick: true
-            }
+                quick: true,
+                ref only,
+            } if only.is_empty()
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "--rounds", "0"]).is_err());
         assert_eq!(
-            bench_command_line(Some(2), true),
+            bench_command_line(Some(2), true, &[]),
             "cargo xtask bench --rounds 2 --quick"
         );
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "--only",
+            "commands",
+            "--only",
+            "memory-ttl",
+        ])
+        .unwrap();
+        match cli.task {
+            Task::Bench { only, .. } => {
+                assert_eq!(only, [bench::Part::Commands, bench::Part::MemoryTtl]);
+                assert_eq!(
+                    bench_command_line(None, false, &only),
+                    "cargo xtask bench --only commands --only memory-ttl"
+                );
+            }
+            _ => panic!("parsed as another task"),
+        }
+        assert!(Cli::try_parse_from(["xtask", "bench", "--only", "nothing"]).is_err());
     }
 
     #[test]

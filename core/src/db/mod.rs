@@ -243,9 +243,38 @@ impl Db {
 
     /// Sets `key` to `value`, keeping the deadline it has (`INCR`,
     /// `APPEND`, `SETRANGE`, `SET … KEEPTTL`).
-    pub fn overwrite(&mut self, key: &Bytes, value: &Bytes) {
-        let deadline = self.deadline(key).flatten();
-        self.set(key, value, deadline);
+    pub fn overwrite(&mut self, key: &Bytes, value: &[u8]) {
+        match self.live_position(key) {
+            Some(i) => self.overwrite_at(i, key, value),
+            None => self.set(key, &Bytes::copy_from_slice(value), None),
+        }
+    }
+
+    /// Where `key` is in the store, unless missing or expired: for a
+    /// read-modify-write (`INCR`) that looks the key up once.
+    #[inline]
+    pub fn find(&mut self, key: &[u8]) -> Option<usize> {
+        self.live_position(key)
+    }
+
+    /// The value at store position `i` (from [`Db::find`]).
+    #[inline]
+    pub fn value_at(&self, i: usize) -> &[u8] {
+        self.store.at(i).map_or(&[][..], |s| s.entry.value())
+    }
+
+    /// Replaces the value at store position `i` (from [`Db::find`], for
+    /// `key`), keeping its deadline.
+    pub fn overwrite_at(&mut self, i: usize, key: &Bytes, value: &[u8]) {
+        let before = self.store.replace_value(i, value);
+        if self.recording || !self.watched.is_empty() {
+            let effect = Effect::Set {
+                key: key.clone(),
+                value: Bytes::copy_from_slice(value),
+                deadline: before.deadline,
+            };
+            self.record(effect, Some(before));
+        }
     }
 
     /// Gives `key` a new deadline (`None`: never). A deadline not after now

@@ -208,6 +208,19 @@ impl Store {
         }
     }
 
+    /// Replaces the value of the key at position `i`, keeping its key and
+    /// deadline; what it held before.
+    pub fn replace_value(&mut self, i: usize, value: &[u8]) -> Slot {
+        let slot = &mut self.slots[i];
+        let entry = Entry::new(slot.entry.key(), value);
+        let old = std::mem::replace(&mut slot.entry, entry);
+        self.data_bytes = self.data_bytes - old.data_len() + slot.entry.data_len();
+        Slot {
+            entry: old,
+            deadline: slot.deadline,
+        }
+    }
+
     /// Sets or clears the deadline of the key at position `i`; the old one.
     pub fn set_deadline(&mut self, i: usize, deadline: Option<u64>) -> Option<u64> {
         let slot = self.slots.get_mut(i)?;

@@ -663,9 +663,11 @@ fn add(db: &mut Db, key: &Bytes, by: Option<i64>, out: &mut dyn ReplyOut) {
     let Some(by) = by else {
         return out.reply(error(ExecError::NotInteger));
     };
-    let current = match db.get(key) {
+    // One lookup for the read and the write: this is a hot command.
+    let at = db.find(key);
+    let current = match at {
         None => 0,
-        Some(v) => match parse::int(v) {
+        Some(i) => match parse::int(db.value_at(i)) {
             Some(n) => n,
             None => return out.reply(error(ExecError::NotInteger)),
         },
@@ -674,7 +676,11 @@ fn add(db: &mut Db, key: &Bytes, by: Option<i64>, out: &mut dyn ReplyOut) {
         return out.reply(error(ExecError::Overflow));
     };
     let mut buf = itoa::Buffer::new();
-    db.overwrite(key, &Bytes::copy_from_slice(buf.format(next).as_bytes()));
+    let text = buf.format(next).as_bytes();
+    match at {
+        Some(i) => db.overwrite_at(i, key, text),
+        None => db.set(key, &Bytes::copy_from_slice(text), None),
+    }
     out.reply(Reply::Integer(next));
 }
 

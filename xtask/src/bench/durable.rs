@@ -85,9 +85,11 @@ fn durable_policy(
         info_field(&info, "aof_fsync")
     );
 
-    let addr = |target| match target {
-        Target::KvServer => server.addr,
-        _ => redis.addr,
+    let addr = |target| {
+        Ok(match target {
+            Target::KvServer => server.addr,
+            _ => redis.addr,
+        })
     };
     let mut cases = Vec::new();
     for pipeline in PIPELINES {
@@ -100,7 +102,7 @@ fn durable_policy(
                 slowest_rps: SLOWEST_DURABLE_RPS,
             };
             cases.push(calibrate(
-                addr(target),
+                addr(target)?,
                 target,
                 Workload::Set,
                 pipeline,

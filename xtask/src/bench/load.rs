@@ -31,6 +31,17 @@ fn value(i: u64) -> String {
 
 /// `SET key(i) value(i)` for every `i` in `keys`, pipelined in batches.
 pub(super) fn load(addr: SocketAddr, keys: Range<u64>, deadline: Instant) -> Result<()> {
+    load_expiring(addr, keys, None, deadline)
+}
+
+/// [`load`], with `EX ttl` on every SET when `ttl` (in seconds) is given.
+pub(super) fn load_expiring(
+    addr: SocketAddr,
+    keys: Range<u64>,
+    ttl: Option<u64>,
+    deadline: Instant,
+) -> Result<()> {
+    let ttl = ttl.map(|t| t.to_string());
     let mut conn = Conn::connect(addr, deadline)?;
     let mut batch = Vec::new();
     let mut i = keys.start;
@@ -42,10 +53,12 @@ pub(super) fn load(addr: SocketAddr, keys: Range<u64>, deadline: Instant) -> Res
         let end = (i + LOAD_BATCH).min(keys.end);
         batch.clear();
         for k in i..end {
-            resp::encode(
-                &mut batch,
-                &[b"SET", key(k).as_bytes(), value(k).as_bytes()],
-            );
+            let (key, value) = (key(k), value(k));
+            let mut args: Vec<&[u8]> = vec![b"SET", key.as_bytes(), value.as_bytes()];
+            if let Some(ttl) = &ttl {
+                args.extend([b"EX".as_slice(), ttl.as_bytes()]);
+            }
+            resp::encode(&mut batch, &args);
         }
         conn.pipeline(&batch, end - i)?;
         i = end;

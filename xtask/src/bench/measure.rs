@@ -15,7 +15,7 @@ use super::load::{get_all, load};
 use super::processes::Processes;
 use super::report;
 use super::resp::{info_number, Conn, NullServer};
-use super::{Case, Options, Sample, Target, Workload, KEYSPACE, PIPELINES, TARGETS, VALUE_LEN};
+use super::{Case, Options, Sample, Target, Workload, KEYSPACE, PIPELINES, VALUE_LEN};
 use crate::cmd::Cmd;
 
 /// Parallel connections of `redis-benchmark` (`-c`).
@@ -38,69 +38,92 @@ pub struct CacheCounts {
 pub(super) struct Throughput {
     /// Every case of every target, with its samples.
     pub(super) cases: Vec<Case>,
-    /// What the proxy's cache did over the measured GETs.
-    pub(super) proxy_cache: CacheCounts,
+    /// What the proxy's cache did over the measured GETs, if the proxy ran.
+    pub(super) proxy_cache: Option<CacheCounts>,
     /// How Redis, kv server and kv proxy were started.
     pub(super) servers: Vec<String>,
 }
 
-/// Starts the four targets, prepares their data, and runs every case
-/// `options.rounds` times, interleaved.
+/// Starts the targets `workloads` need, prepares their data, and runs every
+/// case `options.rounds` times, interleaved. GET and SET run on all four
+/// targets, the other workloads on Redis and kv server; nothing runs for
+/// no workloads.
 pub(super) fn throughput(
     kv: &Path,
     server_args: &[String],
+    workloads: &[Workload],
     options: &Options,
     out: &Path,
 ) -> Result<Throughput> {
+    if workloads.is_empty() {
+        return Ok(Throughput {
+            cases: Vec::new(),
+            proxy_cache: None,
+            servers: Vec::new(),
+        });
+    }
+    let with_proxy = workloads.iter().any(|w| w.targets().len() > 2);
     let mut procs = Processes::default();
     let redis = procs.redis(out, "redis")?;
     let server = procs.kv(kv, server_args, out, "kv-server")?;
-    let proxy_args = [
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &server.addr.to_string(),
-        // Long enough that the warmed keys stay cached for the whole run.
-        "--cache-ttl",
-        "600s",
-    ]
-    .map(String::from);
-    let proxy = procs.kv(kv, &proxy_args, out, "kv-proxy")?;
-    let null = NullServer::start()?;
-
+    let mut servers = vec![redis.command.clone(), server.command.clone()];
     let deadline = Instant::now() + Duration::from_secs(120);
-    eprintln!("xtask bench: loading {KEYSPACE} keys into redis and, through the proxy, kv");
-    load(redis.addr, 0..KEYSPACE, deadline)?;
-    // SETs through the proxy reach the kv server and, once acknowledged,
-    // are written through to the cache; the GET pass then checks every key
-    // and leaves any the write-through missed cached.
-    load(proxy.addr, 0..KEYSPACE, deadline)?;
-    get_all(proxy.addr, 0..KEYSPACE, deadline)?;
-    // A connection per look: one kept open across the rounds would be
-    // closed by the proxy's idle timeout.
-    let info = Conn::connect(proxy.addr, deadline)?.info(None)?;
-    let cached = info_number(&info, "cache_entries")?;
-    ensure!(
-        cached >= KEYSPACE,
-        "the proxy cached only {cached} of {KEYSPACE} keys: its GETs would not all be hits"
-    );
-    let (hits0, misses0) = (
-        info_number(&info, "cache_hits")?,
-        info_number(&info, "cache_misses")?,
-    );
+    // The proxy and the null server, with the cache counters before the
+    // runs.
+    let mut proxy = None;
+    if with_proxy {
+        let proxy_args = [
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &server.addr.to_string(),
+            // Long enough that the warmed keys stay cached for the whole run.
+            "--cache-ttl",
+            "600s",
+        ]
+        .map(String::from);
+        let service = procs.kv(kv, &proxy_args, out, "kv-proxy")?;
+        servers.push(service.command.clone());
+        eprintln!("xtask bench: loading {KEYSPACE} keys into redis and, through the proxy, kv");
+        load(redis.addr, 0..KEYSPACE, deadline)?;
+        // SETs through the proxy reach the kv server and, once acknowledged,
+        // are written through to the cache; the GET pass then checks every
+        // key and leaves any the write-through missed cached.
+        load(service.addr, 0..KEYSPACE, deadline)?;
+        get_all(service.addr, 0..KEYSPACE, deadline)?;
+        // A connection per look: one kept open across the rounds would be
+        // closed by the proxy's idle timeout.
+        let info = Conn::connect(service.addr, deadline)?.info(None)?;
+        let cached = info_number(&info, "cache_entries")?;
+        ensure!(
+            cached >= KEYSPACE,
+            "the proxy cached only {cached} of {KEYSPACE} keys: its GETs would not all be hits"
+        );
+        let before = CacheCounts {
+            hits: info_number(&info, "cache_hits")?,
+            misses: info_number(&info, "cache_misses")?,
+        };
+        proxy = Some((service, before, NullServer::start()?));
+    } else {
+        eprintln!("xtask bench: loading {KEYSPACE} keys into redis and kv");
+        load(redis.addr, 0..KEYSPACE, deadline)?;
+        load(server.addr, 0..KEYSPACE, deadline)?;
+        get_all(server.addr, 0..KEYSPACE, deadline)?;
+    }
 
-    let addr = |target| match target {
-        Target::Redis => redis.addr,
-        Target::KvServer => server.addr,
-        Target::KvProxy => proxy.addr,
-        Target::Null => null.addr(),
+    let addr = |target| match (target, &proxy) {
+        (Target::Redis, _) => Ok(redis.addr),
+        (Target::KvServer, _) => Ok(server.addr),
+        (Target::KvProxy, Some((service, _, _))) => Ok(service.addr),
+        (Target::Null, Some((_, _, null))) => Ok(null.addr()),
+        (target, None) => bail!("{target:?} was not started"),
     };
 
     let mut cases = Vec::new();
-    for workload in [Workload::Get, Workload::Set] {
+    for &workload in workloads {
         for pipeline in PIPELINES {
-            for target in TARGETS {
+            for &target in workload.targets() {
                 let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
                 let calibration = Calibration {
                     warm_up,
@@ -108,7 +131,7 @@ pub(super) fn throughput(
                     slowest_rps: SLOWEST_RPS,
                 };
                 cases.push(calibrate(
-                    addr(target),
+                    addr(target)?,
                     target,
                     workload,
                     pipeline,
@@ -120,14 +143,18 @@ pub(super) fn throughput(
     }
     measure_rounds(&mut cases, addr, SLOWEST_RPS, options, "")?;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let info = Conn::connect(proxy.addr, deadline)?.info(None)?;
-    let proxy_cache = CacheCounts {
-        hits: info_number(&info, "cache_hits")?.saturating_sub(hits0),
-        misses: info_number(&info, "cache_misses")?.saturating_sub(misses0),
+    let proxy_cache = match &proxy {
+        Some((service, before, _)) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let info = Conn::connect(service.addr, deadline)?.info(None)?;
+            Some(CacheCounts {
+                hits: info_number(&info, "cache_hits")?.saturating_sub(before.hits),
+                misses: info_number(&info, "cache_misses")?.saturating_sub(before.misses),
+            })
+        }
+        None => None,
     };
-    let servers = vec![redis.command, server.command, proxy.command];
-    drop(null);
+    drop(proxy);
     drop(procs);
     Ok(Throughput {
         cases,
@@ -192,7 +219,7 @@ fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
 /// `what` prefixes the progress lines.
 pub(super) fn measure_rounds(
     cases: &mut [Case],
-    addr: impl Fn(Target) -> SocketAddr,
+    addr: impl Fn(Target) -> Result<SocketAddr>,
     slowest_rps: u64,
     options: &Options,
     what: &str,
@@ -202,7 +229,7 @@ pub(super) fn measure_rounds(
             for i in order(group.len(), round - 1) {
                 let case = &mut cases[group.start + i];
                 let sample = redis_benchmark(
-                    addr(case.target),
+                    addr(case.target)?,
                     case.workload,
                     case.pipeline,
                     case.requests,
@@ -277,10 +304,12 @@ fn redis_benchmark(
 ) -> Result<Sample> {
     let cmd = Cmd::new("redis-benchmark")
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .args(["-t", workload.test(), "-c", &CLIENTS.to_string()])
+        .args(["-c", &CLIENTS.to_string()])
         .args(["-P", &pipeline.to_string(), "-d", &VALUE_LEN.to_string()])
         .args(["-r", &KEYSPACE.to_string(), "-n", &requests.to_string()])
-        .arg("--csv");
+        .arg("--csv")
+        // Last: a custom command takes the rest of the line.
+        .args(workload.args());
     let timeout = Duration::from_secs(30 + requests / slowest_rps);
     let output = cmd.output_within(timeout)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -291,7 +320,8 @@ fn redis_benchmark(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    parse_csv(&stdout, workload.test()).with_context(|| format!("reading the output of `{cmd}`"))
+    parse_csv(&stdout, &workload.csv_name())
+        .with_context(|| format!("reading the output of `{cmd}`"))
 }
 
 /// Reads the row of `test` from `redis-benchmark --csv` output.
@@ -346,6 +376,30 @@ mod tests {
         assert_eq!(s.rps, 55309.73);
         assert_eq!(s.p50_ms, Some(0.591));
         assert_eq!(s.p99_ms, Some(1.007));
+    }
+
+    #[test]
+    fn finds_the_rows_of_mset_and_a_custom_mget() {
+        let keys = ["key:__rand_int__"; 10].join(" ");
+        let out = format!(
+            "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\
+             \"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
+             \"INCR\",\"221238.94\",\"3.122\",\"0.576\",\"2.791\",\"5.111\",\"11.631\",\"12.631\"\n\
+             \"MSET (10 keys)\",\"42229.73\",\"18.425\",\"1.040\",\"13.911\",\"41.695\",\"88.127\",\"110.591\"\n\
+             \"mget {keys}\",\"61919.50\",\"12.098\",\"1.024\",\"10.863\",\"21.663\",\"25.743\",\"26.511\"\n"
+        );
+        assert_eq!(
+            parse_csv(&out, &Workload::Incr.csv_name()).unwrap().rps,
+            221238.94
+        );
+        assert_eq!(
+            parse_csv(&out, &Workload::Mset.csv_name()).unwrap().rps,
+            42229.73
+        );
+        let mget = parse_csv(&out, &Workload::Mget.csv_name()).unwrap();
+        assert_eq!((mget.rps, mget.p99_ms), (61919.50, Some(25.743)));
+        assert_eq!(Workload::Mget.args().len(), 11);
+        assert_eq!(Workload::Mset.args(), ["-t", "mset"]);
     }
 
     #[test]

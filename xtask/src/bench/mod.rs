@@ -8,9 +8,11 @@
 //! 3. Loads the 100,000 keys `redis-benchmark -r 100000` uses into every
 //!    real server, and warms the proxy's cache with them.
 //! 4. Drives each target with `redis-benchmark` (GET and SET, pipeline 1
-//!    and 16), interleaved and repeated, and keeps the medians.
+//!    and 16), and Redis and kv server with INCR, MSET and MGET of 10 keys
+//!    too, interleaved and repeated, and keeps the medians.
 //! 5. Loads 1,000,000 keys into fresh Redis and kv servers and compares the
-//!    memory each needs per key.
+//!    memory each needs per key; then again with fresh servers, every key
+//!    with a TTL (`SET … EX`).
 //! 6. Durable writes: for each fsync policy (`always`, `everysec`, `no`),
 //!    Redis with `appendonly yes` and that `appendfsync`, and `kv server`
 //!    with that `--fsync`, each on a fresh data directory, driven with SETs
@@ -18,6 +20,10 @@
 //! 7. Writes `artifacts/bench/report.md`, `chart.svg` and
 //!    `durable-chart.svg`, and the same tables and the first chart into
 //!    `BENCHMARKS.md` and `docs/bench-chart.svg`.
+//!
+//! `--only PART` (repeatable, see [`Part`]) runs some of these; such a run
+//! writes only `artifacts/bench/`, since `BENCHMARKS.md` would lose the
+//! parts left out.
 //!
 //! Every process started is killed, and every data directory created is
 //! removed, when the phase that started it ends, whether it succeeded or not
@@ -73,6 +79,10 @@ const KEYSPACE: u64 = 100_000;
 /// Value size for the runs (`redis-benchmark -d`) and for the memory test.
 const VALUE_LEN: usize = 64;
 
+/// The TTL of every key in the second memory comparison (`SET … EX`): far
+/// longer than the benchmark, so that none expires while it is measured.
+const MEMORY_TTL_SECONDS: u64 = 100_000;
+
 /// Pipeline depths measured (`redis-benchmark -P`).
 const PIPELINES: [u32; 2] = [1, 16];
 
@@ -84,11 +94,24 @@ pub struct Options {
     pub rounds: usize,
     /// Short runs for a smoke test: about a second each instead of three.
     pub quick: bool,
+    /// The parts to run (all of them unless `--only` names some). Only a
+    /// run of every part rewrites `BENCHMARKS.md`.
+    pub parts: Vec<Part>,
     /// The command line that started this run, for the report.
     pub command_line: String,
 }
 
 impl Options {
+    /// Whether `part` is to run.
+    pub fn runs(&self, part: Part) -> bool {
+        self.parts.contains(&part)
+    }
+
+    /// Whether every part runs, so that the report is complete.
+    pub fn complete(&self) -> bool {
+        PARTS.iter().all(|&p| self.runs(p))
+    }
+
     /// Roughly how long one `redis-benchmark` run should last.
     fn run_seconds(&self) -> f64 {
         if self.quick {
@@ -121,8 +144,8 @@ const TARGETS: [Target; 4] = [
     Target::Null,
 ];
 
-/// What the load generator sends: one `redis-benchmark` test (`-t`), all
-/// GETs or all SETs of 64-byte values on the same keys. A case is one
+/// What the load generator sends: one `redis-benchmark` test, on the keys
+/// `-r` draws from, with 64-byte values where it writes any. A case is one
 /// target under one workload at one pipeline depth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -130,17 +153,99 @@ pub enum Workload {
     Get,
     /// `-t set`.
     Set,
+    /// `-t incr`: `INCR counter:__rand_int__`.
+    Incr,
+    /// `-t mset`: `MSET` of 10 `key:__rand_int__` keys.
+    Mset,
+    /// `MGET` of 10 `key:__rand_int__` keys, a custom command (Redis 7.0's
+    /// `redis-benchmark` has no MGET test).
+    Mget,
 }
 
+/// The workloads of the `get-set` part, measured on every target.
+const GET_SET: [Workload; 2] = [Workload::Get, Workload::Set];
+
+/// The workloads of the `commands` part, measured on Redis and kv server.
+const COMMANDS: [Workload; 3] = [Workload::Incr, Workload::Mset, Workload::Mget];
+
+/// Keys per `MSET` and `MGET` (`redis-benchmark`'s MSET test has 10).
+const MULTI_KEYS: usize = 10;
+
 impl Workload {
-    /// The name `redis-benchmark` uses for the test, in `-t` and in its CSV.
+    /// The command's name in the report and the progress lines.
     fn test(self) -> &'static str {
         match self {
             Workload::Get => "GET",
             Workload::Set => "SET",
+            Workload::Incr => "INCR",
+            Workload::Mset => "MSET (10 keys)",
+            Workload::Mget => "MGET (10 keys)",
+        }
+    }
+
+    /// The targets it is measured on: GET and SET on all of them, the
+    /// other commands on the two servers.
+    fn targets(self) -> &'static [Target] {
+        match self {
+            Workload::Get | Workload::Set => &TARGETS,
+            _ => &[Target::Redis, Target::KvServer],
+        }
+    }
+
+    /// The `redis-benchmark` arguments that select it: `-t TEST`, or the
+    /// custom command, which goes last on the command line.
+    fn args(self) -> Vec<String> {
+        match self {
+            Workload::Get => vec!["-t".into(), "get".into()],
+            Workload::Set => vec!["-t".into(), "set".into()],
+            Workload::Incr => vec!["-t".into(), "incr".into()],
+            Workload::Mset => vec!["-t".into(), "mset".into()],
+            Workload::Mget => std::iter::once("mget".to_owned())
+                .chain(std::iter::repeat_n(
+                    "key:__rand_int__".to_owned(),
+                    MULTI_KEYS,
+                ))
+                .collect(),
+        }
+    }
+
+    /// The first field of its row in `redis-benchmark --csv`: the test's
+    /// name, or a custom command's words.
+    fn csv_name(self) -> String {
+        match self {
+            Workload::Mget => self.args().join(" "),
+            Workload::Mset => "MSET (10 keys)".into(),
+            other => other.test().into(),
         }
     }
 }
+
+/// The parts of `cargo xtask bench`, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Part {
+    /// The codec micro-benchmarks.
+    Codec,
+    /// GET and SET on Redis, kv server, kv proxy and the null server.
+    GetSet,
+    /// INCR, MSET and MGET of 10 keys on Redis and kv server.
+    Commands,
+    /// Memory of 1,000,000 keys without a TTL.
+    Memory,
+    /// Memory of 1,000,000 keys that each have a TTL.
+    MemoryTtl,
+    /// Durable writes under each fsync policy.
+    Durable,
+}
+
+/// Every part, in the order they run.
+pub const PARTS: [Part; 6] = [
+    Part::Codec,
+    Part::GetSet,
+    Part::Commands,
+    Part::Memory,
+    Part::MemoryTtl,
+    Part::Durable,
+];
 
 /// One run's figures, as `redis-benchmark --csv` reports them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,18 +320,43 @@ pub fn run(options: &Options) -> Result<()> {
         .with_context(|| format!("could not create {}", out.display()))?;
 
     // First, while nothing else runs: the micro-benchmarks need a quiet CPU.
-    let codec = codec_benchmarks(&out)?;
+    let codec = if options.runs(Part::Codec) {
+        codec_benchmarks(&out)?
+    } else {
+        Vec::new()
+    };
     let machine = machine();
     let server_args = kv_server_args(&kv)?;
+    let workloads: Vec<Workload> = [
+        (Part::GetSet, &GET_SET[..]),
+        (Part::Commands, &COMMANDS[..]),
+    ]
+    .into_iter()
+    .filter(|&(part, _)| options.runs(part))
+    .flat_map(|(_, w)| w.iter().copied())
+    .collect();
     let load_before = load_average();
     let Throughput {
         cases,
         proxy_cache,
         servers,
-    } = throughput(&kv, &server_args, options, &out)?;
+    } = throughput(&kv, &server_args, &workloads, options, &out)?;
     let load_after = load_average();
-    let memory = memory(&kv, &server_args, &out)?;
-    let durable = durable(&kv, options, &out)?;
+    let plain = if options.runs(Part::Memory) {
+        Some(memory(&kv, &server_args, &out, None)?)
+    } else {
+        None
+    };
+    let memory_ttl = if options.runs(Part::MemoryTtl) {
+        Some(memory(&kv, &server_args, &out, Some(MEMORY_TTL_SECONDS))?)
+    } else {
+        None
+    };
+    let durable = if options.runs(Part::Durable) {
+        durable(&kv, options, &out)?
+    } else {
+        Vec::new()
+    };
 
     let report = Report {
         options: options.clone(),
@@ -240,14 +370,20 @@ pub fn run(options: &Options) -> Result<()> {
         servers,
         cases,
         proxy_cache,
-        memory,
+        memory: plain,
+        memory_ttl,
         durable,
         codec,
     };
     report::write(&report, &out)?;
     eprintln!(
-        "xtask bench: done in {:.0} s; see {ARTIFACTS}/report.md and BENCHMARKS.md",
-        started.elapsed().as_secs_f64()
+        "xtask bench: done in {:.0} s; see {ARTIFACTS}/report.md{}",
+        started.elapsed().as_secs_f64(),
+        if options.complete() {
+            " and BENCHMARKS.md"
+        } else {
+            " (BENCHMARKS.md is left as it was: not every part ran)"
+        }
     );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! never asserted, since a miss is a finding rather than a failure.
 
 use super::{find, p99_of, paired, ratio, rps_of, Report};
-use crate::bench::{Target, Workload, PIPELINES};
+use crate::bench::{Target, Workload, COMMANDS, PIPELINES};
 
 /// A performance target of the project, and whether it was met.
 pub(super) struct Check {
@@ -97,13 +97,30 @@ pub(super) fn checks(r: &Report) -> Vec<Check> {
             limit: 1.0,
         });
     }
-    let m = &r.memory;
-    v.push(Check {
-        what: "kv bytes/key vs Redis (both RSS)".into(),
-        goal: "≤ 1.00×",
-        measured: ratio(Some(m.kv_rss as f64), Some(m.redis_rss as f64)),
-        at_least: false,
-        limit: 1.0,
-    });
+    for workload in COMMANDS {
+        v.push(at_least(
+            format!("kv server {} P16 req/s vs Redis", workload.test()),
+            "≥ 1.00×",
+            vs(Target::KvServer, Target::Redis, workload, 16, rps_of),
+            1.0,
+        ));
+    }
+    for (memory, what) in [
+        (&r.memory, "kv bytes/key vs Redis (both RSS)"),
+        (
+            &r.memory_ttl,
+            "kv bytes/key vs Redis, keys with a TTL (both RSS)",
+        ),
+    ] {
+        v.push(Check {
+            what: what.into(),
+            goal: "≤ 1.00×",
+            measured: memory
+                .as_ref()
+                .and_then(|m| ratio(Some(m.kv_rss as f64), Some(m.redis_rss as f64))),
+            at_least: false,
+            limit: 1.0,
+        });
+    }
     v
 }

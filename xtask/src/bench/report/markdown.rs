@@ -4,8 +4,10 @@
 use std::fmt::Write as _;
 
 use super::checks::checks;
-use super::{find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Report};
-use crate::bench::{Case, Target, Workload, PIPELINES, TARGETS};
+use super::{find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, Report};
+use crate::bench::{
+    Case, Part, Target, Workload, COMMANDS, GET_SET, MULTI_KEYS, PIPELINES, TARGETS,
+};
 
 /// `v` formatted by `f`, or `–` for a figure that is missing, so that a
 /// table keeps its columns.
@@ -22,10 +24,10 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
     let _ = writeln!(
         s,
         "Measured {} with `{}`: {} round{} of every case, interleaved \
-         (Redis, kv server, kv proxy and null back to back for each test, in an \
-         order that changes each round: over four rounds each target runs once \
-         in each place and once right after each other target); the tables show \
-         medians.\n",
+         (Redis, kv server, kv proxy and null back to back for each GET or SET test, \
+         Redis and kv server for each of the other commands, in an order that changes \
+         each round: over four rounds each target runs once in each place and once \
+         right after each other target); the tables show medians.\n",
         r.date,
         o.command_line,
         o.rounds,
@@ -49,86 +51,9 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
          medians are for, and the spread column shows what is left of it.\n"
     );
 
-    let _ = writeln!(s, "## Throughput and latency\n");
-    let _ = writeln!(
-        s,
-        "`redis-benchmark -h 127.0.0.1 -p PORT -t get|set -c 50 -P 1|16 -d 64 -r 100000 \
-         -n N --csv`, N calibrated per case so that a run lasts about {:.0} s. Every GET \
-         finds a 64-byte value: the 100,000 keys are loaded first (into kv through the \
-         proxy, which also caches them).\n",
-        o.run_seconds()
-    );
-    let _ = writeln!(
-        s,
-        "The servers, on free loopback ports, persistence off on both sides:\n"
-    );
-    for command in &r.servers {
-        let _ = writeln!(s, "    {command}");
-    }
-    let _ = writeln!(s, "\n![requests per second]({chart})\n");
-    s.push_str(&throughput_table(&r.cases));
-    let _ = writeln!(
-        s,
-        "\n`spread` is half the range of the rounds' req/s, relative to the median. `vs Redis` \
-         and `of null` are medians of per-round ratios: each round runs the targets back to \
-         back, so pairing them cancels much of the noise that varies between rounds. \
-         `of null` compares with the null server, which answers `+OK` to everything \
-         from a thread per connection: at pipeline 16 that is the ceiling of this machine \
-         and load generator, but at pipeline 1 it is not one, because every request wakes \
-         one of 50 threads and those wake-ups cost more than an event loop's (Redis and kv \
-         each serve all clients from one thread), so `of null` above 1 at pipeline 1 is \
-         expected."
-    );
-    let c = r.proxy_cache;
-    let _ = writeln!(
-        s,
-        "\nProxy cache over the measured GETs: {} hits, {} misses ({:.2} % hits). \
-         `kv proxy (forwarded)` SETs go to `kv server` and are written through to the cache.\n",
-        c.hits,
-        c.misses,
-        100.0 * c.hits as f64 / (c.hits + c.misses).max(1) as f64
-    );
-
-    let m = &r.memory;
-    let _ = writeln!(s, "## Memory\n");
-    let _ = writeln!(
-        s,
-        "{} keys of {} bytes with {}-byte values, loaded into fresh servers; bytes per key \
-         are the growth over the empty server divided by the number of keys.\n",
-        thousands(m.keys as f64),
-        m.key_len,
-        m.value_len
-    );
-    let _ = writeln!(s, "| Server | Measure | Bytes/key | vs Redis RSS |");
-    let _ = writeln!(s, "|---|---|---:|---:|");
-    let redis_rss = m.per_key(m.redis_rss);
-    for (server, measure, bytes) in [
-        ("kv server", "RSS (VmRSS) delta", m.kv_rss),
-        ("redis", "RSS (VmRSS) delta", m.redis_rss),
-        (
-            "redis",
-            "`INFO memory` used_memory delta",
-            m.redis_used_memory,
-        ),
-    ] {
-        let per_key = m.per_key(bytes);
-        let _ = writeln!(
-            s,
-            "| {server} | {measure} | {per_key:.1} | {} |",
-            opt(ratio(Some(per_key), Some(redis_rss)), |v| format!(
-                "{v:.2}×"
-            ))
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\nThe two measures differ: `used_memory` is what Redis's allocator handed out \
-         (payloads plus Redis's own per-key structures and allocator size-class rounding), \
-         while RSS is what the kernel has mapped for the process (the same plus allocator \
-         free lists and fragmentation, and pages of whatever else the process touched). kv \
-         has no allocator counter to ask, so it is measured by RSS; the Redis RSS line is \
-         the apples-to-apples comparison, and the target below uses it.\n"
-    );
+    s.push_str(&get_set_section(r, chart));
+    s.push_str(&commands_section(r));
+    s.push_str(&memory_section(r));
 
     s.push_str(&durable_section(r, durable_chart));
 
@@ -151,6 +76,18 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
     }
 
     let _ = writeln!(s, "\n## Codec micro-benchmarks\n");
+    if o.runs(Part::Codec) {
+        s.push_str(&codec_table(&r.codec));
+    } else {
+        let _ = writeln!(s, "{NOT_RUN}");
+    }
+    let _ = writeln!(s, "\nReproduce with `{}`.", o.command_line);
+    s
+}
+
+/// The codec micro-benchmarks: how they ran, and their figures.
+fn codec_table(figures: &[CodecFigure]) -> String {
+    let mut s = String::new();
     let _ = writeln!(
         s,
         "`cargo bench -p kv-core --bench codec -- --quick` (criterion, median): batches of \
@@ -166,7 +103,7 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
         "| Benchmark | Case | Time per command | MB/s | Commands/s |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|");
-    let mut codec: Vec<&CodecFigure> = r.codec.iter().collect();
+    let mut codec: Vec<&CodecFigure> = figures.iter().collect();
     // The server's request path first, then its replies, then the client's.
     let rank = |g: &str| {
         ["parse", "encode_reply", "encode_command"]
@@ -185,19 +122,197 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
             opt(f.commands_per_s, |v| format!("{:.1} M", v / 1e6)),
         );
     }
-    let _ = writeln!(s, "\nReproduce with `{}`.", o.command_line);
     s
 }
 
-/// The main table: one row per target × command × pipeline depth.
-fn throughput_table(cases: &[Case]) -> String {
+/// What a section says of a part `--only` left out.
+const NOT_RUN: &str = "Not measured in this run (`--only` left this part out).";
+
+/// GET and SET on every target: how they were run, the chart, the table.
+fn get_set_section(r: &Report, chart: &str) -> String {
     let mut s = String::new();
+    let _ = writeln!(s, "## Throughput and latency\n");
+    if !r.options.runs(Part::GetSet) {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    }
     let _ = writeln!(
         s,
-        "| Target | Command | Pipeline | req/s | spread | p50 ms | p99 ms | vs Redis | of null |"
+        "`redis-benchmark -h 127.0.0.1 -p PORT -t get|set -c 50 -P 1|16 -d 64 -r 100000 \
+         -n N --csv`, N calibrated per case so that a run lasts about {:.0} s. Every GET \
+         finds a 64-byte value: the 100,000 keys are loaded first (into kv through the \
+         proxy, which also caches them).\n",
+        r.options.run_seconds()
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for workload in [Workload::Get, Workload::Set] {
+    let _ = writeln!(
+        s,
+        "The servers, on free loopback ports, persistence off on both sides:\n"
+    );
+    for command in &r.servers {
+        let _ = writeln!(s, "    {command}");
+    }
+    let _ = writeln!(s, "\n![requests per second]({chart})\n");
+    s.push_str(&throughput_table(&r.cases, &GET_SET));
+    let _ = writeln!(
+        s,
+        "\n`spread` is half the range of the rounds' req/s, relative to the median. `vs Redis` \
+         and `of null` are medians of per-round ratios: each round runs the targets back to \
+         back, so pairing them cancels much of the noise that varies between rounds. \
+         `of null` compares with the null server, which answers `+OK` to everything \
+         from a thread per connection: at pipeline 16 that is the ceiling of this machine \
+         and load generator, but at pipeline 1 it is not one, because every request wakes \
+         one of 50 threads and those wake-ups cost more than an event loop's (Redis and kv \
+         each serve all clients from one thread), so `of null` above 1 at pipeline 1 is \
+         expected."
+    );
+    if let Some(c) = r.proxy_cache {
+        let _ = writeln!(
+            s,
+            "\nProxy cache over the measured GETs: {} hits, {} misses ({:.2} % hits). \
+             `kv proxy (forwarded)` SETs go to `kv server` and are written through to the \
+             cache.",
+            c.hits,
+            c.misses,
+            100.0 * c.hits as f64 / (c.hits + c.misses).max(1) as f64
+        );
+    }
+    let _ = writeln!(s);
+    s
+}
+
+/// INCR, MSET and MGET on Redis and kv server.
+fn commands_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## INCR, MSET and MGET\n");
+    if !r.options.runs(Part::Commands) {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "Redis and kv server only (the same servers as GET and SET, in the same rounds): \
+         `redis-benchmark -h 127.0.0.1 -p PORT -c 50 -P 1|16 -d 64 -r 100000 -n N --csv` \
+         with `-t incr` (`INCR counter:__rand_int__`: 100,000 counters, each created by \
+         its first INCR), `-t mset` (`MSET` of {MULTI_KEYS} `key:__rand_int__` keys with \
+         64-byte values), or the custom command `mget key:__rand_int__ …` with the key \
+         {MULTI_KEYS} times (Redis 7.0's `redis-benchmark` has no MGET test); each key is \
+         drawn at random on its own, N calibrated as above. The 100,000 `key:` keys are \
+         loaded first, so every MGET finds {MULTI_KEYS} 64-byte values. A request is one \
+         command: an MSET or MGET request carries {MULTI_KEYS} keys.\n"
+    );
+    if !r.options.runs(Part::GetSet) {
+        let _ = writeln!(
+            s,
+            "The servers, on free loopback ports, persistence off on both sides:\n"
+        );
+        for command in &r.servers {
+            let _ = writeln!(s, "    {command}");
+        }
+        let _ = writeln!(s);
+    }
+    s.push_str(&throughput_table(&r.cases, &COMMANDS));
+    let _ = writeln!(
+        s,
+        "\n`spread` and `vs Redis` as above. There is no null-server row: its `+OK` to \
+         an MGET is far less work, and fewer bytes, than {MULTI_KEYS} values.\n"
+    );
+    s
+}
+
+/// Both memory comparisons in one table: keys without a TTL, then with.
+fn memory_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Memory\n");
+    let measured: Vec<&Memory> = [&r.memory, &r.memory_ttl].into_iter().flatten().collect();
+    let Some(first) = measured.first() else {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    };
+    let ttls: Vec<String> = measured
+        .iter()
+        .map(|m| match m.ttl {
+            None => "without a TTL".into(),
+            Some(t) => format!("each with a TTL (`SET key value EX {t}`)"),
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "{} keys of {} bytes with {}-byte values, loaded (pipelined, 1,000 SETs per batch) \
+         into a fresh Redis and kv server for each set of keys: {}. Bytes per key are the \
+         growth over the empty server divided by the number of keys.\n",
+        thousands(first.keys as f64),
+        first.key_len,
+        first.value_len,
+        ttls.join(", then ")
+    );
+    let _ = writeln!(s, "| Keys | Server | Measure | Bytes/key | vs Redis RSS |");
+    let _ = writeln!(s, "|---|---|---|---:|---:|");
+    for m in &measured {
+        let keys = match m.ttl {
+            None => "no TTL".to_owned(),
+            Some(t) => format!("EX {t}"),
+        };
+        let redis_rss = m.per_key(m.redis_rss);
+        for (server, measure, bytes) in [
+            ("kv server", "RSS (VmRSS) delta", m.kv_rss),
+            ("redis", "RSS (VmRSS) delta", m.redis_rss),
+            (
+                "redis",
+                "`INFO memory` used_memory delta",
+                m.redis_used_memory,
+            ),
+        ] {
+            let per_key = m.per_key(bytes);
+            let _ = writeln!(
+                s,
+                "| {keys} | {server} | {measure} | {per_key:.1} | {} |",
+                opt(ratio(Some(per_key), Some(redis_rss)), |v| format!(
+                    "{v:.2}×"
+                ))
+            );
+        }
+    }
+    if let (Some(plain), Some(ttl)) = (&r.memory, &r.memory_ttl) {
+        let more = |a: u64, b: u64| format!("{:+.1}", ttl.per_key(a) - plain.per_key(b));
+        let _ = writeln!(
+            s,
+            "\nWhat the TTL adds per key (the `EX` rows minus the `no TTL` rows): kv {} bytes \
+             (RSS), Redis {} bytes (RSS), {} bytes (used_memory).",
+            more(ttl.kv_rss, plain.kv_rss),
+            more(ttl.redis_rss, plain.redis_rss),
+            more(ttl.redis_used_memory, plain.redis_used_memory),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe two measures differ: `used_memory` is what Redis's allocator handed out \
+         (payloads plus Redis's own per-key structures and allocator size-class rounding), \
+         while RSS is what the kernel has mapped for the process (the same plus allocator \
+         free lists and fragmentation, and pages of whatever else the process touched). kv \
+         has no allocator counter to ask, so it is measured by RSS; the Redis RSS line is \
+         the apples-to-apples comparison, and the targets below use it.\n"
+    );
+    s
+}
+
+/// A table of `workloads`: one row per target × command × pipeline depth,
+/// with an `of null` column if the null server ran any of them.
+fn throughput_table(cases: &[Case], workloads: &[Workload]) -> String {
+    let mut s = String::new();
+    let with_null = cases
+        .iter()
+        .any(|c| c.target == Target::Null && workloads.contains(&c.workload));
+    let _ = writeln!(
+        s,
+        "| Target | Command | Pipeline | req/s | spread | p50 ms | p99 ms | vs Redis |{}",
+        if with_null { " of null |" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|{}",
+        if with_null { "---:|" } else { "" }
+    );
+    for &workload in workloads {
         for pipeline in PIPELINES {
             let redis = find(cases, Target::Redis, workload, pipeline);
             let null = find(cases, Target::Null, workload, pipeline);
@@ -206,9 +321,17 @@ fn throughput_table(cases: &[Case]) -> String {
                     continue;
                 };
                 let rps = case.rps();
+                let of_null = if with_null {
+                    format!(
+                        " {} |",
+                        opt(paired(Some(case), null, rps_of), |v| format!("{v:.2}"))
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |{of_null}",
                     label(target, workload),
                     workload.test(),
                     pipeline,
@@ -217,7 +340,6 @@ fn throughput_table(cases: &[Case]) -> String {
                     opt(case.p50(), |v| format!("{v:.3}")),
                     opt(case.p99(), |v| format!("{v:.3}")),
                     opt(paired(Some(case), redis, rps_of), |v| format!("{v:.2}×")),
-                    opt(paired(Some(case), null, rps_of), |v| format!("{v:.2}")),
                 );
             }
         }
@@ -241,6 +363,10 @@ fn spread(case: &Case) -> Option<String> {
 fn durable_section(r: &Report, chart: Option<&str>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Durable writes (SET, append-only log)\n");
+    if !r.options.runs(Part::Durable) {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    }
     if r.durable.is_empty() {
         let _ = writeln!(
             s,

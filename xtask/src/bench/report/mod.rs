@@ -48,11 +48,14 @@ pub struct Report {
     pub servers: Vec<String>,
     /// The throughput cases.
     pub cases: Vec<Case>,
-    /// Proxy cache counters over the measured GETs.
-    pub proxy_cache: CacheCounts,
-    /// The memory comparison.
-    pub memory: Memory,
-    /// Durable writes, one entry per fsync policy (none if kv has no log).
+    /// Proxy cache counters over the measured GETs, if the proxy ran.
+    pub proxy_cache: Option<CacheCounts>,
+    /// The memory comparison, keys without a TTL, if it ran.
+    pub memory: Option<Memory>,
+    /// The memory comparison, every key with a TTL, if it ran.
+    pub memory_ttl: Option<Memory>,
+    /// Durable writes, one entry per fsync policy (none if kv has no log,
+    /// or the part did not run).
     pub durable: Vec<Durable>,
     /// The codec micro-benchmarks.
     pub codec: Vec<CodecFigure>,
@@ -66,6 +69,8 @@ pub struct Memory {
     pub key_len: usize,
     /// Bytes per value.
     pub value_len: usize,
+    /// The TTL every key was given (`SET … EX`), in seconds, if any.
+    pub ttl: Option<u64>,
     /// Growth of kv's resident set, in bytes.
     pub kv_rss: u64,
     /// Growth of Redis's own count of allocated bytes (`used_memory`).
@@ -114,19 +119,23 @@ pub struct CodecFigure {
     pub commands_per_s: Option<f64>,
 }
 
-/// Writes `report.md` and `chart.svg` into `out`, copies the chart to
-/// `docs/`, and updates the generated part of `BENCHMARKS.md`.
+/// Writes `report.md` and `chart.svg` into `out` and, after a run of every
+/// part, copies the chart to `docs/` and updates the generated part of
+/// `BENCHMARKS.md`.
 pub fn write(report: &Report, out: &Path) -> Result<()> {
+    let complete = report.options.complete();
     let svg = svg::svg(report);
     let write = |path: &Path, text: &str| {
         fs::write(path, text).with_context(|| format!("could not write {}", path.display()))
     };
     write(&out.join("chart.svg"), &svg)?;
     let docs_chart = Path::new(DOCS_CHART);
-    if let Some(dir) = docs_chart.parent() {
-        fs::create_dir_all(dir)?;
+    if complete {
+        if let Some(dir) = docs_chart.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write(docs_chart, &svg)?;
     }
-    write(docs_chart, &svg)?;
     // The durable-writes chart stays with the report: `BENCHMARKS.md` has
     // the table.
     let durable_chart = svg::durable_svg(report);
@@ -144,6 +153,14 @@ pub fn write(report: &Report, out: &Path) -> Result<()> {
         durable_chart.as_ref().map(|_| DURABLE_CHART),
     ));
     write(&out.join("report.md"), &md)?;
+    if !complete {
+        eprintln!(
+            "xtask bench: wrote {}/report.md and chart.svg; not every part ran, so \
+             {DOCS_CHART} and {BENCHMARKS_MD} are left as they were",
+            out.display()
+        );
+        return Ok(());
+    }
 
     let existing = match fs::read_to_string(BENCHMARKS_MD) {
         Ok(text) => Some(text),
@@ -196,7 +213,7 @@ pub(super) fn label(target: Target, workload: Workload) -> &'static str {
         (Target::Redis, _) => "redis",
         (Target::KvServer, _) => "kv server",
         (Target::KvProxy, Workload::Get) => "kv proxy (cache hit)",
-        (Target::KvProxy, Workload::Set) => "kv proxy (forwarded)",
+        (Target::KvProxy, _) => "kv proxy (forwarded)",
         (Target::Null, _) => "null (ceiling)",
     }
 }
@@ -261,6 +278,7 @@ mod tests {
     use super::markdown::body;
     use super::svg::durable_svg;
     use super::*;
+    use crate::bench::{Part, PARTS};
 
     #[test]
     fn merge_replaces_only_the_generated_block() {
@@ -298,6 +316,7 @@ mod tests {
             options: Options {
                 rounds: 2,
                 quick: true,
+                parts: PARTS.to_vec(),
                 command_line: "cargo xtask bench --quick".into(),
             },
             date: "today".into(),
@@ -305,15 +324,17 @@ mod tests {
             load: (None, None),
             servers: Vec::new(),
             cases: Vec::new(),
-            proxy_cache: CacheCounts { hits: 0, misses: 0 },
-            memory: Memory {
+            proxy_cache: Some(CacheCounts { hits: 0, misses: 0 }),
+            memory: Some(Memory {
                 keys: 1,
                 key_len: 16,
                 value_len: 64,
+                ttl: None,
                 kv_rss: 0,
                 redis_used_memory: 0,
                 redis_rss: 0,
-            },
+            }),
+            memory_ttl: None,
             durable,
             codec: Vec::new(),
         }
@@ -355,6 +376,74 @@ mod tests {
         let none = report(Vec::new());
         assert!(body(&none, "chart.svg", None).contains("Not measured"));
         assert!(durable_svg(&none).is_none());
+    }
+
+    fn case_of(target: Target, workload: Workload, pipeline: u32, rps: &[f64]) -> Case {
+        Case {
+            workload,
+            ..case(target, pipeline, rps)
+        }
+    }
+
+    #[test]
+    fn commands_and_ttl_memory_side_by_side() {
+        let mut r = report(Vec::new());
+        r.cases = vec![
+            case_of(Target::Redis, Workload::Get, 16, &[100_000.0, 100_000.0]),
+            case_of(Target::Null, Workload::Get, 16, &[200_000.0, 200_000.0]),
+            case_of(Target::Redis, Workload::Mget, 16, &[50_000.0, 50_000.0]),
+            case_of(Target::KvServer, Workload::Mget, 16, &[60_000.0, 40_000.0]),
+        ];
+        r.memory = Some(Memory {
+            keys: 1000,
+            key_len: 16,
+            value_len: 64,
+            ttl: None,
+            kv_rss: 150_000,
+            redis_used_memory: 170_000,
+            redis_rss: 180_000,
+        });
+        r.memory_ttl = Some(Memory {
+            ttl: Some(100_000),
+            kv_rss: 170_000,
+            redis_used_memory: 200_000,
+            redis_rss: 200_000,
+            ..*r.memory.as_ref().unwrap()
+        });
+        let text = body(&r, "chart.svg", None);
+        assert!(text.contains("## INCR, MSET and MGET"), "{text}");
+        // No null server among the commands, so no `of null` column.
+        assert!(
+            text.contains(
+                "| kv server | MGET (10 keys) | 16 | 50,000 | ±20 % | 0.500 | 5.000 | 1.00× |\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| redis | GET | 16 | 100,000 | ±0 % | 0.500 | 10.000 | 1.00× | 0.50 |")
+        );
+        assert!(
+            text.contains("| EX 100000 | kv server | RSS (VmRSS) delta | 170.0 | 0.85× |"),
+            "{text}"
+        );
+        assert!(text.contains("| no TTL | redis | RSS (VmRSS) delta | 180.0 | 1.00× |"));
+        assert!(text.contains("kv +20.0 bytes (RSS), Redis +20.0 bytes (RSS), +30.0 bytes"));
+        assert!(text.contains(
+            "| kv bytes/key vs Redis, keys with a TTL (both RSS) | ≤ 1.00× | 0.85 | pass |"
+        ));
+        assert!(text
+            .contains("| kv server MGET (10 keys) P16 req/s vs Redis | ≥ 1.00× | 1.00 | pass |"));
+        assert!(text.contains("| kv server INCR P16 req/s vs Redis | ≥ 1.00× | – | n/a |"));
+
+        r.options.parts = vec![Part::Commands];
+        (r.memory, r.memory_ttl) = (None, None);
+        let text = body(&r, "chart.svg", None);
+        assert!(!r.options.complete());
+        assert_eq!(
+            text.matches("Not measured in this run").count(),
+            4,
+            "{text}"
+        );
     }
 
     #[test]

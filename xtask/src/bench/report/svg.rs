@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{find, label, thousands, Report};
-use crate::bench::{Case, Target, Workload, PIPELINES, TARGETS};
+use crate::bench::{Case, Target, Workload, GET_SET, PIPELINES, TARGETS};
 
 /// The start of a chart of `w` by `h` pixels: white background, a title
 /// and a subtitle (already escaped) centred at the top.
@@ -100,7 +100,8 @@ pub(super) fn svg(r: &Report) -> String {
         let values: Vec<f64> = r
             .cases
             .iter()
-            .filter(|c| c.pipeline == pipeline)
+            // The chart shows GET and SET only.
+            .filter(|c| c.pipeline == pipeline && GET_SET.contains(&c.workload))
             .map(Case::rps)
             .collect();
         let max = values.iter().copied().fold(0.0, f64::max);
@@ -117,7 +118,7 @@ pub(super) fn svg(r: &Report) -> String {
         );
         // Groups.
         let group_w = TARGETS.len() as f64 * (BAR + GAP) - GAP;
-        let workloads = [Workload::Get, Workload::Set];
+        let workloads = GET_SET;
         let slot = (right - left) / workloads.len() as f64;
         for (wi, &workload) in workloads.iter().enumerate() {
             let gx = left + slot * wi as f64 + (slot - group_w) / 2.0;
