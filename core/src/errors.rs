@@ -112,6 +112,11 @@ pub enum CommandError {
         /// The limit in force.
         limit: usize,
     },
+    /// An inline line with a quote left open, or a closing quote not
+    /// followed by a blank (given to [`Command::from_inline`](crate::Command::from_inline)
+    /// directly: the decoder refuses such lines itself).
+    #[error("ERR Invalid argument(s): unbalanced quotes")]
+    UnbalancedQuotes,
     /// A value over [`Limits::max_value`](crate::Limits::max_value).
     #[error("ERR value too long ({len} bytes, limit {limit})")]
     ValueTooLong {

@@ -69,18 +69,16 @@ impl Command {
     ///
     /// A line from a [`Decoder`](crate::Decoder) never has unbalanced quotes:
     /// the decoder refuses them with [`DecodeError::UnbalancedQuotes`] and
-    /// closes the connection, as Redis does, so no command error is needed
-    /// for them. Given such a line directly, this splits it on blanks alone,
-    /// taking every quote literally; call [`Command::check_inline`] first to
-    /// refuse it instead.
+    /// closes the connection, as Redis does. Given such a line directly
+    /// (`kv cli`, the browser console), this refuses it with
+    /// [`CommandError::UnbalancedQuotes`].
     pub fn from_inline(line: Bytes, limits: &Limits) -> Result<Command, CommandError> {
         let bytes = |w: Word| match w {
             Word::Plain(s, e) => line.slice(s..e),
             Word::Unquoted(v) => Bytes::from(v),
         };
-        let Split { found, args, len } = split(&line, limits.max_args, Quotes::Redis, bytes)
-            .or_else(|Unbalanced| split(&line, limits.max_args, Quotes::Literal, bytes))
-            .unwrap_or_else(|Unbalanced| unreachable!("literal splitting has no quotes"));
+        let Split { found, args, len } = split(&line, limits.max_args, bytes)
+            .map_err(|Unbalanced| CommandError::UnbalancedQuotes)?;
         let Some(name) = args.first() else {
             return Err(unknown(b""));
         };
@@ -125,7 +123,7 @@ impl Command {
         if memchr::memchr2(b'"', b'\'', line).is_none() {
             return Ok(());
         }
-        split(line, 0, Quotes::Redis, drop)
+        split(line, 0, drop)
             .map(drop)
             .map_err(|Unbalanced| DecodeError::UnbalancedQuotes)
     }
@@ -334,15 +332,6 @@ fn ends_word(b: u8) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Unbalanced;
 
-/// Whether quotes mean anything to the splitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quotes {
-    /// As in Redis (see [`Command::from_inline`]).
-    Redis,
-    /// Taken as any other byte: for lines whose quotes do not balance.
-    Literal,
-}
-
 /// One word of an inline line.
 enum Word {
     /// `line[start..end]` as it stands: shared with the line, not copied.
@@ -369,14 +358,9 @@ struct Split<T> {
 fn split<T>(
     line: &[u8],
     keep: usize,
-    quotes: Quotes,
     mut make: impl FnMut(Word) -> T,
 ) -> Result<Split<T>, Unbalanced> {
-    let mut words = Words {
-        line,
-        pos: 0,
-        quotes,
-    };
+    let mut words = Words { line, pos: 0 };
     let Some(name) = words.next().transpose()? else {
         return Ok(Split {
             found: None,
@@ -417,7 +401,6 @@ fn split<T>(
 struct Words<'a> {
     line: &'a [u8],
     pos: usize,
-    quotes: Quotes,
 }
 
 impl Words<'_> {
@@ -444,7 +427,7 @@ impl Words<'_> {
             return Ok(None);
         };
         let as_is = Word::Plain(start, self.line.len());
-        if self.quotes == Quotes::Literal || !matches!(first, b'"' | b'\'') {
+        if !matches!(first, b'"' | b'\'') {
             return Ok(Some(as_is));
         }
         let word = self.word()?;
@@ -465,7 +448,7 @@ impl Words<'_> {
             if ends_word(b) {
                 break;
             }
-            if self.quotes == Quotes::Redis && matches!(b, b'"' | b'\'') {
+            if matches!(b, b'"' | b'\'') {
                 let mut out = self.line[start..self.pos].to_vec();
                 self.pos += 1;
                 if b == b'"' {
@@ -665,16 +648,14 @@ mod tests {
                 "{line:?}"
             );
         }
-        // Given one anyway, `from_inline` takes its quotes literally.
-        assert_eq!(words(&inline("GET \"k").unwrap()), [&b"GET"[..], b"\"k"]);
-        assert_eq!(
-            words(&inline("DEL 'a'b \"c").unwrap()),
-            [&b"DEL"[..], b"'a'b", b"\"c"]
-        );
-        assert_eq!(
-            words(&inline("PUT \"k v w").unwrap()),
-            [&b"PUT"[..], b"\"k", b"v w"]
-        );
+        // Given one anyway, `from_inline` refuses it too.
+        for line in ["GET \"k", "DEL 'a'b \"c", "PUT \"k v w"] {
+            assert_eq!(
+                inline(line),
+                Err(CommandError::UnbalancedQuotes),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]
