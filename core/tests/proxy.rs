@@ -60,6 +60,14 @@ impl Harness {
         }
     }
 
+    /// Releases the four held replies of one upstream `GET` (it goes in a
+    /// transaction with its `PTTL`).
+    fn release_fill(&mut self) {
+        for _ in 0..4 {
+            self.release_one();
+        }
+    }
+
     /// Sets the fake clock (it may be set backwards on purpose).
     fn set_now(&mut self, now: Instant) {
         self.now = now;
@@ -335,8 +343,9 @@ fn fifty_concurrent_misses_coalesce_into_one_upstream_get() {
     }
     assert_eq!(h.upstream_requests(), 1);
     assert_eq!(h.proxy.upstream_in_flight(), 1);
-    // One GET, and the PTTL that tells whether its value may be cached.
-    assert_eq!(h.server.stats().commands - commands_before, 2);
+    // One GET, with the PTTL that tells whether its value may be cached,
+    // in a transaction (MULTI, GET, PTTL, EXEC).
+    assert_eq!(h.server.stats().commands - commands_before, 4);
     assert_eq!(h.proxy.stats().coalesced, 49);
     for &c in &clients {
         assert_eq!(h.take(c), "", "no reply before upstream answers");
@@ -363,12 +372,11 @@ fn write_acknowledged_after_racing_get_is_what_everyone_reads() {
     h.send(a, b"GET k\r\n"); // in flight, will be answered with "old"
     h.send(b, b"PUT k new\r\n");
     assert_eq!(h.upstream_requests(), 2);
-    // The GET, its PTTL, and the PUT.
-    assert_eq!(h.held_replies(), 3);
+    // The GET's four (MULTI, GET, PTTL, EXEC), and the PUT's.
+    assert_eq!(h.held_replies(), 5);
 
     // The server is FIFO: the GET's reply ("old") comes first.
-    h.release_one();
-    h.release_one();
+    h.release_fill();
     assert_eq!(h.take(a), "\"old\"\r\n");
     assert_eq!(h.take(b), "");
 
@@ -380,8 +388,7 @@ fn write_acknowledged_after_racing_get_is_what_everyone_reads() {
 
     h.release_one(); // PUT's OK
     assert_eq!(h.take(b), "OK\r\n");
-    h.release_one(); // C's GET, executed after the PUT
-    h.release_one(); // and its PTTL
+    h.release_fill(); // C's GET, executed after the PUT
     assert_eq!(h.take(c), "\"new\"\r\n");
     h.release();
 
@@ -471,8 +478,7 @@ fn cache_hits_wait_behind_earlier_misses_in_request_order() {
     assert_eq!(h.take(a), "", "the hits wait for the miss before them");
     assert!(h.proxy.poll_client_transmit(a).is_none());
 
-    h.release_one(); // GET miss
-    h.release_one(); // and its PTTL
+    h.release_fill(); // GET miss
     assert_eq!(h.take(a), "(nil)\r\n\"cv\"\r\n");
     h.release_one(); // PUT x y
     assert_eq!(h.take(a), "OK\r\n\"cv\"\r\n");

@@ -616,10 +616,17 @@ const PEXPIRETIME: Spec = ttl_spec(
 )
 .since("7.0.0");
 
-/// Appends the request for `key`'s time to live in milliseconds (`PTTL`),
-/// which the proxy sends behind each `GET` it may cache.
-pub fn encode_ttl_query(key: &Bytes, out: &mut bytes::BytesMut) {
+/// Appends what the proxy sends for a value it may cache: the read
+/// (`GET key`) and the key's time to live in milliseconds (`PTTL`), in one
+/// transaction so that both describe the same moment. Four replies come
+/// back: `+OK`, `+QUEUED` twice, and the array of the value and the time.
+pub fn encode_value_and_ttl_query(read: &Command, out: &mut bytes::BytesMut) {
+    // A cacheable read has its one key where the table says.
+    let key = read.arg(read.spec().keys.first);
+    crate::command::encode_resp_args(&[Bytes::from_static(b"MULTI")], out);
+    read.encode_resp(out);
     crate::command::encode_resp_args(&[Bytes::from_static(b"PTTL"), key.clone()], out);
+    crate::command::encode_resp_args(&[Bytes::from_static(b"EXEC")], out);
 }
 
 fn ttl(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {

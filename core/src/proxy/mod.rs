@@ -742,19 +742,21 @@ impl Proxy {
             Job::Fill { cmd } => {
                 let key = cache_key(cmd);
                 self.keys.end_get(key, seq);
-                // A key with a deadline sooner than the cache's lifetime is
-                // not cached: the cache must never outlive the key.
-                let ttl = self.cache.config().ttl.as_millis();
-                let lives = req
-                    .ttl_ms
-                    .is_some_and(|t| t < 0 || u128::from(t.unsigned_abs()) >= ttl);
-                if lives && !self.keys.writing(key) {
+                let sent_at = req.sent_at;
+                if self.cacheable(&req, &reply, sent_at, now) && !self.keys.writing(key) {
                     match &reply {
                         Reply::Bulk(v) => self.cache.insert(key, Some(v), now),
                         Reply::Nil => self.cache.insert(key, None, now),
                         _ => {}
                     }
+                } else {
+                    // What the cache holds is older than this reply: gone.
+                    self.cache.remove(key);
                 }
+                // A `GET` that joined this one gets the value it read, even
+                // if the key's deadline passed between the two: like a value
+                // overwritten meanwhile, that is one round trip of staleness
+                // (asking again would reorder the client's requests).
             }
             Job::Forward { cmd, write } => {
                 for key in cmd.keys() {
@@ -796,6 +798,27 @@ impl Proxy {
                 self.complete(*w, reply.clone(), Source::Upstream, now);
             }
             self.complete(*last, reply, Source::Upstream, now);
+        }
+    }
+
+    /// Whether a fill's value may be cached: only where the cache entry
+    /// cannot outlive the key at the server, as the `PTTL` sent behind the
+    /// `GET` says. The `PTTL` counts from when the server ran it, which may
+    /// be as early as `sent_at`, and the entry would live from `now`: the
+    /// key must live longer than the cache's lifetime plus that transit
+    /// (and a millisecond of the server's clock's rounding). A key that
+    /// vanished between the `GET` and its `PTTL` (-2) may have expired in
+    /// between: its value is not cached, though a missing key is.
+    fn cacheable(&self, req: &InFlight, reply: &Reply, sent_at: Instant, now: Instant) -> bool {
+        match req.ttl_ms {
+            Some(-1) => true,
+            Some(-2) => matches!(reply, Reply::Nil),
+            Some(t) if t >= 0 => {
+                let transit = now.saturating_duration_since(sent_at);
+                let needed = self.cache.config().ttl + transit + Duration::from_millis(1);
+                u128::from(t.unsigned_abs()) > needed.as_millis()
+            }
+            _ => false,
         }
     }
 

@@ -115,16 +115,18 @@ impl KeyState {
         }
     }
 
-    /// A forwarded command naming `key` goes upstream. A write also stops
-    /// later `GET`s from joining one sent before it.
+    /// A forwarded command naming `key` goes upstream, and stops later
+    /// `GET`s from joining one sent before it: a write may change what
+    /// they read, and a read (`MGET`) may see newer state than the older
+    /// `GET` will, so a client joining it could read backwards.
     pub fn begin(&mut self, key: &Bytes, write: bool) {
         let k = self.in_flight.entry(key.clone()).or_default();
         if write {
             k.writes += 1;
-            self.coalesce.remove(key);
         } else {
             k.reads += 1;
         }
+        self.coalesce.remove(key);
     }
 
     /// A forwarded command naming `key` got its reply (or never will).

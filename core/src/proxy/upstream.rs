@@ -35,6 +35,8 @@ pub(super) struct InFlight {
     pub job: Job,
     pub waiters: Vec<Waiter>,
     pub deadline: Instant,
+    /// When it was queued: no later than the server ran it.
+    pub sent_at: Instant,
     /// For a fill: the key's time to live in milliseconds, as the `PTTL`
     /// sent right behind the `GET` said (-1: none, -2: no key).
     pub ttl_ms: Option<i64>,
@@ -69,9 +71,11 @@ pub(super) struct Upstream {
     in_flight: VecDeque<InFlight>,
     /// Sequence number of `in_flight[0]`.
     head_seq: u64,
-    /// The reply to the `GET` of the fill at the head, waiting for the
-    /// reply to its `PTTL`.
-    fill_value: Option<Reply>,
+    /// How many replies of the fill at the head were read (a fill is four
+    /// requests: `MULTI`, `GET`, `PTTL`, `EXEC`), and the first error among
+    /// them, if any.
+    fill_read: u8,
+    fill_error: Option<Reply>,
 }
 
 impl Upstream {
@@ -85,7 +89,8 @@ impl Upstream {
             handshake: VecDeque::new(),
             in_flight: VecDeque::new(),
             head_seq: 0,
-            fill_value: None,
+            fill_read: 0,
+            fill_error: None,
         }
     }
 
@@ -112,14 +117,12 @@ impl Upstream {
     pub fn push(&mut self, job: Job, waiter: Waiter, now: Instant) -> u64 {
         match &job {
             Job::Fill { cmd } => {
-                cmd.encode_resp(&mut self.out);
-                // The key's time to live, asked for in the same breath: a
-                // value is cached only where the cache's lifetime cannot
-                // outlast the key's own (the PTTL runs after the GET, so a
-                // deadline it reports is no later than the value's).
-                if let Some(key) = cmd.keys().next() {
-                    crate::families::keyspace::encode_ttl_query(key, &mut self.out);
-                }
+                // The value and the key's time to live, read together in a
+                // transaction: a value is cached only where the cache's
+                // lifetime cannot outlast the key's own, and another
+                // client's write between a GET and a PTTL sent apart would
+                // pair one value with another's deadline.
+                crate::families::keyspace::encode_value_and_ttl_query(cmd, &mut self.out);
             }
             Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
         }
@@ -128,6 +131,7 @@ impl Upstream {
             job,
             waiters: vec![waiter],
             deadline: now + self.request_timeout,
+            sent_at: now,
             ttl_ms: None,
         });
         seq
@@ -195,17 +199,30 @@ impl Upstream {
             None => return Some(Incoming::Fault(UpstreamError::Unasked)),
             Some(req) => matches!(req.job, Job::Fill { .. }),
         };
-        let (reply, ttl_ms) = match (fill, self.fill_value.take()) {
-            (true, None) => {
-                // The GET's reply; its PTTL's comes next.
-                self.fill_value = Some(reply);
+        let (reply, ttl_ms) = if fill {
+            // MULTI's OK and the two QUEUED come first; EXEC's array holds
+            // the value and the time to live.
+            self.fill_read += 1;
+            if self.fill_read < 4 {
+                if reply.is_error() && self.fill_error.is_none() {
+                    self.fill_error = Some(reply);
+                }
                 return self.next_reply();
             }
-            (true, Some(value)) => match reply {
-                Reply::Integer(ttl) => (value, Some(ttl)),
-                _ => (value, None),
-            },
-            (false, _) => (reply, None),
+            self.fill_read = 0;
+            match (self.fill_error.take(), reply) {
+                (Some(error), _) => (error, None),
+                (None, Reply::Array(mut pair)) if pair.len() == 2 => {
+                    let ttl = match pair.pop() {
+                        Some(Reply::Integer(t)) => Some(t),
+                        _ => None,
+                    };
+                    (pair.pop().unwrap_or(Reply::Nil), ttl)
+                }
+                (None, other) => (other, None),
+            }
+        } else {
+            (reply, None)
         };
         let mut req = self.in_flight.pop_front()?;
         req.ttl_ms = ttl_ms;
@@ -223,7 +240,8 @@ impl Upstream {
         self.out.clear();
         self.decoder.reset();
         self.handshake.clear();
-        self.fill_value = None;
+        self.fill_read = 0;
+        self.fill_error = None;
         self.head_seq += self.in_flight.len() as u64;
         self.state = state;
         (self.in_flight.drain(..).collect(), counted)

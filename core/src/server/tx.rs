@@ -197,7 +197,12 @@ pub(super) fn run(
 }
 
 fn exec(server: &mut Server, session: &mut Session, out: &mut dyn ReplyOut) {
-    let Some(mut tx) = session.tx.take().filter(|t| t.in_multi()) else {
+    // Outside MULTI, EXEC is an error that leaves the watched keys
+    // watched, as in Redis.
+    if !in_multi(session) {
+        return out.reply(ExecError::ExecWithoutMulti.into());
+    }
+    let Some(mut tx) = session.tx.take() else {
         return out.reply(ExecError::ExecWithoutMulti.into());
     };
     let changed = tx.watched.iter().any(|w| server.db.changed_since(w));

@@ -7,22 +7,63 @@
 //! *versions* are numbered by their position in that order, and "older"
 //! means "earlier position". A `DEL` that finds the key makes a new
 //! (missing) version; a missing value read may match any missing version.
+//!
+//! Deadlines are part of a version: a key set with `PX`, or given a new
+//! deadline by `PEXPIRE` or `PERSIST`, starts a new version (with the same
+//! value for the latter two). A version with a deadline ends exactly at
+//! it, as the server's clock counts: present strictly before, absent at
+//! and after. The server's clock is the simulated one, in whole unix
+//! milliseconds from [`EPOCH_MS`].
+//!
+//! The model is also an exact replica of the server for the commands the
+//! simulation sends: [`Model::execute`] gives the reply the server must
+//! give to each command in its apply order, transactions included (each
+//! connection's `MULTI` queue and `WATCH`ed keys are a [`TxState`]), so
+//! every reply the server sends is checked as it leaves the server.
 
 use bytes::Bytes;
-use kv_core::Instant;
+use kv_core::{Command, ExecError, Instant, Reply};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-pub fn key_name(k: usize) -> Bytes {
-    Bytes::from(format!("k{k}"))
+/// The unix time, in milliseconds, of the simulated clock's zero.
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// The server's clock at simulated time `t`: whole unix milliseconds.
+pub fn unix_ms(t: Instant) -> u64 {
+    EPOCH_MS + t.as_nanos() / 1_000_000
 }
 
-pub fn parse_key(b: &[u8]) -> Option<usize> {
-    std::str::from_utf8(b.strip_prefix(b"k")?)
-        .ok()?
-        .parse()
-        .ok()
+/// The simulated instant at which the server's clock reads `ms`.
+pub fn instant_of(ms: u64) -> Instant {
+    Instant::from_millis(ms.saturating_sub(EPOCH_MS))
+}
+
+/// A counter key, touched by `INCR` (in transactions) only.
+pub fn counter_name(n: usize) -> Bytes {
+    Bytes::from(format!("n{n}"))
+}
+
+/// A key the model knows: a value key (`k<i>`, holding `k<i>:v<seq>`
+/// values) or a counter (`n<i>`, holding integers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Val(usize),
+    Ctr(usize),
+}
+
+impl Key {
+    pub fn text(self) -> String {
+        match self {
+            Key::Val(k) => format!("k{k}"),
+            Key::Ctr(n) => format!("n{n}"),
+        }
+    }
+}
+
+pub fn key_name(k: usize) -> Bytes {
+    Bytes::from(format!("k{k}"))
 }
 
 pub fn value_bytes(key: usize, seq: u64) -> Bytes {
@@ -49,12 +90,16 @@ pub fn minus(t: Instant, d: Duration) -> Instant {
 }
 
 /// One value a key held at the server, from `start` until `end` (`None`:
-/// still current).
+/// still current), with the deadline it had meanwhile.
 #[derive(Debug, Clone)]
 pub struct Version {
     pub value: Option<u64>,
     pub start: Instant,
     pub end: Option<Instant>,
+    /// When the key expires (unix ms); `None`: never.
+    pub deadline: Option<u64>,
+    /// It ended at its deadline (rather than by a write).
+    pub expired: bool,
     /// Rolled back by a restart that restored older state.
     pub lost: bool,
 }
@@ -64,9 +109,31 @@ pub struct KeyHistory {
     pub versions: Vec<Version>,
     /// Every `DEL` that named the key: (apply clock, resulting position).
     dels: Vec<(u64, usize)>,
+    /// Every `PEXPIRE` or `PERSIST` that changed the key's deadline:
+    /// (apply clock, resulting position).
+    expires: Vec<(u64, usize)>,
     /// The newest position some client saw acknowledged: what must survive
     /// a server restart.
     pub acked: usize,
+    /// Bumped by every change of the key (write, removal, deadline,
+    /// expiry): what `WATCH` compares.
+    changes: u64,
+}
+
+/// A counter key: only its value and its changes.
+#[derive(Debug, Default)]
+pub struct Counter {
+    pub value: Option<i64>,
+    changes: u64,
+}
+
+/// A connection's transaction state, as the server keeps it.
+#[derive(Debug, Default)]
+pub struct TxState {
+    /// The commands queued since `MULTI`; `None`: not in `MULTI`.
+    queue: Option<Vec<Command>>,
+    /// Keys watched: the key's change count then, and whether it existed.
+    watched: Vec<(Key, u64, bool)>,
 }
 
 /// Why a read is not explained by the history.
@@ -78,19 +145,32 @@ pub enum ReadError {
     Stale(String),
     /// The value is older than one this session already saw.
     BelowFloor { got: usize },
+    /// The value was current in the window, but its key had expired with
+    /// it before the read was sent.
+    Expired { pos: usize },
 }
 
 #[derive(Debug)]
 pub struct Model {
     pub keys: Vec<KeyHistory>,
+    pub counters: Vec<Counter>,
     /// Writes applied so far: the server's apply clock.
     pub applied: u64,
     /// Where each `PUT` value was first applied: (key, position).
     puts: HashMap<u64, (usize, usize)>,
+    /// Keys that reached their deadline.
+    pub expired: u64,
+    /// Transactions run and aborted by a watched key at the server.
+    pub execs: u64,
+    pub exec_aborts: u64,
+}
+
+fn status(s: &'static str) -> Reply {
+    Reply::Status(Bytes::from_static(s.as_bytes()))
 }
 
 impl Model {
-    pub fn new(keys: usize, now: Instant) -> Self {
+    pub fn new(keys: usize, counters: usize, now: Instant) -> Self {
         Model {
             keys: (0..keys)
                 .map(|_| KeyHistory {
@@ -98,14 +178,22 @@ impl Model {
                         value: None,
                         start: now,
                         end: None,
+                        deadline: None,
+                        expired: false,
                         lost: false,
                     }],
                     dels: Vec::new(),
+                    expires: Vec::new(),
                     acked: 0,
+                    changes: 0,
                 })
                 .collect(),
+            counters: (0..counters).map(|_| Counter::default()).collect(),
             applied: 0,
             puts: HashMap::new(),
+            expired: 0,
+            execs: 0,
+            exec_aborts: 0,
         }
     }
 
@@ -113,7 +201,33 @@ impl Model {
         self.keys[key].versions.last().and_then(|v| v.value)
     }
 
-    fn push(&mut self, key: usize, value: Option<u64>, now: Instant) -> usize {
+    /// The current deadline of `key` (unix ms), if it has one.
+    pub fn deadline(&self, key: usize) -> Option<u64> {
+        self.keys[key]
+            .versions
+            .last()
+            .filter(|v| v.value.is_some())
+            .and_then(|v| v.deadline)
+    }
+
+    /// Parses a key name the simulation uses.
+    pub fn key(&self, b: &[u8]) -> Option<Key> {
+        let (kind, n) = b.split_first()?;
+        let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
+        match kind {
+            b'k' if n < self.keys.len() => Some(Key::Val(n)),
+            b'n' if n < self.counters.len() => Some(Key::Ctr(n)),
+            _ => None,
+        }
+    }
+
+    fn push(
+        &mut self,
+        key: usize,
+        value: Option<u64>,
+        deadline: Option<u64>,
+        now: Instant,
+    ) -> usize {
         let h = &mut self.keys[key];
         if let Some(last) = h.versions.last_mut() {
             last.end = Some(now);
@@ -122,16 +236,56 @@ impl Model {
             value,
             start: now,
             end: None,
+            deadline: value.and(deadline),
+            expired: false,
             lost: false,
         });
+        h.changes += 1;
         h.versions.len() - 1
     }
 
-    /// The server executed `SET k v<seq>`. A value applied twice means a
-    /// request was executed twice (a retry or a duplicated byte range).
-    pub fn apply_put(&mut self, key: usize, seq: u64, now: Instant) -> Result<(), String> {
+    /// Every key whose deadline is not after `now` expires, at its
+    /// deadline. Called before anything is applied or checked at `now`;
+    /// the server removes such keys whenever it likes, but no command can
+    /// see them from their deadline on.
+    pub fn expire_until(&mut self, now: Instant) {
+        for h in &mut self.keys {
+            let Some(last) = h.versions.last_mut() else {
+                continue;
+            };
+            let Some(at) = last.deadline.map(instant_of).filter(|at| *at <= now) else {
+                continue;
+            };
+            if last.value.is_none() {
+                continue;
+            }
+            last.end = Some(at);
+            last.expired = true;
+            h.versions.push(Version {
+                value: None,
+                start: at,
+                end: None,
+                deadline: None,
+                expired: false,
+                lost: false,
+            });
+            h.changes += 1;
+            self.expired += 1;
+        }
+    }
+
+    /// The server executed `SET k v<seq>` (with a deadline, given `PX`).
+    /// A value applied twice means a request was executed twice (a retry
+    /// or a duplicated byte range).
+    pub fn apply_put(
+        &mut self,
+        key: usize,
+        seq: u64,
+        deadline: Option<u64>,
+        now: Instant,
+    ) -> Result<(), String> {
         self.applied += 1;
-        let pos = self.push(key, Some(seq), now);
+        let pos = self.push(key, Some(seq), deadline, now);
         if let Some((k, p)) = self.puts.insert(seq, (key, pos)) {
             return Err(format!(
                 "write v{seq} was applied twice (to k{k} at position {p}, then to k{key})"
@@ -140,23 +294,34 @@ impl Model {
         Ok(())
     }
 
-    /// The server executed a `DEL` naming `key`.
-    pub fn apply_del(&mut self, key: usize, now: Instant) {
+    /// The server executed a `DEL` naming `key`; whether it existed.
+    pub fn apply_del(&mut self, key: usize, now: Instant) -> bool {
         self.applied += 1;
-        let pos = if self.current(key).is_some() {
-            self.push(key, None, now)
+        let existed = self.current(key).is_some();
+        let pos = if existed {
+            self.push(key, None, None, now)
         } else {
             self.keys[key].versions.len() - 1
         };
         let applied = self.applied;
         self.keys[key].dels.push((applied, pos));
+        existed
     }
 
-    /// The server came back from a restart holding `value` for `key`, an
-    /// older value than the model's: the versions after the newest one
-    /// holding it are lost, and the restored value becomes a new version
-    /// so that the run can go on.
-    pub fn lose(&mut self, key: usize, value: Option<u64>, now: Instant) {
+    /// The key keeps its value with a new deadline (`None`: never).
+    fn apply_deadline(&mut self, key: usize, deadline: Option<u64>, now: Instant) {
+        self.applied += 1;
+        let value = self.current(key);
+        let pos = self.push(key, value, deadline, now);
+        let applied = self.applied;
+        self.keys[key].expires.push((applied, pos));
+    }
+
+    /// The server came back from a restart holding `value` (with
+    /// `deadline`) for `key`, an older value than the model's: the
+    /// versions after the newest one holding it are lost, and the restored
+    /// value becomes a new version so that the run can go on.
+    pub fn lose(&mut self, key: usize, value: Option<u64>, deadline: Option<u64>, now: Instant) {
         let h = &mut self.keys[key];
         let keep = h
             .versions
@@ -167,7 +332,16 @@ impl Model {
             v.lost = true;
         }
         self.applied += 1;
-        self.push(key, value, now);
+        self.push(key, value, deadline, now);
+    }
+
+    /// The server came back holding `value` for counter `n`.
+    pub fn reset_counter(&mut self, n: usize, value: Option<i64>) {
+        let c = &mut self.counters[n];
+        if c.value != value {
+            c.value = value;
+            c.changes += 1;
+        }
     }
 
     pub fn is_lost(&self, key: usize, pos: usize) -> bool {
@@ -184,23 +358,271 @@ impl Model {
     /// `DEL`'s own (unknown) position, so floors built on it never claim
     /// more than the client saw.
     pub fn del_position(&self, key: usize, since: u64) -> Option<usize> {
-        let dels = &self.keys[key].dels;
-        let first = dels.partition_point(|(applied, _)| *applied <= since);
-        dels[first..].iter().map(|(_, pos)| *pos).min()
+        earliest(&self.keys[key].dels, since)
+    }
+
+    /// The same for a `PEXPIRE` or `PERSIST` that answered 1.
+    pub fn expire_position(&self, key: usize, since: u64) -> Option<usize> {
+        earliest(&self.keys[key].expires, since)
+    }
+
+    fn live(&self, key: Key) -> bool {
+        match key {
+            Key::Val(k) => self.current(k).is_some(),
+            Key::Ctr(n) => self.counters[n].value.is_some(),
+        }
+    }
+
+    fn changes(&self, key: Key) -> u64 {
+        match key {
+            Key::Val(k) => self.keys[k].changes,
+            Key::Ctr(n) => self.counters[n].changes,
+        }
+    }
+
+    fn value_reply(&self, key: Key) -> Reply {
+        match key {
+            Key::Val(k) => self
+                .current(k)
+                .map_or(Reply::Nil, |seq| Reply::Bulk(value_bytes(k, seq))),
+            Key::Ctr(n) => self.counters[n]
+                .value
+                .map_or(Reply::Nil, |v| Reply::Bulk(Bytes::from(v.to_string()))),
+        }
+    }
+
+    /// Executes a command as the server does at `now` (after
+    /// [`Model::expire_until`]) for a connection whose transaction state
+    /// is `tx`: the reply the server must give, or why the command is not
+    /// one the simulation sends (requests were mixed up).
+    pub fn execute(
+        &mut self,
+        tx: &mut TxState,
+        cmd: &Command,
+        now: Instant,
+    ) -> Result<Reply, String> {
+        let name = cmd.name();
+        let tx_command = matches!(name, "multi" | "exec" | "discard" | "watch" | "unwatch");
+        if !tx_command {
+            if let Some(queue) = tx.queue.as_mut() {
+                queue.push(cmd.clone());
+                return Ok(status("QUEUED"));
+            }
+            return self.apply(cmd, now);
+        }
+        Ok(match name {
+            "multi" if tx.queue.is_some() => ExecError::NestedMulti.into(),
+            "multi" => {
+                tx.queue = Some(Vec::new());
+                Reply::ok()
+            }
+            "exec" => {
+                let Some(queue) = tx.queue.take() else {
+                    return Ok(ExecError::ExecWithoutMulti.into());
+                };
+                let changed = tx.watched.drain(..).any(|(key, changes, live)| {
+                    self.changes(key) != changes || (live && !self.live(key))
+                });
+                self.execs += 1;
+                if changed {
+                    self.exec_aborts += 1;
+                    return Ok(Reply::NilArray);
+                }
+                let mut replies = Vec::with_capacity(queue.len());
+                for cmd in &queue {
+                    replies.push(self.apply(cmd, now)?);
+                }
+                Reply::Array(replies)
+            }
+            "discard" if tx.queue.is_none() => ExecError::DiscardWithoutMulti.into(),
+            "discard" => {
+                tx.queue = None;
+                tx.watched.clear();
+                Reply::ok()
+            }
+            "watch" if tx.queue.is_some() => ExecError::WatchInMulti.into(),
+            "watch" => {
+                for arg in &cmd.args()[1..] {
+                    let key = self.key_arg(arg)?;
+                    if !tx.watched.iter().any(|(k, _, _)| *k == key) {
+                        tx.watched.push((key, self.changes(key), self.live(key)));
+                    }
+                }
+                Reply::ok()
+            }
+            _ => {
+                tx.watched.clear();
+                Reply::ok()
+            }
+        })
+    }
+
+    fn key_arg(&self, arg: &[u8]) -> Result<Key, String> {
+        self.key(arg)
+            .ok_or_else(|| format!("a command named the unknown key {arg:?}"))
+    }
+
+    fn val_arg(&self, arg: &[u8]) -> Result<usize, String> {
+        match self.key_arg(arg)? {
+            Key::Val(k) => Ok(k),
+            Key::Ctr(n) => Err(format!("a value command named the counter n{n}")),
+        }
+    }
+
+    /// A `SET`'s value for key `k`: it must be one of `k`'s.
+    fn value_arg(&self, k: usize, value: &[u8]) -> Result<u64, String> {
+        match parse_value(value) {
+            Some((vk, seq)) if vk == k => Ok(seq),
+            Some((vk, _)) => Err(format!(
+                "a value of k{vk} was written to k{k}: requests were mixed up"
+            )),
+            None => Err(format!("unexpected write k{k} = {value:?}")),
+        }
+    }
+
+    fn apply(&mut self, cmd: &Command, now: Instant) -> Result<Reply, String> {
+        let t = unix_ms(now);
+        let args = cmd.args();
+        Ok(match cmd.name() {
+            "get" => self.value_reply(self.key_arg(cmd.arg(1))?),
+            "mget" => {
+                let mut values = Vec::with_capacity(args.len() - 1);
+                for arg in &args[1..] {
+                    values.push(self.value_reply(self.key_arg(arg)?));
+                }
+                Reply::Array(values)
+            }
+            "set" => {
+                let k = self.val_arg(cmd.arg(1))?;
+                let seq = self.value_arg(k, cmd.arg(2))?;
+                let deadline = match &args[3..] {
+                    [] => None,
+                    [px, ms] if px.eq_ignore_ascii_case(b"px") => {
+                        let ms = std::str::from_utf8(ms)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .filter(|ms| *ms > 0)
+                            .ok_or_else(|| format!("SET with PX {ms:?}"))?;
+                        Some(t + ms)
+                    }
+                    other => return Err(format!("SET with options {other:?}")),
+                };
+                self.apply_put(k, seq, deadline, now)?;
+                Reply::ok()
+            }
+            "mset" => {
+                for pair in args[1..].chunks(2) {
+                    let [key, value] = pair else {
+                        return Err("MSET with an odd number of arguments".into());
+                    };
+                    let k = self.val_arg(key)?;
+                    let seq = self.value_arg(k, value)?;
+                    self.apply_put(k, seq, None, now)?;
+                }
+                Reply::ok()
+            }
+            "del" => {
+                let mut n = 0;
+                for arg in &args[1..] {
+                    let found = match self.key_arg(arg)? {
+                        Key::Val(k) => self.apply_del(k, now),
+                        Key::Ctr(c) => {
+                            let c = &mut self.counters[c];
+                            let found = c.value.take().is_some();
+                            if found {
+                                c.changes += 1;
+                            }
+                            found
+                        }
+                    };
+                    n += i64::from(found);
+                }
+                Reply::Integer(n)
+            }
+            "pexpire" => {
+                let k = self.val_arg(cmd.arg(1))?;
+                let ms: i64 = std::str::from_utf8(cmd.arg(2))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("PEXPIRE of {:?}", cmd.arg(2)))?;
+                if args.len() > 3 {
+                    return Err("PEXPIRE with options".into());
+                }
+                if self.current(k).is_none() {
+                    return Ok(Reply::Integer(0));
+                }
+                let at = t as i64 + ms;
+                if at <= t as i64 {
+                    self.apply_del(k, now);
+                } else {
+                    self.apply_deadline(k, Some(at as u64), now);
+                }
+                Reply::Integer(1)
+            }
+            "persist" => {
+                let k = self.val_arg(cmd.arg(1))?;
+                if self.deadline(k).is_none() {
+                    return Ok(Reply::Integer(0));
+                }
+                self.apply_deadline(k, None, now);
+                Reply::Integer(1)
+            }
+            "pttl" => Reply::Integer(match self.key_arg(cmd.arg(1))? {
+                Key::Val(k) if self.current(k).is_none() => -2,
+                Key::Val(k) => self.deadline(k).map_or(-1, |d| d.saturating_sub(t) as i64),
+                Key::Ctr(n) => self.counters[n].value.map_or(-2, |_| -1),
+            }),
+            "incr" => match self.key_arg(cmd.arg(1))? {
+                Key::Ctr(n) => {
+                    let c = &mut self.counters[n];
+                    let v = c.value.unwrap_or(0) + 1;
+                    c.value = Some(v);
+                    c.changes += 1;
+                    Reply::Integer(v)
+                }
+                Key::Val(k) if self.current(k).is_some() => ExecError::NotInteger.into(),
+                Key::Val(k) => return Err(format!("INCR of the missing value key k{k}")),
+            },
+            "ping" => match args {
+                [_] => status("PONG"),
+                [_, token] => Reply::Bulk(token.clone()),
+                _ => return Err("PING with arguments".into()),
+            },
+            other => {
+                return Err(format!(
+                    "the server was sent {other:?}, which the simulation never sends"
+                ))
+            }
+        })
+    }
+
+    /// Whether version `pos` ended with its key expiring, not later than
+    /// `t`. A version that ended otherwise (overwritten, deleted, or given
+    /// another deadline: a write another client may make without a proxy
+    /// knowing) did not expire: reading it later is staleness, which the
+    /// read windows bound.
+    fn expired_by(&self, key: usize, pos: usize, t: Instant) -> bool {
+        let v = &self.keys[key].versions[pos];
+        v.expired && v.end.is_some_and(|end| end <= t)
     }
 
     /// Checks that a read of `value` from `key` is explained by the
     /// history: it was the key's value at some time in `[lo, hi]`, at a
-    /// position no older than `floor`. Returns the oldest such position
-    /// (the weakest claim, so later checks never over-constrain).
+    /// position no older than `floor`, and (a value, not a nil) the
+    /// version had not expired by `sent`, when the read was sent: a read
+    /// concurrent with a deadline passing may see either, a read sent after
+    /// it may not see the value, whatever cache or shared read it came
+    /// from. Returns the oldest such position (the weakest claim, so later
+    /// checks never over-constrain).
     pub fn check_read(
         &self,
         key: usize,
         value: Option<u64>,
-        lo: Instant,
-        hi: Instant,
+        window: (Instant, Instant),
         floor: usize,
+        sent: Instant,
     ) -> Result<usize, ReadError> {
+        let (lo, hi) = window;
         if let Some(seq) = value {
             match self.puts.get(&seq) {
                 None => {
@@ -218,6 +640,7 @@ impl Model {
         }
         let versions = &self.keys[key].versions;
         let mut in_window = None;
+        let mut above = None;
         let mut best = None;
         // Versions are in time order: scan back from the newest and stop
         // at the first that ended before the window opened.
@@ -231,13 +654,17 @@ impl Model {
             }
             in_window = Some(pos);
             if pos >= floor {
-                best = Some(pos);
+                above = Some(pos);
+                if value.is_none() || !self.expired_by(key, pos, sent) {
+                    best = Some(pos);
+                }
             }
         }
-        match (best, in_window) {
-            (Some(pos), _) => Ok(pos),
-            (None, Some(pos)) => Err(ReadError::BelowFloor { got: pos }),
-            (None, None) => Err(ReadError::Stale(format!(
+        match (best, above, in_window) {
+            (Some(pos), _, _) => Ok(pos),
+            (None, Some(pos), _) => Err(ReadError::Expired { pos }),
+            (None, None, Some(pos)) => Err(ReadError::BelowFloor { got: pos }),
+            (None, None, None) => Err(ReadError::Stale(format!(
                 "{} of k{key} was not current at any time in [{}, {}]",
                 fmt_value(value),
                 fmt_t(lo),
@@ -266,7 +693,17 @@ impl Model {
                 fmt_t(v.start),
                 v.end.map_or_else(|| "now".to_string(), fmt_t)
             );
+            if let Some(d) = v.deadline {
+                let _ = write!(s, " (deadline {}", fmt_t(instant_of(d)));
+                s.push_str(if v.expired { ", expired)" } else { ")" });
+            }
         }
         s
     }
+}
+
+/// The earliest position among `marks` applied after `since`.
+fn earliest(marks: &[(u64, usize)], since: u64) -> Option<usize> {
+    let first = marks.partition_point(|(applied, _)| *applied <= since);
+    marks[first..].iter().map(|(_, pos)| *pos).min()
 }

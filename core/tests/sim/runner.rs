@@ -230,7 +230,8 @@ impl Summary {
         format!(
             "sim: {} seeds, {} steps in {:.2} s: {:.0} steps/s ({} requests: {} replies, \
              {} failed by faults; {} cache hits, {} of them checked against their age; \
-             {} faults)",
+             {} faults; {} keys expired, {} by active expiry; {} EXECs, {} aborted by a \
+             watched key; {} transaction commands refused by proxies)",
             self.seeds,
             self.steps,
             self.seconds,
@@ -240,7 +241,12 @@ impl Summary {
             s.failed,
             s.proxy_hits,
             s.cache_hits,
-            s.faults
+            s.faults,
+            s.expired,
+            s.active_expired,
+            s.execs,
+            s.exec_aborts,
+            s.tx_refused
         )
     }
 }
@@ -298,4 +304,9 @@ fn add(total: &mut Stats, s: &Stats) {
     total.cache_hits += s.cache_hits;
     total.proxy_hits += s.proxy_hits;
     total.faults += s.faults;
+    total.expired += s.expired;
+    total.active_expired += s.active_expired;
+    total.execs += s.execs;
+    total.exec_aborts += s.exec_aborts;
+    total.tx_refused += s.tx_refused;
 }

@@ -223,6 +223,12 @@ pub struct Setup {
     /// Each client's transport and proxy.
     pub clients: Vec<(Via, usize)>,
     pub keys: usize,
+    /// Counter keys (`n<i>`), for `INCR` in transactions.
+    pub counters: usize,
+    /// The times to live (ms) that `SET … PX` and `PEXPIRE` give: around
+    /// the cache's TTL and the latencies, where a cached value and its
+    /// key's deadline race, and a few others.
+    pub px: Vec<u64>,
     pub proxy: ProxyConfig,
     pub client_timeout: Duration,
     /// Most requests a simulated client keeps in flight.
@@ -295,10 +301,26 @@ impl Setup {
         for c in &mut clients {
             c.1 %= proxies;
         }
+        // Not drawn: the rest of each seed's world stays as it was.
+        let ttl_ms = ttl.as_millis() as u64;
+        let lat_ms = latency.as_millis() as u64;
+        let mut px = vec![1, 3, 10, 50, 250, 1_000];
+        if ttl_ms > 0 {
+            px.extend([
+                ttl_ms / 2 + 1,
+                ttl_ms,
+                ttl_ms + 1,
+                ttl_ms + lat_ms / 2 + 1,
+                ttl_ms + lat_ms + 1,
+                ttl_ms + 2 * lat_ms + 2,
+            ]);
+        }
         Setup {
             proxies,
             clients,
             keys,
+            counters: 2,
+            px,
             proxy,
             client_timeout,
             max_in_flight,
@@ -307,6 +329,11 @@ impl Setup {
             conn,
             window,
         }
+    }
+
+    /// The longest time to live the simulation gives a key (ms).
+    pub fn max_px(&self) -> u64 {
+        self.px.iter().copied().max().unwrap_or(0)
     }
 
     pub fn describe(&self) -> String {
@@ -325,7 +352,7 @@ impl Setup {
             "{} prox{}, {} key{}; clients: {}; cache ttl {:?}, {} entries, negative {}; \
              proxy request timeout {:?}, max pending {}, max upstream {}; \
              client timeout {:?}, in flight {}; latency <= {:?}; fault rate {}/1000; \
-             idle timeout {:?}, window {} bytes",
+             idle timeout {:?}, window {} bytes; PX {:?} ms",
             self.proxies,
             if self.proxies == 1 { "y" } else { "ies" },
             self.keys,
@@ -343,6 +370,7 @@ impl Setup {
             self.fault_rate,
             self.conn.idle_timeout,
             self.window,
+            self.px,
         )
     }
 }

@@ -5,11 +5,15 @@
 //! The driver plays the part of the native (Tokio) driver: it follows each
 //! state machine's documented drain order, calls `handle_timeout` whenever
 //! `poll_timeout` is due, and reports connection changes the way sockets
-//! would. Everything else (latency, chunking, drops, restarts, clock jumps)
-//! is the network's and the operator's doing, chosen by the random stream.
+//! would. It sets the server's clock (unix milliseconds, from the simulated
+//! clock) before every input the server reads, and runs the server's active
+//! expiry by its `poll_timeout`, now and then late. Everything else
+//! (latency, chunking, drops, restarts, clock jumps) is the network's and
+//! the operator's doing, chosen by the random stream.
 
 use super::model::{
-    fmt_t, fmt_value, key_name, minus, parse_key, parse_value, value_bytes, Model, ReadError,
+    counter_name, fmt_t, fmt_value, instant_of, key_name, minus, parse_value, unix_ms, value_bytes,
+    Key, Model, ReadError, TxState,
 };
 use super::net::Pipe;
 use super::rng::Rng;
@@ -19,10 +23,12 @@ use super::setup::{
 };
 use bytes::{Bytes, BytesMut};
 use kv_core::backoff::Lost;
+use kv_core::db::EXPIRE_BUDGET;
 use kv_core::{
     AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, ConnConfig,
     ConnPolicy, Decoder, End, Failure, Instant, Owed, Proxy, ProxyEvent, Reconnect, Reply,
-    RequestId, Server, ServerConfig, ServerConnection, Source, Stall, UpstreamState,
+    ReplyDecoder, ReplyLimits, RequestId, Server, ServerConfig, ServerConnection, Source, Stall,
+    UpstreamState,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -87,6 +93,10 @@ fn note_writes(
 struct ServerSide {
     conn: ServerConnection,
     mirror: Decoder,
+    /// The connection's transaction state, as the model keeps it.
+    tx: TxState,
+    /// Reads the server's replies back, to compare them with the model's.
+    replies: ReplyDecoder,
     policy: ConnPolicy,
     /// More than the window is on its way to the reader: the server's
     /// writes are blocked.
@@ -153,53 +163,120 @@ enum Conn {
     },
 }
 
+/// A command inside a transaction (through a proxy, where `MULTI` is
+/// refused, it runs on its own).
+#[derive(Debug, Clone, Copy)]
+enum TxCmd {
+    Get(usize),
+    Set(usize, u64),
+    Incr(usize),
+}
+
+impl TxCmd {
+    /// The same command outside a transaction.
+    fn plain(self) -> Intent {
+        match self {
+            TxCmd::Get(k) => Intent::Get(k),
+            TxCmd::Set(k, seq) => Intent::Put(k, seq),
+            TxCmd::Incr(n) => Intent::Incr(n),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Intent {
     Get(usize),
     Put(usize, u64),
+    /// `SET k v PX ms`.
+    SetPx(usize, u64, u64),
     Del(Vec<usize>),
     Ping(u64),
+    Pexpire(usize, u64),
+    Persist(usize),
+    Pttl(usize),
+    Mget(Vec<usize>),
+    Mset(Vec<(usize, u64)>),
+    Incr(usize),
+    Watch(Vec<Key>),
+    Multi,
+    /// A command sent between `MULTI` and `EXEC`.
+    Queued(TxCmd),
+    /// `EXEC` of the commands queued since `MULTI`.
+    Exec(Vec<TxCmd>),
+    Discard,
 }
 
 impl Intent {
-    fn command(&self) -> Command {
-        let args: Vec<Bytes> = match self {
-            Intent::Get(k) => vec![Bytes::from_static(b"GET"), key_name(*k)],
-            Intent::Put(k, seq) => vec![
-                Bytes::from_static(b"PUT"),
-                key_name(*k),
-                value_bytes(*k, *seq),
-            ],
-            Intent::Del(keys) => std::iter::once(Bytes::from_static(b"DEL"))
-                .chain(keys.iter().map(|k| key_name(*k)))
-                .collect(),
-            Intent::Ping(t) => vec![Bytes::from_static(b"PING"), Bytes::from(format!("t{t}"))],
+    /// The command's words; with `short`, values as `v<seq>`.
+    fn words(&self, short: bool) -> Vec<String> {
+        let value = |k: usize, seq: u64| {
+            if short {
+                format!("v{seq}")
+            } else {
+                format!("k{k}:v{seq}")
+            }
         };
-        Command::build(&args).expect("the simulation sends valid commands")
+        let w = |s: &str| s.to_string();
+        match self {
+            Intent::Get(k) => vec![w("GET"), format!("k{k}")],
+            Intent::Put(k, seq) => vec![w("PUT"), format!("k{k}"), value(*k, *seq)],
+            Intent::SetPx(k, seq, ms) => vec![
+                w("SET"),
+                format!("k{k}"),
+                value(*k, *seq),
+                w("PX"),
+                ms.to_string(),
+            ],
+            Intent::Del(keys) => std::iter::once(w("DEL"))
+                .chain(keys.iter().map(|k| format!("k{k}")))
+                .collect(),
+            Intent::Ping(t) => vec![w("PING"), format!("t{t}")],
+            Intent::Pexpire(k, ms) => vec![w("PEXPIRE"), format!("k{k}"), ms.to_string()],
+            Intent::Persist(k) => vec![w("PERSIST"), format!("k{k}")],
+            Intent::Pttl(k) => vec![w("PTTL"), format!("k{k}")],
+            Intent::Mget(keys) => std::iter::once(w("MGET"))
+                .chain(keys.iter().map(|k| format!("k{k}")))
+                .collect(),
+            Intent::Mset(pairs) => std::iter::once(w("MSET"))
+                .chain(
+                    pairs
+                        .iter()
+                        .flat_map(|&(k, seq)| [format!("k{k}"), value(k, seq)]),
+                )
+                .collect(),
+            Intent::Incr(n) => vec![w("INCR"), format!("n{n}")],
+            Intent::Watch(keys) => std::iter::once(w("WATCH"))
+                .chain(keys.iter().map(|k| k.text()))
+                .collect(),
+            Intent::Multi => vec![w("MULTI")],
+            Intent::Queued(c) => c.plain().words(short),
+            Intent::Exec(_) => vec![w("EXEC")],
+            Intent::Discard => vec![w("DISCARD")],
+        }
+    }
+
+    fn command(&self) -> Command {
+        Command::build(&self.words(false)).expect("the simulation sends valid commands")
     }
 
     fn inline(&self) -> Bytes {
-        Bytes::from(match self {
-            Intent::Get(k) => format!("GET k{k}\r\n"),
-            Intent::Put(k, seq) => format!("PUT k{k} k{k}:v{seq}\r\n"),
-            Intent::Del(keys) => {
-                let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
-                format!("DEL {}\r\n", names.join(" "))
-            }
-            Intent::Ping(t) => format!("PING t{t}\r\n"),
-        })
+        Bytes::from(format!("{}\r\n", self.words(false).join(" ")))
     }
 
     fn text(&self) -> String {
+        let text = self.words(true).join(" ");
         match self {
-            Intent::Get(k) => format!("GET k{k}"),
-            Intent::Put(k, seq) => format!("PUT k{k} v{seq}"),
-            Intent::Del(keys) => {
-                let names: Vec<String> = keys.iter().map(|k| format!("k{k}")).collect();
-                format!("DEL {}", names.join(" "))
-            }
-            Intent::Ping(t) => format!("PING t{t}"),
+            Intent::Queued(_) => format!("(queued) {text}"),
+            _ => text,
         }
+    }
+
+    /// A transaction command, which only a direct connection may use.
+    fn is_tx(&self) -> bool {
+        matches!(
+            self,
+            Intent::Watch(_) | Intent::Multi | Intent::Exec(_) | Intent::Discard
+        )
     }
 }
 
@@ -244,6 +321,13 @@ struct ClientNode {
     /// connection policy cut a connection meanwhile (it may cut one the
     /// moment a probe is sent); the probe is then sent again.
     probe_failed: Option<String>,
+    /// The rest of a transaction being sent (`WATCH`, `MULTI`, queued
+    /// commands, `EXEC`), a request at a time as the client gets turns;
+    /// only on the connection it started on (`script_conn`).
+    script: VecDeque<Intent>,
+    script_conn: u64,
+    /// Counts the client's connections.
+    conn_gen: u64,
 }
 
 /// Bytes that were in flight to the server on a connection that died:
@@ -265,6 +349,15 @@ pub struct Stats {
     /// Cache hits at all proxies (most are invisible to stream clients).
     pub proxy_hits: u64,
     pub faults: u64,
+    /// Keys that reached their deadline (in the model), and those the
+    /// server's active expiry removed.
+    pub expired: u64,
+    pub active_expired: u64,
+    /// `EXEC`s answered at the server, of them aborted by a watched key;
+    /// transaction commands the proxies refused.
+    pub execs: u64,
+    pub exec_aborts: u64,
+    pub tx_refused: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -296,6 +389,10 @@ pub struct World {
     pub step: u64,
     server: Server,
     server_back_at: Instant,
+    /// When the server's driver runs active expiry that is due: sometimes
+    /// late (a busy event loop), so that commands meet keys past their
+    /// deadline still in the store.
+    server_wake: Option<Instant>,
     /// What a stale restart restores (planted bug only).
     snapshot: Vec<(Bytes, Bytes)>,
     model: Model,
@@ -314,6 +411,8 @@ pub struct World {
     /// Human-readable log of every action; only kept when asked for,
     /// since formatting it costs more than the simulation itself.
     pub trace: Option<Vec<String>>,
+    /// What the server ran in the last input, for the trace.
+    ran: Vec<String>,
 }
 
 impl World {
@@ -350,10 +449,13 @@ impl World {
                 reads: vec![(0, Why::Read(None)); setup.keys],
                 reads_paused_until: now,
                 probe_failed: None,
+                script: VecDeque::new(),
+                script_conn: 0,
+                conn_gen: 0,
             })
             .collect();
         World {
-            model: Model::new(setup.keys, now),
+            model: Model::new(setup.keys, setup.counters, now),
             setup,
             rng,
             now,
@@ -363,6 +465,7 @@ impl World {
                 ..ServerConfig::default()
             }),
             server_back_at: now,
+            server_wake: None,
             snapshot: Vec::new(),
             proxies,
             clients,
@@ -374,6 +477,7 @@ impl World {
             healing: false,
             stats: Stats::default(),
             trace: trace.then(Vec::new),
+            ran: Vec::new(),
             p,
         }
     }
@@ -393,6 +497,10 @@ impl World {
                 self.stats.proxy_hits += p.cache_stats().hits;
             }
         }
+        self.model.expire_until(self.now);
+        self.stats.expired = self.model.expired;
+        self.stats.execs = self.model.execs;
+        self.stats.exec_aborts = self.model.exec_aborts;
         Ok(())
     }
 
@@ -500,33 +608,148 @@ impl World {
             if matches!(c.conn, Conn::Down { .. }) || c.reqs.len() >= self.setup.max_in_flight {
                 return Ok(());
             }
-            let intent = self.random_intent();
+            let intent = match self.next_scripted(ci) {
+                Some(intent) => intent,
+                None => self.random_intent(ci),
+            };
             self.issue(ci, intent, false, false)?;
         }
         Ok(())
     }
 
-    fn random_intent(&mut self) -> Intent {
+    /// The next request of the transaction client `ci` is sending, if it
+    /// is sending one on its current connection (one that started on a
+    /// connection since lost is dropped: the server forgot it).
+    fn next_scripted(&mut self, ci: usize) -> Option<Intent> {
+        let c = &mut self.clients[ci];
+        if c.script_conn != c.conn_gen {
+            c.script.clear();
+        }
+        c.script.pop_front()
+    }
+
+    fn random_key(&mut self) -> usize {
+        self.rng.index(self.setup.keys)
+    }
+
+    /// `count` distinct value keys from a random one on.
+    fn random_keys(&mut self, count: usize) -> Vec<usize> {
         let keys = self.setup.keys;
-        match self.rng.below(100) {
-            0..=44 => Intent::Get(self.rng.index(keys)),
-            45..=79 => {
-                self.next_seq += 1;
-                Intent::Put(self.rng.index(keys), self.next_seq)
+        let first = self.rng.index(keys);
+        (0..count.min(keys)).map(|i| (first + i) % keys).collect()
+    }
+
+    fn new_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn random_px(&mut self) -> u64 {
+        let i = self.rng.index(self.setup.px.len());
+        self.setup.px[i]
+    }
+
+    fn random_intent(&mut self, ci: usize) -> Intent {
+        let keys = self.setup.keys;
+        match self.rng.below(1000) {
+            0..=339 => Intent::Get(self.random_key()),
+            340..=559 => {
+                let seq = self.new_seq();
+                Intent::Put(self.random_key(), seq)
             }
-            80..=89 => {
-                let first = self.rng.index(keys);
+            560..=639 => {
+                let (k, seq, ms) = (self.random_key(), self.new_seq(), self.random_px());
+                Intent::SetPx(k, seq, ms)
+            }
+            640..=699 => {
+                let first = self.random_key();
                 let mut del = vec![first];
                 if keys > 1 && self.rng.chance(400) {
                     del.push((first + 1 + self.rng.index(keys - 1)) % keys);
                 }
                 Intent::Del(del)
             }
-            _ => {
+            700..=749 => {
+                let (k, ms) = (self.random_key(), self.random_px());
+                Intent::Pexpire(k, ms)
+            }
+            750..=779 => Intent::Persist(self.random_key()),
+            780..=819 => Intent::Pttl(self.random_key()),
+            820..=879 => {
+                let n = self.rng.range(1, 3) as usize;
+                Intent::Mget(self.random_keys(n))
+            }
+            880..=929 => {
+                let n = self.rng.range(1, 3) as usize;
+                let pairs = self
+                    .random_keys(n)
+                    .into_iter()
+                    .map(|k| (k, self.new_seq()))
+                    .collect();
+                Intent::Mset(pairs)
+            }
+            930..=959 => {
                 self.next_token += 1;
                 Intent::Ping(self.next_token)
             }
+            // Transactions: mostly from direct clients, where they run; a
+            // few through proxies, which must refuse them.
+            _ if self.clients[ci].via == Via::Direct || self.rng.chance(250) => {
+                self.start_script(ci)
+            }
+            _ => Intent::Get(self.random_key()),
         }
+    }
+
+    /// Makes client `ci`'s next requests a transaction and returns its
+    /// first: sometimes `WATCH` of a key or two (and a `GET` of one, the
+    /// usual optimistic read), `MULTI`, a few `SET`/`GET`/`INCR`, then
+    /// `EXEC` (now and then `DISCARD`).
+    fn start_script(&mut self, ci: usize) -> Intent {
+        let mut script = VecDeque::new();
+        if self.rng.chance(600) {
+            let mut watched = Vec::new();
+            for _ in 0..self.rng.range(1, 2) {
+                let key = if self.rng.chance(600) {
+                    Key::Val(self.random_key())
+                } else {
+                    Key::Ctr(self.rng.index(self.setup.counters))
+                };
+                if !watched.contains(&key) {
+                    watched.push(key);
+                }
+            }
+            if let Some(&Key::Val(k)) = watched.first() {
+                if self.rng.chance(500) {
+                    script.push_back(Intent::Get(k));
+                }
+            }
+            script.push_front(Intent::Watch(watched));
+        }
+        script.push_back(Intent::Multi);
+        let mut queued = Vec::new();
+        for _ in 0..self.rng.range(1, 4) {
+            let cmd = match self.rng.below(10) {
+                0..=3 => {
+                    let (k, seq) = (self.random_key(), self.new_seq());
+                    TxCmd::Set(k, seq)
+                }
+                4..=6 => TxCmd::Get(self.random_key()),
+                _ => TxCmd::Incr(self.rng.index(self.setup.counters)),
+            };
+            queued.push(cmd);
+            script.push_back(Intent::Queued(cmd));
+        }
+        script.push_back(if self.rng.chance(100) {
+            Intent::Discard
+        } else {
+            Intent::Exec(queued)
+        });
+        let first = script.pop_front().expect("a transaction has requests");
+        let c = &mut self.clients[ci];
+        c.script = script;
+        c.script_conn = c.conn_gen;
+        first
     }
 
     fn issue(&mut self, ci: usize, intent: Intent, probe: bool, exact: bool) -> Check {
@@ -725,12 +948,14 @@ impl World {
                     Conn::Direct { up, down, side } => {
                         let data = up.recv_bytes(now, n);
                         side.policy.handle_input(now);
-                        let out = side.feed(&mut self.server, &mut self.model, &data, now)?;
+                        let log = self.trace.is_some().then_some(&mut self.ran);
+                        let out = side.feed(&mut self.server, &mut self.model, &data, now, log)?;
                         if !out.is_empty() {
                             down.send(now + lat, out);
                         }
                         side.wrote(down.total_bytes(), window, now);
                         trace!(self, "c{ci} => server: {} bytes", data.len());
+                        self.trace_ran(&format!("c{ci}"));
                     }
                     Conn::Down { .. } => {}
                 }
@@ -786,15 +1011,17 @@ impl World {
                 };
                 let data = link.to_server.recv_bytes(now, n);
                 link.side.policy.handle_input(now);
+                let log = self.trace.is_some().then_some(&mut self.ran);
                 let out = link
                     .side
-                    .feed(&mut self.server, &mut self.model, &data, now)?;
+                    .feed(&mut self.server, &mut self.model, &data, now, log)?;
                 if !out.is_empty() {
                     link.to_proxy.send(now + lat, out);
                 }
                 link.side
                     .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
                 trace!(self, "p{pi} => server: {} bytes", data.len());
+                self.trace_ran(&format!("p{pi}"));
             }
             PipeRef::ToProxy(pi) => {
                 let ready = match &self.proxies[pi].upstream {
@@ -819,18 +1046,29 @@ impl World {
                 let n = if all { ready } else { self.chunk(ready) };
                 let z = &mut self.zombies[zi];
                 let data = z.pipe.recv_bytes(now, n);
-                z.side.feed(&mut self.server, &mut self.model, &data, now)?;
+                let log = self.trace.is_some().then_some(&mut self.ran);
+                z.side
+                    .feed(&mut self.server, &mut self.model, &data, now, log)?;
                 trace!(
                     self,
                     "dead connection => server: {} bytes (replies go nowhere)",
                     data.len()
                 );
+                self.trace_ran("dead connection");
                 if self.zombies[zi].pipe.is_empty() {
-                    self.zombies.swap_remove(zi);
+                    let mut z = self.zombies.swap_remove(zi);
+                    z.side.conn.end(&mut self.server);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Traces what the server just ran for `who`.
+    fn trace_ran(&mut self, who: &str) {
+        for line in std::mem::take(&mut self.ran) {
+            trace!(self, "  server runs for {who}: {line}");
+        }
     }
 
     /// Client `ci` read from its connection: the writer at the other end
@@ -1119,6 +1357,54 @@ impl World {
                 );
             }
         }
+        if via != Via::Direct {
+            // Through a proxy a transaction command is refused, whatever
+            // the upstream's state; what was to be queued runs on its own.
+            if req.intent.is_tx() {
+                let name = req.intent.words(true)[0].clone();
+                let refused = match &reply {
+                    Reply::Error(e) => {
+                        let text = String::from_utf8_lossy(e);
+                        text.contains("is not available through the kv proxy")
+                            && text.contains(&format!("'{name}'"))
+                    }
+                    _ => false,
+                };
+                if !refused {
+                    return violation(
+                        "reply",
+                        format!("{what}: got {}, not the proxy's refusal", short(&reply)),
+                    );
+                }
+                self.stats.tx_refused += 1;
+                return Ok(());
+            }
+            if let Intent::Queued(c) = req.intent {
+                let plain = Req {
+                    id: req.id,
+                    intent: c.plain(),
+                    issued_at: req.issued_at,
+                    issued_apply: req.issued_apply,
+                    probe: req.probe,
+                    exact: req.exact,
+                };
+                return self.check_plain(ci, &plain, &what, reply, msg);
+            }
+        }
+        self.check_plain(ci, req, &what, reply, msg)
+    }
+
+    fn check_plain(
+        &mut self,
+        ci: usize,
+        req: &Req,
+        what: &str,
+        reply: Reply,
+        msg: Option<&AnnotatedReply>,
+    ) -> Check {
+        let via = self.clients[ci].via;
+        let is_status =
+            |r: &Reply, s: &str| matches!(r, Reply::Status(b) if &b[..] == s.as_bytes());
         match (&req.intent, reply) {
             (_, Reply::Error(e)) => {
                 let text = String::from_utf8_lossy(&e);
@@ -1133,40 +1419,28 @@ impl World {
                 }
                 Ok(())
             }
-            (Intent::Get(k), Reply::Bulk(v)) => match parse_value(&v) {
-                Some((vk, seq)) if vk == *k => self.check_get(ci, req, *k, Some(seq), msg),
-                _ => violation(
-                    "reply",
-                    format!(
-                        "{what}: got {:?}, a value of another key: replies were paired \
-                         with the wrong requests",
-                        String::from_utf8_lossy(&v)
-                    ),
-                ),
+            (Intent::Get(k), reply) => match self.read_value(*k, &reply) {
+                Ok(value) => self.check_get(ci, req, *k, value, msg, false),
+                Err(got) => violation("reply", format!("{what}: got {got}")),
             },
-            (Intent::Get(k), Reply::Nil) => self.check_get(ci, req, *k, None, msg),
-            (Intent::Put(k, seq), Reply::Status(s)) if &s[..] == b"OK" => {
-                let Some((pk, pos)) = self.model.put_position(*seq) else {
-                    return violation("reply", format!("{what}: acknowledged, never applied"));
-                };
-                if pk != *k {
-                    return violation("server", format!("{what}: applied to k{pk}"));
+            (Intent::Mget(keys), Reply::Array(items)) if items.len() == keys.len() => {
+                for (&k, item) in keys.iter().zip(&items) {
+                    match self.read_value(k, item) {
+                        // The proxy answers an MGET from its cache when every
+                        // key is fresh there, so it is checked as a GET is.
+                        Ok(value) => self.check_get(ci, req, k, value, msg, false)?,
+                        Err(got) => return violation("reply", format!("{what}: got {got}")),
+                    }
                 }
-                if self.model.keys[*k].versions[pos].value != Some(*seq) {
-                    return violation("server", format!("{what}: model position mismatch"));
+                Ok(())
+            }
+            (Intent::Put(k, seq) | Intent::SetPx(k, seq, _), r) if is_status(&r, "OK") => {
+                self.acked_put(ci, what, *k, *seq)
+            }
+            (Intent::Mset(pairs), r) if is_status(&r, "OK") => {
+                for &(k, seq) in pairs {
+                    self.acked_put(ci, what, k, seq)?;
                 }
-                if self.model.is_lost(*k, pos) {
-                    return violation(
-                        "durability",
-                        format!(
-                            "{what}: acknowledged, but the write was lost in a server \
-                             restart\n    {}",
-                            self.model.describe(*k, pos)
-                        ),
-                    );
-                }
-                self.raise_floor(ci, *k, pos, Why::Wrote(Some(*seq)));
-                self.model.acknowledge(*k, pos);
                 Ok(())
             }
             (Intent::Del(keys), Reply::Integer(n)) if n >= 0 && n as usize <= keys.len() => {
@@ -1179,7 +1453,48 @@ impl World {
                 }
                 Ok(())
             }
+            (Intent::Pexpire(k, _) | Intent::Persist(k), Reply::Integer(n)) if n == 0 || n == 1 => {
+                if n == 1 {
+                    // The key's new deadline binds the session's later
+                    // reads as a write does.
+                    let Some(pos) = self.model.expire_position(*k, req.issued_apply) else {
+                        return violation("reply", format!("{what}: acknowledged, never applied"));
+                    };
+                    let value = self.model.keys[*k].versions[pos].value;
+                    self.raise_floor(ci, *k, pos, Why::Wrote(value));
+                }
+                Ok(())
+            }
+            (Intent::Pttl(_), Reply::Integer(n)) if n >= -2 && n <= self.setup.max_px() as i64 => {
+                Ok(())
+            }
+            (Intent::Incr(_), Reply::Integer(n)) if n > 0 => Ok(()),
             (Intent::Ping(t), Reply::Bulk(b)) if &b[..] == format!("t{t}").as_bytes() => Ok(()),
+            // Direct connections: the transaction's own replies (the
+            // server's are checked exactly against the model as they are
+            // sent; here, that the client paired them right).
+            (Intent::Watch(_) | Intent::Multi | Intent::Discard, r) if is_status(&r, "OK") => {
+                Ok(())
+            }
+            (Intent::Queued(_), r) if is_status(&r, "QUEUED") => Ok(()),
+            (Intent::Exec(_), Reply::NilArray) => Ok(()),
+            (Intent::Exec(cmds), Reply::Array(items)) if items.len() == cmds.len() => {
+                for (c, item) in cmds.iter().zip(&items) {
+                    let fits = match (c, item) {
+                        (TxCmd::Set(..), r) => is_status(r, "OK"),
+                        (TxCmd::Get(k), r) => self.read_value(*k, r).is_ok(),
+                        (TxCmd::Incr(_), Reply::Integer(n)) => *n > 0,
+                        _ => false,
+                    };
+                    if !fits {
+                        return violation(
+                            "reply",
+                            format!("{what}: {c:?} answered {} inside EXEC", short(item)),
+                        );
+                    }
+                }
+                Ok(())
+            }
             (_, reply) => violation(
                 "reply",
                 format!(
@@ -1188,6 +1503,50 @@ impl World {
                 ),
             ),
         }
+    }
+
+    /// The value a read of `key` returned, or what was wrong with it.
+    fn read_value(&self, key: usize, reply: &Reply) -> Result<Option<u64>, String> {
+        match reply {
+            Reply::Nil => Ok(None),
+            Reply::Bulk(v) => match parse_value(v) {
+                Some((vk, seq)) if vk == key => Ok(Some(seq)),
+                _ => Err(format!(
+                    "{:?}, a value of another key: replies were paired with the wrong requests",
+                    String::from_utf8_lossy(v)
+                )),
+            },
+            other => Err(format!(
+                "{}: replies were paired with the wrong requests",
+                short(other)
+            )),
+        }
+    }
+
+    /// A write of `v<seq>` to `key` was acknowledged.
+    fn acked_put(&mut self, ci: usize, what: &str, k: usize, seq: u64) -> Check {
+        let Some((pk, pos)) = self.model.put_position(seq) else {
+            return violation("reply", format!("{what}: acknowledged, never applied"));
+        };
+        if pk != k {
+            return violation("server", format!("{what}: applied to k{pk}"));
+        }
+        if self.model.keys[k].versions[pos].value != Some(seq) {
+            return violation("server", format!("{what}: model position mismatch"));
+        }
+        if self.model.is_lost(k, pos) {
+            return violation(
+                "durability",
+                format!(
+                    "{what}: acknowledged, but the write was lost in a server \
+                     restart\n    {}",
+                    self.model.describe(k, pos)
+                ),
+            );
+        }
+        self.raise_floor(ci, k, pos, Why::Wrote(Some(seq)));
+        self.model.acknowledge(k, pos);
+        Ok(())
     }
 
     fn raise_floor(&mut self, ci: usize, key: usize, pos: usize, why: Why) {
@@ -1203,7 +1562,9 @@ impl World {
 
     /// Checks a value read against the server's history: the window of
     /// time in which the value must have been current depends on where it
-    /// can have come from, and the session's floor must hold.
+    /// can have come from, and the session's floor must hold. `forwarded`:
+    /// the read is one a proxy always forwards (`MGET`), so it ran at the
+    /// server after it was sent.
     fn check_get(
         &mut self,
         ci: usize,
@@ -1211,13 +1572,16 @@ impl World {
         key: usize,
         value: Option<u64>,
         msg: Option<&AnnotatedReply>,
+        forwarded: bool,
     ) -> Check {
+        self.model.expire_until(self.now);
         let c = &self.clients[ci];
         let ttl = self.setup.proxy.cache.ttl;
         let rt = self.setup.proxy.request_timeout;
         let what = format!(
-            "c{ci} ({:?}): GET k{key} issued at {} read {}",
+            "c{ci} ({:?}): {} issued at {} read {} for k{key}",
             c.via,
+            req.intent.text(),
             fmt_t(req.issued_at),
             fmt_value(value)
         );
@@ -1229,6 +1593,8 @@ impl World {
         // was executed less than a request timeout before it arrived.
         let (lo, hi, from) = if req.exact {
             (req.issued_at, self.now, "a probe (exact)")
+        } else if forwarded {
+            (req.issued_at, self.now, "the server (forwarded)")
         } else {
             match (c.via, msg.map(|m| (m.source, m.ready_at))) {
                 (Via::Direct, _) => (req.issued_at, self.now, "the server"),
@@ -1260,7 +1626,21 @@ impl World {
         } else {
             c.writes[key]
         };
-        match self.model.check_read(key, value, lo, hi, floor) {
+        // A value whose key had expired before the read was sent may not be
+        // read from the cache: the proxy caches a value only for as long as
+        // the key lives. A read answered upstream may have joined a `GET`
+        // sent up to a request timeout earlier, and gets what that one read
+        // (by design: one round trip of staleness, as for overwrites).
+        let expired_by = match from {
+            "the cache" | "the server" | "a probe (exact)" | "the server (forwarded)" => {
+                req.issued_at
+            }
+            _ => minus(req.issued_at, rt),
+        };
+        match self
+            .model
+            .check_read(key, value, (lo, hi), floor, expired_by)
+        {
             Ok(pos) => {
                 self.raise_floor(ci, key, pos, Why::Read(value));
                 Ok(())
@@ -1276,6 +1656,14 @@ impl World {
                     "{what} from {from}: {m}\n    {}",
                     self.model
                         .describe(key, self.model.keys[key].versions.len() - 1)
+                ),
+            ),
+            Err(ReadError::Expired { pos }) => violation(
+                "expired-read",
+                format!(
+                    "{what} from {from}: the value's key had expired at the server (position \
+                     {pos}) before the read was sent\n    {}",
+                    self.model.describe(key, pos)
                 ),
             ),
             Err(ReadError::BelowFloor { got }) => {
@@ -1364,6 +1752,9 @@ impl World {
                         pipe: up,
                         side: *side,
                     });
+                } else {
+                    let mut side = side;
+                    side.conn.end(&mut self.server);
                 }
             }
             Conn::Down { .. } => return Ok(()),
@@ -1417,6 +1808,7 @@ impl World {
         trace!(self, "c{ci} connects");
         let c = &mut self.clients[ci];
         c.conn = conn;
+        c.conn_gen += 1;
         c.client.handle_reconnected(now);
         self.client_events(ci, None)
     }
@@ -1426,7 +1818,7 @@ impl World {
     fn bury(&mut self, link: UpLink) {
         let UpLink {
             mut to_server,
-            side,
+            mut side,
             ..
         } = link;
         let keep = self.ghost_bytes(to_server.total_bytes());
@@ -1436,6 +1828,8 @@ impl World {
                 pipe: to_server,
                 side,
             });
+        } else {
+            side.conn.end(&mut self.server);
         }
     }
 
@@ -1460,9 +1854,11 @@ impl World {
             Lost::Replace(retry_at) | Lost::Retry(retry_at) => Upstream::Down { retry_at },
         };
         let old = std::mem::replace(&mut self.proxies[pi].upstream, next);
-        if let Upstream::Up(link) = old {
+        if let Upstream::Up(mut link) = old {
             if ghosts {
                 self.bury(*link);
+            } else {
+                link.side.conn.end(&mut self.server);
             }
         }
         match decision {
@@ -1528,7 +1924,9 @@ impl World {
         let down_for = Duration::from_micros(self.rng.below(500_000));
         trace!(self, "FAULT server restarts (down for {down_for:?})");
         // The process dies: bytes in flight to it are gone.
-        self.zombies.clear();
+        for mut z in std::mem::take(&mut self.zombies) {
+            z.side.conn.end(&mut self.server);
+        }
         for pi in 0..self.proxies.len() {
             if matches!(self.proxies[pi].upstream, Upstream::Up(_)) {
                 self.upstream_lost(pi, false)?;
@@ -1559,12 +1957,16 @@ impl World {
     /// is exactly the model's; this is the check a persistent server's
     /// recovery would have to pass.)
     fn check_durability(&mut self) -> Check {
+        self.model.expire_until(self.now);
+        let t = unix_ms(self.now);
         for k in 0..self.setup.keys {
-            let held = self
+            let slot = self
                 .server
                 .store()
-                .get(&key_name(k))
-                .map(|v| parse_value(v).map(|(_, seq)| seq).unwrap_or(u64::MAX));
+                .slot(&key_name(k))
+                .filter(|s| !s.expired(t));
+            let held = slot.map(|s| parse_value(s.entry.value()).map_or(u64::MAX, |(_, seq)| seq));
+            let deadline = slot.and_then(|s| s.deadline);
             let h = &self.model.keys[k];
             let ok = h.versions[h.acked..].iter().any(|v| v.value == held);
             if !ok {
@@ -1580,10 +1982,24 @@ impl World {
                     ),
                 );
             }
-            if held != self.model.current(k) {
+            if held != self.model.current(k) || deadline != self.model.deadline(k) {
                 trace!(self, "k{k} restored to {}", fmt_value(held));
-                self.model.lose(k, held, self.now);
+                self.model.lose(k, held, deadline, self.now);
             }
+        }
+        for n in 0..self.setup.counters {
+            let held = self
+                .server
+                .store()
+                .slot(&counter_name(n))
+                .filter(|s| !s.expired(t))
+                .map(|s| {
+                    std::str::from_utf8(s.entry.value())
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(i64::MIN)
+                });
+            self.model.reset_counter(n, held);
         }
         Ok(())
     }
@@ -1609,6 +2025,11 @@ impl World {
                 _ => {}
             }
         }
+        // The server's active expiry, once the server is up.
+        at(self.server.poll_timeout().map(|d| {
+            let wake = self.server_wake.unwrap_or(Instant::ZERO);
+            instant_of(d).max(self.server_back_at).max(wake)
+        }));
         for c in &self.clients {
             // A slow reader gives up on no request while it is not reading:
             // it is the server's and proxy's stall cut-off that must end it.
@@ -1680,6 +2101,55 @@ impl World {
         self.fire_due()
     }
 
+    /// The server's active expiry, when `poll_timeout` says it is due: as
+    /// its driver does, `handle_timeout` again while it used its whole
+    /// budget, after which nothing may be due.
+    fn fire_server(&mut self, now: Instant) -> Result<bool, Violation> {
+        let t = unix_ms(now);
+        if now < self.server_back_at || self.server.poll_timeout().is_none_or(|d| d > t) {
+            self.server_wake = None;
+            return Ok(false);
+        }
+        let wake = match self.server_wake {
+            Some(wake) => wake,
+            None => {
+                let late = if self.rng.chance(300) {
+                    Duration::from_micros(self.rng.below(30_000))
+                } else {
+                    Duration::ZERO
+                };
+                *self.server_wake.insert(now + late)
+            }
+        };
+        if now < wake {
+            return Ok(false);
+        }
+        self.server_wake = None;
+        for _ in 0..1_000 {
+            let n = self.server.handle_timeout(t);
+            self.stats.active_expired += n as u64;
+            trace!(self, "server: active expiry removed {n} keys");
+            if n > EXPIRE_BUDGET {
+                return violation("timer", format!("handle_timeout removed {n} keys"));
+            }
+            if n < EXPIRE_BUDGET {
+                self.model.expire_until(now);
+                check_store(&self.server, &self.model, t)?;
+                if let Some(d) = self.server.poll_timeout().filter(|d| *d <= t) {
+                    return violation(
+                        "timer",
+                        format!(
+                            "the server's poll_timeout is {d} after handle_timeout({t}) \
+                             used less than its budget"
+                        ),
+                    );
+                }
+                return Ok(true);
+            }
+        }
+        violation("timer", "the server's active expiry never ends")
+    }
+
     /// Fires every timer due at `now`, until none is.
     fn fire_due(&mut self) -> Check {
         for _ in 0..100 {
@@ -1693,7 +2163,7 @@ impl World {
 
     fn fire_once(&mut self) -> Result<bool, Violation> {
         let now = self.now;
-        let mut fired = false;
+        let mut fired = self.fire_server(now)?;
         for pi in 0..self.proxies.len() {
             let node = &mut self.proxies[pi];
             match node.proxy.as_mut() {
@@ -1903,6 +2373,7 @@ impl World {
             c.reads_paused_until = self.now;
         }
         self.settle("draining")?;
+        self.finish_scripts()?;
         let cfg = &self.setup.proxy;
         let expire = cfg.cache.ttl + cfg.request_timeout + Duration::from_millis(1);
         self.advance_to(self.now + expire, true)?;
@@ -1934,6 +2405,30 @@ impl World {
             self.probe(ci, |_| Intent::Get(k), false, "probe read-back")?;
         }
         Ok(())
+    }
+
+    /// Sends the rest of every transaction under way, so that no probe
+    /// lands inside one.
+    fn finish_scripts(&mut self) -> Check {
+        for _ in 0..100 {
+            let mut any = false;
+            for ci in 0..self.clients.len() {
+                while self.clients[ci].reqs.len() < self.setup.max_in_flight
+                    && !matches!(self.clients[ci].conn, Conn::Down { .. })
+                {
+                    let Some(intent) = self.next_scripted(ci) else {
+                        break;
+                    };
+                    any = true;
+                    self.issue(ci, intent, false, false)?;
+                }
+            }
+            if !any {
+                return Ok(());
+            }
+            self.settle("finishing transactions")?;
+        }
+        violation("liveness", "transactions never finished after healing")
     }
 
     /// Sends one probe from client `ci` and lets the system settle; again
@@ -1981,6 +2476,8 @@ impl ServerSide {
         ServerSide {
             conn: ServerConnection::new(limits),
             mirror: Decoder::new(limits),
+            tx: TxState::default(),
+            replies: ReplyDecoder::new(ReplyLimits::default()),
             policy: ConnPolicy::new(policy, now),
             blocked: false,
         }
@@ -2001,17 +2498,25 @@ impl ServerSide {
         })
     }
 
-    /// The server reads `data`: the model applies the same commands in the
-    /// same order, and the store must agree with the model afterwards.
+    /// The server reads `data` at `now` (its clock set from the simulated
+    /// one first, as a driver does before each input): the model executes
+    /// the same commands in the same order, each reply the server sends
+    /// must be the model's, and the store must agree with the model
+    /// afterwards.
     fn feed(
         &mut self,
         server: &mut Server,
         model: &mut Model,
         data: &[u8],
         now: Instant,
+        mut log: Option<&mut Vec<String>>,
     ) -> Result<Bytes, Violation> {
+        let t = unix_ms(now);
+        server.set_time(t);
+        model.expire_until(now);
         let limits = *self.mirror.limits();
         self.mirror.feed(data);
+        let mut expected = VecDeque::new();
         loop {
             let frame = match self.mirror.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -2022,34 +2527,9 @@ impl ServerSide {
                 Ok(cmd) => cmd,
                 Err(e) => return violation("server", format!("the server was sent {e}")),
             };
-            match cmd.name() {
-                "set" => {
-                    let (key, value) = (cmd.arg(1), cmd.arg(2));
-                    let (Some(k), Some((vk, seq))) = (parse_key(key), parse_value(value)) else {
-                        return violation(
-                            "server",
-                            format!("unexpected write {key:?} = {value:?}"),
-                        );
-                    };
-                    if k != vk || k >= model.keys.len() {
-                        return violation(
-                            "server",
-                            format!("a value of k{vk} was written to k{k}: requests were mixed up"),
-                        );
-                    }
-                    if let Err(m) = model.apply_put(k, seq, now) {
-                        return violation("server", m);
-                    }
-                }
-                "del" => {
-                    for key in cmd.keys() {
-                        match parse_key(key).filter(|k| *k < model.keys.len()) {
-                            Some(k) => model.apply_del(k, now),
-                            None => return violation("server", format!("DEL of {key:?}")),
-                        }
-                    }
-                }
-                _ => {}
+            match model.execute(&mut self.tx, &cmd, now) {
+                Ok(reply) => expected.push_back((cmd, reply)),
+                Err(m) => return violation("server", m),
             }
         }
         self.conn.handle_input(server, data);
@@ -2069,18 +2549,95 @@ impl ServerSide {
                 "the server closed a connection: it was sent garbage",
             );
         }
-        for k in 0..model.keys.len() {
-            let held = server.store().get(&key_name(k));
-            let expected = model.current(k).map(|seq| value_bytes(k, seq));
-            if held != expected.as_deref() {
+        self.replies.feed(&out);
+        loop {
+            let got = match self.replies.next_reply() {
+                Ok(Some(reply)) => reply,
+                Ok(None) => break,
+                Err(e) => return violation("server", format!("the server sent garbage: {e}")),
+            };
+            let Some((cmd, want)) = expected.pop_front() else {
+                return violation("server", format!("the server sent {} unasked", short(&got)));
+            };
+            let words = || -> String {
+                let words: Vec<String> = cmd
+                    .args()
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                words.join(" ")
+            };
+            if let Some(log) = log.as_mut() {
+                log.push(format!("{} = {}", words(), short(&got)));
+            }
+            if got != want {
+                let keys: Vec<String> = cmd
+                    .keys()
+                    .filter_map(|k| match model.key(k) {
+                        Some(Key::Val(k)) => {
+                            Some(model.describe(k, model.keys[k].versions.len() - 1))
+                        }
+                        _ => None,
+                    })
+                    .collect();
                 return violation(
                     "server",
-                    format!("k{k}: the store holds {held:?}, the model {expected:?}"),
+                    format!(
+                        "at {} (server clock {t}) the server answered {} to {}; the model \
+                         expects {}\n    {}",
+                        fmt_t(now),
+                        short(&got),
+                        words(),
+                        short(&want),
+                        keys.join("\n    ")
+                    ),
                 );
             }
         }
+        if let Some((cmd, _)) = expected.front() {
+            return violation(
+                "server",
+                format!("the server did not answer {:?}", cmd.name()),
+            );
+        }
+        check_store(server, model, t)?;
         Ok(out.freeze())
     }
+}
+
+/// The store, as the server's clock `t` sees it, must equal the model:
+/// every value with its deadline, every counter.
+fn check_store(server: &Server, model: &Model, t: u64) -> Check {
+    let live = |name: &Bytes| {
+        server
+            .store()
+            .slot(name)
+            .filter(|s| !s.expired(t))
+            .map(|s| (Bytes::copy_from_slice(s.entry.value()), s.deadline))
+    };
+    for k in 0..model.keys.len() {
+        let held = live(&key_name(k));
+        let expected = model
+            .current(k)
+            .map(|seq| (value_bytes(k, seq), model.deadline(k)));
+        if held != expected {
+            return violation(
+                "server",
+                format!("k{k}: the store holds {held:?}, the model {expected:?}"),
+            );
+        }
+    }
+    for (n, c) in model.counters.iter().enumerate() {
+        let held = live(&counter_name(n));
+        let expected = c.value.map(|v| (Bytes::from(v.to_string()), None));
+        if held != expected {
+            return violation(
+                "server",
+                format!("n{n}: the store holds {held:?}, the model {expected:?}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A reply in a few words, for traces and messages.
@@ -2091,6 +2648,11 @@ fn short(reply: &Reply) -> String {
         Reply::Error(e) => format!("error {:?}", String::from_utf8_lossy(e)),
         Reply::Integer(n) => format!("(integer) {n}"),
         Reply::Nil => "(nil)".into(),
+        Reply::NilArray => "(nil array)".into(),
+        Reply::Array(items) => {
+            let items: Vec<String> = items.iter().map(short).collect();
+            format!("[{}]", items.join(", "))
+        }
         other => format!("{other:?}"),
     }
 }
