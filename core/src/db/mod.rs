@@ -266,6 +266,10 @@ impl Db {
     /// Replaces the value at store position `i` (from [`Db::find`], for
     /// `key`), keeping its deadline.
     pub fn overwrite_at(&mut self, i: usize, key: &Bytes, value: &[u8]) {
+        let observed = self.recording || !self.watched.is_empty();
+        if !observed && self.store.overwrite_in_place(i, value) {
+            return;
+        }
         let before = self.store.replace_value(i, value);
         if self.recording || !self.watched.is_empty() {
             let effect = Effect::Set {

@@ -46,15 +46,41 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    /// A pair in one allocation.
+    /// A pair in one allocation, written in place: no intermediate buffer
+    /// to copy from (this runs for every write).
     pub fn new(key: &[u8], value: &[u8]) -> Self {
         // Keys are bounded far below 4 GiB by the codec's limits.
         let klen = u32::try_from(key.len()).expect("key shorter than 4 GiB");
-        let mut buf = Vec::with_capacity(4 + key.len() + value.len());
-        buf.extend_from_slice(&klen.to_le_bytes());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(value);
-        Entry(Arc::from(buf))
+        let len = 4 + key.len() + value.len();
+        let mut arc = Arc::<[u8]>::new_uninit_slice(len);
+        let dst = Arc::get_mut(&mut arc)
+            .expect("a new allocation is not shared")
+            .as_mut_ptr()
+            .cast::<u8>();
+        // SAFETY: `dst` points to `len` bytes of the new allocation, which
+        // nothing else references; the three copies fill all of them,
+        // without overlap, from slices that do not alias it. After that,
+        // every byte is initialized, as `assume_init` requires.
+        unsafe {
+            std::ptr::copy_nonoverlapping(klen.to_le_bytes().as_ptr(), dst, 4);
+            std::ptr::copy_nonoverlapping(key.as_ptr(), dst.add(4), key.len());
+            std::ptr::copy_nonoverlapping(value.as_ptr(), dst.add(4 + key.len()), value.len());
+            Entry(arc.assume_init())
+        }
+    }
+
+    /// Overwrites the value in place, when the allocation is this handle's
+    /// alone (no snapshot shares it) and the new value has the old one's
+    /// length (a counter, mostly); whether it could.
+    fn overwrite_in_place(&mut self, value: &[u8]) -> bool {
+        let at = 4 + self.key_len();
+        match Arc::get_mut(&mut self.0) {
+            Some(buf) if buf.len() == at + value.len() => {
+                buf[at..].copy_from_slice(value);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn key_len(&self) -> usize {
@@ -75,6 +101,25 @@ impl Entry {
 
     fn data_len(&self) -> usize {
         self.0.len() - 4
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entries_hold_their_bytes_and_overwrite_in_place_only_when_unshared() {
+        let mut e = Entry::new(b"key", b"12");
+        assert_eq!((e.key(), e.value()), (&b"key"[..], &b"12"[..]));
+        assert!(e.overwrite_in_place(b"13"));
+        assert_eq!(e.value(), b"13");
+        assert!(!e.overwrite_in_place(b"100"), "another length");
+        let snapshot = e.clone();
+        assert!(!e.overwrite_in_place(b"14"), "shared with a snapshot");
+        assert_eq!(snapshot.value(), b"13");
+        let empty = Entry::new(b"", b"");
+        assert_eq!((empty.key(), empty.value()), (&b""[..], &b""[..]));
     }
 }
 
@@ -206,6 +251,15 @@ impl Store {
         if old.deadline.is_some() {
             self.volatile -= 1;
         }
+    }
+
+    /// Replaces the value of the key at position `i` in its own allocation
+    /// if it can (see [`Entry`]); whether it did. Nothing of the old value
+    /// is left to undo with, so only for writes nobody records.
+    pub fn overwrite_in_place(&mut self, i: usize, value: &[u8]) -> bool {
+        self.slots
+            .get_mut(i)
+            .is_some_and(|s| s.entry.overwrite_in_place(value))
     }
 
     /// Replaces the value of the key at position `i`, keeping its key and
