@@ -155,19 +155,17 @@ fn set(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
         Ok(o) => o,
         Err(e) => return out.reply(error(e)),
     };
-    let old = db
-        .slot(key)
-        .map(|s| (Bytes::copy_from_slice(s.entry.value()), s.deadline));
-    let exists = old.is_some();
-    let previous = || {
-        old.as_ref()
-            .map_or(Reply::Nil, |(v, _)| Reply::Bulk(v.clone()))
+    // The old value is copied only when GET asks for it.
+    let (exists, kept, previous) = match db.slot(key) {
+        None => (false, None, Reply::Nil),
+        Some(s) if o.get => (true, s.deadline, bulk(s.entry.value())),
+        Some(s) => (true, s.deadline, Reply::Nil),
     };
     if (o.nx && exists) || (o.xx && !exists) {
-        return out.reply(if o.get { previous() } else { Reply::Nil });
+        return out.reply(previous);
     }
-    store(db, key, value, o.expiry, old.as_ref().and_then(|(_, d)| *d));
-    out.reply(if o.get { previous() } else { Reply::ok() });
+    store(db, key, value, o.expiry, kept);
+    out.reply(if o.get { previous } else { Reply::ok() });
 }
 
 /// Writes `value` with its expiry; `kept` is the deadline the key had.
@@ -175,13 +173,9 @@ fn store(db: &mut Db, key: &Bytes, value: &Bytes, expiry: Expiry, kept: Option<u
     match expiry {
         Expiry::None | Expiry::Persist => db.set(key, value, None),
         Expiry::Keep => db.set(key, value, kept),
-        Expiry::At(at) => match u64::try_from(at) {
-            Ok(at) if at > db.now() => db.set(key, value, Some(at)),
-            // Already past: as Redis, the write leaves the key missing.
-            _ => {
-                db.del(key);
-            }
-        },
+        // A deadline already past leaves the key missing (Db::set), as in
+        // Redis.
+        Expiry::At(at) => db.set(key, value, Some(u64::try_from(at).unwrap_or(0))),
     }
 }
 

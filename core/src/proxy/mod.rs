@@ -451,7 +451,7 @@ impl Proxy {
                         frame.dialect(),
                         &mut client.spoke_resp,
                         self.config.inline_replies,
-                        &client.session,
+                        client.session.proto,
                     );
                     (
                         dialect,
@@ -466,7 +466,7 @@ impl Proxy {
                         e.dialect(),
                         &mut client.spoke_resp,
                         self.config.inline_replies,
-                        &client.session,
+                        client.session.proto,
                     );
                     (dialect, Err(Reply::from(e)))
                 }

@@ -5,7 +5,7 @@ use super::Server;
 use crate::aof::WriteOutcome;
 use crate::codec::{Decoder, Dialect, Limits};
 use crate::command::Command;
-use crate::reply::{Reply, ReplyEncoder, ReplyOut};
+use crate::reply::{Proto, Reply, ReplyEncoder, ReplyOut};
 use crate::session::Session;
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -69,7 +69,7 @@ pub fn reply_dialect(
     request: Dialect,
     spoke_resp: &mut bool,
     inline: InlineReplies,
-    session: &Session,
+    proto: Proto,
 ) -> Dialect {
     match request {
         Dialect::Resp => {
@@ -77,9 +77,7 @@ pub fn reply_dialect(
             Dialect::Resp
         }
         Dialect::Inline
-            if *spoke_resp
-                || inline == InlineReplies::Resp
-                || session.proto != crate::reply::Proto::Resp2 =>
+            if *spoke_resp || inline == InlineReplies::Resp || proto != Proto::Resp2 =>
         {
             Dialect::Resp
         }
@@ -187,7 +185,7 @@ impl ServerConnection {
                         frame.dialect(),
                         &mut self.spoke_resp,
                         server.config.inline_replies,
-                        session,
+                        session.proto,
                     );
                     let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
                     match Command::from_frame(frame, self.decoder.limits()) {
@@ -205,14 +203,13 @@ impl ServerConnection {
                 Err(e) => {
                     server.stats.commands += 1;
                     self.failed = e.is_fatal();
-                    let dialect = match (e.dialect(), self.spoke_resp) {
-                        (Dialect::Inline, false)
-                            if server.config.inline_replies == InlineReplies::Human =>
-                        {
-                            Dialect::Inline
-                        }
-                        _ => Dialect::Resp,
-                    };
+                    let proto = self.session.as_ref().map_or(Proto::Resp2, |s| s.proto);
+                    let dialect = reply_dialect(
+                        e.dialect(),
+                        &mut self.spoke_resp,
+                        server.config.inline_replies,
+                        proto,
+                    );
                     Reply::from(e).encode(dialect, target);
                     (dialect, 1)
                 }

@@ -40,7 +40,7 @@ pub enum TxOp {
 }
 
 /// A connection's transaction state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Transaction {
     /// The queued commands, while between `MULTI` and `EXEC`.
     queue: Option<Vec<Command>>,
@@ -78,17 +78,6 @@ impl PartialEq for Transaction {
 }
 
 impl Eq for Transaction {}
-
-impl Clone for Transaction {
-    fn clone(&self) -> Transaction {
-        Transaction {
-            queue: self.queue.clone(),
-            failed: self.failed,
-            queued_bytes: self.queued_bytes,
-            watched: self.watched.clone(),
-        }
-    }
-}
 
 fn in_multi(session: &Session) -> bool {
     session.tx.as_ref().is_some_and(|t| t.in_multi())
@@ -132,11 +121,6 @@ pub(super) fn flag_error(session: &mut Session) {
     }
 }
 
-/// Leaves `MULTI` and forgets the watched keys.
-fn reset(db: &mut Db, session: &mut Session) {
-    end(db, session);
-}
-
 /// Forgets the session's transaction and watched keys.
 pub(super) fn end(db: &mut Db, session: &mut Session) {
     if let Some(tx) = session.tx.take() {
@@ -169,7 +153,7 @@ pub(super) fn run(
             if !in_multi(session) {
                 return out.reply(ExecError::DiscardWithoutMulti.into());
             }
-            reset(&mut server.db, session);
+            end(&mut server.db, session);
             out.reply(Reply::ok());
         }
         TxOp::Watch => {
