@@ -39,6 +39,7 @@
 use crate::codec::Limits;
 use crate::proxy::{AnnotatedReply, Source};
 use crate::reply::Reply;
+use crate::stats::Histogram;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -305,9 +306,96 @@ impl BridgeReply {
     }
 }
 
+/// What the proxy's charts need, sent once a second to the sockets that
+/// ask for it (`/ws?stats=1`) as `{"stats":{…}}`. Counters are totals
+/// since the proxy started: the console charts the difference between two
+/// messages, so a lost or late one costs a point, not a wrong one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxySnapshot {
+    /// When it was taken, in milliseconds of the proxy's clock.
+    pub at_ms: f64,
+    /// Requests received from clients.
+    pub requests: u64,
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads the cache could not answer.
+    pub misses: u64,
+    /// Entries in the cache now.
+    pub entries: u64,
+    /// Bytes charged to them.
+    pub bytes: u64,
+    /// The upstream connection's state: `up`, `connecting` or `down`.
+    pub upstream: String,
+    /// Every request's latency at the proxy.
+    pub latency: Histogram,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatsMessage<T> {
+    stats: T,
+}
+
+impl ProxySnapshot {
+    /// The JSON text of the message.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&StatsMessage { stats: self })
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// A message from the proxy to the browser.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// The reply to the oldest request not yet answered.
+    Reply(BridgeReply),
+    /// The proxy's figures, for the charts.
+    Stats(ProxySnapshot),
+}
+
+impl Outbound {
+    /// Parses a message received from the proxy.
+    pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
+        // Replies far outnumber stats, and a reply's JSON starts with its
+        // `reply` key: stats are tried only when the text says so.
+        if s.trim_start().starts_with("{\"stats\"") {
+            let m: StatsMessage<ProxySnapshot> = serde_json::from_str(s)?;
+            return Ok(Outbound::Stats(m.stats));
+        }
+        BridgeReply::from_json(s).map(Outbound::Reply)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_and_replies_are_told_apart() {
+        let mut latency = Histogram::default();
+        latency.record(std::time::Duration::from_micros(30));
+        let snap = ProxySnapshot {
+            at_ms: 1500.5,
+            requests: 7,
+            hits: 3,
+            misses: 1,
+            entries: 2,
+            bytes: 160,
+            upstream: "up".into(),
+            latency,
+        };
+        let json = snap.to_json();
+        assert!(json.starts_with("{\"stats\":{"), "{json}");
+        assert_eq!(Outbound::from_json(&json).unwrap(), Outbound::Stats(snap));
+        let reply = BridgeReply::from_json(
+            r#"{"reply":{"type":"nil"},"display":"(nil)","source":"server","proxy_us":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Outbound::from_json(&reply.to_json()).unwrap(),
+            Outbound::Reply(reply)
+        );
+        assert!(Outbound::from_json("{\"stats\":{}}").is_err());
+    }
     use crate::time::Instant;
     use std::time::Duration;
 

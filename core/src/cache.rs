@@ -58,6 +58,9 @@ pub struct CacheStats {
     pub expirations: u64,
     /// Entries dropped to stay within the capacity.
     pub evictions: u64,
+    /// Entries dropped because their key changed upstream (a write, a
+    /// flush, a lost write's unknown outcome).
+    pub invalidations: u64,
 }
 
 /// What a lookup found, borrowed from the cache (see [`TtlCache::lookup`]).
@@ -419,6 +422,7 @@ impl TtlCache {
 
     /// Drops every entry (the upstream was flushed).
     pub fn clear(&mut self) {
+        self.stats.invalidations += self.len as u64;
         self.index.clear();
         self.nodes.clear();
         self.free.clear();
@@ -433,6 +437,7 @@ impl TtlCache {
         match self.find(key) {
             Some(i) => {
                 self.remove_slot(i);
+                self.stats.invalidations += 1;
                 true
             }
             None => false,
@@ -525,10 +530,23 @@ mod tests {
                 hits: 1,
                 misses: 1,
                 expirations: 1,
-                evictions: 0
+                evictions: 0,
+                invalidations: 0,
             }
         );
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn invalidations_count_what_writes_and_flushes_drop() {
+        let mut c = TtlCache::new(CacheConfig::default(), 1);
+        for k in [&b"a"[..], b"b", b"c"] {
+            c.insert(k, Some(&b"v"[..]), t(0));
+        }
+        assert!(c.remove(b"a"));
+        assert!(!c.remove(b"a"), "gone already: not counted again");
+        c.clear();
+        assert_eq!(c.stats().invalidations, 3);
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod time;
 
 pub use backoff::{Backoff, Reconnect};

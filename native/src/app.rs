@@ -99,10 +99,18 @@ fn start_server(options: ServerOptions) -> Result<Service, AppError> {
         }
         None => info!("persistence off (--in-memory)"),
     }
+    let metrics = bind_metrics(options.metrics)?;
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let service = Service::spawn("server", options.listen, move |listener, shutdown| {
-        server::run_prepared(listener, options, prepared, shutdown)
+        server::run_prepared(listener, options, prepared, to_tokio(metrics), shutdown)
     })?;
     announce(&format!("kv server listening on {}", service.local_addr()));
+    if let Some(addr) = metrics_addr {
+        announce(&format!(
+            "kv server metrics on http://{}/metrics",
+            connect_addr(addr)
+        ));
+    }
     Ok(service)
 }
 
@@ -123,6 +131,8 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
         None => None,
     };
     let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let metrics = bind_metrics(options.metrics)?;
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let service = Service::spawn(
         "proxy",
         options.listen,
@@ -137,7 +147,7 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
                         }
                     }
                 });
-            proxy::run(listener, http, options, shutdown).await
+            proxy::run(listener, http, to_tokio(metrics), options, shutdown).await
         },
     )?;
     announce(&format!(
@@ -147,7 +157,40 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
     if let Some(addr) = http_addr {
         announce(&format!("kv console on http://{}/", connect_addr(addr)));
     }
+    if let Some(addr) = metrics_addr {
+        announce(&format!(
+            "kv proxy metrics on http://{}/metrics",
+            connect_addr(addr)
+        ));
+    }
     Ok(service)
+}
+
+/// Binds the `/metrics` listener, if one is asked for, before the service
+/// starts: a port in use fails the start, as for the main listener.
+fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<std::net::TcpListener>, AppError> {
+    addr.map(|addr| {
+        bind_std(addr).map_err(|source| {
+            AppError::Service(ServiceError::Bind {
+                name: "metrics",
+                addr,
+                source,
+            })
+        })
+    })
+    .transpose()
+}
+
+/// A listener bound by [`bind_std`], on the service's runtime; a failure
+/// (which only a broken runtime gives) is logged and leaves it unserved.
+fn to_tokio(listener: Option<std::net::TcpListener>) -> Option<tokio::net::TcpListener> {
+    listener.and_then(|l| match tokio::net::TcpListener::from_std(l) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("cannot serve /metrics: {e}");
+            None
+        }
+    })
 }
 
 /// Binds a listening socket for a runtime that is not started yet.

@@ -212,6 +212,10 @@ pub struct ServerArgs {
     /// Authentication.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off unless given;
+    /// `--http` is the same, the server's HTTP listener serving only that).
+    #[arg(long, visible_alias = "http", value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -226,6 +230,7 @@ impl ServerArgs {
             persistence: self.persist.options(),
             password: self.auth.password(),
             inline_replies: self.conn.inline_replies.into(),
+            metrics: self.metrics,
         }
     }
 }
@@ -330,6 +335,10 @@ pub struct ProxyArgs {
     /// Like --upstream-password, read from the first line of a file.
     #[arg(long, value_name = "FILE", value_parser = read_password_file)]
     pub upstream_password_file: Option<String>,
+    /// Also serve Prometheus metrics at `http://ADDR/metrics` (the console's
+    /// listener, `--http`, serves them too).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ProxyArgs {
@@ -351,6 +360,7 @@ impl ProxyArgs {
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)
             },
             http: self.http.map(|addr| self.web.options(addr, &self.conn)),
+            metrics: self.metrics,
         }
     }
 }
@@ -389,6 +399,10 @@ pub struct UpArgs {
     /// and the proxy gives it to the server.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Serve the server's Prometheus metrics at `http://ADDR/metrics` (the
+    /// proxy's are at the console's `/metrics`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub server_metrics: Option<SocketAddr>,
 }
 
 impl UpArgs {
@@ -405,6 +419,7 @@ impl UpArgs {
             persistence: self.persist.options(),
             password: self.auth.password(),
             inline_replies: self.conn.inline_replies.into(),
+            metrics: self.server_metrics,
         }
     }
 
@@ -423,6 +438,7 @@ impl UpArgs {
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)
             },
             http: (!self.no_http).then(|| self.web.options(self.http, &self.conn)),
+            metrics: None,
         }
     }
 }

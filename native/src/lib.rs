@@ -30,6 +30,7 @@ pub mod args;
 pub mod cli;
 mod conn;
 mod http;
+pub mod metrics;
 mod persist;
 mod proxy;
 mod runtime;

@@ -1,6 +1,7 @@
 //! Wiring of the console model to the page (`#command`, `#log`, `#state`)
 //! and to the WebSocket at `/ws` of the page's own origin.
 
+use crate::charts::{self, Point};
 use crate::model::{Console, EntryKind, LogEntry};
 use kv_core::{Backoff, Instant};
 use std::cell::RefCell;
@@ -101,7 +102,9 @@ fn ws_url() -> Option<String> {
     } else {
         "ws"
     };
-    Some(format!("{scheme}://{}/ws", loc.host().ok()?))
+    // `stats=1`: the proxy also sends its figures once a second, for the
+    // charts.
+    Some(format!("{scheme}://{}/ws?stats=1", loc.host().ok()?))
 }
 
 fn set_state(a: &App, text: &str, class: &str) {
@@ -148,6 +151,9 @@ fn connect(app: &Rc<RefCell<App>>) {
                 }],
             };
             append_all(&a, &entries);
+            if a.console.take_charts_changed() {
+                draw_charts(&a);
+            }
         })
     };
     ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -291,4 +297,77 @@ fn append(a: &App, entry: &LogEntry) {
         }
     }
     a.log.set_scroll_top(a.log.scroll_height());
+}
+
+/// Redraws every chart from the console's points.
+fn draw_charts(a: &App) {
+    let points = a.console.charts().points();
+    let Some(latest) = points.back() else { return };
+    let series = |f: &dyn Fn(&Point) -> Option<f64>| points.iter().map(f).collect::<Vec<_>>();
+    draw(
+        a,
+        "chart-rps",
+        &[series(&|p| Some(p.rps))],
+        1.0,
+        &charts::short(latest.rps),
+    );
+    let ratio = latest
+        .hit_ratio
+        .map_or("–".to_owned(), |r| format!("{r:.0} %"));
+    draw(a, "chart-hits", &[series(&|p| p.hit_ratio)], 100.0, &ratio);
+    // Latencies span decades: drawn on a log scale, 1 µs to 5 s.
+    let log = |us: Option<u64>| us.map(|us| (us.min(10_000_000) as f64).log10());
+    draw(
+        a,
+        "chart-latency",
+        &[series(&|p| log(p.p50_us)), series(&|p| log(p.p99_us))],
+        7.0,
+        &format!(
+            "{} · {}",
+            charts::latency(latest.p50_us),
+            charts::latency(latest.p99_us)
+        ),
+    );
+    draw(
+        a,
+        "chart-entries",
+        &[series(&|p| Some(p.entries as f64))],
+        1.0,
+        &charts::short(latest.entries as f64),
+    );
+    draw(
+        a,
+        "chart-upstream",
+        &[series(&|p| Some(f64::from(u8::from(p.upstream_up))))],
+        1.0,
+        &latest.upstream,
+    );
+    if let Some(fig) = a.doc.get_element_by_id("chart-upstream") {
+        fig.set_class_name(if latest.upstream_up {
+            "chart"
+        } else {
+            "chart down"
+        });
+    }
+}
+
+/// Sets one chart's paths (one per series, in the SVG's order) and caption.
+fn draw(a: &App, id: &str, series: &[Vec<Option<f64>>], max: f64, caption: &str) {
+    let Some(fig) = a.doc.get_element_by_id(id) else {
+        return;
+    };
+    if let Ok(Some(now)) = fig.query_selector(".now") {
+        now.set_text_content(Some(caption));
+    }
+    let Ok(paths) = fig.query_selector_all("path") else {
+        return;
+    };
+    for (i, values) in series.iter().enumerate() {
+        let path = paths
+            .item(i as u32)
+            .and_then(|n| n.dyn_into::<web_sys::Element>().ok());
+        if let Some(path) = path {
+            let _ = path.set_attribute("d", &charts::path(values, max));
+        }
+    }
 }

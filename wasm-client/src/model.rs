@@ -2,7 +2,8 @@
 //! replies with commands, and what each log line says. Pure and testable on
 //! any target; `dom.rs` only wires it to the page.
 
-use kv_core::bridge::{BridgeReply, WireSource};
+use crate::charts::Charts;
+use kv_core::bridge::{BridgeReply, Outbound, WireSource};
 use kv_core::command::table::Cache;
 use kv_core::{Client, ClientConfig, ClientEvent, Command, Instant, Limits, Reply, RequestId};
 use std::collections::BTreeMap;
@@ -66,6 +67,9 @@ pub struct Console {
     /// means "the fresh line".
     cursor: usize,
     pending: BTreeMap<RequestId, (String, bool)>,
+    charts: Charts,
+    /// A snapshot came in since [`Console::take_charts_changed`] last ran.
+    charts_changed: bool,
 }
 
 impl Console {
@@ -81,6 +85,8 @@ impl Console {
             history: Vec::new(),
             cursor: 0,
             pending: BTreeMap::new(),
+            charts: Charts::default(),
+            charts_changed: false,
         }
     }
 
@@ -183,8 +189,13 @@ impl Console {
 
     /// A message arrived from the proxy.
     pub fn handle_message(&mut self, json: &str, now: Instant) -> Vec<LogEntry> {
-        match BridgeReply::from_json(json) {
-            Ok(m) => {
+        match Outbound::from_json(json) {
+            Ok(Outbound::Stats(snapshot)) => {
+                self.charts.handle_snapshot(snapshot);
+                self.charts_changed = true;
+                Vec::new()
+            }
+            Ok(Outbound::Reply(m)) => {
                 let reply = m.reply.to_reply();
                 self.client.handle_reply(reply, now);
                 let mut out = Vec::new();
@@ -198,6 +209,17 @@ impl Console {
                 format!("unreadable message from the proxy: {e}"),
             )],
         }
+    }
+
+    /// The live charts.
+    pub fn charts(&self) -> &Charts {
+        &self.charts
+    }
+
+    /// Whether the charts have news since the last call (then they are
+    /// redrawn).
+    pub fn take_charts_changed(&mut self) -> bool {
+        std::mem::take(&mut self.charts_changed)
     }
 
     /// When [`Console::handle_timeout`] should next run.

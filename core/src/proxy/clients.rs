@@ -4,9 +4,11 @@
 
 use super::{AnnotatedReply, ClientId, ClientKind, ProxyEvent, Source};
 use crate::codec::{Decoder, Dialect, Limits};
+use crate::command::table::Spec;
 use crate::db::Hasher;
 use crate::reply::Reply;
 use crate::session::Session;
+use crate::stats::CommandStats;
 use crate::time::Instant;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +24,8 @@ pub(super) struct Waiter {
 #[derive(Debug)]
 struct Slot {
     dialect: Dialect,
+    /// The command, for its statistics (none for what did not parse).
+    spec: Option<&'static Spec>,
     received_at: Instant,
     done: Option<(Reply, Source, Instant)>,
 }
@@ -76,11 +80,19 @@ impl Client {
         self.kind == ClientKind::Stream && self.slots.is_empty()
     }
 
-    /// Takes a slot for a request received at `now`.
-    pub fn push_slot(&mut self, id: ClientId, dialect: Dialect, now: Instant) -> Waiter {
+    /// Takes a slot for a request (of command `spec`, if it parsed)
+    /// received at `now`.
+    pub fn push_slot(
+        &mut self,
+        id: ClientId,
+        dialect: Dialect,
+        spec: Option<&'static Spec>,
+        now: Instant,
+    ) -> Waiter {
         let seq = self.head_seq + self.slots.len() as u64;
         self.slots.push_back(Slot {
             dialect,
+            spec,
             received_at: now,
             done: None,
         });
@@ -167,11 +179,20 @@ impl Clients {
 
     /// Moves finished replies at the head of a client's queue to its
     /// output, and announces the client if it has something for the driver.
-    pub fn flush(&mut self, id: ClientId, events: &mut VecDeque<ProxyEvent>) {
+    /// Each reply's latency, counted in `stats`, runs from its request's
+    /// arrival until it could be sent: until it was ready and so was every
+    /// reply ahead of it.
+    pub fn flush(
+        &mut self,
+        id: ClientId,
+        events: &mut VecDeque<ProxyEvent>,
+        stats: &mut CommandStats,
+    ) {
         let Some(client) = self.map.get_mut(&id) else {
             return;
         };
         let mut moved = false;
+        let mut sendable_at = Instant::ZERO;
         while client.slots.front().is_some_and(|s| s.done.is_some()) {
             let Some(slot) = client.slots.pop_front() else {
                 break;
@@ -181,6 +202,10 @@ impl Clients {
             };
             client.head_seq += 1;
             moved = true;
+            sendable_at = sendable_at.max(ready_at);
+            if let Some(spec) = slot.spec {
+                stats.record(spec, reply.is_error(), sendable_at - slot.received_at);
+            }
             match client.kind {
                 ClientKind::Stream => {
                     reply.encode_as(slot.dialect, client.session.proto, &mut client.out)

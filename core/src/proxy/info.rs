@@ -8,6 +8,7 @@ use crate::cache::TtlCache;
 use crate::session::{
     replication_and_cpu, server_section, HostFacts, InfoSections, KillFilter, Node, Role, Session,
 };
+use crate::stats::CommandStats;
 
 /// What the proxy says to the client commands it does not carry out: its
 /// clients are its drivers', and it keeps no list of them yet.
@@ -22,6 +23,7 @@ pub(super) struct View<'a> {
     pub upstream_in_flight: usize,
     pub clients: usize,
     pub host: &'a HostFacts,
+    pub commands: &'a CommandStats,
 }
 
 impl Node for View<'_> {
@@ -50,22 +52,14 @@ impl Node for View<'_> {
         }
         replication_and_cpu(&mut info, sections, h);
         if sections.wants_extra("commandstats") {
-            let _ = write!(
-                info,
-                "# Commandstats\ncmdstat_all:calls={},rejected_calls={},failed_calls={}\n",
-                s.requests, s.rejected, s.errors
-            );
+            self.commands.info(&mut info);
         }
         if !(sections.wants("proxy") || sections.wants("stats")) {
             return info;
         }
         info + &format!(
-            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n",
-            match self.upstream {
-                UpstreamState::Up => "up",
-                UpstreamState::Connecting => "connecting",
-                UpstreamState::Down => "down",
-            },
+            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n",
+            self.upstream.name(),
             self.upstream_in_flight,
             self.clients,
             self.cache.config().ttl.as_millis(),
@@ -75,6 +69,7 @@ impl Node for View<'_> {
             c.misses,
             c.expirations,
             c.evictions,
+            c.invalidations,
             s.requests,
             s.upstream_requests,
             s.coalesced,

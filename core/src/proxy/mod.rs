@@ -63,6 +63,7 @@ use crate::errors::{rejected_message, ExecError, UpstreamError};
 use crate::reply::{encode_value_proto, Reply};
 use crate::server::{reply_dialect, InlineReplies};
 use crate::session::{HostFacts, Local};
+use crate::stats::CommandStats;
 use crate::time::{Clock, Instant};
 use bytes::{Bytes, BytesMut};
 use clients::{Clients, Deferred, Waiter};
@@ -177,6 +178,17 @@ pub enum UpstreamState {
     Down,
 }
 
+impl UpstreamState {
+    /// The state as `INFO` and the metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamState::Up => "up",
+            UpstreamState::Connecting => "connecting",
+            UpstreamState::Down => "down",
+        }
+    }
+}
+
 /// What a driver asks about one client after each step, in one lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClientStatus {
@@ -253,6 +265,7 @@ pub struct Proxy {
     effects: Vec<Effect>,
     /// The process facts `INFO` shows, refreshed by the driver.
     host: HostFacts,
+    commands: CommandStats,
 }
 
 impl Proxy {
@@ -271,12 +284,48 @@ impl Proxy {
             stats: ProxyStats::default(),
             effects: Vec::new(),
             host: HostFacts::default(),
+            commands: CommandStats::default(),
         }
     }
 
     /// The settings in force.
     pub fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    /// The process facts `INFO` shows.
+    pub fn host(&self) -> &HostFacts {
+        &self.host
+    }
+
+    /// Entries in the cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Bytes charged to the cache's entries.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// The figures the console charts, as of `now`.
+    pub fn snapshot(&self, now: Instant) -> crate::bridge::ProxySnapshot {
+        let c = self.cache.stats();
+        crate::bridge::ProxySnapshot {
+            at_ms: now.as_nanos() as f64 / 1e6,
+            requests: self.stats.requests,
+            hits: c.hits,
+            misses: c.misses,
+            entries: self.cache.len() as u64,
+            bytes: self.cache.bytes() as u64,
+            upstream: self.upstream.state().name().to_owned(),
+            latency: self.commands.all_latency().clone(),
+        }
+    }
+
+    /// What each command has done at the proxy.
+    pub fn command_stats(&self) -> &CommandStats {
+        &self.commands
     }
 
     /// The proxy's counters.
@@ -472,19 +521,26 @@ impl Proxy {
                 }
             };
             self.stats.requests += 1;
-            let cmd = match request.and_then(|cmd| admit(&cmd, &client.session, None).map(|()| cmd))
-            {
+            let admitted = request.and_then(|cmd| match admit(&cmd, &client.session, None) {
+                Ok(()) => Ok(cmd),
+                Err(reply) => {
+                    self.commands.rejected(cmd.spec());
+                    Err(reply)
+                }
+            });
+            let cmd = match admitted {
                 Ok(cmd) => cmd,
                 Err(reply) => {
                     self.stats.rejected += 1;
-                    let waiter = client.push_slot(id, dialect, now);
+                    let waiter = client.push_slot(id, dialect, None, now);
                     self.complete(waiter, reply, Source::Proxy, now);
                     continue;
                 }
             };
+            let spec = Some(cmd.spec());
             match route(cmd.spec()) {
                 Route::Local(handler) => {
-                    let waiter = client.push_slot(id, dialect, now);
+                    let waiter = client.push_slot(id, dialect, spec, now);
                     let mut node = info::View {
                         config: &self.config,
                         cache: &self.cache,
@@ -493,6 +549,7 @@ impl Proxy {
                         upstream_in_flight: self.upstream.len(),
                         clients: client_count,
                         host: &self.host,
+                        commands: &self.commands,
                     };
                     let reply = handler(
                         &mut Local {
@@ -504,7 +561,7 @@ impl Proxy {
                     self.complete(waiter, reply, Source::Proxy, now);
                 }
                 Route::Refused => {
-                    let waiter = client.push_slot(id, dialect, now);
+                    let waiter = client.push_slot(id, dialect, spec, now);
                     let name = cmd.spec().name.replace('|', " ").to_ascii_uppercase();
                     let reply = ExecError::NeedsDedicatedConnection(name).into();
                     self.complete(waiter, reply, Source::Proxy, now);
@@ -525,18 +582,21 @@ impl Proxy {
                                 value,
                                 &mut client.out,
                             );
+                            // Answered in the pass it arrived in: as the
+                            // driver's clock sees it, it took no time.
+                            self.commands.record(cmd.spec(), false, Duration::ZERO);
                             client.decoder.recycle(cmd.into_args());
                             continue;
                         }
-                        let waiter = client.push_slot(id, dialect, now);
+                        let waiter = client.push_slot(id, dialect, spec, now);
                         self.get_upstream(waiter, cmd, now);
                         continue;
                     }
-                    let waiter = client.push_slot(id, dialect, now);
+                    let waiter = client.push_slot(id, dialect, spec, now);
                     self.get_by_route(waiter, cmd, get, now);
                 }
                 Route::Forward { write } => {
-                    let waiter = client.push_slot(id, dialect, now);
+                    let waiter = client.push_slot(id, dialect, spec, now);
                     if let Some((reply, age)) = self.values_from_cache(&cmd, now) {
                         self.complete(waiter, reply, Source::Cache { age }, now);
                         continue;
@@ -635,7 +695,7 @@ impl Proxy {
 
     /// Moves a client's finished replies to its output.
     fn flush(&mut self, id: ClientId) {
-        self.clients.flush(id, &mut self.events);
+        self.clients.flush(id, &mut self.events, &mut self.commands);
     }
 
     /// The next thing the driver must act on.

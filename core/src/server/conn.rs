@@ -190,7 +190,19 @@ impl ServerConnection {
                     let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
                     match Command::from_frame(frame, self.decoder.limits()) {
                         Ok(cmd) => {
+                            // A queued command runs, and is timed, as part
+                            // of its EXEC; a refused one is counted as such
+                            // by `run`, not as a call.
+                            let queues = super::tx::queues(session, &cmd);
+                            let (errors, rejected) = (enc.errors, server.stats.rejected);
+                            let started = server.stopwatch();
                             server.run(session, &cmd, &mut enc);
+                            if !queues && server.stats.rejected == rejected {
+                                let took = server.stopwatch() - started;
+                                server
+                                    .commands
+                                    .record(cmd.spec(), enc.errors > errors, took);
+                            }
                             self.decoder.recycle(cmd.into_args());
                         }
                         Err(e) => {

@@ -22,6 +22,8 @@ use crate::db::{Db, Effect};
 use crate::errors::{CommandError, ExecError};
 use crate::reply::{Reply, ReplyOut};
 use crate::session::{HostFacts, KillFilter, Local, Node, Role, Session};
+use crate::stats::CommandStats;
+use crate::time::Instant;
 use bytes::Bytes;
 
 /// Server settings.
@@ -76,6 +78,9 @@ pub struct Server {
     next_session: u64,
     host: HostFacts,
     clients: Clients,
+    commands: CommandStats,
+    /// The driver's clock, for timing commands (see [`Server::set_stopwatch`]).
+    stopwatch: Option<fn() -> Instant>,
 }
 
 impl Server {
@@ -89,7 +94,39 @@ impl Server {
             next_session: 1,
             host: HostFacts::default(),
             clients: Clients::default(),
+            commands: CommandStats::default(),
+            stopwatch: None,
         }
+    }
+
+    /// Hands in the driver's clock, read before and after each command to
+    /// time it for `INFO commandstats` and the metrics, as Redis times its
+    /// commands. It decides nothing: expiry runs on [`Server::set_time`],
+    /// and without a stopwatch (tests, the simulation) every command takes
+    /// zero time.
+    pub fn set_stopwatch(&mut self, now: fn() -> Instant) {
+        self.stopwatch = Some(now);
+    }
+
+    /// The stopwatch's reading, or the epoch without one.
+    #[inline]
+    pub(crate) fn stopwatch(&self) -> Instant {
+        self.stopwatch.map_or(Instant::ZERO, |now| now())
+    }
+
+    /// The process facts `INFO` shows.
+    pub fn host(&self) -> &HostFacts {
+        &self.host
+    }
+
+    /// Keys removed because their deadline passed.
+    pub fn expired_keys(&self) -> u64 {
+        self.db.expired_keys()
+    }
+
+    /// What each command has done.
+    pub fn command_stats(&self) -> &CommandStats {
+        &self.commands
     }
 
     /// The unix time in milliseconds, from the driver: key deadlines are
@@ -253,6 +290,7 @@ impl Server {
         let refusing = self.journal.as_ref().and_then(Journal::refusing);
         if let Err(reply) = admit(cmd, session, refusing) {
             self.stats.rejected += 1;
+            self.commands.rejected(cmd.spec());
             tx::flag_error(session);
             out.reply(reply);
             return;
@@ -393,11 +431,7 @@ impl Node for Server {
         }
         crate::session::replication_and_cpu(&mut info, sections, h);
         if sections.wants_extra("commandstats") {
-            let _ = write!(
-                info,
-                "# Commandstats\ncmdstat_all:calls={},rejected_calls={},failed_calls={}\n",
-                s.commands, s.rejected, s.errors
-            );
+            self.commands.info(&mut info);
         }
         if sections.wants("keyspace") {
             info.push_str("# Keyspace\n");

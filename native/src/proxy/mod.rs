@@ -54,6 +54,9 @@ pub struct ProxyOptions {
     pub proxy: ProxyConfig,
     /// The browser console and WebSocket bridge, if served.
     pub http: Option<ws::HttpOptions>,
+    /// Where `/metrics` is served on its own listener, if anywhere (it is
+    /// also served on the console's).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ProxyOptions {
@@ -69,6 +72,7 @@ impl Default for ProxyOptions {
                 ..ProxyConfig::default()
             },
             http: None,
+            metrics: None,
         }
     }
 }
@@ -124,6 +128,16 @@ impl ProxyHandle {
                 timer_armed: Cell::new(None),
             }),
         }
+    }
+
+    /// The figures the console charts.
+    pub fn snapshot(&self) -> kv_core::bridge::ProxySnapshot {
+        self.inner.proxy.borrow().snapshot(self.inner.epoch.now())
+    }
+
+    /// The proxy's state in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        crate::metrics::Scrape::of_proxy(&self.inner.proxy.borrow()).render()
     }
 
     /// The epoch the proxy's time counts from.
@@ -320,12 +334,18 @@ impl AcceptHooks for ProxyHandle {
 pub async fn run(
     listener: TcpListener,
     http: Option<(TcpListener, ws::HttpOptions)>,
+    metrics: Option<TcpListener>,
     options: ProxyOptions,
     shutdown: Shutdown,
 ) {
     let handle = start(&options);
     let port = listener.local_addr().map_or(0, |a| a.port());
     let facts = tokio::task::spawn_local(refresh_host_facts(handle.clone(), port));
+    let scrapes = metrics.map(|l| {
+        let handle = handle.clone();
+        let render = Rc::new(move || handle.metrics());
+        tokio::task::spawn_local(crate::metrics::serve(l, render, shutdown.clone()))
+    });
     let clients = tcp::serve(&handle, listener, &options, shutdown.clone());
     match http {
         Some((http_listener, http_options)) => {
@@ -337,6 +357,9 @@ pub async fn run(
         None => clients.await,
     }
     facts.abort();
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+    }
 }
 
 /// Keeps the process facts `INFO` shows fresh (once a second: they are
@@ -396,7 +419,7 @@ mod tests {
             },
             ..ProxyOptions::default()
         };
-        tokio::task::spawn_local(run(listener, None, options, shutdown));
+        tokio::task::spawn_local(run(listener, None, None, options, shutdown));
         (addr, trigger)
     }
 

@@ -99,12 +99,18 @@ async fn serve_conn(
         }
         Ok(Err(HeadError::Closed)) | Err(_) => return,
     };
-    let path = head.path.split('?').next().unwrap_or("/").to_owned();
+    let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
+    let wants_stats = query.split('&').any(|q| q == "stats=1");
+    let path = path.to_owned();
     if head.method != "GET" && head.method != "HEAD" {
         return http::respond_text(&mut stream, "405 Method Not Allowed", b"only GET\n").await;
     }
     if path == "/ws" {
-        return websocket(handle, stream, &head, rest, &options, shutdown).await;
+        return websocket(handle, stream, &head, rest, &options, wants_stats, shutdown).await;
+    }
+    if path == "/metrics" {
+        let with_body = head.method == "GET";
+        return crate::metrics::answer(&mut stream, &path, with_body, || handle.metrics()).await;
     }
     http::serve_file(&mut stream, &options.www_dir, &path, head.method == "GET").await;
 }
@@ -115,6 +121,7 @@ async fn websocket(
     head: &http::Head,
     rest: Vec<u8>,
     options: &HttpOptions,
+    wants_stats: bool,
     shutdown: Shutdown,
 ) {
     let key = head.header("Sec-WebSocket-Key").map(str::to_owned);
@@ -151,7 +158,7 @@ async fn websocket(
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
     debug!("WebSocket client connected");
-    let mut client = WsClient::new(handle, ws, limits);
+    let mut client = WsClient::new(handle, ws, limits, wants_stats);
     // Known only once the connection is a WebSocket (not a page request).
     tracing::Span::current().record("id", client.id.0);
     let policy = ConnConfig {
@@ -170,17 +177,38 @@ struct WsClient {
     notify: Rc<Notify>,
     ws: WebSocketStream<TcpStream>,
     limits: Limits,
+    /// For a socket that asked for the proxy's figures (`/ws?stats=1`):
+    /// when to send the next, and whether it is due.
+    stats: Option<tokio::time::Interval>,
+    stats_due: bool,
 }
 
+/// How often a socket that asked for them gets the proxy's figures.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
 impl WsClient {
-    fn new(handle: ProxyHandle, ws: WebSocketStream<TcpStream>, limits: Limits) -> Self {
+    fn new(
+        handle: ProxyHandle,
+        ws: WebSocketStream<TcpStream>,
+        limits: Limits,
+        wants_stats: bool,
+    ) -> Self {
         let (id, notify) = handle.add_client(ClientKind::Messages);
+        let stats = wants_stats.then(|| {
+            let mut every = tokio::time::interval(STATS_EVERY);
+            // A socket that could not keep up gets the latest figures, not
+            // a burst of old ones.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            every
+        });
         WsClient {
             handle,
             id,
             notify,
             ws,
             limits,
+            stats,
+            stats_due: false,
         }
     }
 
@@ -190,6 +218,16 @@ impl WsClient {
             Inbound::Input(bytes) => self.handle.handle_client_input(self.id, &bytes),
             Inbound::Refused(why) => self.handle.reject_client_input(self.id, &why),
         }
+    }
+}
+
+/// Completes at the interval's next tick; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -204,6 +242,9 @@ impl Conn for WsClient {
     type Output = Message;
 
     fn poll_output(&mut self) -> Option<Message> {
+        if std::mem::take(&mut self.stats_due) {
+            return Some(Message::text(self.handle.snapshot().to_json()));
+        }
         if self.handle.client_status(self.id).resumable {
             self.handle.handle_client_resume(self.id);
         }
@@ -219,6 +260,10 @@ impl Conn for WsClient {
         tokio::select! {
             biased;
             _ = self.notify.notified() => Ok(Wake::Session),
+            _ = tick(&mut self.stats) => {
+                self.stats_due = true;
+                Ok(Wake::Session)
+            }
             msg = self.ws.next(), if reading => match msg {
                 None | Some(Ok(Message::Close(_))) => Ok(Wake::Eof),
                 Some(Err(e)) => Err(io::Error::other(e)),

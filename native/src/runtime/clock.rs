@@ -23,6 +23,15 @@ pub fn unix_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The monotonic clock the server times its commands with
+/// ([`kv_core::Server::set_stopwatch`]): nanoseconds since its first
+/// reading. The OS's clock rather than Tokio's: a command's run is real
+/// time even under Tokio's paused test clock.
+pub fn stopwatch() -> kv_core::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    kv_core::Instant::from_duration(START.get_or_init(std::time::Instant::now).elapsed())
+}
+
 /// Translates between Tokio's clock and the core's [`kv_core::Instant`].
 #[derive(Debug, Clone, Copy)]
 pub struct Epoch {

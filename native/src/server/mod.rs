@@ -14,6 +14,7 @@
 //! are served meanwhile.
 
 use crate::conn::{self, Conn, Wake};
+use crate::metrics::Scrape;
 use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::runtime::clock::{self, Epoch};
 use crate::runtime::net::{self, AcceptHooks};
@@ -49,6 +50,8 @@ pub struct ServerOptions {
     pub password: Option<kv_core::auth::Password>,
     /// How inline commands are answered.
     pub inline_replies: kv_core::server::InlineReplies,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -62,6 +65,7 @@ impl Default for ServerOptions {
             persistence: None,
             password: None,
             inline_replies: kv_core::server::InlineReplies::Human,
+            metrics: None,
         }
     }
 }
@@ -84,6 +88,7 @@ pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
         password: options.password.clone(),
         inline_replies: options.inline_replies,
     });
+    server.set_stopwatch(clock::stopwatch);
     // Replay drops what has expired by now.
     server.set_time(clock::unix_millis());
     let log = match &options.persistence {
@@ -118,7 +123,7 @@ impl AcceptHooks for Shared {
 #[cfg(test)]
 pub async fn run(listener: TcpListener, options: ServerOptions, shutdown: Shutdown) {
     match prepare(&options) {
-        Ok(prepared) => run_prepared(listener, options, prepared, shutdown).await,
+        Ok(prepared) => run_prepared(listener, options, prepared, None, shutdown).await,
         Err(e) => tracing::error!("cannot start the server: {e}"),
     }
 }
@@ -130,6 +135,7 @@ pub async fn run_prepared(
     listener: TcpListener,
     options: ServerOptions,
     prepared: Prepared,
+    metrics: Option<TcpListener>,
     shutdown: Shutdown,
 ) {
     let shared = Rc::new(Shared {
@@ -154,6 +160,11 @@ pub async fn run_prepared(
     });
     let port = listener.local_addr().map_or(0, |a| a.port());
     let expiry = tokio::task::spawn_local(expire_keys(shared.clone(), port));
+    let scrapes = metrics.map(|l| {
+        let shared = shared.clone();
+        let render = Rc::new(move || Scrape::of_server(&shared.server.borrow()).render());
+        tokio::task::spawn_local(crate::metrics::serve(l, render, shutdown.clone()))
+    });
     let hooks = shared.clone();
     net::accept_loop(
         listener,
@@ -174,6 +185,9 @@ pub async fn run_prepared(
         log.stop();
     }
     expiry.abort();
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+    }
     if let Some(driver) = driver {
         let _ = driver.await;
     }
