@@ -104,7 +104,17 @@ pub(super) fn throughput(
             hits: info_number(&info, "cache_hits")?,
             misses: info_number(&info, "cache_misses")?,
         };
-        proxy = Some((service, before, NullServer::start()?));
+        // The second proxy, with metrics served and scraped; warmed alike.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("no free port for the proxy's metrics")?;
+        let mut scraped_args = proxy_args.to_vec();
+        scraped_args.extend(["--metrics".to_owned(), metrics.to_string()]);
+        let scraped = procs.kv(kv, &scraped_args, out, "kv-proxy-metrics")?;
+        servers.push(scraped.command.clone());
+        get_all(scraped.addr, 0..KEYSPACE, deadline)?;
+        let scraper = Scraper::start(metrics);
+        proxy = Some((service, before, NullServer::start()?, scraped, scraper));
     } else {
         eprintln!("xtask bench: loading {KEYSPACE} keys into redis and kv");
         load(redis.addr, 0..KEYSPACE, deadline)?;
@@ -115,8 +125,9 @@ pub(super) fn throughput(
     let addr = |target| match (target, &proxy) {
         (Target::Redis, _) => Ok(redis.addr),
         (Target::KvServer, _) => Ok(server.addr),
-        (Target::KvProxy, Some((service, _, _))) => Ok(service.addr),
-        (Target::Null, Some((_, _, null))) => Ok(null.addr()),
+        (Target::KvProxy, Some((service, ..))) => Ok(service.addr),
+        (Target::Null, Some((_, _, null, ..))) => Ok(null.addr()),
+        (Target::KvProxyMetrics, Some((.., scraped, _))) => Ok(scraped.addr),
         (target, None) => bail!("{target:?} was not started"),
     };
 
@@ -143,8 +154,12 @@ pub(super) fn throughput(
     }
     measure_rounds(&mut cases, addr, SLOWEST_RPS, options, "")?;
 
+    if let Some((.., scraper)) = &mut proxy {
+        let scrapes = scraper.stop()?;
+        eprintln!("xtask bench: the second proxy's /metrics was scraped {scrapes} times");
+    }
     let proxy_cache = match &proxy {
-        Some((service, before, _)) => {
+        Some((service, before, ..)) => {
             let deadline = Instant::now() + Duration::from_secs(10);
             let info = Conn::connect(service.addr, deadline)?.info(None)?;
             Some(CacheCounts {
@@ -161,6 +176,55 @@ pub(super) fn throughput(
         proxy_cache,
         servers,
     })
+}
+
+/// Scrapes `/metrics` once a second, as Prometheus does, until stopped.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr) -> Scraper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let body = kv_tests::http_get(addr, "/metrics").body_text();
+                ensure!(
+                    body.contains("kv_cache_hits_total"),
+                    "/metrics at {addr} has no cache counters:\n{body}"
+                );
+                scrapes += 1;
+                // A scrape interval, not a wait for a condition.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Ok(scrapes)
+        });
+        Scraper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops scraping; how many scrapes there were.
+    fn stop(&mut self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the metrics scraper panicked"))?,
+            None => Ok(0),
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How a case's `-n` is found.

@@ -132,6 +132,9 @@ pub enum Target {
     /// `kv proxy` in front of `kv server`: GETs are cache hits, SETs are
     /// forwarded.
     KvProxy,
+    /// The same, a second proxy with `--metrics`, scraped once a second for
+    /// the whole run as Prometheus would: what serving metrics costs.
+    KvProxyMetrics,
     /// The null server: the ceiling of machine and load generator.
     Null,
 }
@@ -183,11 +186,19 @@ impl Workload {
         }
     }
 
-    /// The targets it is measured on: GET and SET on all of them, the
-    /// other commands on the two servers.
+    /// The targets it is measured on: GET and SET on all of them (the
+    /// scraped proxy for cache hits only), the other commands on the two
+    /// servers.
     fn targets(self) -> &'static [Target] {
         match self {
-            Workload::Get | Workload::Set => &TARGETS,
+            Workload::Get => &[
+                Target::Redis,
+                Target::KvServer,
+                Target::KvProxy,
+                Target::KvProxyMetrics,
+                Target::Null,
+            ],
+            Workload::Set => &TARGETS,
             _ => &[Target::Redis, Target::KvServer],
         }
     }

@@ -83,6 +83,18 @@ pub(super) fn checks(r: &Report) -> Vec<Check> {
         ));
     }
     v.push(at_least(
+        "kv proxy cache-hit GET P16, /metrics scraped vs not served".into(),
+        "≥ 0.97×",
+        vs(
+            Target::KvProxyMetrics,
+            Target::KvProxy,
+            Workload::Get,
+            16,
+            rps_of,
+        ),
+        0.97,
+    ));
+    v.push(at_least(
         "kv proxy forwarded SET P1 vs Redis SET".into(),
         "≥ 0.60×",
         vs(Target::KvProxy, Target::Redis, Workload::Set, 1, rps_of),

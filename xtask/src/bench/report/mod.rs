@@ -214,6 +214,7 @@ pub(super) fn label(target: Target, workload: Workload) -> &'static str {
         (Target::KvServer, _) => "kv server",
         (Target::KvProxy, Workload::Get) => "kv proxy (cache hit)",
         (Target::KvProxy, _) => "kv proxy (forwarded)",
+        (Target::KvProxyMetrics, _) => "kv proxy (cache hit, /metrics scraped 1/s)",
         (Target::Null, _) => "null (ceiling)",
     }
 }
