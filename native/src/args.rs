@@ -275,7 +275,8 @@ pub struct HttpArgs {
     /// (repeatable), e.g. `http://localhost:3000`.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
-    /// Folder with the console page (default: the source tree's `www/`, or
+    /// Folder to serve the console page from instead of the copy built into
+    /// `kv`, read on every request (for developing the page; default:
     /// `$KV_WWW`).
     #[arg(long, value_name = "DIR")]
     pub www: Option<std::path::PathBuf>,
@@ -286,10 +287,7 @@ impl HttpArgs {
     pub fn options(&self, listen: SocketAddr, conn: &ConnArgs) -> crate::proxy::ws::HttpOptions {
         crate::proxy::ws::HttpOptions {
             listen,
-            www_dir: self
-                .www
-                .clone()
-                .unwrap_or_else(crate::proxy::ws::default_www_dir),
+            www_dir: self.www.clone().or_else(crate::proxy::ws::default_www_dir),
             allowed_origins: self.allow_origin.clone(),
             max_clients: conn.max_clients,
             idle_timeout: conn.idle_timeout(),

@@ -1,6 +1,7 @@
 //! The HTTP side of the console listener: reading a request head,
-//! answering with a file of the console's folder or an error, and the
-//! origin check that keeps other sites' pages off the WebSocket.
+//! answering with a file of the console (the copy built into the binary,
+//! or a folder given for development) or an error, and the origin check
+//! that keeps other sites' pages off the WebSocket.
 
 use crate::runtime::net;
 use std::net::IpAddr;
@@ -90,8 +91,21 @@ pub(crate) async fn respond(
     body: &[u8],
     with_body: bool,
 ) {
+    respond_with(stream, status, content_type, body, with_body, "").await;
+}
+
+/// [`respond`] with `extra` header lines (each ended by `\r\n`).
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    with_body: bool,
+    extra: &str,
+) {
+    // HEAD gets the Content-Length a GET would, as RFC 9110 asks.
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
@@ -106,8 +120,50 @@ pub(crate) async fn respond_text(stream: &mut TcpStream, status: &str, text: &[u
     respond(stream, status, "text/plain", text, true).await;
 }
 
-/// Answers a GET (or HEAD) for `path` with the file under `www` it names.
-pub(crate) async fn serve_file(stream: &mut TcpStream, www: &Path, path: &str, with_body: bool) {
+/// One file of the console built into the binary by `native/build.rs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asset {
+    /// Its path under `www/`, with `/` between folders.
+    pub path: &'static str,
+    /// Its bytes as they were when `kv` was built.
+    pub body: &'static [u8],
+    /// A quoted strong entity tag: a hash of `body`, so that a browser
+    /// revalidating (the page is sent `no-cache`) gets a 304 instead of the
+    /// whole wasm again.
+    pub etag: &'static str,
+}
+
+mod embedded {
+    use super::Asset;
+    include!(concat!(env!("OUT_DIR"), "/assets.rs"));
+}
+
+/// Answers a GET (or HEAD) for `path`: from the folder `www` if one is
+/// given (read on every request, so an edited page or a rebuilt wasm shows
+/// on reload), else from the copy built into the binary.
+pub(crate) async fn serve_file(
+    stream: &mut TcpStream,
+    www: Option<&Path>,
+    head: &Head,
+    path: &str,
+) {
+    let with_body = head.method == "GET";
+    match www {
+        Some(www) => serve_from_dir(stream, www, path, with_body).await,
+        None => {
+            serve_embedded(
+                stream,
+                embedded::ASSETS,
+                path,
+                head.header("If-None-Match"),
+                with_body,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_from_dir(stream: &mut TcpStream, www: &Path, path: &str, with_body: bool) {
     let Some((file, content_type)) = static_file(www, path) else {
         return respond(
             stream,
@@ -131,9 +187,79 @@ pub(crate) async fn serve_file(stream: &mut TcpStream, www: &Path, path: &str, w
     }
 }
 
+async fn serve_embedded(
+    stream: &mut TcpStream,
+    assets: &[Asset],
+    path: &str,
+    if_none_match: Option<&str>,
+    with_body: bool,
+) {
+    let Some((asset, content_type)) = embedded_file(assets, path) else {
+        let text = embedded_not_found(assets, path);
+        return respond(stream, "404 Not Found", "text/plain", text, with_body).await;
+    };
+    if if_none_match.is_some_and(|tags| etag_matches(tags, asset.etag)) {
+        let head = format!(
+            "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            asset.etag
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        return net::close_gently(stream).await;
+    }
+    respond_with(
+        stream,
+        "200 OK",
+        content_type,
+        asset.body,
+        with_body,
+        &format!("ETag: {}\r\n", asset.etag),
+    )
+    .await;
+}
+
+/// The body of a 404 for `path` from the embedded console. The page shows
+/// it when its module fails to load, so when the binary was built without
+/// the wasm it says how to get one in.
+fn embedded_not_found(assets: &[Asset], path: &str) -> &'static [u8] {
+    let no_wasm = !assets.iter().any(|a| a.path.starts_with("pkg/"));
+    if no_wasm && path.starts_with("/pkg/") {
+        b"not found: this kv was built without the wasm console; run `cargo xtask build-wasm`, then rebuild kv\n"
+    } else {
+        b"not found\n"
+    }
+}
+
+/// Whether an `If-None-Match` list names `etag` (or is `*`). The
+/// comparison is the weak one RFC 9110 prescribes for this header, so a
+/// `W/` prefix is ignored.
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// The embedded file a URL path names, under the same rules as
+/// [`static_file`], with its content type.
+fn embedded_file<'a>(assets: &'a [Asset], path: &str) -> Option<(&'a Asset, &'static str)> {
+    let (rel, content_type) = console_path(path)?;
+    let asset = assets.iter().find(|a| a.path == rel)?;
+    Some((asset, content_type))
+}
+
 /// Maps a URL path to a file under `www` and its content type. Only plain
 /// names are served: no `..`, no hidden files, nothing outside `www`.
 fn static_file(www: &Path, path: &str) -> Option<(PathBuf, &'static str)> {
+    let (rel, content_type) = console_path(path)?;
+    Some((www.join(rel), content_type))
+}
+
+/// The rules for both sources of the console: a URL path names a file
+/// relative to the console's folder (`/` is `index.html`) only if every
+/// segment is a plain name (no `..`, nothing hidden, nothing that would
+/// need decoding) and its type is one a page needs; returns that relative
+/// path and the content type.
+fn console_path(path: &str) -> Option<(&str, &'static str)> {
     let rel = path.strip_prefix('/')?;
     let rel = if rel.is_empty() { "index.html" } else { rel };
     let plain = rel.split('/').all(|seg| {
@@ -156,7 +282,7 @@ fn static_file(www: &Path, path: &str) -> Option<(PathBuf, &'static str)> {
         "ico" => "image/x-icon",
         _ => return None,
     };
-    Some((www.join(rel), content_type))
+    Some((rel, content_type))
 }
 
 /// Whether a WebSocket handshake may proceed.
@@ -267,5 +393,137 @@ mod tests {
         ] {
             assert_eq!(static_file(www, bad), None, "{bad}");
         }
+    }
+
+    /// A table as build.rs writes it, with a `pkg/` whatever the real
+    /// build had.
+    static FAKE: &[Asset] = &[
+        Asset {
+            path: "index.html",
+            body: b"<!doctype html>",
+            etag: "\"1\"",
+        },
+        Asset {
+            path: "pkg/kv_wasm_client.js",
+            body: b"export default 1;",
+            etag: "\"2\"",
+        },
+        Asset {
+            path: "pkg/kv_wasm_client_bg.wasm",
+            body: b"\0asm",
+            etag: "\"3\"",
+        },
+        Asset {
+            path: "notes.txt",
+            body: b"not a type a page needs",
+            etag: "\"4\"",
+        },
+    ];
+
+    #[test]
+    fn embedded_files_follow_the_folder_rules() {
+        let served = |path| embedded_file(FAKE, path).map(|(a, t)| (a.path, t));
+        assert_eq!(
+            served("/"),
+            Some(("index.html", "text/html; charset=utf-8"))
+        );
+        assert_eq!(
+            served("/index.html"),
+            Some(("index.html", "text/html; charset=utf-8"))
+        );
+        assert_eq!(
+            served("/pkg/kv_wasm_client.js"),
+            Some(("pkg/kv_wasm_client.js", "text/javascript; charset=utf-8"))
+        );
+        assert_eq!(
+            served("/pkg/kv_wasm_client_bg.wasm"),
+            Some(("pkg/kv_wasm_client_bg.wasm", "application/wasm"))
+        );
+        for bad in [
+            "/notes.txt",
+            "/pkg/../index.html",
+            "/./index.html",
+            "//index.html",
+            "/pkg//kv_wasm_client.js",
+            "/pkg/kv_wasm_client.js/",
+            "/missing.js",
+            "index.html",
+        ] {
+            assert_eq!(served(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_built_in_table_is_the_www_folder() {
+        let www = Path::new(env!("CARGO_MANIFEST_DIR")).join("../www");
+        let on_disk = |rel: &str| std::fs::read(www.join(rel)).ok();
+        let (index, content_type) = embedded_file(embedded::ASSETS, "/").expect("index.html");
+        assert_eq!(content_type, "text/html; charset=utf-8");
+        assert_eq!(Some(index.body.to_vec()), on_disk("index.html"));
+        let (style, content_type) = embedded_file(embedded::ASSETS, "/style.css").expect("style");
+        assert_eq!(content_type, "text/css; charset=utf-8");
+        assert_eq!(Some(style.body.to_vec()), on_disk("style.css"));
+        // The wasm is in the table exactly when it was built (build.rs
+        // reruns when www/ changes, so disk and table agree).
+        for (rel, want) in [
+            ("pkg/kv_wasm_client.js", "text/javascript; charset=utf-8"),
+            ("pkg/kv_wasm_client_bg.wasm", "application/wasm"),
+        ] {
+            let found = embedded_file(embedded::ASSETS, &format!("/{rel}"));
+            assert_eq!(found.map(|(a, _)| a.body.to_vec()), on_disk(rel), "{rel}");
+            if let Some((_, content_type)) = found {
+                assert_eq!(content_type, want, "{rel}");
+            }
+        }
+        for asset in embedded::ASSETS {
+            assert!(
+                !asset.path.starts_with('/') && !asset.path.contains(".."),
+                "{asset:?}"
+            );
+            assert!(
+                asset.etag.len() == 18 && asset.etag.starts_with('"') && asset.etag.ends_with('"'),
+                "{asset:?}"
+            );
+        }
+        let mut tags: Vec<_> = embedded::ASSETS.iter().map(|a| a.etag).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(
+            tags.len(),
+            embedded::ASSETS.len(),
+            "distinct files, distinct ETags"
+        );
+    }
+
+    #[test]
+    fn a_binary_without_the_wasm_says_how_to_build_it() {
+        let without: Vec<Asset> = FAKE
+            .iter()
+            .filter(|a| !a.path.starts_with("pkg/"))
+            .copied()
+            .collect();
+        let text = |assets: &[Asset], path| {
+            String::from_utf8_lossy(embedded_not_found(assets, path)).into_owned()
+        };
+        let hint = text(&without, "/pkg/kv_wasm_client.js");
+        assert!(
+            hint.contains("cargo xtask build-wasm") && hint.contains("rebuild kv"),
+            "{hint}"
+        );
+        // With the wasm built in, a missing file is only missing.
+        assert_eq!(text(FAKE, "/pkg/other.js"), "not found\n");
+        assert_eq!(text(&without, "/other.js"), "not found\n");
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists() {
+        let tag = "\"00ff\"";
+        assert!(etag_matches("\"00ff\"", tag));
+        assert!(etag_matches("W/\"00ff\"", tag));
+        assert!(etag_matches("\"1\", \"00ff\"", tag));
+        assert!(etag_matches("*", tag));
+        assert!(!etag_matches("\"00fe\"", tag));
+        assert!(!etag_matches("00ff", tag));
+        assert!(!etag_matches("", tag));
     }
 }

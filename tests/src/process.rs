@@ -192,6 +192,30 @@ impl KvProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        KvProcess::start(args, false)
+    }
+
+    /// Like [`spawn`](Self::spawn), but runs a copy of the binary under
+    /// test placed alone in the process's scratch directory (its current
+    /// directory), with `$KV_WWW` unset: a `kv` as installed or copied to
+    /// another machine, with no source tree beside it to read files from.
+    ///
+    /// # Panics
+    ///
+    /// As [`spawn`](Self::spawn), and if the copy cannot be made.
+    pub fn spawn_copied<I, S>(args: I) -> KvProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        KvProcess::start(args, true)
+    }
+
+    fn start<I, S>(args: I, copied: bool) -> KvProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<String> = args
             .into_iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())
@@ -201,9 +225,24 @@ impl KvProcess {
         } else {
             1
         };
-        let bin = kv_bin();
         let cwd = scratch_dir("cwd");
-        let mut child = Command::new(&bin)
+        let mut command = if copied {
+            let bin = cwd.join("kv");
+            std::fs::copy(kv_bin(), &bin).unwrap_or_else(|e| {
+                panic!(
+                    "cannot copy {} to {}: {e}",
+                    kv_bin().display(),
+                    bin.display()
+                )
+            });
+            let mut command = Command::new(bin);
+            command.env_remove("KV_WWW");
+            command
+        } else {
+            Command::new(kv_bin())
+        };
+        let bin = PathBuf::from(command.get_program());
+        let mut child = command
             .args(&args)
             .current_dir(&cwd)
             .stdin(Stdio::null())

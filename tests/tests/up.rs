@@ -1,7 +1,10 @@
-//! `kv up` (server and proxy in one process), the one-shot `kv cli`, and
-//! graceful shutdown on SIGTERM.
+//! `kv up` (server and proxy in one process), the one-shot `kv cli`,
+//! graceful shutdown on SIGTERM, and the console built into the binary.
 
-use kv_tests::{play_seed_transcript, run_kv, Conn, KvProcess};
+use kv_tests::{
+    http_get, play_seed_transcript, run_kv, workspace_root, Conn, HttpResponse, KvProcess,
+};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[test]
@@ -87,4 +90,121 @@ fn cli_exits_2_when_it_cannot_connect() {
         all.contains("cannot connect"),
         "kv cli --connect 127.0.0.1:1 should say `cannot connect`: {out:?}"
     );
+}
+
+/// Sends `METHOD PATH` with `headers` and reads the response to its end:
+/// the body is whatever comes before the server closes (none for HEAD and
+/// 304, whatever their Content-Length says).
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut conn = Conn::connect(addr);
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    conn.send(text.as_bytes());
+    let mut response = conn.read_http_head();
+    response.body = conn.expect_closed();
+    response
+}
+
+#[test]
+fn a_copied_kv_up_serves_the_console_built_into_it() {
+    let www = workspace_root().join("www");
+    assert!(
+        www.join("pkg/kv_wasm_client_bg.wasm").is_file(),
+        "{}/pkg is missing: run cargo xtask build-wasm",
+        www.display()
+    );
+    // A copy alone in an empty directory, KV_WWW unset: nothing to read
+    // the console from but the binary itself.
+    let up = KvProcess::spawn_copied([
+        "up",
+        "--server-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--in-memory",
+    ]);
+    let console = up.console_addr();
+
+    for (path, file, content_type) in [
+        ("/", "index.html", "text/html; charset=utf-8"),
+        ("/style.css", "style.css", "text/css; charset=utf-8"),
+        (
+            "/pkg/kv_wasm_client.js",
+            "pkg/kv_wasm_client.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/pkg/kv_wasm_client_bg.wasm",
+            "pkg/kv_wasm_client_bg.wasm",
+            "application/wasm",
+        ),
+    ] {
+        let want = std::fs::read(www.join(file)).expect("read the file in www/");
+        let got = http_get(console, path);
+        assert_eq!(got.status, 200, "GET {path}: {}", got.status_line);
+        assert_eq!(
+            got.header("Content-Type"),
+            Some(content_type),
+            "GET {path}: {:?}",
+            got.headers
+        );
+        assert!(
+            got.body == want,
+            "GET {path}: {} bytes, not the {} of www/{file}",
+            got.body.len(),
+            want.len()
+        );
+        let etag = got
+            .header("ETag")
+            .unwrap_or_else(|| panic!("GET {path} has an ETag: {:?}", got.headers));
+
+        let again = request(console, "GET", path, &[("If-None-Match", etag)]);
+        assert_eq!(
+            again.status, 304,
+            "GET {path} revalidated: {:?}",
+            again.headers
+        );
+        assert_eq!(again.header("ETag"), Some(etag), "{:?}", again.headers);
+        assert!(again.body.is_empty(), "a 304 has no body");
+        let changed = request(console, "GET", path, &[("If-None-Match", "\"stale\"")]);
+        assert_eq!(changed.status, 200, "GET {path} with another ETag");
+        assert!(changed.body == want, "GET {path} with another ETag");
+
+        let head = request(console, "HEAD", path, &[]);
+        assert_eq!(head.status, 200, "HEAD {path}: {:?}", head.headers);
+        assert_eq!(
+            head.header("Content-Length"),
+            Some(want.len().to_string().as_str()),
+            "HEAD {path}: {:?}",
+            head.headers
+        );
+        assert_eq!(
+            head.header("Content-Type"),
+            Some(content_type),
+            "HEAD {path}"
+        );
+        assert!(head.body.is_empty(), "HEAD {path} has no body");
+    }
+
+    for path in [
+        "/../Cargo.toml",
+        "/pkg/../../Cargo.toml",
+        "/.gitignore",
+        "/pkg/missing.js",
+        "/kv",
+    ] {
+        let response = http_get(console, path);
+        assert_eq!(
+            response.status,
+            404,
+            "GET {path}: {response:?}\n{}",
+            response.body_text()
+        );
+        assert_eq!(response.body_text(), "not found\n", "GET {path}");
+    }
 }

@@ -1,4 +1,5 @@
-//! The console listener: serves the page (`www/`) at `/` and a WebSocket at
+//! The console listener: serves the page (`www/`, built into the binary or
+//! read from a folder) at `/` and a WebSocket at
 //! `/ws` whose clients are [`ClientKind::Messages`] clients of the same
 //! proxy as the TCP clients: same cache, coalescing and limits. Each runs
 //! the shared [connection loop](crate::conn).
@@ -18,7 +19,7 @@ use kv_core::bridge::{self, BridgeReply, Inbound};
 use kv_core::{ClientId, ClientKind, ConnConfig, End, Limits, Owed, Stall};
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -38,8 +39,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Folder served at `/` (the console page and its `pkg/`).
-    pub www_dir: PathBuf,
+    /// Folder served at `/` (the console page and its `pkg/`), read on
+    /// every request; `None` serves the copy of `www/` built into the
+    /// binary.
+    pub www_dir: Option<PathBuf>,
     /// Origins allowed besides the page's own (e.g. `http://localhost:3000`).
     pub allowed_origins: Vec<String>,
     /// Most concurrent HTTP/WebSocket connections.
@@ -48,11 +51,12 @@ pub struct HttpOptions {
     pub idle_timeout: Option<Duration>,
 }
 
-/// The `www/` folder of the source tree, the default for `--www`.
-pub fn default_www_dir() -> PathBuf {
+/// The folder named by `$KV_WWW`, the default for `--www`; without it the
+/// console built into the binary is served, which needs no source tree.
+pub fn default_www_dir() -> Option<PathBuf> {
     std::env::var_os("KV_WWW")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../www"))
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown`.
@@ -112,7 +116,7 @@ async fn serve_conn(
         let with_body = head.method == "GET";
         return crate::metrics::answer(&mut stream, &path, with_body, || handle.metrics()).await;
     }
-    http::serve_file(&mut stream, &options.www_dir, &path, head.method == "GET").await;
+    http::serve_file(&mut stream, options.www_dir.as_deref(), &head, &path).await;
 }
 
 async fn websocket(
