@@ -14,7 +14,7 @@ use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use kv_tests::{
-    free_port, http_get, require_tool, scratch_dir, wait_for, wait_until, workspace_root,
+    free_port, http_get, require_tool, scratch_dir, wait_for, wait_until, workspace_root, Conn,
     KvProcess, SEED_TRANSCRIPT,
 };
 use serde_json::{json, Value};
@@ -260,6 +260,10 @@ const READ_LOG: &str = r#"
 "#;
 
 const ENTRY_COUNT: &str = "return document.querySelectorAll('#log .entry').length;";
+
+/// The requests-per-second chart's caption and its line's path.
+const READ_CHART: &str = "const f = document.getElementById('chart-rps'); \
+     return [f.querySelector('.now').textContent, f.querySelector('path').getAttribute('d') || ''];";
 
 const READ_STATE: &str = r#"
     const s = document.getElementById('state');
@@ -589,10 +593,22 @@ fn a_copied_kv_serves_its_built_in_console_to_chromium() {
     }
     page.submit(&input, "GET name");
 
-    // The live chart (issue 15, part 2) goes here: once the page draws
-    // requests per second, wait until it shows a non-zero rate for the
-    // commands just typed, before the screenshot so that it is in the
-    // picture.
+    // The live charts: a client of the proxy keeps sending GETs until the
+    // requests-per-second chart shows a rate above zero (its figure covers
+    // the last second, so the load goes on while the page is read), before
+    // the screenshot so that the drawn line is in the picture.
+    let mut load = Conn::connect(up.proxy_addr());
+    let (rps, path) = wait_for(PAGE_REACTS, "#chart-rps shows requests per second", || {
+        for _ in 0..20 {
+            assert_eq!(load.cmd("GET name"), "\"Derek Moss\"");
+        }
+        let chart = page.script("read #chart-rps", READ_CHART);
+        let text = chart[0].as_str().unwrap_or_default().to_owned();
+        let path = chart[1].as_str().unwrap_or_default().to_owned();
+        let rate = text.trim_end_matches(['k', 'M']).parse::<f64>().ok()?;
+        (rate > 0.0 && !path.is_empty()).then_some((text, path))
+    });
+    println!("the console's requests/s chart reads {rps} (path {path})");
 
     // Before the assertions, so that a failure has one too.
     browser.screenshot("console-built-in.png");
