@@ -113,10 +113,10 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
     // can be announced with the proxy's.
     let http = match options.http.take() {
         Some(http) => {
-            let listener = bind_std(http.listen).map_err(|source| ServiceError::Bind {
+            let listener = bind_std(http.listen).map_err(|error| ServiceError::Bind {
                 name: "console",
                 addr: http.listen,
-                source,
+                error,
             })?;
             Some((listener, http))
         }
