@@ -121,10 +121,10 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
     // can be announced with the proxy's.
     let http = match options.http.take() {
         Some(http) => {
-            let listener = bind_std(http.listen).map_err(|source| ServiceError::Bind {
+            let listener = bind_std(http.listen).map_err(|error| ServiceError::Bind {
                 name: "console",
                 addr: http.listen,
-                source,
+                error,
             })?;
             Some((listener, http))
         }
@@ -170,11 +170,11 @@ fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
 /// starts: a port in use fails the start, as for the main listener.
 fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<std::net::TcpListener>, AppError> {
     addr.map(|addr| {
-        bind_std(addr).map_err(|source| {
+        bind_std(addr).map_err(|error| {
             AppError::Service(ServiceError::Bind {
                 name: "metrics",
                 addr,
-                source,
+                error,
             })
         })
     })

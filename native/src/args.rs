@@ -1,15 +1,123 @@
 //! Command-line arguments of the `kv` binary, and their translation into the
 //! settings of the drivers and the core.
+//!
+//! A flag's value comes from, first to last: the command line, its
+//! environment variable (`KV_` and the flag's long name in upper snake
+//! case: `--cache-ttl` is `KV_CACHE_TTL`), the `--config` file
+//! ([`crate::config`]), the flag's default. [`parse_from`] reads all of
+//! them; the variables' names are derived from the flags in [`command`],
+//! so a new flag has its variable and its config key with no code.
 
+use crate::config::{ConfigError, ConfigFile};
 use crate::persist::{FsyncPolicy, PersistOptions};
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kv_core::auth::Password;
 use kv_core::{CacheConfig, Limits, ProxyConfig};
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
+use thiserror::Error;
+
+/// Why the command line, the environment or the config file could not be
+/// read.
+#[derive(Debug, Error)]
+pub enum ArgsError {
+    /// clap's own error, `--help` and `--version` included:
+    /// [`clap::Error::exit`] prints it as clap does.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The `--config` file was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The `kv` command with every long flag also read from its environment
+/// variable ([`env_var`]). Values from the environment are not shown in
+/// `--help`, as some are passwords.
+pub fn command() -> Command {
+    KvArgs::command()
+        .mut_args(with_env)
+        .mut_subcommands(|sub| sub.mut_args(with_env))
+}
+
+/// The environment variable of the flag `--long`: `KV_` and the name in
+/// upper snake case (`--upstream-password` is `KV_UPSTREAM_PASSWORD`).
+/// Subcommands share the variables of the flags they share (`KV_LISTEN`).
+pub fn env_var(long: &str) -> String {
+    format!("KV_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn with_env(arg: Arg) -> Arg {
+    let Some(long) = arg.get_long() else {
+        return arg;
+    };
+    if arg.get_env().is_some() {
+        return arg;
+    }
+    let name = env_var(long);
+    if !matches!(arg.get_action(), ArgAction::SetTrue) {
+        return arg.env(name).hide_env_values(true);
+    }
+    // clap reads a switch's variable as `true`/`false` only; `1`, `yes`
+    // and `on` are what people write in an environment file.
+    let arg = arg.value_parser(BoolishValueParser::new());
+    // clap counts a switch's variable as given even when it says false, so
+    // `KV_IN_MEMORY=0` would conflict with `--data-dir` (and drop the
+    // file's `data-dir`): a false one is left out, as the switch's absence.
+    match std::env::var(&name) {
+        Ok(value) if is_false(&value) => arg,
+        _ => arg.env(name).hide_env_values(true),
+    }
+}
+
+/// What [`BoolishValueParser`] reads as false.
+fn is_false(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "n" | "no" | "f" | "false" | "off" | "0"
+    )
+}
+
+/// Parses `argv` (the program's name first) with the environment and the
+/// `--config` file.
+///
+/// The command line is parsed once without the file, to find the file and
+/// which flags were given explicitly (on the command line or in the
+/// environment); the file's settings for the subcommand then become the
+/// other flags' defaults, and the command line is parsed again.
+///
+/// # Errors
+///
+/// clap's errors (a bad flag, `--help`), and a refused config file.
+pub fn parse_from<I, T>(argv: I) -> Result<KvArgs, ArgsError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let cmd = command();
+    let matches = cmd.clone().try_get_matches_from(&argv)?;
+    let (Some(path), Some((sub, sub_matches))) =
+        (matches.get_one::<PathBuf>("config"), matches.subcommand())
+    else {
+        return Ok(KvArgs::from_arg_matches(&matches)?);
+    };
+    let file = ConfigFile::load(path, &cmd)?;
+    let explicit = |id: &str| {
+        matches!(
+            sub_matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let cmd = file.apply(cmd, sub, explicit)?;
+    let mut matches = cmd.try_get_matches_from(&argv)?;
+    Ok(KvArgs::from_arg_matches_mut(&mut matches)?)
+}
 
 /// The `kv` command line.
 #[derive(Debug, Parser)]
@@ -19,6 +127,11 @@ use std::time::Duration;
     about = "A small key-value store with a caching proxy, speaking telnet lines and RESP2"
 )]
 pub struct KvArgs {
+    /// Read settings from this TOML file: a section per subcommand
+    /// (`[server]`, `[proxy]`, `[up]`, `[cli]`), keys named as the long
+    /// flags. The environment and the command line override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to run.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -276,8 +389,7 @@ pub struct HttpArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
     /// Folder to serve the console page from instead of the copy built into
-    /// `kv`, read on every request (for developing the page; default:
-    /// `$KV_WWW`).
+    /// `kv`, read on every request (for developing the page).
     #[arg(long, value_name = "DIR")]
     pub www: Option<std::path::PathBuf>,
 }
@@ -519,7 +631,6 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> KvCommand {
         KvArgs::try_parse_from(std::iter::once("kv").chain(args.iter().copied()))
@@ -687,6 +798,361 @@ mod tests {
         };
         assert_eq!(c.connect, "127.0.0.1:1");
         assert_eq!(c.command, ["PUT", "k", "-5", "--x"]);
+    }
+
+    /// Parses `kv --config FILE ARGS…`, FILE holding `toml`.
+    fn with_config(toml: &str, args: &[&str]) -> Result<KvCommand, ArgsError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("kv-args-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        let path_arg = path.to_str().unwrap().to_owned();
+        let argv = ["kv", "--config", &path_arg]
+            .into_iter()
+            .chain(args.iter().copied());
+        let parsed = parse_from(argv);
+        std::fs::remove_file(&path).unwrap();
+        parsed.map(|a| a.command)
+    }
+
+    fn server_with(toml: &str, args: &[&str]) -> ServerArgs {
+        let argv: Vec<&str> = std::iter::once("server")
+            .chain(args.iter().copied())
+            .collect();
+        match with_config(toml, &argv) {
+            Ok(KvCommand::Server(s)) => s,
+            other => panic!("not a server: {other:?}"),
+        }
+    }
+
+    fn proxy_with(toml: &str, args: &[&str]) -> ProxyArgs {
+        let argv: Vec<&str> = std::iter::once("proxy")
+            .chain(args.iter().copied())
+            .collect();
+        match with_config(toml, &argv) {
+            Ok(KvCommand::Proxy(p)) => p,
+            other => panic!("not a proxy: {other:?}"),
+        }
+    }
+
+    /// The error `toml` gets from `kv server`, as printed.
+    fn refused(toml: &str) -> String {
+        let err = ConfigFile::parse(std::path::Path::new("kv.toml"), toml, &command())
+            .and_then(|file| file.apply(command(), "server", |_| false))
+            .expect_err("the file should be refused");
+        err.to_string()
+    }
+
+    #[test]
+    fn the_file_sets_an_address() {
+        let s = server_with("[server]\nlisten = \"127.0.0.1:9\"\n", &[]);
+        assert_eq!(s.listen, SocketAddr::from(([127, 0, 0, 1], 9)));
+        let p = proxy_with(
+            "[proxy]\nupstream = \"127.0.0.1:8\"\nhttp = \"127.0.0.1:0\"\n",
+            &[],
+        );
+        assert_eq!(p.upstream, SocketAddr::from(([127, 0, 0, 1], 8)));
+        assert_eq!(p.http, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+    }
+
+    #[test]
+    fn the_file_sets_durations_in_words_or_seconds() {
+        let p = proxy_with(
+            "[proxy]\ncache-ttl = \"500ms\"\nrequest-timeout = \"1m 30s\"\nidle-timeout = 0\n",
+            &[],
+        );
+        assert_eq!(p.cache.cache_ttl, Duration::from_millis(500));
+        assert_eq!(p.cache.request_timeout, Duration::from_secs(90));
+        assert_eq!(p.conn.idle_timeout(), None);
+        let s = server_with("[server]\nidle-timeout = 7\n", &[]);
+        assert_eq!(s.conn.idle_timeout(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn the_file_sets_sizes_and_counts() {
+        let s = server_with(
+            "[server]\nmax-value = \"2MiB\"\nmax-line = 1024\nmax-clients = 3\naof-rewrite-min-size = \"1k\"\n",
+            &[],
+        );
+        let o = s.options(0);
+        assert_eq!(o.limits.max_value, 2 << 20);
+        assert_eq!(o.limits.max_line, 1024);
+        assert_eq!(o.max_clients, 3);
+        assert_eq!(o.persistence.unwrap().rewrite_min_size, 1024);
+    }
+
+    #[test]
+    fn the_file_sets_switches() {
+        let p = proxy_with("[proxy]\nno-negative-cache = true\n", &[]);
+        assert!(!p.options(0).proxy.cache.negative);
+        let p = proxy_with("[proxy]\nno-negative-cache = false\n", &[]);
+        assert!(p.options(0).proxy.cache.negative);
+        let s = server_with("[server]\nrepair = true\n", &[]);
+        assert!(s.options(0).persistence.unwrap().repair);
+        let s = server_with("[server]\nin-memory = true\n", &[]);
+        assert!(s.options(0).persistence.is_none());
+    }
+
+    #[test]
+    fn the_file_sets_choices() {
+        let s = server_with(
+            "[server]\nfsync = \"always\"\ninline-replies = \"resp\"\n",
+            &[],
+        );
+        let o = s.options(0);
+        assert_eq!(o.persistence.unwrap().fsync, FsyncPolicy::Always);
+        assert_eq!(o.inline_replies, kv_core::server::InlineReplies::Resp);
+    }
+
+    #[test]
+    fn the_file_sets_passwords() {
+        let s = server_with("[server]\nrequirepass = \"s3cret\"\n", &[]);
+        assert_eq!(s.auth.requirepass.as_deref(), Some("s3cret"));
+        assert!(s.options(0).password.is_some());
+        let p = proxy_with(
+            "[proxy]\nrequirepass = \"-starts-with-a-dash\"\nupstream-password = \"up=pw\"\n",
+            &[],
+        );
+        assert_eq!(p.auth.requirepass.as_deref(), Some("-starts-with-a-dash"));
+        assert_eq!(p.upstream_password.as_deref(), Some("up=pw"));
+        assert!(p.options(0).proxy.upstream_password.is_some());
+    }
+
+    #[test]
+    fn the_file_sets_lists_and_the_command_line_replaces_them() {
+        let toml = "[proxy]\nallow-origin = [\"http://a:1\", \"http://b:2\"]\n";
+        assert_eq!(
+            proxy_with(toml, &[]).web.allow_origin,
+            ["http://a:1", "http://b:2"]
+        );
+        assert_eq!(
+            proxy_with(toml, &["--allow-origin", "http://c:3"])
+                .web
+                .allow_origin,
+            ["http://c:3"]
+        );
+        let one = proxy_with("[proxy]\nallow-origin = \"http://a:1\"\n", &[]);
+        assert_eq!(one.web.allow_origin, ["http://a:1"]);
+    }
+
+    #[test]
+    fn the_file_sets_paths() {
+        let s = server_with("[server]\ndata-dir = \"/var/lib/kv\"\n", &[]);
+        assert_eq!(
+            s.options(0).persistence.unwrap().data_dir,
+            PathBuf::from("/var/lib/kv")
+        );
+        let KvCommand::Up(u) =
+            with_config("[up]\nwww = \"/srv/www\"\nno-http = true\n", &["up"]).unwrap()
+        else {
+            panic!("not up")
+        };
+        assert_eq!(u.web.www, Some(PathBuf::from("/srv/www")));
+        assert!(u.no_http);
+    }
+
+    #[test]
+    fn the_cli_section_leaves_the_command_to_the_command_line() {
+        let toml =
+            "[cli]\nconnect = \"127.0.0.1:1\"\ntimeout = \"2s\"\npassword = \"pw\"\nresp3 = true\n";
+        let KvCommand::Cli(c) = with_config(toml, &["cli", "GET", "k"]).unwrap() else {
+            panic!("not cli")
+        };
+        assert_eq!(c.connect, "127.0.0.1:1");
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert!(c.resp3);
+        assert_eq!(c.command, ["GET", "k"]);
+    }
+
+    #[test]
+    fn flags_override_the_file_before_or_after_the_subcommand() {
+        let toml = "[server]\nlisten = \"127.0.0.1:9\"\nmax-clients = 5\n";
+        let s = server_with(toml, &["--listen", "127.0.0.1:10"]);
+        assert_eq!(s.listen.port(), 10);
+        assert_eq!(s.conn.max_clients, 5, "the file's other settings stay");
+        let path = std::env::temp_dir().join(format!("kv-args-{}-after.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        let parsed = parse_from(["kv", "server", "--config", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+        let KvCommand::Server(s) = parsed.unwrap().command else {
+            panic!("not server")
+        };
+        assert_eq!(s.listen.port(), 9);
+    }
+
+    #[test]
+    fn a_flag_drops_the_file_settings_it_conflicts_with() {
+        // The file's persistence settings give way to --in-memory, and its
+        // password to --requirepass-file, instead of failing or winning.
+        let toml = "[server]\ndata-dir = \"/x\"\nfsync = \"always\"\nrequirepass = \"from-file\"\n";
+        let s = server_with(toml, &["--in-memory"]);
+        assert!(s.options(0).persistence.is_none());
+        let pw = std::env::temp_dir().join(format!("kv-args-{}-pw", std::process::id()));
+        std::fs::write(&pw, "from-flag\n").unwrap();
+        let s = server_with(toml, &["--requirepass-file", pw.to_str().unwrap()]);
+        std::fs::remove_file(&pw).unwrap();
+        assert_eq!(s.auth.requirepass, None);
+        assert_eq!(s.auth.requirepass_file.as_deref(), Some("from-flag"));
+    }
+
+    #[test]
+    fn settings_of_the_file_that_conflict_are_refused_with_both_lines() {
+        assert_eq!(
+            refused("[server]\nfsync = \"always\"\n\nin-memory = true\n"),
+            "kv.toml, line 4: 'in-memory' cannot be used with 'fsync' (line 2)"
+        );
+        // A switch set to false is its absence, and conflicts with nothing.
+        let s = server_with("[server]\nfsync = \"no\"\nin-memory = false\n", &[]);
+        assert_eq!(s.options(0).persistence.unwrap().fsync, FsyncPolicy::No);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused_with_their_line() {
+        assert_eq!(
+            refused("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"127.0.0.1:2\"\n"),
+            "kv.toml, line 3: unknown key 'lisen' in [server]"
+        );
+        // Other sections' keys are checked too, so a typo shows on the
+        // first run; their values only when their subcommand runs.
+        assert_eq!(
+            refused("[server]\n\n[proxy]\ncache-tll = \"1s\"\n"),
+            "kv.toml, line 4: unknown key 'cache-tll' in [proxy]"
+        );
+        let s = server_with("[server]\n[proxy]\ncache-ttl = \"soon\"\n", &[]);
+        assert_eq!(s.listen.port(), 7070);
+        // A flag of another subcommand is unknown here.
+        assert_eq!(
+            refused("[server]\nupstream = \"127.0.0.1:1\"\n"),
+            "kv.toml, line 2: unknown key 'upstream' in [server]"
+        );
+        assert_eq!(
+            refused("listen = \"127.0.0.1:1\"\n"),
+            "kv.toml, line 1: 'listen' is outside any section: settings go under \
+             [server], [proxy], [cli], [up]"
+        );
+        assert_eq!(
+            refused("\n[sever]\nlisten = \"127.0.0.1:1\"\n"),
+            "kv.toml, line 2: unknown section [sever] (there are [server], [proxy], [cli], [up])"
+        );
+        // Neither --config nor --help is a setting.
+        assert_eq!(
+            refused("[server]\nconfig = \"other.toml\"\n"),
+            "kv.toml, line 2: unknown key 'config' in [server]"
+        );
+        assert_eq!(
+            refused("[server]\nhelp = true\n"),
+            "kv.toml, line 2: unknown key 'help' in [server]"
+        );
+    }
+
+    #[test]
+    fn wrongly_typed_values_are_refused_with_their_line() {
+        assert_eq!(
+            refused("[server]\nrepair = \"yes\"\n"),
+            "kv.toml, line 2: 'repair' is a switch: true or false"
+        );
+        assert_eq!(
+            refused("[server]\nlisten = [\"127.0.0.1:1\"]\n"),
+            "kv.toml, line 2: 'listen' takes one value"
+        );
+        assert_eq!(
+            refused("[server]\n# comment\nidle-timeout = \"soon\"\n"),
+            "kv.toml, line 3: invalid value 'soon' for 'idle-timeout': \
+             expected number at 0 (expected e.g. 60s, 500ms, 5m)"
+        );
+        assert_eq!(
+            refused("[server]\nmax-key = \"9 parsecs\"\n"),
+            "kv.toml, line 2: invalid value '9 parsecs' for 'max-key': \
+             unknown size unit 'parsecs' (use K, M or G)"
+        );
+        // A reason that quotes the value already is not given it again.
+        assert_eq!(
+            refused("[server]\nmax-key = \"lots\"\n"),
+            "kv.toml, line 2: 'max-key': invalid size 'lots' (expected e.g. 1048576 or 1MiB)"
+        );
+        assert_eq!(
+            refused("[server]\nfsync = \"sometimes\"\n"),
+            "kv.toml, line 2: invalid value 'sometimes' for 'fsync': expected always, everysec, no"
+        );
+        assert_eq!(
+            refused("[server]\nlisten = 7070\n"),
+            "kv.toml, line 2: 'listen': invalid address '7070': invalid socket address"
+        );
+        let err = refused("[server]\nmax-clients = -1\n");
+        assert!(
+            err.starts_with("kv.toml, line 2: invalid value '-1' for 'max-clients': "),
+            "{err}"
+        );
+        assert_eq!(
+            refused("[server]\nlisten = \"127.0.0.1:1\n"),
+            "kv.toml, line 2: invalid basic string, expected `\"`"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let missing = std::env::temp_dir().join("kv-args-no-such-file.toml");
+        let err = parse_from(["kv", "--config", missing.to_str().unwrap(), "server"])
+            .expect_err("no file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn every_flag_has_its_environment_variable() {
+        assert_eq!(env_var("upstream-password"), "KV_UPSTREAM_PASSWORD");
+        assert!(is_false("0") && is_false("Off") && is_false("no"));
+        assert!(!is_false("1") && !is_false("yes") && !is_false(""));
+        let cmd = command();
+        let env_of = |sub: &str, id: &str| {
+            let sub = cmd.find_subcommand(sub).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_env().map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env_of("server", "requirepass").as_deref(),
+            Some("KV_REQUIREPASS")
+        );
+        assert_eq!(
+            env_of("proxy", "upstream_password").as_deref(),
+            Some("KV_UPSTREAM_PASSWORD")
+        );
+        assert_eq!(
+            env_of("proxy", "cache_ttl").as_deref(),
+            Some("KV_CACHE_TTL")
+        );
+        assert_eq!(env_of("up", "www").as_deref(), Some("KV_WWW"));
+        assert_eq!(env_of("cli", "command"), None, "a positional has none");
+        let root = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .unwrap();
+        assert_eq!(root.get_env().unwrap(), "KV_CONFIG");
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    if std::env::var(env_var(long)).is_ok_and(|v| is_false(&v)) {
+                        continue; // a false switch's variable is left out
+                    }
+                    assert_eq!(
+                        arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                        Some(env_var(long)),
+                        "{} --{long}",
+                        sub.get_name()
+                    );
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "--{long} would show its value"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!   listeners;
 //! - [`cli`]: the `kv cli` client around [`kv_core::Client`];
 //! - [`app`]: `kv server`, `kv proxy` and `kv up`; [`args`]: the command
-//!   line.
+//!   line and the environment; [`config`]: the `--config` file.
 //!
 //! Each service runs on its own thread with a single-threaded runtime, like
 //! Redis: its machine sits in an `Rc<RefCell<…>>`, borrowed only between
@@ -28,6 +28,7 @@
 pub mod app;
 pub mod args;
 pub mod cli;
+pub mod config;
 mod conn;
 mod http;
 pub mod metrics;

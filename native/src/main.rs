@@ -1,26 +1,34 @@
 //! The `kv` binary: parses the command line, sets up logging, and hands over
 //! to `kv_native`.
 
-use anyhow::Context;
-use clap::Parser;
-use kv_native::args::{KvArgs, KvCommand};
+use kv_native::args::{ArgsError, KvCommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = KvArgs::parse();
+    let args = match kv_native::args::parse_from(std::env::args_os()) {
+        Ok(args) => args,
+        Err(ArgsError::Clap(e)) => e.exit(),
+        Err(ArgsError::Config(e)) => {
+            eprintln!("error: {e}");
+            // clap's code for a usage error, which a bad file is too.
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     let result = match &args.command {
         KvCommand::Cli(cli) => return ExitCode::from(kv_native::cli::run(cli)),
-        KvCommand::Server(a) => kv_native::app::run_server(a).context("kv server"),
-        KvCommand::Proxy(a) => kv_native::app::run_proxy(a).context("kv proxy"),
-        KvCommand::Up(a) => kv_native::app::run_up(a).context("kv up"),
+        KvCommand::Server(a) => kv_native::app::run_server(a),
+        KvCommand::Proxy(a) => kv_native::app::run_proxy(a),
+        KvCommand::Up(a) => kv_native::app::run_up(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // kv's errors name their cause in their own message, so only that
+        // is printed: walking `source()` too would say the cause twice.
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -15,33 +15,37 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// Why a service could not start or did not stop cleanly.
+///
+/// Each message ends with its cause, so the cause is not also returned by
+/// `source()` (the fields are not named `source`): a printer that walks the
+/// chain, such as anyhow's `{:#}`, would say it twice.
 #[derive(Debug, Error)]
 pub enum ServiceError {
     /// The OS thread could not be created.
-    #[error("cannot start the {name} thread: {source}")]
+    #[error("cannot start the {name} thread: {error}")]
     Thread {
         /// The service.
         name: &'static str,
         /// The cause.
-        source: io::Error,
+        error: io::Error,
     },
     /// The Tokio runtime could not be built.
-    #[error("cannot start the {name} runtime: {source}")]
+    #[error("cannot start the {name} runtime: {error}")]
     Runtime {
         /// The service.
         name: &'static str,
         /// The cause.
-        source: io::Error,
+        error: io::Error,
     },
     /// The listening address could not be bound.
-    #[error("{name} cannot listen on {addr}: {source}")]
+    #[error("{name} cannot listen on {addr}: {error}")]
     Bind {
         /// The service.
         name: &'static str,
         /// The address asked for.
         addr: SocketAddr,
         /// The cause.
-        source: io::Error,
+        error: io::Error,
     },
     /// The service thread panicked.
     #[error("the {name} thread panicked")]
@@ -85,8 +89,8 @@ impl Service {
                     .build()
                 {
                     Ok(rt) => rt,
-                    Err(source) => {
-                        let _ = ready_tx.send(Err(ServiceError::Runtime { name, source }));
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(ServiceError::Runtime { name, error }));
                         return;
                     }
                 };
@@ -94,11 +98,11 @@ impl Service {
                 local.block_on(&runtime, async move {
                     let listener = match super::net::bind(listen) {
                         Ok(l) => l,
-                        Err(source) => {
+                        Err(error) => {
                             let _ = ready_tx.send(Err(ServiceError::Bind {
                                 name,
                                 addr: listen,
-                                source,
+                                error,
                             }));
                             return;
                         }
@@ -113,7 +117,7 @@ impl Service {
                 drop(runtime);
                 let _ = done_tx.send(());
             })
-            .map_err(|source| ServiceError::Thread { name, source })?;
+            .map_err(|error| ServiceError::Thread { name, error })?;
         match ready_rx.recv() {
             Ok(Ok(addr)) => Ok(Service {
                 name,
@@ -161,5 +165,35 @@ impl Service {
         self.thread
             .join()
             .map_err(|_| ServiceError::Panicked { name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole chain, as anyhow's `{:#}` prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_failed_bind_says_its_os_error_once() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = Service::spawn("server", addr, |_, _| async {}).unwrap_err();
+        assert!(matches!(err, ServiceError::Bind { .. }), "{err:?}");
+        let text = chain(&err);
+        assert!(
+            text.starts_with(&format!("server cannot listen on {addr}: ")),
+            "{text}"
+        );
+        assert_eq!(text.matches("(os error").count(), 1, "{text}");
     }
 }
