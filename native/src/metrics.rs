@@ -459,6 +459,11 @@ pub(crate) async fn serve(
     }
 }
 
+/// A count as a gauge's value (counts never come near `i64::MAX`).
+fn to_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,9 +487,4 @@ mod tests {
         }
         assert!(text.contains("kv_build_info{version=\""), "{text}");
     }
-}
-
-/// A count as a gauge's value (counts never come near `i64::MAX`).
-fn to_i64(n: impl TryInto<i64>) -> i64 {
-    n.try_into().unwrap_or(i64::MAX)
 }

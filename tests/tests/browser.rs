@@ -606,7 +606,8 @@ fn a_copied_kv_serves_its_built_in_console_to_chromium() {
         let text = chart[0].as_str().unwrap_or_default().to_owned();
         let path = chart[1].as_str().unwrap_or_default().to_owned();
         let rate = text.trim_end_matches(['k', 'M']).parse::<f64>().ok()?;
-        (rate > 0.0 && !path.is_empty()).then_some((text, path))
+        // A line (two points or more), not just the first dot.
+        (rate > 0.0 && path.contains('L')).then_some((text, path))
     });
     println!("the console's requests/s chart reads {rps} (path {path})");
 

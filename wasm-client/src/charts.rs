@@ -86,19 +86,27 @@ pub fn path(values: &[Option<f64>], max: f64) -> String {
     let step = w / (WINDOW - 1) as f64;
     let offset = (WINDOW - values.len().min(WINDOW)) as f64 * step;
     let mut d = String::new();
-    let mut pen_down = false;
+    // Points in the current stretch without a gap; a lone point is drawn
+    // as a dot (a zero-length line, which a round cap shows).
+    let mut run = 0;
     for (i, v) in values.iter().enumerate() {
         let Some(v) = v else {
-            pen_down = false;
+            if run == 1 {
+                d.push_str(" h0");
+            }
+            run = 0;
             continue;
         };
         let x = offset + i as f64 * step;
         let y = if top > 0.0 { h - v / top * h } else { h };
         d.push_str(&format!(
             "{}{x:.1},{y:.1}",
-            if pen_down { " L" } else { " M" }
+            if run > 0 { " L" } else { " M" }
         ));
-        pen_down = true;
+        run += 1;
+    }
+    if run == 1 {
+        d.push_str(" h0");
     }
     d.trim_start().to_owned()
 }
@@ -111,7 +119,7 @@ pub fn short(v: f64) -> String {
         format!("{:.0}k", v / 1e3)
     } else if v >= 1e3 {
         format!("{:.1}k", v / 1e3)
-    } else if v >= 10.0 || v == 0.0 {
+    } else if v >= 10.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
@@ -190,7 +198,7 @@ mod tests {
         assert_eq!(
             d,
             format!(
-                "M{:.1},{h:.1} L{:.1},0.0 M{:.1},{:.1}",
+                "M{:.1},{h:.1} L{:.1},0.0 M{:.1},{:.1} h0",
                 x(0),
                 x(1),
                 x(3),
@@ -202,6 +210,7 @@ mod tests {
     #[test]
     fn captions_are_short() {
         assert_eq!(short(0.0), "0");
+        assert_eq!(short(3.0), "3");
         assert_eq!(short(4.25), "4.2");
         assert_eq!(short(1234.0), "1.2k");
         assert_eq!(short(45_678.0), "46k");

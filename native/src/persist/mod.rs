@@ -121,14 +121,15 @@ impl PersistOptions {
 #[derive(Debug, Error)]
 pub enum PersistError {
     /// A file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {error}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause: said in the message, so not a `source` as well, which
+        /// would have it said twice by whoever prints the chain.
+        error: io::Error,
     },
     /// Another process holds the data directory.
     #[error("the data directory {} is in use by another kv process", path.display())]
@@ -171,10 +172,10 @@ pub enum PersistError {
 
 pub(super) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PersistError {
     let path = path.to_path_buf();
-    move |source| PersistError::Io {
+    move |error| PersistError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 
@@ -240,7 +241,7 @@ fn lock_dir(dir: &Path) -> Result<File, PersistError> {
                 PersistError::Io {
                     action: "lock",
                     path,
-                    source: e,
+                    error: e,
                 }
             });
         }
