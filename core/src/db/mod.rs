@@ -19,7 +19,7 @@
 
 pub mod store;
 
-pub use store::{Entry, Hasher, Slot, Store};
+pub use store::{Entry, Found, Hasher, Slot, SlotRef, Store};
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -180,24 +180,24 @@ impl Db {
     /// What `key` holds, unless it has expired (an expired key is removed
     /// here, and its removal recorded).
     #[inline]
-    pub fn slot(&mut self, key: &[u8]) -> Option<&Slot> {
-        let i = self.live_position(key)?;
-        self.store.at(i)
+    pub fn slot(&mut self, key: &[u8]) -> Option<SlotRef<'_>> {
+        let at = self.live(key)?;
+        self.store.found(at)
     }
 
-    /// The position of `key` in the store, unless it has expired.
+    /// Where `key` is in the store, unless it has expired.
     #[inline]
-    fn live_position(&mut self, key: &[u8]) -> Option<usize> {
-        let i = self.store.position(key)?;
-        if self.store.at(i).is_some_and(|s| s.expired(self.now)) {
-            self.expire_at(i);
+    fn live(&mut self, key: &[u8]) -> Option<Found> {
+        let at = self.store.find(key)?;
+        if self.store.found(at).is_some_and(|s| s.expired(self.now)) {
+            self.expire_at(at);
             return None;
         }
-        Some(i)
+        Some(at)
     }
 
-    fn expire_at(&mut self, i: usize) {
-        let gone = self.store.take_at(i);
+    fn expire_at(&mut self, at: Found) {
+        let gone = self.store.take_at(at);
         self.expired += 1;
         let key = Bytes::copy_from_slice(gone.entry.key());
         self.record(Effect::Del { key }, Some(gone));
@@ -211,7 +211,7 @@ impl Db {
 
     /// Whether `key` exists (and has not expired).
     pub fn contains(&mut self, key: &[u8]) -> bool {
-        self.live_position(key).is_some()
+        self.live(key).is_some()
     }
 
     /// The deadline of `key`: `None` if missing, `Some(None)` if it never
@@ -244,8 +244,8 @@ impl Db {
     /// Sets `key` to `value`, keeping the deadline it has (`INCR`,
     /// `APPEND`, `SETRANGE`, `SET … KEEPTTL`).
     pub fn overwrite(&mut self, key: &Bytes, value: &[u8]) {
-        match self.live_position(key) {
-            Some(i) => self.overwrite_at(i, key, value),
+        match self.live(key) {
+            Some(at) => self.overwrite_at(at, key, value),
             None => self.set(key, &Bytes::copy_from_slice(value), None),
         }
     }
@@ -253,24 +253,25 @@ impl Db {
     /// Where `key` is in the store, unless missing or expired: for a
     /// read-modify-write (`INCR`) that looks the key up once.
     #[inline]
-    pub fn find(&mut self, key: &[u8]) -> Option<usize> {
-        self.live_position(key)
+    pub fn find(&mut self, key: &[u8]) -> Option<Found> {
+        self.live(key)
     }
 
-    /// The value at store position `i` (from [`Db::find`]).
+    /// The value of the key found at `at` (by [`Db::find`], with no write
+    /// since).
     #[inline]
-    pub fn value_at(&self, i: usize) -> &[u8] {
-        self.store.at(i).map_or(&[][..], |s| s.entry.value())
+    pub fn value_at(&self, at: Found) -> &[u8] {
+        self.store.found(at).map_or(&[][..], |s| s.entry.value())
     }
 
-    /// Replaces the value at store position `i` (from [`Db::find`], for
-    /// `key`), keeping its deadline.
-    pub fn overwrite_at(&mut self, i: usize, key: &Bytes, value: &[u8]) {
+    /// Replaces the value of `key`, found at `at` (by [`Db::find`], with no
+    /// write since), keeping its deadline.
+    pub fn overwrite_at(&mut self, at: Found, key: &Bytes, value: &[u8]) {
         let observed = self.recording || !self.watched.is_empty();
-        if !observed && self.store.overwrite_in_place(i, value) {
+        if !observed && self.store.overwrite_in_place(at, value) {
             return;
         }
-        let before = self.store.replace_value(i, value);
+        let before = self.store.replace_value(at, value);
         if self.recording || !self.watched.is_empty() {
             let effect = Effect::Set {
                 key: key.clone(),
@@ -284,16 +285,21 @@ impl Db {
     /// Gives `key` a new deadline (`None`: never). A deadline not after now
     /// removes the key, as Redis does. Whether the key existed.
     pub fn expire(&mut self, key: &Bytes, deadline: Option<u64>) -> bool {
-        let Some(i) = self.live_position(key) else {
+        let Some(at) = self.live(key) else {
             return false;
         };
         if deadline.is_some_and(|d| d <= self.now) {
-            let gone = self.store.take_at(i);
+            let gone = self.store.take_at(at);
             self.record(Effect::Del { key: key.clone() }, Some(gone));
             return true;
         }
-        let before = self.store.at(i).cloned();
-        self.store.set_deadline(i, deadline);
+        // Shared only once its header has changed: cloned first, the entry
+        // would have to be copied to flag the deadline.
+        let old = self.store.set_deadline(at, deadline);
+        let before = self.store.found(at).map(|s| Slot {
+            entry: s.entry.clone(),
+            deadline: old,
+        });
         let effect = Effect::Expire {
             key: key.clone(),
             deadline,
@@ -304,10 +310,10 @@ impl Db {
 
     /// Removes `key`; whether it existed (unexpired).
     pub fn del(&mut self, key: &Bytes) -> bool {
-        let Some(i) = self.live_position(key) else {
+        let Some(at) = self.live(key) else {
             return false;
         };
-        let before = self.store.take_at(i);
+        let before = self.store.take_at(at);
         self.record(Effect::Del { key: key.clone() }, Some(before));
         true
     }
@@ -378,8 +384,11 @@ impl Db {
     /// commands that walk the store: `SCAN`, `KEYS`, `RANDOMKEY`);
     /// whether it had.
     pub fn expire_position(&mut self, i: usize) -> bool {
-        if self.store.at(i).is_some_and(|s| s.expired(self.now)) {
-            self.expire_at(i);
+        let Some(at) = self.store.found_at(i) else {
+            return false;
+        };
+        if self.store.found(at).is_some_and(|s| s.expired(self.now)) {
+            self.expire_at(at);
             return true;
         }
         false
@@ -417,8 +426,8 @@ impl Db {
             Effect::Expire { key, deadline } => {
                 if deadline.is_some_and(|d| d <= self.now) {
                     self.store.remove(key);
-                } else if let Some(i) = self.store.position(key) {
-                    self.store.set_deadline(i, *deadline);
+                } else if let Some(at) = self.store.find(key) {
+                    self.store.set_deadline(at, *deadline);
                 }
             }
             Effect::Del { key } => {

@@ -1,25 +1,40 @@
 //! The key/value store itself.
 //!
-//! Each pair lives in one allocation, `[key length: u32][key][value]`,
-//! behind a reference-counted handle ([`Entry`]). The entries sit in a
-//! vector, each with its deadline, and a hash table maps keys to their
-//! positions in it (the layout of an insertion-ordered map). The vector is
-//! what gives the keyspace commands their guarantees cheaply:
+//! Each pair lives in one allocation, `[position: u32][key length: u32]
+//! [key][value]`, behind a reference-counted handle ([`Entry`]), and the
+//! hash table holds the entries themselves: a lookup goes from the table's
+//! bucket straight to the entry, where the key is compared and the value
+//! read, two dependent loads and no more (the table used to hold positions
+//! into a vector of entries, a third).
 //!
-//! - `SCAN` walks the vector from the end down. A removal moves the last
-//!   entry into the hole, and the last entry is always on the walked side of
+//! Keys also have positions, `0..len()`, dense, kept in `order` (a 32-bit
+//! hash per position, from which its table hash is derived) and in each
+//! entry's header. They are what gives the keyspace commands their
+//! guarantees cheaply:
+//!
+//! - `SCAN` walks the positions from the end down. A removal moves the last
+//!   key into the hole, and the last key is always on the walked side of
 //!   the cursor or beyond it, so a key present for a whole iteration is
 //!   returned at least once however the table grows or shrinks;
-//! - `RANDOMKEY` is one index;
+//! - `RANDOMKEY` is one position;
 //! - the reference count makes a snapshot of the whole store (for log
 //!   compaction) a matter of counters.
 //!
-//! Deadlines (unix milliseconds) are kept beside each entry and in a heap
-//! ordered by deadline, so active expiry finds the next key due without a
-//! scan. The heap is lazy: a deadline that was changed or removed stays in
-//! it until it comes up (and is then ignored), and the heap is rebuilt when
-//! stale items outnumber live ones, so it never holds more than about
-//! twice the number of keys with a deadline.
+//! A position's key is found through the table by its hash: its candidates
+//! are compared by the position in their header. An entry's header is
+//! rewritten in place while the store holds the only reference, and the
+//! entry copied first otherwise (a snapshot shares it), so what a snapshot
+//! holds never changes.
+//!
+//! Deadlines (unix milliseconds) are kept by position in a vector allocated
+//! once a key gets one (a store without deadlines pays nothing for them),
+//! flagged in the entry's header so that a lookup of a key without one
+//! does not touch it; and they are kept in a heap ordered by deadline, so
+//! active expiry finds the next key due without a scan. The heap is lazy: a
+//! deadline that was changed or removed stays in it until it comes up (and
+//! is then ignored), and the heap is rebuilt when stale items outnumber
+//! live ones, so it never holds more than about twice the number of keys
+//! with a deadline.
 
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -32,9 +47,25 @@ use std::sync::Arc;
 /// yet keys chosen by a peer must not be able to force hash collisions.
 pub type Hasher = foldhash::fast::FixedState;
 
+/// Bytes of an entry before its key: its position and its key length.
+const HEADER: usize = 8;
+
+/// The bit of the key-length word that says the key has a deadline (keys
+/// are bounded far below 2 GiB by the codec's limits, so it is free).
+const VOLATILE: u32 = 1 << 31;
+
 /// One stored pair, cheap to clone (a reference count).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Entry(Arc<[u8]>);
+
+/// Pairs compare by key and value: the header is the store's bookkeeping.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key() && self.value() == other.value()
+    }
+}
+
+impl Eq for Entry {}
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,22 +80,30 @@ impl Entry {
     /// A pair in one allocation, written in place: no intermediate buffer
     /// to copy from (this runs for every write).
     pub fn new(key: &[u8], value: &[u8]) -> Self {
-        // Keys are bounded far below 4 GiB by the codec's limits.
-        let klen = u32::try_from(key.len()).expect("key shorter than 4 GiB");
-        let len = 4 + key.len() + value.len();
+        Self::build(key, value, 0, false)
+    }
+
+    fn build(key: &[u8], value: &[u8], pos: u32, volatile: bool) -> Self {
+        let klen = u32::try_from(key.len())
+            .ok()
+            .filter(|&n| n < VOLATILE)
+            .expect("key shorter than 2 GiB");
+        let meta = klen | if volatile { VOLATILE } else { 0 };
+        let len = HEADER + key.len() + value.len();
         let mut arc = Arc::<[u8]>::new_uninit_slice(len);
         let dst = Arc::get_mut(&mut arc)
             .expect("a new allocation is not shared")
             .as_mut_ptr()
             .cast::<u8>();
         // SAFETY: `dst` points to `len` bytes of the new allocation, which
-        // nothing else references; the three copies fill all of them,
+        // nothing else references; the four copies fill all of them,
         // without overlap, from slices that do not alias it. After that,
         // every byte is initialized, as `assume_init` requires.
         unsafe {
-            std::ptr::copy_nonoverlapping(klen.to_le_bytes().as_ptr(), dst, 4);
-            std::ptr::copy_nonoverlapping(key.as_ptr(), dst.add(4), key.len());
-            std::ptr::copy_nonoverlapping(value.as_ptr(), dst.add(4 + key.len()), value.len());
+            std::ptr::copy_nonoverlapping(pos.to_le_bytes().as_ptr(), dst, 4);
+            std::ptr::copy_nonoverlapping(meta.to_le_bytes().as_ptr(), dst.add(4), 4);
+            std::ptr::copy_nonoverlapping(key.as_ptr(), dst.add(HEADER), key.len());
+            std::ptr::copy_nonoverlapping(value.as_ptr(), dst.add(HEADER + key.len()), value.len());
             Entry(arc.assume_init())
         }
     }
@@ -73,7 +112,7 @@ impl Entry {
     /// alone (no snapshot shares it) and the new value has the old one's
     /// length (a counter, mostly); whether it could.
     fn overwrite_in_place(&mut self, value: &[u8]) -> bool {
-        let at = 4 + self.key_len();
+        let at = HEADER + self.key_len();
         match Arc::get_mut(&mut self.0) {
             Some(buf) if buf.len() == at + value.len() => {
                 buf[at..].copy_from_slice(value);
@@ -83,24 +122,64 @@ impl Entry {
         }
     }
 
-    fn key_len(&self) -> usize {
+    #[inline]
+    fn word(&self, at: usize) -> u32 {
         let mut n = [0u8; 4];
-        n.copy_from_slice(&self.0[..4]);
-        u32::from_le_bytes(n) as usize
+        n.copy_from_slice(&self.0[at..at + 4]);
+        u32::from_le_bytes(n)
+    }
+
+    /// Its position in the store holding it (meaningless elsewhere).
+    #[inline]
+    fn pos(&self) -> usize {
+        self.word(0) as usize
+    }
+
+    /// Whether the store holding it keeps a deadline for it.
+    #[inline]
+    fn volatile(&self) -> bool {
+        self.word(4) & VOLATILE != 0
+    }
+
+    #[inline]
+    fn key_len(&self) -> usize {
+        (self.word(4) & !VOLATILE) as usize
+    }
+
+    /// Records the entry's position and whether it has a deadline: in place
+    /// when no one else holds it, else in a copy, since a snapshot's
+    /// entries must not change under it (that copy is the rare case: only
+    /// while a snapshot is out).
+    fn set_header(&mut self, pos: usize, volatile: bool) {
+        let pos = u32::try_from(pos).expect("fewer than 4 billion keys");
+        let meta = self.word(4) & !VOLATILE | if volatile { VOLATILE } else { 0 };
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&pos.to_le_bytes());
+        header[4..].copy_from_slice(&meta.to_le_bytes());
+        if self.0[..HEADER] == header {
+            return;
+        }
+        if Arc::get_mut(&mut self.0).is_none() {
+            self.0 = Arc::from(&self.0[..]);
+        }
+        let buf = Arc::get_mut(&mut self.0).expect("a fresh copy is not shared");
+        buf[..HEADER].copy_from_slice(&header);
     }
 
     /// The key.
+    #[inline]
     pub fn key(&self) -> &[u8] {
-        &self.0[4..4 + self.key_len()]
+        &self.0[HEADER..HEADER + self.key_len()]
     }
 
     /// The value.
+    #[inline]
     pub fn value(&self) -> &[u8] {
-        &self.0[4 + self.key_len()..]
+        &self.0[HEADER + self.key_len()..]
     }
 
     fn data_len(&self) -> usize {
-        self.0.len() - 4
+        self.0.len() - HEADER
     }
 }
 
@@ -121,9 +200,30 @@ mod entry_tests {
         let empty = Entry::new(b"", b"");
         assert_eq!((empty.key(), empty.value()), (&b""[..], &b""[..]));
     }
+
+    #[test]
+    fn headers_change_in_place_or_in_a_copy_never_under_a_snapshot() {
+        let mut e = Entry::new(b"key", b"value");
+        e.set_header(7, true);
+        assert_eq!((e.pos(), e.volatile(), e.key()), (7, true, &b"key"[..]));
+        let snapshot = e.clone();
+        e.set_header(3, false);
+        assert_eq!((e.pos(), e.volatile()), (3, false));
+        assert_eq!((snapshot.pos(), snapshot.volatile()), (7, true));
+        assert_eq!(snapshot, e, "pairs compare by key and value alone");
+        assert!(
+            e.overwrite_in_place(b"VALUE"),
+            "the copy is the store's own"
+        );
+        assert_eq!(
+            (snapshot.value(), e.value()),
+            (&b"value"[..], &b"VALUE"[..])
+        );
+    }
 }
 
-/// An entry and its deadline: what a key holds.
+/// An entry and its deadline: what a key holds, owned (a snapshot of it,
+/// or what a write replaced).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     /// The pair.
@@ -140,20 +240,68 @@ impl Slot {
     }
 }
 
+/// What a key holds, borrowed from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef<'a> {
+    /// The pair.
+    pub entry: &'a Entry,
+    /// When the key expires, in unix milliseconds; `None`: never.
+    pub deadline: Option<u64>,
+}
+
+impl SlotRef<'_> {
+    /// Whether the key has expired at `now` (unix milliseconds): a key is
+    /// gone at its deadline, not after it.
+    pub fn expired(&self, now: u64) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+
+    /// The slot, owned: a reference count, not a copy.
+    pub fn to_slot(&self) -> Slot {
+        Slot {
+            entry: self.entry.clone(),
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// Where a key is in the store's table, from [`Store::find`] or
+/// [`Store::found_at`]: a handle for reading and writing the key without
+/// looking it up again, valid until the store next changes (any write may
+/// move keys in the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found(usize);
+
+/// The table hash of a key from its 32-bit hash: a multiplication by an odd
+/// constant keeps the low bits (the bucket) as uniform as the hash's and
+/// mixes every bit into the top ones (hashbrown's 7-bit tag).
+#[inline]
+fn spread(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Keys and values are arbitrary bytes.
 #[derive(Debug)]
 pub struct Store {
-    slots: Vec<Slot>,
-    /// Positions in `slots`, by the hash of their keys.
-    index: HashTable<u32>,
+    /// The entries, by the hash of their keys.
+    index: HashTable<Entry>,
+    /// By position: each key's 32-bit hash (its table hash is derived from
+    /// it), to find a position's entry and to rehash without reading keys.
+    order: Vec<u32>,
+    /// By position: each key's deadline, read only for entries flagged as
+    /// having one. Empty until a key first gets a deadline, and then as
+    /// long as `order` until the store is cleared (freeing it when the last
+    /// deadline goes would make one key's EXPIRE and PERSIST, repeated,
+    /// cost a vector each).
+    deadline_at: Vec<u64>,
     hasher: Hasher,
     /// Bytes held in keys and values, for `INFO`.
     data_bytes: usize,
     /// Keys with a deadline.
     volatile: usize,
-    /// Deadlines and the hashes of their keys, soonest first; lazy (see the
-    /// module docs).
-    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Deadlines and the 32-bit hashes of their keys, soonest first; lazy
+    /// (see the module docs).
+    deadlines: BinaryHeap<Reverse<(u64, u32)>>,
 }
 
 impl Store {
@@ -161,8 +309,9 @@ impl Store {
     /// random number in production, a constant in tests).
     pub fn new(hash_seed: u64) -> Self {
         Store {
-            slots: Vec::new(),
             index: HashTable::new(),
+            order: Vec::new(),
+            deadline_at: Vec::new(),
             hasher: Hasher::with_seed(hash_seed),
             data_bytes: 0,
             volatile: 0,
@@ -170,23 +319,59 @@ impl Store {
         }
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+    /// The 32-bit hash of a key (half the bytes of a full one in `order`
+    /// and the heap; the table, at most 4 billion keys, needs no more).
+    #[inline]
+    fn tag(&self, key: &[u8]) -> u32 {
+        let h = self.hasher.hash_one(key);
+        (h ^ (h >> 32)) as u32
     }
 
-    /// The position of `key` in the slots.
     #[inline]
-    pub fn position(&self, key: &[u8]) -> Option<usize> {
-        let slots = &self.slots;
+    fn slot_ref<'a>(&'a self, entry: &'a Entry) -> SlotRef<'a> {
+        SlotRef {
+            entry,
+            deadline: entry.volatile().then(|| self.deadline_at[entry.pos()]),
+        }
+    }
+
+    /// Where `key` is, expired or not.
+    #[inline]
+    pub fn find(&self, key: &[u8]) -> Option<Found> {
         self.index
-            .find(self.hash(key), |&i| slots[i as usize].entry.key() == key)
-            .map(|&i| i as usize)
+            .find_bucket_index(spread(self.tag(key)), |e| e.key() == key)
+            .map(Found)
+    }
+
+    /// What the key found at `at` holds; `None` for a handle outdated by
+    /// a write.
+    #[inline]
+    pub fn found(&self, at: Found) -> Option<SlotRef<'_>> {
+        self.index.get_bucket(at.0).map(|e| self.slot_ref(e))
+    }
+
+    /// Where the key at position `i` (`0..len()`) is, for cursors and
+    /// sampling.
+    pub fn found_at(&self, i: usize) -> Option<Found> {
+        let tag = *self.order.get(i)?;
+        self.index
+            .find_bucket_index(spread(tag), |e| e.pos() == i)
+            .map(Found)
+    }
+
+    /// The position of `key` (`0..len()`).
+    pub fn position(&self, key: &[u8]) -> Option<usize> {
+        self.index
+            .find(spread(self.tag(key)), |e| e.key() == key)
+            .map(Entry::pos)
     }
 
     /// What `key` holds, expired or not.
     #[inline]
-    pub fn slot(&self, key: &[u8]) -> Option<&Slot> {
-        self.position(key).map(|i| &self.slots[i])
+    pub fn slot(&self, key: &[u8]) -> Option<SlotRef<'_>> {
+        self.index
+            .find(spread(self.tag(key)), |e| e.key() == key)
+            .map(|e| self.slot_ref(e))
     }
 
     /// The value stored under `key`, expired or not.
@@ -194,9 +379,10 @@ impl Store {
         self.slot(key).map(|s| s.entry.value())
     }
 
-    /// The slot at position `i` (`0..len()`), for cursors and sampling.
-    pub fn at(&self, i: usize) -> Option<&Slot> {
-        self.slots.get(i)
+    /// What the key at position `i` (`0..len()`) holds, for cursors and
+    /// sampling.
+    pub fn at(&self, i: usize) -> Option<SlotRef<'_>> {
+        self.found_at(i).and_then(|f| self.found(f))
     }
 
     /// Stores a value with its deadline, replacing what the key held, and
@@ -219,30 +405,56 @@ impl Store {
     }
 
     fn insert(&mut self, slot: Slot) -> Option<Slot> {
-        let hash = self.hash(slot.entry.key());
-        self.data_bytes += slot.entry.data_len();
-        if let Some(d) = slot.deadline {
+        let Slot {
+            mut entry,
+            deadline,
+        } = slot;
+        let tag = self.tag(entry.key());
+        let hash = spread(tag);
+        self.data_bytes += entry.data_len();
+        let held = self.index.find_mut(hash, |e| e.key() == entry.key());
+        let (pos, old) = match held {
+            Some(held) => {
+                let pos = held.pos();
+                entry.set_header(pos, deadline.is_some());
+                let old = std::mem::replace(held, entry);
+                let old_deadline = old.volatile().then(|| self.deadline_at[pos]);
+                let old = Slot {
+                    entry: old,
+                    deadline: old_deadline,
+                };
+                self.forget(&old);
+                (pos, Some(old))
+            }
+            None => {
+                let pos = self.order.len();
+                entry.set_header(pos, deadline.is_some());
+                self.order.push(tag);
+                if !self.deadline_at.is_empty() {
+                    self.deadline_at.push(0);
+                }
+                let order = &self.order;
+                self.index
+                    .insert_unique(hash, entry, |e| spread(order[e.pos()]));
+                (pos, None)
+            }
+        };
+        if let Some(d) = deadline {
             self.volatile += 1;
-            self.deadlines.push(Reverse((d, hash)));
+            self.keep_deadline(pos, d, tag);
         }
-        let slots = &mut self.slots;
-        let key = slot.entry.key();
-        if let Some(&i) = self
-            .index
-            .find(hash, |&i| slots[i as usize].entry.key() == key)
-        {
-            let old = std::mem::replace(&mut slots[i as usize], slot);
-            self.forget(&old);
-            self.compact_deadlines();
-            return Some(old);
+        old
+    }
+
+    /// Records the deadline of the key at position `pos`, whose entry is
+    /// flagged as having one.
+    fn keep_deadline(&mut self, pos: usize, deadline: u64, tag: u32) {
+        if self.deadline_at.is_empty() {
+            self.deadline_at = vec![0; self.order.len()];
         }
-        let i = u32::try_from(slots.len()).expect("fewer than 4 billion keys");
-        slots.push(slot);
-        let hasher = &self.hasher;
-        self.index
-            .insert_unique(hash, i, |&j| hasher.hash_one(slots[j as usize].entry.key()));
+        self.deadline_at[pos] = deadline;
+        self.deadlines.push(Reverse((deadline, tag)));
         self.compact_deadlines();
-        None
     }
 
     /// Takes a slot's bytes and deadline off the counters.
@@ -253,41 +465,50 @@ impl Store {
         }
     }
 
-    /// Replaces the value of the key at position `i` in its own allocation
+    /// Replaces the value of the key found at `at` in its own allocation
     /// if it can (see [`Entry`]); whether it did. Nothing of the old value
     /// is left to undo with, so only for writes nobody records.
-    pub fn overwrite_in_place(&mut self, i: usize, value: &[u8]) -> bool {
-        self.slots
-            .get_mut(i)
-            .is_some_and(|s| s.entry.overwrite_in_place(value))
+    pub fn overwrite_in_place(&mut self, at: Found, value: &[u8]) -> bool {
+        self.index
+            .get_bucket_mut(at.0)
+            .is_some_and(|e| e.overwrite_in_place(value))
     }
 
-    /// Replaces the value of the key at position `i`, keeping its key and
+    /// Replaces the value of the key found at `at`, keeping its key and
     /// deadline; what it held before.
-    pub fn replace_value(&mut self, i: usize, value: &[u8]) -> Slot {
-        let slot = &mut self.slots[i];
-        let entry = Entry::new(slot.entry.key(), value);
-        let old = std::mem::replace(&mut slot.entry, entry);
-        self.data_bytes = self.data_bytes - old.data_len() + slot.entry.data_len();
+    ///
+    /// # Panics
+    ///
+    /// If `at` is outdated.
+    pub fn replace_value(&mut self, at: Found, value: &[u8]) -> Slot {
+        let held = self
+            .index
+            .get_bucket_mut(at.0)
+            .expect("a handle from the last lookup");
+        let (pos, volatile) = (held.pos(), held.volatile());
+        let pos32 = u32::try_from(pos).expect("fewer than 4 billion keys");
+        let entry = Entry::build(held.key(), value, pos32, volatile);
+        let old = std::mem::replace(held, entry);
+        self.data_bytes = self.data_bytes - old.data_len() + held.data_len();
         Slot {
+            deadline: volatile.then(|| self.deadline_at[pos]),
             entry: old,
-            deadline: slot.deadline,
         }
     }
 
-    /// Sets or clears the deadline of the key at position `i`; the old one.
-    pub fn set_deadline(&mut self, i: usize, deadline: Option<u64>) -> Option<u64> {
-        let slot = self.slots.get_mut(i)?;
-        let old = std::mem::replace(&mut slot.deadline, deadline);
+    /// Sets or clears the deadline of the key found at `at`; the old one.
+    pub fn set_deadline(&mut self, at: Found, deadline: Option<u64>) -> Option<u64> {
+        let held = self.index.get_bucket_mut(at.0)?;
+        let pos = held.pos();
+        let old = held.volatile().then(|| self.deadline_at[pos]);
+        held.set_header(pos, deadline.is_some());
         match (old, deadline) {
             (None, Some(_)) => self.volatile += 1,
             (Some(_), None) => self.volatile -= 1,
             _ => {}
         }
         if let Some(d) = deadline {
-            let hash = self.hasher.hash_one(self.slots[i].entry.key());
-            self.deadlines.push(Reverse((d, hash)));
-            self.compact_deadlines();
+            self.keep_deadline(pos, d, self.order[pos]);
         }
         old
     }
@@ -299,32 +520,45 @@ impl Store {
 
     /// Removes a key and returns its slot, if it existed.
     pub fn take(&mut self, key: &[u8]) -> Option<Slot> {
-        let i = self.position(key)?;
-        Some(self.take_at(i))
+        let at = self.find(key)?;
+        Some(self.take_at(at))
     }
 
-    /// Removes the key at position `i`, moving the last slot into its place.
-    pub fn take_at(&mut self, i: usize) -> Slot {
-        let hash = self.hash(self.slots[i].entry.key());
-        if let Ok(found) = self.index.find_entry(hash, |&j| j as usize == i) {
-            found.remove();
-        }
-        let last = self.slots.len() - 1;
-        if i != last {
-            let moved_hash = self.hash(self.slots[last].entry.key());
-            if let Some(j) = self.index.find_mut(moved_hash, |&j| j as usize == last) {
-                *j = i as u32;
+    /// Removes the key found at `at`, moving the last position's key into
+    /// its position.
+    ///
+    /// # Panics
+    ///
+    /// If `at` is outdated.
+    pub fn take_at(&mut self, at: Found) -> Slot {
+        let Ok(held) = self.index.get_bucket_entry(at.0) else {
+            panic!("a handle from the last lookup");
+        };
+        let (entry, _) = held.remove();
+        let pos = entry.pos();
+        let deadline = entry.volatile().then(|| self.deadline_at[pos]);
+        let last = self.order.len() - 1;
+        if pos != last {
+            let tag = self.order[last];
+            if let Some(moved) = self.index.find_mut(spread(tag), |e| e.pos() == last) {
+                let volatile = moved.volatile();
+                moved.set_header(pos, volatile);
             }
         }
-        let old = self.slots.swap_remove(i);
+        self.order.swap_remove(pos);
+        if !self.deadline_at.is_empty() {
+            self.deadline_at.swap_remove(pos);
+        }
+        let old = Slot { entry, deadline };
         self.forget(&old);
         old
     }
 
     /// Removes every key.
     pub fn clear(&mut self) {
-        self.slots = Vec::new();
         self.index = HashTable::new();
+        self.order = Vec::new();
+        self.deadline_at = Vec::new();
         self.deadlines = BinaryHeap::new();
         self.data_bytes = 0;
         self.volatile = 0;
@@ -341,19 +575,21 @@ impl Store {
     /// the budget too.
     pub fn expire_due(&mut self, now: u64, budget: usize, mut gone: impl FnMut(Slot)) {
         for _ in 0..budget {
-            let Some(&Reverse((d, hash))) = self.deadlines.peek() else {
+            let Some(&Reverse((d, tag))) = self.deadlines.peek() else {
                 return;
             };
             if d > now {
                 return;
             }
             self.deadlines.pop();
-            let due = self.index.iter_hash(hash).map(|&i| i as usize).find(|&i| {
-                let s = &self.slots[i];
-                s.deadline == Some(d) && self.hasher.hash_one(s.entry.key()) == hash
+            // Another key with this hash and this deadline would do as
+            // well: it is due too, and its own item is still in the heap.
+            let (order, deadline_at) = (&self.order, &self.deadline_at);
+            let due = self.index.find_bucket_index(spread(tag), |e| {
+                e.volatile() && deadline_at[e.pos()] == d && order[e.pos()] == tag
             });
             if let Some(i) = due {
-                gone(self.take_at(i));
+                gone(self.take_at(Found(i)));
             }
         }
     }
@@ -364,41 +600,38 @@ impl Store {
         if self.deadlines.len() <= 64 || self.deadlines.len() <= 2 * self.volatile {
             return;
         }
-        let hasher = &self.hasher;
-        let live: Vec<Reverse<(u64, u64)>> = self
-            .slots
+        let (order, deadline_at) = (&self.order, &self.deadline_at);
+        let live: Vec<Reverse<(u64, u32)>> = self
+            .index
             .iter()
-            .filter_map(|s| {
-                s.deadline
-                    .map(|d| Reverse((d, hasher.hash_one(s.entry.key()))))
-            })
+            .filter(|e| e.volatile())
+            .map(|e| Reverse((deadline_at[e.pos()], order[e.pos()])))
             .collect();
         self.deadlines = BinaryHeap::from(live);
     }
 
     /// Every pair, in no particular order, expired or not.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.slots.iter().map(|s| (s.entry.key(), s.entry.value()))
+        self.index.iter().map(|e| (e.key(), e.value()))
     }
 
-    /// Every slot, borrowed, in store order.
-    pub fn iter_slots(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter()
+    /// Every slot, borrowed, in no particular order.
+    pub fn iter_slots(&self) -> impl Iterator<Item = SlotRef<'_>> {
+        self.index.iter().map(|e| self.slot_ref(e))
     }
 
     /// Every slot, in no particular order: a snapshot that costs a
     /// reference count per key, not a copy.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
-        self.slots.iter().cloned()
+        self.iter_slots().map(|s| s.to_slot())
     }
 
     /// Every pair not expired at `now`, sorted by key.
     pub fn dump(&self, now: u64) -> Vec<(Bytes, Bytes)> {
         let mut live: Vec<&Entry> = self
-            .slots
-            .iter()
+            .iter_slots()
             .filter(|s| !s.expired(now))
-            .map(|s| &s.entry)
+            .map(|s| s.entry)
             .collect();
         live.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         live.into_iter()
@@ -413,12 +646,12 @@ impl Store {
 
     /// Number of keys (expired ones not yet removed included).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.order.len()
     }
 
     /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.order.is_empty()
     }
 
     /// Number of keys with a deadline.
@@ -505,7 +738,7 @@ mod tests {
     fn changed_deadlines_leave_stale_items_that_are_ignored() {
         let mut s = Store::new(1);
         s.put(b"k", b"1", Some(10));
-        let i = s.position(b"k").unwrap();
+        let i = s.find(b"k").unwrap();
         assert_eq!(s.set_deadline(i, Some(1000)), Some(10));
         s.expire_due(10, 10, |_| panic!("the old deadline is stale"));
         assert!(s.get(b"k").is_some());
@@ -515,10 +748,97 @@ mod tests {
         // Many changes of one key's deadline keep the heap small.
         s.put(b"k", b"3", Some(1));
         for d in 0..10_000 {
-            let i = s.position(b"k").unwrap();
+            let i = s.find(b"k").unwrap();
             s.set_deadline(i, Some(d + 2));
         }
         assert!(s.deadlines.len() <= 130, "{}", s.deadlines.len());
+    }
+
+    /// Every key at the position its header says, found by key and by
+    /// position, with the deadline and value a plain map gives.
+    fn check(s: &Store, model: &std::collections::HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>) {
+        assert_eq!(s.len(), model.len());
+        assert_eq!(
+            s.volatile(),
+            model.values().filter(|(_, d)| d.is_some()).count()
+        );
+        for (k, (v, d)) in model {
+            let slot = s.slot(k).expect("present");
+            assert_eq!((slot.entry.value(), slot.deadline), (&v[..], *d));
+            let p = s.position(k).unwrap();
+            assert_eq!(s.at(p).unwrap().entry.key(), &k[..]);
+        }
+        let mut seen: Vec<&[u8]> = (0..s.len()).map(|p| s.at(p).unwrap().entry.key()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), model.len(), "each position holds its own key");
+    }
+
+    #[test]
+    fn positions_and_deadlines_follow_every_write_and_snapshots_keep_theirs() {
+        let mut s = Store::new(11);
+        let mut model = std::collections::HashMap::new();
+        let mut snapshot: Vec<Slot> = Vec::new();
+        let mut snapshot_model = Vec::new();
+        let mut x = 1u64;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = format!("k{}", x % 300).into_bytes();
+            match x >> 60 {
+                0..=5 => {
+                    let d = (x % 3 == 0).then_some(1_000 + x % 500);
+                    let v = step.to_string().into_bytes();
+                    s.put(&k, &v, d);
+                    model.insert(k, (v, d));
+                }
+                6..=9 => {
+                    assert_eq!(s.remove(&k), model.remove(&k).is_some());
+                }
+                10..=11 => {
+                    if let Some(f) = s.find(&k) {
+                        let d = (x % 2 == 0).then_some(2_000 + x % 500);
+                        let old = s.set_deadline(f, d);
+                        let m = model.get_mut(&k).unwrap();
+                        assert_eq!(old, m.1);
+                        m.1 = d;
+                    }
+                }
+                12 => {
+                    if let Some(f) = s.find(&k) {
+                        let before = s.replace_value(f, b"new");
+                        let m = model.get_mut(&k).unwrap();
+                        assert_eq!((before.entry.value(), before.deadline), (&m.0[..], m.1));
+                        m.0 = b"new".to_vec();
+                    }
+                }
+                13 => {
+                    let now = 1_000 + x % 700;
+                    s.expire_due(now, 5, |gone| {
+                        let m = model.remove(gone.entry.key()).expect("a present key");
+                        assert!(m.1.is_some_and(|d| d <= now), "only due keys");
+                    });
+                }
+                _ => {
+                    // A snapshot held across the writes that follow.
+                    snapshot = s.slots().collect();
+                    snapshot_model = snapshot
+                        .iter()
+                        .map(|s| (s.entry.key().to_vec(), s.entry.value().to_vec(), s.deadline))
+                        .collect();
+                }
+            }
+            if step % 500 == 0 {
+                check(&s, &model);
+            }
+        }
+        check(&s, &model);
+        let now: Vec<_> = snapshot
+            .iter()
+            .map(|s| (s.entry.key().to_vec(), s.entry.value().to_vec(), s.deadline))
+            .collect();
+        assert_eq!(now, snapshot_model);
     }
 
     #[test]
