@@ -351,19 +351,25 @@ fn damage_before_the_tail_stops_the_start_unless_repair() {
     let s = server(&dir, &["--repair"]);
     let stderr = wait_for(Duration::from_secs(5), "the --repair warning", || {
         let e = s.stderr_text();
-        e.contains("--repair").then_some(e)
+        e.contains("rewrote the log").then_some(e)
     });
     assert!(
-        stderr.contains(&format!("dropping {} bytes", log.len() - damaged))
-            && stderr.contains("at least 45 valid records"),
-        "--repair says what it dropped:\n{stderr}"
+        stderr.contains(&format!("skipped damaged bytes {damaged}..{} ", starts[5]))
+            && stderr.contains("kept 45 valid records"),
+        "--repair says what it skipped and kept:\n{stderr}"
     );
+    // Only the damaged 5th record is lost.
     let got = get_all(s.server_addr(), &keys);
     for (i, k) in keys.iter().enumerate() {
-        let expected = (i < 4).then(|| format!("value-of-{k}"));
+        let expected = (i != 4).then(|| format!("value-of-{k}"));
         assert_eq!(got[k], expected, "{k}");
     }
-    assert_eq!(Conn::connect(s.server_addr()).cmd("DBSIZE"), "(integer) 4");
+    assert_eq!(Conn::connect(s.server_addr()).cmd("DBSIZE"), "(integer) 49");
+    stop(s);
+    // The log was rewritten without the damage: a plain start is clean.
+    let s = server(&dir, &[]);
+    assert_eq!(Conn::connect(s.server_addr()).cmd("DBSIZE"), "(integer) 49");
+    assert!(!s.stderr_text().contains("damaged"), "{}", s.stderr_text());
     drop(s);
     let _ = fs::remove_dir_all(&dir);
 }

@@ -45,7 +45,18 @@
 //!   of the damaged record when its header is intact
 //!   ([`Corruption::known_len`]: a record's own body cannot fool the scan),
 //!   else from the next byte. None found: a damaged tail, cut it off. One
-//!   found: damage in the middle, which is not cut without `--repair`.
+//!   found: damage in the middle, which stops the start without `--repair`.
+//!
+//! `--repair` resynchronises there ([`LogDecoder::resync`]) and goes on, so
+//! one damaged byte costs the record it hit, not the rest of the file. A
+//! resync takes the first offset where a whole record verifies: its header
+//! checksum, its body checksum (64 bits of checksum together), a body that
+//! lies inside the file and fields that decode. Random damage passes all of
+//! that by chance at about one offset in 2^64. What it cannot tell apart is
+//! a *real* record stored inside a damaged record: a value that is itself
+//! log bytes, reached by scanning a record whose header is damaged (an
+//! intact header lets the scan skip its body). The records in a damaged
+//! range are lost; every valid record after it is kept, in order.
 
 mod journal;
 mod upkeep;
@@ -334,6 +345,44 @@ pub fn find_record(bytes: &[u8]) -> Option<usize> {
     (0..bytes.len()).find(|&at| matches!(check(&bytes[at..]), Ok(Some(_))))
 }
 
+/// Damaged bytes that [`LogDecoder::resync`] skipped: no valid record
+/// starts anywhere in `start..end` (but inside the body of a record whose
+/// header was intact, which the scan skips as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// File offset of the first damaged byte's record.
+    pub start: u64,
+    /// File offset of the next valid record.
+    pub end: u64,
+    /// What was wrong at `start`.
+    pub kind: CorruptKind,
+}
+
+impl Skipped {
+    /// Bytes skipped.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether nothing was skipped (never, for a range from a resync).
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// What [`LogDecoder::resync`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resync {
+    /// A valid record starts at the end of the skipped range; decoding goes
+    /// on from there.
+    Found(Skipped),
+    /// The buffered bytes end before the scan could decide: feed more.
+    NeedMore,
+    /// No valid record follows the damage (only at the end of the file): a
+    /// damaged tail, everything from [`Corruption::offset`] on.
+    NotFound,
+}
+
 /// Replays a log incrementally: feed it file bytes in chunks of any size and
 /// take whole records out.
 ///
@@ -349,6 +398,8 @@ pub struct LogDecoder {
     header_done: bool,
     records: u64,
     damage: Option<Corruption>,
+    /// Where, in `buf`, a resync goes on scanning after damage.
+    scan: usize,
 }
 
 impl LogDecoder {
@@ -368,7 +419,9 @@ impl LogDecoder {
     }
 
     /// The file offset just past the last whole record returned (or past
-    /// the file header): where a damaged or torn tail should be cut.
+    /// the file header): where a torn tail should be cut. After damage it
+    /// moves on with [`LogDecoder::resync`]'s scan; the damage keeps its own
+    /// offset ([`LogDecoder::damage`]).
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -437,12 +490,74 @@ impl LogDecoder {
         }
     }
 
+    /// The damage the decoder stopped at, if it did.
+    pub fn damage(&self) -> Option<&Corruption> {
+        self.damage.as_ref()
+    }
+
+    /// After damage, skips to the next offset where a whole, valid record
+    /// starts (see the module docs for why that is trustworthy), so that
+    /// [`LogDecoder::next_record`] goes on from there.
+    ///
+    /// The scan starts after the damaged record when its header is intact
+    /// ([`Corruption::known_len`]), else at the next byte. An offset whose
+    /// record would end past the buffered bytes is undecided until more
+    /// come: without `at_eof` that returns [`Resync::NeedMore`] (the bytes
+    /// already ruled out are let go, so a long damaged stretch is not held
+    /// in memory); with `at_eof` it is not a record. Damage to the file
+    /// header cannot be skipped: [`Resync::NotFound`]. Without damage,
+    /// [`Resync::NeedMore`].
+    pub fn resync(&mut self, at_eof: bool) -> Resync {
+        let Some(damage) = &self.damage else {
+            return Resync::NeedMore;
+        };
+        if !self.header_done {
+            return Resync::NotFound;
+        }
+        let mut at = self.scan;
+        while at < self.buf.len() {
+            match check(&self.buf[at..]) {
+                Ok(Some(_)) => {
+                    let skipped = Skipped {
+                        start: damage.offset,
+                        end: self.offset + at as u64,
+                        kind: damage.kind.clone(),
+                    };
+                    self.buf.advance(at);
+                    self.offset = skipped.end;
+                    self.damage = None;
+                    self.scan = 0;
+                    return Resync::Found(skipped);
+                }
+                Ok(None) if !at_eof => {
+                    self.buf.advance(at);
+                    self.offset += at as u64;
+                    self.scan = 0;
+                    return Resync::NeedMore;
+                }
+                _ => at += 1,
+            }
+        }
+        let ruled_out = at.min(self.buf.len());
+        self.buf.advance(ruled_out);
+        self.offset += ruled_out as u64;
+        self.scan = at - ruled_out;
+        if at_eof {
+            Resync::NotFound
+        } else {
+            Resync::NeedMore
+        }
+    }
+
     fn damaged(&mut self, kind: CorruptKind, known_len: Option<usize>) -> Corruption {
         let c = Corruption {
             offset: self.offset,
             kind,
             known_len: known_len.map(|n| n as u64),
         };
+        // A body whose header verified is skipped whole: scanning inside it
+        // could resync on records stored in its value.
+        self.scan = known_len.unwrap_or(1);
         self.damage = Some(c.clone());
         c
     }
@@ -542,6 +657,156 @@ mod tests {
             d.next_record().unwrap_err().kind,
             CorruptKind::FormatVersion(2)
         );
+    }
+
+    /// Decodes `bytes` fed in chunks of `chunk` bytes, resyncing after
+    /// every damage: the records, the skipped ranges, and the damaged tail
+    /// (its offset) if nothing valid followed the last damage.
+    fn repair(bytes: &[u8], chunk: usize) -> (Vec<Effect>, Vec<Skipped>, Option<u64>) {
+        let mut d = LogDecoder::new();
+        let (mut got, mut skipped) = (Vec::new(), Vec::new());
+        let mut chunks = bytes.chunks(chunk).peekable();
+        loop {
+            let at_eof = chunks.peek().is_none();
+            if let Some(c) = chunks.next() {
+                d.feed(c);
+            }
+            loop {
+                if d.damage().is_some() {
+                    match d.resync(at_eof) {
+                        Resync::Found(s) => skipped.push(s),
+                        Resync::NeedMore => break,
+                        Resync::NotFound => {
+                            let tail = d.damage().unwrap().offset;
+                            return (got, skipped, Some(tail));
+                        }
+                    }
+                }
+                match d.next_record() {
+                    Ok(Some(r)) => got.push(r),
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            if at_eof {
+                assert_eq!(d.pending(), 0, "no torn tail in these logs");
+                return (got, skipped, None);
+            }
+        }
+    }
+
+    fn records(n: usize) -> Vec<Effect> {
+        (0..n)
+            .map(|i| put(&format!("key{i}"), &format!("value-{i}")))
+            .collect()
+    }
+
+    /// Where each record of `log` starts, and its end.
+    fn starts(records: &[Effect]) -> Vec<usize> {
+        let mut out = BytesMut::from(&file_header()[..]);
+        let mut at = vec![out.len()];
+        for r in records {
+            encode(r, &mut out);
+            at.push(out.len());
+        }
+        at
+    }
+
+    /// One flipped bit anywhere after the file header costs exactly the
+    /// record it hit, fed whole or byte by byte; in the last record it is a
+    /// damaged tail.
+    #[test]
+    fn resync_after_a_flipped_byte_keeps_every_other_record() {
+        let recs = records(6);
+        let clean = log(&recs);
+        let at = starts(&recs);
+        let mut checked = 0;
+        for pos in FILE_HEADER_LEN..clean.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = clean.to_vec();
+                bad[pos] ^= bit;
+                let hit = at.iter().rposition(|&s| s <= pos).unwrap();
+                for chunk in [bad.len(), 7, 1] {
+                    let (got, skipped, tail) = repair(&bad, chunk);
+                    let mut want = recs.clone();
+                    want.remove(hit);
+                    assert_eq!(got, want, "flip at {pos}, chunks of {chunk}");
+                    if hit == recs.len() - 1 {
+                        assert_eq!(skipped, [], "flip at {pos}");
+                        assert_eq!(tail, Some(at[hit] as u64), "flip at {pos}");
+                    } else {
+                        assert_eq!(tail, None, "flip at {pos}");
+                        assert_eq!(skipped.len(), 1, "flip at {pos}");
+                        let s = &skipped[0];
+                        assert_eq!((s.start, s.end), (at[hit] as u64, at[hit + 1] as u64));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        println!("{checked} damaged logs decoded, each losing only the record hit");
+    }
+
+    #[test]
+    fn resync_over_damage_spanning_several_records() {
+        let recs = records(10);
+        let at = starts(&recs);
+        let mut bad = log(&recs).to_vec();
+        // From inside record 2 to inside record 5: records 2..=5 are hit.
+        for b in &mut bad[at[2] + 3..at[5] + 5] {
+            *b = 0xA5;
+        }
+        // And a second, separate range in record 8.
+        bad[at[8]] ^= 0x10;
+        let (got, skipped, tail) = repair(&bad, 64);
+        let kept: Vec<Effect> = [0, 1, 6, 7, 9].iter().map(|&i| recs[i].clone()).collect();
+        assert_eq!(got, kept);
+        assert_eq!(tail, None);
+        let ranges: Vec<(u64, u64)> = skipped.iter().map(|s| (s.start, s.end)).collect();
+        assert_eq!(
+            ranges,
+            [(at[2] as u64, at[6] as u64), (at[8] as u64, at[9] as u64)]
+        );
+        assert_eq!(skipped[0].kind, CorruptKind::HeaderChecksum);
+        println!("skipped {ranges:?}, kept {} of 10", got.len());
+    }
+
+    /// Garbage holding a record header whose own checksum verifies (but
+    /// whose body does not) is not taken for a record; nor is a whole
+    /// record stored as a value when its record's header is intact.
+    #[test]
+    fn resync_is_not_fooled_by_header_looking_garbage() {
+        let recs = records(3);
+        let clean = log(&recs);
+        let at = starts(&recs);
+        // A header that verifies, announcing a 20-byte body of garbage.
+        let mut fake = BytesMut::new();
+        encode_put(b"fake", b"0123456789", &mut fake);
+        let mut fake = fake.to_vec();
+        let n = fake.len();
+        fake[n - 1] ^= 0xff; // its body no longer verifies
+        let mut bad = clean[..at[1]].to_vec();
+        bad.extend_from_slice(&[0xEE; 5]);
+        bad.extend_from_slice(&fake);
+        bad.extend_from_slice(&[0u8; 13]);
+        bad.extend_from_slice(&clean[at[1]..]);
+        let (got, skipped, tail) = repair(&bad, 16);
+        assert_eq!(got, recs);
+        assert_eq!(tail, None);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].len(), 5 + n as u64 + 13);
+
+        // A value that is itself log bytes, in a record whose body is
+        // damaged: the whole record is skipped, the inner one not applied.
+        let inner = log(&[put("inner", "x")]);
+        let mut outer = BytesMut::from(&file_header()[..]);
+        encode_put(b"outer", &inner[FILE_HEADER_LEN..], &mut outer);
+        encode(&recs[0], &mut outer);
+        let mut bad = outer.to_vec();
+        bad[FILE_HEADER_LEN + RECORD_HEADER_LEN + 7] ^= 1; // in "outer"
+        let (got, skipped, _) = repair(&bad, 1);
+        assert_eq!(got, [recs[0].clone()]);
+        assert_eq!(skipped[0].kind, CorruptKind::BodyChecksum);
     }
 
     #[test]

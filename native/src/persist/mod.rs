@@ -90,8 +90,8 @@ pub struct PersistOptions {
     pub data_dir: PathBuf,
     /// When to sync.
     pub fsync: FsyncPolicy,
-    /// Start even if the log is damaged before its tail, truncating it at
-    /// the damage.
+    /// Start even if the log is damaged before its tail: skip the damaged
+    /// ranges, keep the valid records after them, rewrite the log.
     pub repair: bool,
     /// No automatic rewrite while the log is smaller than this.
     pub rewrite_min_size: u64,
@@ -148,8 +148,8 @@ pub enum PersistError {
     /// Damage before the tail: valid records follow it.
     #[error(
         "{} is corrupt at byte offset {offset} ({kind}), and valid records follow (the next at byte offset {next}); \
-         nothing was changed. Start with --repair to truncate the log at byte offset {offset}, \
-         dropping {dropped} bytes (at least {records} records)", path.display()
+         nothing was changed. Start with --repair to skip the damage ({ranges} damaged range(s), {dropped} bytes) \
+         and keep the {records} valid records after it", path.display()
     )]
     Corrupt {
         /// The log file.
@@ -160,9 +160,12 @@ pub enum PersistError {
         kind: CorruptKind,
         /// Where the first valid record after the damage starts.
         next: u64,
-        /// Bytes `--repair` would drop.
+        /// Damaged ranges `--repair` would skip.
+        ranges: usize,
+        /// Bytes `--repair` would drop (the damaged ranges and any damaged
+        /// or torn tail).
         dropped: u64,
-        /// Valid records `--repair` would drop.
+        /// Valid records after the damage, which `--repair` keeps.
         records: u64,
     },
     /// The writer thread could not be started.
@@ -640,9 +643,72 @@ mod tests {
         opts.repair = true;
         let mut s = server();
         let r = replay(&opts, &mut s).unwrap();
-        assert_eq!(keys(&s), ["a=1"]);
+        assert_eq!(keys(&s), ["a=1", "c=3"]);
         assert_eq!(r.dropped_records, 1);
-        assert_eq!(r.size, starts[1]);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0], starts[1]..starts[2]);
+        assert_eq!(r.dropped_bytes, starts[2] - starts[1]);
+        assert_eq!(r.kept_after_damage, 1);
+        assert_eq!(r.size, bytes.len() as u64 - r.dropped_bytes);
+
+        // The log was rewritten without the damage: a start without
+        // --repair finds it clean and the same data.
+        let mut again = server();
+        let r2 = replay(&PersistOptions::new(&dir), &mut again).unwrap();
+        assert_eq!(keys(&again), ["a=1", "c=3"]);
+        assert_eq!(
+            (r2.size, r2.dropped_bytes, r2.skipped.len()),
+            (r.size, 0, 0)
+        );
+        assert!(!dir.join(TMP_FILE).exists());
+    }
+
+    /// Several damaged ranges and a damaged tail in one log: each range is
+    /// skipped, the records between them kept in order (a later record of
+    /// a key wins, as it did), the tail cut.
+    #[test]
+    fn repair_keeps_the_records_between_damaged_ranges() {
+        let dir = temp_dir("ranges");
+        let recs: Vec<Effect> = (0..20)
+            .map(|i| put(&format!("k{}", i % 7), &format!("v{i}")))
+            .collect();
+        let starts = write_log(&dir, &recs);
+        let mut bytes = fs::read(dir.join(LOG_FILE)).unwrap();
+        bytes[starts[0] as usize] ^= 1; // a header
+        for b in &mut bytes[starts[5] as usize + 1..starts[8] as usize + 3] {
+            *b = 0; // three records
+        }
+        let last = bytes.len() - 2;
+        bytes[last] ^= 4; // the tail
+        fs::write(dir.join(LOG_FILE), &bytes).unwrap();
+        let e = replay(&PersistOptions::new(&dir), &mut server()).unwrap_err();
+        assert!(
+            e.to_string().contains("byte offset 8 "),
+            "the first damage is named: {e}"
+        );
+        let mut opts = PersistOptions::new(&dir);
+        opts.repair = true;
+        let mut s = server();
+        let r = replay(&opts, &mut s).unwrap();
+        assert_eq!(
+            r.skipped,
+            [starts[0]..starts[1], starts[5]..starts[9]],
+            "{r:?}"
+        );
+        assert_eq!(r.kept_after_damage, 14);
+        assert_eq!(r.dropped_records, 3);
+        // What an undamaged replay of the kept records gives.
+        let mut want = server();
+        for (i, rec) in recs.iter().enumerate() {
+            if !(i == 0 || (5..9).contains(&i) || i == 19) {
+                want.replay(rec);
+            }
+        }
+        assert_eq!(keys(&s), keys(&want));
+        let mut again = server();
+        replay(&PersistOptions::new(&dir), &mut again).unwrap();
+        assert_eq!(keys(&again), keys(&want));
+        println!("kept {:?}; skipped {:?}", keys(&s), r.skipped);
     }
 
     #[test]
