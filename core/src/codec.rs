@@ -173,6 +173,10 @@ pub struct Decoder {
     /// [`Decoder::recycle`] to hold the next one's: a pipeline of commands
     /// allocates one vector, not one each.
     spare: Vec<Bytes>,
+    /// Commands (and refused requests) read so far: a connection's
+    /// progress, which tells a client that keeps sending commands from one
+    /// that drips a single command forever.
+    read: u64,
 }
 
 impl Decoder {
@@ -184,6 +188,7 @@ impl Decoder {
             scan: 0,
             limits,
             spare: Vec::new(),
+            read: 0,
         }
     }
 
@@ -227,6 +232,11 @@ impl Decoder {
         !self.buf.is_empty() || matches!(self.state, State::Array(_))
     }
 
+    /// Requests read so far (commands and refused requests alike).
+    pub fn requests_read(&self) -> u64 {
+        self.read
+    }
+
     /// Whether a fatal error has been returned.
     pub fn has_failed(&self) -> bool {
         matches!(self.state, State::Failed)
@@ -235,6 +245,9 @@ impl Decoder {
     /// Decodes the next complete frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         let result = self.decode();
+        if !matches!(result, Ok(None)) {
+            self.read += 1;
+        }
         if let Err(e) = &result {
             if e.is_fatal() {
                 self.state = State::Failed;

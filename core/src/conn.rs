@@ -108,6 +108,11 @@ pub struct ConnPolicy {
     timed_out: Option<Stall>,
     /// The wait for the last replies after a half-close ran out.
     half_close_expired: bool,
+    /// Since when the client has been in the middle of one command (its
+    /// first bytes are in, its end is not), and how many requests had been
+    /// read then: a command must be complete within the idle timeout of its
+    /// start, so that dripping a byte now and then keeps nobody's slot.
+    command_since: Option<(Instant, u64)>,
 }
 
 impl ConnPolicy {
@@ -127,7 +132,21 @@ impl ConnPolicy {
             writing_since: None,
             timed_out: None,
             half_close_expired: false,
+            command_since: None,
         }
+    }
+
+    /// Where the session's input stands after the last input was handled:
+    /// whether it holds part of a command, and how many requests it has
+    /// read. A partial command that is still the same one (no request read
+    /// since) keeps the time it started.
+    pub fn handle_progress(&mut self, mid_command: bool, requests_read: u64, now: Instant) {
+        let now = self.clock.advance(now);
+        self.command_since = match self.command_since {
+            _ if !mid_command => None,
+            Some((since, read)) if read == requests_read => Some((since, read)),
+            _ => Some((now, requests_read)),
+        };
     }
 
     /// Input arrived from the client.
@@ -187,8 +206,10 @@ impl ConnPolicy {
 
     fn idle_deadline(&self) -> Option<Instant> {
         let idle = self.config.idle_timeout?;
+        // A command in progress started before the last input arrived.
+        let since = self.command_since.map_or(self.active_at, |(t, _)| t);
         (self.phase == Phase::Open && !self.waiting && self.writing_since.is_none())
-            .then(|| self.active_at + idle)
+            .then(|| since + idle)
     }
 
     fn write_deadline(&self) -> Option<Instant> {
@@ -280,6 +301,39 @@ mod tests {
         output: false,
         finished: false,
     };
+
+    #[test]
+    fn a_command_dripped_byte_by_byte_is_cut_off_at_the_timeout_of_its_start() {
+        let mut p = policy();
+        // One byte every 2 s of the same command: the idle timer alone
+        // would never fire.
+        for s in (1..=9).step_by(2) {
+            p.handle_input(ms(s * 1000));
+            p.handle_progress(true, 0, ms(s * 1000));
+        }
+        assert_eq!(p.poll_timeout(), Some(ms(1000 + 10_000)));
+        p.handle_timeout(ms(10_999));
+        assert_eq!(p.poll_end(NOTHING), None, "at 9.999 s of its command");
+        p.handle_timeout(ms(11_000));
+        assert_eq!(
+            p.poll_end(NOTHING),
+            Some(End::TimedOut(Stall::Input)),
+            "at 10 s"
+        );
+
+        // A client that keeps finishing commands, with a partial one after
+        // each read, is not dripping: each new partial command starts anew.
+        let mut p = policy();
+        for s in 1..=30u64 {
+            p.handle_input(ms(s * 1000));
+            p.handle_progress(true, s, ms(s * 1000));
+        }
+        assert_eq!(p.poll_timeout(), Some(ms(30_000 + 10_000)));
+        // The command completes: back to the plain idle rule.
+        p.handle_input(ms(31_000));
+        p.handle_progress(false, 31, ms(31_000));
+        assert_eq!(p.poll_timeout(), Some(ms(41_000)));
+    }
 
     #[test]
     fn idle_clients_are_cut_off_at_exactly_the_timeout() {

@@ -61,6 +61,14 @@ pub(crate) trait Conn {
     /// What the session still owes the peer.
     fn owed(&self) -> Owed;
 
+    /// Whether the session holds part of a command, and how many requests
+    /// it has read: a command must be complete within the idle timeout of
+    /// its start (see [`ConnPolicy::handle_progress`]). Transports whose
+    /// messages are whole commands never hold part of one.
+    fn progress(&self) -> (bool, u64) {
+        (false, 0)
+    }
+
     /// Closes the connection the way `end` calls for.
     async fn close(&mut self, end: End);
 }
@@ -110,6 +118,8 @@ pub(crate) async fn drive<C: Conn>(
         }
         let owed = conn.owed();
         policy.handle_owed(owed.replies > 0, now);
+        let (mid_command, requests_read) = conn.progress();
+        policy.handle_progress(mid_command, requests_read, now);
         // Checked here as well as in the select below, where a client that
         // keeps sending would always win the race against the request.
         if shutdown.is_requested() && !policy.is_draining() {

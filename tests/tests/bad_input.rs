@@ -168,3 +168,51 @@ fn idle_timeout_closes_a_client_stalled_mid_command() {
     let proxy = start_proxy(server.server_addr(), &["--idle-timeout", "1s"]);
     check_stalled_client_is_closed(&proxy, proxy.proxy_addr(), "proxy");
 }
+
+/// A client that drips one command a byte at a time, each byte well within
+/// the idle timeout of the last, is cut off once the command has taken the
+/// idle timeout (2 s) since its first byte, at the server and the proxy;
+/// others carry on.
+fn check_dripping_client_is_cut_off(addr: SocketAddr, what: &str) {
+    use std::io::Write;
+    let mut dripping = Conn::connect(addr);
+    let mut writer = dripping.stream().try_clone().expect("clone the socket");
+    let start = Instant::now();
+    let drip = std::thread::spawn(move || {
+        // The drip's pace is the point of the test, not a wait: a byte
+        // every 300 ms for at most 10 s, until the peer closes.
+        for b in b"PUT dripping "
+            .iter()
+            .chain(std::iter::repeat(&b'x'))
+            .take(33)
+        {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let rest = dripping.expect_closed_within(Duration::from_secs(8));
+    let took = start.elapsed();
+    println!("the {what} cut off a client dripping one command after {took:?} (--idle-timeout 2s)");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "the {what} closed the dripping client after {took:?}"
+    );
+    assert!(
+        rest.is_empty() || String::from_utf8_lossy(&rest).contains("ERR"),
+        "the {what} sent a non-error before closing: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let _ = drip.join();
+    let mut other = Conn::connect(addr);
+    assert_eq!(other.cmd("PING"), "PONG", "at the {what}");
+}
+
+#[test]
+fn a_command_dripped_byte_by_byte_is_cut_off_at_the_idle_timeout_of_its_start() {
+    let server = start_server(&["--idle-timeout", "2s"]);
+    check_dripping_client_is_cut_off(server.server_addr(), "server");
+    let proxy = start_proxy(server.server_addr(), &["--idle-timeout", "2s"]);
+    check_dripping_client_is_cut_off(proxy.proxy_addr(), "proxy");
+}

@@ -416,6 +416,12 @@ impl Proxy {
             .get(id)
             .is_some_and(|c| c.decoder.is_mid_command())
     }
+    /// Requests read so far from the client (0 for an unknown client).
+    pub fn client_requests_read(&self, id: ClientId) -> u64 {
+        self.clients
+            .get(id)
+            .map_or(0, |c| c.decoder.requests_read())
+    }
 
     /// How many replies the client is still owed that the driver has not
     /// been handed: requests waiting for their replies, plus one while

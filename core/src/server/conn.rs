@@ -323,6 +323,11 @@ impl ServerConnection {
     pub fn is_mid_command(&self) -> bool {
         self.decoder.is_mid_command()
     }
+
+    /// Requests read so far on this connection.
+    pub fn requests_read(&self) -> u64 {
+        self.decoder.requests_read()
+    }
 }
 
 #[cfg(test)]

@@ -229,6 +229,15 @@ impl ProxyHandle {
         self.inner.proxy.borrow().client_is_mid_command(id)
     }
 
+    /// Whether the client is mid-command, and how many requests it has sent.
+    pub fn client_progress(&self, id: ClientId) -> (bool, u64) {
+        let proxy = self.inner.proxy.borrow();
+        (
+            proxy.client_is_mid_command(id),
+            proxy.client_requests_read(id),
+        )
+    }
+
     /// Updates the proxy's counters (the connection counters are the
     /// driver's to keep).
     pub fn update_stats(&self, f: impl FnOnce(&mut ProxyStats)) {

@@ -105,6 +105,10 @@ impl Conn for TcpClient {
         self.handle.client_status(self.id).owed()
     }
 
+    fn progress(&self) -> (bool, u64) {
+        self.handle.client_progress(self.id)
+    }
+
     async fn close(&mut self, end: End) {
         match end {
             End::TimedOut(stall) => {

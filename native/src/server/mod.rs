@@ -320,6 +320,9 @@ impl Conn for ServerClient {
             finished: self.conn.should_close(),
         }
     }
+    fn progress(&self) -> (bool, u64) {
+        (self.conn.is_mid_command(), self.conn.requests_read())
+    }
 
     async fn close(&mut self, end: End) {
         match end {
