@@ -77,6 +77,9 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>),
             }
             Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
             Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
+            // More header lines than are read: answered like a head too
+            // large (431), as the status is defined for both.
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed),
         }
     }

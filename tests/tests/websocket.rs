@@ -283,3 +283,158 @@ fn the_console_page_is_served_and_nothing_outside_www() {
         );
     }
 }
+
+/// A proxy whose WebSocket messages may be at most 2 MiB (its keys and
+/// values are small), with its console on an OS-chosen port.
+fn small_proxy(extra: &[&str]) -> (KvProcess, SocketAddr) {
+    let mut args = vec![
+        "--max-key",
+        "1k",
+        "--max-value",
+        "1k",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    // No server behind it: these tests never reach one.
+    let proxy = start_proxy("127.0.0.1:9".parse().unwrap(), &args);
+    let console = proxy.console_addr();
+    (proxy, console)
+}
+
+/// Reads until the close frame, and returns its code.
+fn close_code_after(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code.into(),
+            Ok(Message::Close(None)) => panic!("closed without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame, but: {e}"),
+        }
+    }
+}
+
+/// A masked client frame written by hand, for what the client library
+/// will not send: `first` is the FIN/RSV/opcode byte.
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![first, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[test]
+fn websocket_errors_close_with_their_code() {
+    use std::io::Write;
+    let (_proxy, console) = small_proxy(&[]);
+
+    let mut ws = ws_connect(console);
+    ws.send(Message::Binary(vec![b'x'; 3 << 20].into()))
+        .expect("send 3 MiB");
+    assert_eq!(close_code_after(&mut ws), 1009, "a message over the limit");
+
+    let mut ws = ws_connect(console);
+    ws.get_mut()
+        .write_all(&raw_frame(0x81, &[b'G', 0xff, 0xfe]))
+        .expect("write a text frame that is not UTF-8");
+    assert_eq!(close_code_after(&mut ws), 1007, "text that is not UTF-8");
+
+    let mut ws = ws_connect(console);
+    ws.get_mut()
+        .write_all(&raw_frame(0xf1, b"PING"))
+        .expect("write a frame with reserved bits set");
+    assert_eq!(close_code_after(&mut ws), 1002, "a protocol error");
+
+    // The listener carries on.
+    assert_eq!(http_get(console, "/").status, 200);
+}
+
+#[test]
+fn over_the_cap_the_console_answers_503_and_too_many_headers_431() {
+    let (_proxy, console) = small_proxy(&["--max-clients", "1"]);
+    let holder = Conn::connect(console);
+    // The holder is counted once its connection is accepted: wait for the
+    // refusal rather than guess when that is.
+    let refused = kv_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "a second console connection is refused with 503",
+        || {
+            let r = http_get(console, "/");
+            (r.status == 503).then_some(r)
+        },
+    );
+    assert_eq!(refused.header("Retry-After"), Some("1"), "{refused:?}");
+    assert_eq!(refused.body_text(), "too many connections\n");
+    drop(holder);
+    kv_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the console serves again once the holder is gone",
+        || http_get(console, "/").status == 200,
+    );
+
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..100 {
+        request.push_str(&format!("X-Header-{i}: {i}\r\n"));
+    }
+    request.push_str("\r\n");
+    // The previous connection may still count against the cap of one for
+    // a moment after its response: asked again until it does not.
+    let status = kv_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "a head of 100 header lines is answered other than 503",
+        || {
+            let mut conn = Conn::connect(console);
+            conn.send(request.as_bytes());
+            let status = conn.read_http_head().status;
+            (status != 503).then_some(status)
+        },
+    );
+    assert_eq!(status, 431, "100 header lines");
+}
+
+/// The proxy's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("a VmRSS line")
+        * 1024
+}
+
+#[test]
+fn a_thousand_idle_websockets_cost_little_and_give_it_back() {
+    kv_tests::raise_fd_limit(4096);
+    let (proxy, console) = small_proxy(&[]);
+    // One connection first, so that what is allocated once is not counted.
+    drop(ws_connect(console));
+    let before = rss(proxy.pid());
+    let sockets: Vec<_> = (0..1000).map(|_| ws_connect(console)).collect();
+    let open = rss(proxy.pid());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "1,000 idle WebSockets: proxy RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB, {:.1} KiB each)",
+        mib(before),
+        mib(open),
+        mib(open.saturating_sub(before)),
+        open.saturating_sub(before) as f64 / 1000.0 / 1024.0
+    );
+    assert!(
+        open.saturating_sub(before) <= 20 << 20,
+        "1,000 idle WebSockets grew the proxy by {:.1} MiB",
+        mib(open.saturating_sub(before))
+    );
+    drop(sockets);
+    let grown = open.saturating_sub(before);
+    let after = kv_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the proxy's memory returns once the sockets close",
+        || {
+            let now = rss(proxy.pid());
+            (now <= before + grown / 4).then_some(now)
+        },
+    );
+    println!("after they closed: {:.1} MiB", mib(after));
+}

@@ -112,6 +112,8 @@ pub(super) struct Clients {
     /// from the OS's random source, which the core never reads.
     map: HashMap<ClientId, Client, Hasher>,
     next: u64,
+    /// Clients removed since start.
+    removed: u64,
 }
 
 impl Clients {
@@ -119,6 +121,7 @@ impl Clients {
         Clients {
             map: HashMap::with_hasher(Hasher::with_seed(hash_seed)),
             next: 0,
+            removed: 0,
         }
     }
 
@@ -147,7 +150,14 @@ impl Clients {
     }
 
     pub fn remove(&mut self, id: ClientId) {
-        self.map.remove(&id);
+        if self.map.remove(&id).is_some() {
+            self.removed += 1;
+        }
+    }
+
+    /// Clients removed since start.
+    pub fn removed(&self) -> u64 {
+        self.removed
     }
 
     pub fn get(&self, id: ClientId) -> Option<&Client> {

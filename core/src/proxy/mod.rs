@@ -293,6 +293,11 @@ impl Proxy {
         &self.config
     }
 
+    /// Clients removed since start (closed connections).
+    pub fn clients_removed(&self) -> u64 {
+        self.clients.removed()
+    }
+
     /// The process facts `INFO` shows.
     pub fn host(&self) -> &HostFacts {
         &self.host

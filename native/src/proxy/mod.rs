@@ -375,8 +375,10 @@ pub async fn run(
 /// for people and monitoring, not for the request path).
 async fn refresh_host_facts(handle: ProxyHandle, port: u16) {
     let started = std::time::Instant::now();
+    let mut trim = crate::runtime::host::Trim::default();
     loop {
         crate::runtime::host::refresh(handle.inner.proxy.borrow_mut().host_mut(), started, port);
+        trim.closed(handle.inner.proxy.borrow().clients_removed());
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

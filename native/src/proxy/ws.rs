@@ -26,8 +26,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, Instrument};
 
@@ -71,13 +73,27 @@ pub(super) async fn serve(
         listener,
         options.max_clients,
         shutdown,
-        &handle,
+        &HttpHooks(&handle),
         |stream, peer, shutdown| {
             serve_conn(handle.clone(), stream, options.clone(), shutdown)
                 .instrument(tracing::debug_span!("console", %peer, id = tracing::field::Empty))
         },
     )
     .await;
+}
+
+/// The console listener's side of the accept loop: a refusal over the
+/// client cap is an HTTP response, not a RESP error line.
+struct HttpHooks<'a>(&'a ProxyHandle);
+
+impl net::AcceptHooks for HttpHooks<'_> {
+    fn rejected(&self) {
+        self.0.rejected();
+    }
+
+    fn refusal(&self) -> &'static [u8] {
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n"
+    }
 }
 
 async fn serve_conn(
@@ -157,7 +173,13 @@ async fn websocket(
     }
     let limits = handle.limits();
     let max = bridge::max_message(&limits);
+    // Small buffers: an idle console costs a few KB rather than the
+    // library's 128 KiB read buffer, and a reply leaves as soon as it is
+    // sent (the loop flushes after each). A big message still grows the
+    // read buffer as far as `max`, and gives the memory back with it.
     let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
@@ -185,6 +207,22 @@ struct WsClient {
     /// when to send the next, and whether it is due.
     stats: Option<tokio::time::Interval>,
     stats_due: bool,
+}
+
+/// The WebSocket read buffer each connection starts with.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// The close code for a WebSocket error, as RFC 6455 names them: 1009 for a
+/// message over the limit, 1007 for text that is not UTF-8, 1002 for any
+/// other breach of the protocol; `None` when the connection itself failed
+/// (nothing can be sent then).
+fn close_code(e: &WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Capacity(_) => Some(CloseCode::Size),
+        WsError::Utf8(_) => Some(CloseCode::Invalid),
+        WsError::Protocol(_) => Some(CloseCode::Protocol),
+        _ => None,
+    }
 }
 
 /// How often a socket that asked for them gets the proxy's figures.
@@ -270,7 +308,16 @@ impl Conn for WsClient {
             }
             msg = self.ws.next(), if reading => match msg {
                 None | Some(Ok(Message::Close(_))) => Ok(Wake::Eof),
-                Some(Err(e)) => Err(io::Error::other(e)),
+                Some(Err(e)) => {
+                    if let Some(code) = close_code(&e) {
+                        debug!(%e, code = u16::from(code), "closing the WebSocket");
+                        let frame = CloseFrame { code, reason: e.to_string().chars().take(120).collect::<String>().into() };
+                        // Bounded: a peer that broke the protocol may not
+                        // take the close frame either.
+                        let _ = Box::pin(tokio::time::timeout(net::CLOSE_GRACE, self.ws.close(Some(frame)))).await;
+                    }
+                    Err(io::Error::other(e))
+                }
                 Some(Ok(Message::Text(text))) => {
                     self.handle_message(bridge::inbound_text(text.as_str(), &self.limits));
                     Ok(Wake::Input)

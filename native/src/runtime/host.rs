@@ -28,3 +28,41 @@ fn rss_bytes() -> Option<u64> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
 }
+
+/// Gives freed memory back to the OS after many clients have gone.
+///
+/// The allocator keeps the small blocks of closed connections (buffers,
+/// sessions) for reuse, so the process's RSS would stay at its peak for
+/// good after a burst of connections. Trimming walks the heap, so it is
+/// done from the once-a-second housekeeping, and only once enough
+/// connections have closed since the last trim.
+#[derive(Debug, Default)]
+pub struct Trim {
+    closed_at_last: u64,
+}
+
+/// Connections that must have closed since the last trim for another.
+const TRIM_AFTER: u64 = 64;
+
+impl Trim {
+    /// Called with the number of connections closed since start.
+    pub fn closed(&mut self, closed: u64) {
+        if closed.saturating_sub(self.closed_at_last) >= TRIM_AFTER {
+            tracing::debug!(closed, "giving freed memory back to the OS");
+            trim();
+            self.closed_at_last = closed;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only returns free memory of the allocator's
+    // arenas to the OS; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}

@@ -61,6 +61,12 @@ impl Drop for ActiveGuard {
 pub trait AcceptHooks {
     /// A connection was refused because `max_clients` were connected.
     fn rejected(&self);
+
+    /// What a refused connection is told before it is closed: Redis's
+    /// error line, unless the listener speaks another protocol.
+    fn refusal(&self) -> &'static [u8] {
+        MAX_CLIENTS_REPLY
+    }
 }
 
 /// Accepts connections until shutdown and runs `handle` for each on the
@@ -103,7 +109,7 @@ pub async fn accept_loop<H, F, Fut>(
                     if active.get() >= max_clients {
                         hooks.rejected();
                         debug!(%peer, "connection rejected: max clients reached");
-                        tokio::task::spawn_local(reject(stream));
+                        tokio::task::spawn_local(reject(stream, hooks.refusal()));
                         continue;
                     }
                     active.set(active.get() + 1);
@@ -146,8 +152,8 @@ pub async fn accept_loop<H, F, Fut>(
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Tells a client over the cap why it is refused, then closes gently.
-async fn reject(mut stream: TcpStream) {
-    let written = tokio::time::timeout(CLOSE_GRACE, stream.write_all(MAX_CLIENTS_REPLY)).await;
+async fn reject(mut stream: TcpStream, refusal: &'static [u8]) {
+    let written = tokio::time::timeout(CLOSE_GRACE, stream.write_all(refusal)).await;
     if matches!(written, Ok(Ok(()))) {
         close_gently(&mut stream).await;
     }

@@ -200,6 +200,7 @@ pub async fn run_prepared(
 /// are served in between.
 async fn expire_keys(shared: Rc<Shared>, port: u16) {
     let started = std::time::Instant::now();
+    let mut trim = crate::runtime::host::Trim::default();
     loop {
         let now = clock::unix_millis();
         let due = shared.server.borrow().poll_timeout();
@@ -219,6 +220,8 @@ async fn expire_keys(shared: Rc<Shared>, port: u16) {
             }
         }
         crate::runtime::host::refresh(server.host_mut(), started, port);
+        let s = server.stats();
+        trim.closed(s.connections_total.saturating_sub(s.connections_current));
     }
 }
 
