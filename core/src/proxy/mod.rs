@@ -230,6 +230,8 @@ pub struct ProxyStats {
     pub upstream_timeouts: u64,
     /// Times the upstream connection was lost or reset.
     pub upstream_resets: u64,
+    /// Upstream connections made (each one empties the cache).
+    pub upstream_connections: u64,
     /// Error replies sent to clients.
     pub errors: u64,
     /// Requests refused before they ran (unknown, wrong arity, no auth):
@@ -724,8 +726,16 @@ impl Proxy {
 
     /// The driver connected to the upstream server; the proxy's handshake
     /// and the requests queued meanwhile go out.
+    ///
+    /// The cache is emptied first: the server on the other end may have
+    /// restarted with less (or other) data, or missed writes, since the
+    /// entries were read, and nothing tells a blip from a restart with
+    /// certainty. Requests queued meanwhile stay: they will be answered by
+    /// this connection, so their coalescing holds.
     pub fn handle_upstream_connected(&mut self, now: Instant) {
         let now = self.clock.advance(now);
+        self.cache.clear();
+        self.stats.upstream_connections += 1;
         self.upstream
             .handle_connected(self.config.upstream_password.as_ref(), now);
     }
@@ -743,13 +753,43 @@ impl Proxy {
     /// fail at once while fresh cache entries are still served.
     pub fn handle_upstream_lost(&mut self, now: Instant) {
         let now = self.clock.advance(now);
+        // A refusal seen on the connection stays the cause: it is why the
+        // server closed.
+        let cause = match self.upstream.fault() {
+            Some(e) if e.is_refusal() => e.clone(),
+            _ => UpstreamError::Unavailable,
+        };
         self.fail_upstream(UpstreamError::Lost, UpstreamState::Down, now);
+        self.upstream.set_down_cause(cause);
+    }
+
+    /// Whether the server answered the proxy properly on the current (or
+    /// last) upstream connection and did not then refuse it: the driver's
+    /// [`Reconnect::handle_verified`](crate::backoff::Reconnect::handle_verified)
+    /// cue. A server that accepts and then refuses the password, or turns
+    /// the proxy away at its client cap, never verifies.
+    pub fn upstream_verified(&self) -> bool {
+        self.upstream.verified()
+    }
+
+    /// What went wrong on the current (or last) upstream connection, for
+    /// the driver's log line; cleared by each new connection.
+    pub fn upstream_fault(&self) -> Option<&UpstreamError> {
+        self.upstream.fault()
     }
 
     /// Gives up on the upstream connection: the driver drops it and
-    /// reconnects; requests queue meanwhile.
+    /// reconnects. Requests queue meanwhile, unless the server refused the
+    /// proxy: then they fail at once with the reason until the next
+    /// attempt, which the backoff puts off.
     fn reset_upstream(&mut self, error: UpstreamError, now: Instant) {
-        self.fail_upstream(error, UpstreamState::Connecting, now);
+        self.upstream.set_fault(error.clone());
+        if error.is_refusal() {
+            self.fail_upstream(error.clone(), UpstreamState::Down, now);
+            self.upstream.set_down_cause(error);
+        } else {
+            self.fail_upstream(error, UpstreamState::Connecting, now);
+        }
         self.events.push_back(ProxyEvent::ResetUpstream);
     }
 
@@ -776,7 +816,7 @@ impl Proxy {
                 }
             }
             for w in req.waiters {
-                self.complete(w, error.into(), Source::Proxy, now);
+                self.complete(w, error.clone().into(), Source::Proxy, now);
             }
         }
     }
