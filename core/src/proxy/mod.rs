@@ -947,3 +947,94 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server sends back for one cached `GET` of `v` (the fill's
+    /// `MULTI`, two `QUEUED`, and `EXEC`'s value and no time to live).
+    const FILL_V: &[u8] = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n";
+
+    fn output(p: &mut Proxy, id: ClientId) -> String {
+        let mut s = String::new();
+        while let Some(b) = p.poll_client_transmit(id) {
+            s.push_str(&String::from_utf8_lossy(&b));
+        }
+        s
+    }
+
+    #[test]
+    fn a_new_upstream_connection_empties_the_cache() {
+        let t = Instant::from_millis;
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        let _ = p.poll_upstream_transmit();
+        p.handle_upstream_input(FILL_V, t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        assert_eq!(p.cache_len(), 1);
+        // Lost: still served while the server is away.
+        p.handle_upstream_lost(t(3));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(4));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        // Back: the server may be another one; nothing from before is served.
+        p.handle_upstream_connecting(t(5));
+        p.handle_upstream_connected(t(5));
+        println!("cache entries after reconnecting: {}", p.cache_len());
+        assert_eq!(p.cache_len(), 0);
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(6));
+        assert_eq!(output(&mut p, c), "", "the GET went upstream");
+        assert_eq!(p.upstream_in_flight(), 1);
+        assert_eq!(p.stats().upstream_connections, 2);
+    }
+
+    #[test]
+    fn a_refused_password_fails_requests_with_the_cause_and_is_not_verified() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            upstream_password: Some(Password::new(Bytes::from_static(b"wrong"))),
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(t(0));
+        assert!(!p.upstream_verified(), "not before the AUTH is answered");
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        p.handle_upstream_input(format!("-{}\r\n", ExecError::WrongPass).as_bytes(), t(2));
+        let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+        assert!(events.contains(&ProxyEvent::ResetUpstream), "{events:?}");
+        let refused = UpstreamError::RefusedPassword(ExecError::WrongPass.to_string());
+        assert_eq!(output(&mut p, c), format!("-{refused}\r\n"));
+        assert_eq!(p.upstream_fault(), Some(&refused));
+        assert!(!p.upstream_verified());
+        // Until the next attempt, requests fail at once with the cause.
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(3));
+        let reply = output(&mut p, c);
+        println!("a client's reply while refused: {reply:?}");
+        assert_eq!(reply, format!("-{refused}\r\n"));
+        // The right password on the next connection: verified.
+        p.handle_upstream_connecting(t(400));
+        p.handle_upstream_connected(t(400));
+        p.handle_upstream_input(b"+OK\r\n", t(401));
+        assert!(p.upstream_verified());
+        assert_eq!(p.upstream_fault(), None);
+    }
+
+    #[test]
+    fn a_client_cap_line_without_a_handshake_is_a_refusal() {
+        let t = Instant::from_millis;
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        p.handle_upstream_input(crate::errors::MAX_CLIENTS_REPLY, t(2));
+        let reply = output(&mut p, c);
+        assert_eq!(
+            reply,
+            "-ERR upstream is at its client limit (ERR max number of clients reached)\r\n"
+        );
+        assert!(!p.upstream_verified());
+    }
+}
