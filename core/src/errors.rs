@@ -236,7 +236,7 @@ pub enum ExecError {
 
 /// Why the proxy answered a request with an error instead of the
 /// upstream's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UpstreamError {
     /// The upstream connection broke with the request in flight.
     #[error("ERR upstream connection lost")]
@@ -251,15 +251,71 @@ pub enum UpstreamError {
     /// are in flight already.
     #[error("ERR proxy overloaded: too many requests in flight upstream")]
     Overloaded,
-    /// The upstream refused the proxy's `--upstream-password`.
-    #[error("ERR upstream refused the proxy's password")]
-    RefusedPassword,
+    /// The upstream refused the proxy's `--upstream-password`; with the
+    /// server's own words, so the operator sees which side is wrong.
+    #[error("ERR upstream refused the proxy's password ({0})")]
+    RefusedPassword(String),
+    /// The upstream is at its `--max-clients` cap and turned the proxy away.
+    #[error("ERR upstream is at its client limit ({0})")]
+    AtClientLimit(String),
+    /// The upstream answered the proxy's handshake with another error.
+    #[error("ERR upstream refused the proxy ({0})")]
+    Refused(String),
     /// The upstream sent bytes that are not a RESP reply.
     #[error("ERR upstream sent a malformed reply")]
     Malformed,
     /// The upstream sent a reply with no request waiting for it.
     #[error("ERR upstream sent a reply nobody asked for")]
     Unasked,
+}
+
+/// Longest part of a server's error line quoted in an [`UpstreamError`]:
+/// enough for any real refusal, not a way to flood the logs.
+const QUOTED_MAX: usize = 200;
+
+impl UpstreamError {
+    /// What an error line from the server means when it refuses the proxy
+    /// rather than answers a request: `to_auth` says whether it answers
+    /// the proxy's `AUTH`.
+    pub fn refusal(line: &[u8], to_auth: bool) -> UpstreamError {
+        let mut text = String::from_utf8_lossy(line).trim().to_owned();
+        if text.len() > QUOTED_MAX {
+            let mut end = QUOTED_MAX;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("max number of clients") {
+            UpstreamError::AtClientLimit(text)
+        } else if to_auth {
+            UpstreamError::RefusedPassword(text)
+        } else {
+            UpstreamError::Refused(text)
+        }
+    }
+
+    /// Whether the server turned the proxy away (so retrying soon is
+    /// pointless and requests meanwhile fail at once with this error).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::RefusedPassword(_)
+                | UpstreamError::AtClientLimit(_)
+                | UpstreamError::Refused(_)
+                | UpstreamError::Malformed
+                | UpstreamError::Unasked
+        )
+    }
+
+    /// Whether the text is a server's client-cap line.
+    pub fn is_client_limit_line(line: &[u8]) -> bool {
+        line.to_ascii_lowercase()
+            .windows(b"max number of clients".len())
+            .any(|w| w == b"max number of clients")
+    }
 }
 
 impl From<DecodeError> for Reply {
@@ -323,6 +379,35 @@ mod tests {
         assert!(UpstreamError::Unavailable
             .to_string()
             .starts_with("ERR upstream unavailable"));
+    }
+
+    #[test]
+    fn refusals_name_their_cause_in_the_servers_words() {
+        let wrong = ExecError::WrongPass.to_string();
+        assert_eq!(
+            UpstreamError::refusal(wrong.as_bytes(), true).to_string(),
+            format!("ERR upstream refused the proxy's password ({wrong})")
+        );
+        let cap = &MAX_CLIENTS_REPLY[1..MAX_CLIENTS_REPLY.len() - 2];
+        assert!(UpstreamError::is_client_limit_line(cap));
+        assert!(!UpstreamError::is_client_limit_line(wrong.as_bytes()));
+        // The cap, whether it answers the AUTH or comes unasked.
+        for to_auth in [true, false] {
+            assert_eq!(
+                UpstreamError::refusal(cap, to_auth).to_string(),
+                "ERR upstream is at its client limit (ERR max number of clients reached)"
+            );
+        }
+        assert_eq!(
+            UpstreamError::refusal(b"NOAUTH Authentication required.", false),
+            UpstreamError::Refused("NOAUTH Authentication required.".into())
+        );
+        let long = UpstreamError::refusal(&[b'x'; 1_000], false).to_string();
+        assert!(
+            long.len() < 260,
+            "quoted text is bounded: {} bytes",
+            long.len()
+        );
     }
 
     #[test]

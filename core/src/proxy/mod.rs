@@ -230,6 +230,8 @@ pub struct ProxyStats {
     pub upstream_timeouts: u64,
     /// Times the upstream connection was lost or reset.
     pub upstream_resets: u64,
+    /// Upstream connections made (each one empties the cache).
+    pub upstream_connections: u64,
     /// Error replies sent to clients.
     pub errors: u64,
     /// Requests refused before they ran (unknown, wrong arity, no auth):
@@ -735,8 +737,16 @@ impl Proxy {
 
     /// The driver connected to the upstream server; the proxy's handshake
     /// and the requests queued meanwhile go out.
+    ///
+    /// The cache is emptied first: the server on the other end may have
+    /// restarted with less (or other) data, or missed writes, since the
+    /// entries were read, and nothing tells a blip from a restart with
+    /// certainty. Requests queued meanwhile stay: they will be answered by
+    /// this connection, so their coalescing holds.
     pub fn handle_upstream_connected(&mut self, now: Instant) {
         let now = self.clock.advance(now);
+        self.cache.clear();
+        self.stats.upstream_connections += 1;
         self.upstream
             .handle_connected(self.config.upstream_password.as_ref(), now);
     }
@@ -754,13 +764,43 @@ impl Proxy {
     /// fail at once while fresh cache entries are still served.
     pub fn handle_upstream_lost(&mut self, now: Instant) {
         let now = self.clock.advance(now);
+        // A refusal seen on the connection stays the cause: it is why the
+        // server closed.
+        let cause = match self.upstream.fault() {
+            Some(e) if e.is_refusal() => e.clone(),
+            _ => UpstreamError::Unavailable,
+        };
         self.fail_upstream(UpstreamError::Lost, UpstreamState::Down, now);
+        self.upstream.set_down_cause(cause);
+    }
+
+    /// Whether the server answered the proxy properly on the current (or
+    /// last) upstream connection and did not then refuse it: the driver's
+    /// [`Reconnect::handle_verified`](crate::backoff::Reconnect::handle_verified)
+    /// cue. A server that accepts and then refuses the password, or turns
+    /// the proxy away at its client cap, never verifies.
+    pub fn upstream_verified(&self) -> bool {
+        self.upstream.verified()
+    }
+
+    /// What went wrong on the current (or last) upstream connection, for
+    /// the driver's log line; cleared by each new connection.
+    pub fn upstream_fault(&self) -> Option<&UpstreamError> {
+        self.upstream.fault()
     }
 
     /// Gives up on the upstream connection: the driver drops it and
-    /// reconnects; requests queue meanwhile.
+    /// reconnects. Requests queue meanwhile, unless the server refused the
+    /// proxy: then they fail at once with the reason until the next
+    /// attempt, which the backoff puts off.
     fn reset_upstream(&mut self, error: UpstreamError, now: Instant) {
-        self.fail_upstream(error, UpstreamState::Connecting, now);
+        self.upstream.set_fault(error.clone());
+        if error.is_refusal() {
+            self.fail_upstream(error.clone(), UpstreamState::Down, now);
+            self.upstream.set_down_cause(error);
+        } else {
+            self.fail_upstream(error, UpstreamState::Connecting, now);
+        }
         self.events.push_back(ProxyEvent::ResetUpstream);
     }
 
@@ -787,7 +827,7 @@ impl Proxy {
                 }
             }
             for w in req.waiters {
-                self.complete(w, error.into(), Source::Proxy, now);
+                self.complete(w, error.clone().into(), Source::Proxy, now);
             }
         }
     }
@@ -916,5 +956,96 @@ impl Proxy {
             self.stats.upstream_timeouts += 1;
             self.reset_upstream(UpstreamError::TimedOut, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server sends back for one cached `GET` of `v` (the fill's
+    /// `MULTI`, two `QUEUED`, and `EXEC`'s value and no time to live).
+    const FILL_V: &[u8] = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n";
+
+    fn output(p: &mut Proxy, id: ClientId) -> String {
+        let mut s = String::new();
+        while let Some(b) = p.poll_client_transmit(id) {
+            s.push_str(&String::from_utf8_lossy(&b));
+        }
+        s
+    }
+
+    #[test]
+    fn a_new_upstream_connection_empties_the_cache() {
+        let t = Instant::from_millis;
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        let _ = p.poll_upstream_transmit();
+        p.handle_upstream_input(FILL_V, t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        assert_eq!(p.cache_len(), 1);
+        // Lost: still served while the server is away.
+        p.handle_upstream_lost(t(3));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(4));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        // Back: the server may be another one; nothing from before is served.
+        p.handle_upstream_connecting(t(5));
+        p.handle_upstream_connected(t(5));
+        println!("cache entries after reconnecting: {}", p.cache_len());
+        assert_eq!(p.cache_len(), 0);
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(6));
+        assert_eq!(output(&mut p, c), "", "the GET went upstream");
+        assert_eq!(p.upstream_in_flight(), 1);
+        assert_eq!(p.stats().upstream_connections, 2);
+    }
+
+    #[test]
+    fn a_refused_password_fails_requests_with_the_cause_and_is_not_verified() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            upstream_password: Some(Password::new(Bytes::from_static(b"wrong"))),
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(t(0));
+        assert!(!p.upstream_verified(), "not before the AUTH is answered");
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        p.handle_upstream_input(format!("-{}\r\n", ExecError::WrongPass).as_bytes(), t(2));
+        let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+        assert!(events.contains(&ProxyEvent::ResetUpstream), "{events:?}");
+        let refused = UpstreamError::RefusedPassword(ExecError::WrongPass.to_string());
+        assert_eq!(output(&mut p, c), format!("-{refused}\r\n"));
+        assert_eq!(p.upstream_fault(), Some(&refused));
+        assert!(!p.upstream_verified());
+        // Until the next attempt, requests fail at once with the cause.
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(3));
+        let reply = output(&mut p, c);
+        println!("a client's reply while refused: {reply:?}");
+        assert_eq!(reply, format!("-{refused}\r\n"));
+        // The right password on the next connection: verified.
+        p.handle_upstream_connecting(t(400));
+        p.handle_upstream_connected(t(400));
+        p.handle_upstream_input(b"+OK\r\n", t(401));
+        assert!(p.upstream_verified());
+        assert_eq!(p.upstream_fault(), None);
+    }
+
+    #[test]
+    fn a_client_cap_line_without_a_handshake_is_a_refusal() {
+        let t = Instant::from_millis;
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        p.handle_upstream_input(crate::errors::MAX_CLIENTS_REPLY, t(2));
+        let reply = output(&mut p, c);
+        assert_eq!(
+            reply,
+            "-ERR upstream is at its client limit (ERR max number of clients reached)\r\n"
+        );
+        assert!(!p.upstream_verified());
     }
 }

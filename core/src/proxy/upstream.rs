@@ -76,6 +76,15 @@ pub(super) struct Upstream {
     /// them, if any.
     fill_read: u8,
     fill_error: Option<Reply>,
+    /// Whether the server accepted the proxy on this connection: it
+    /// answered the handshake, or there is none to answer.
+    verified: bool,
+    /// Whether any reply came on this connection.
+    answered: bool,
+    /// What went wrong on this connection, if anything did.
+    fault: Option<UpstreamError>,
+    /// What requests fail with while the state is `Down`.
+    down_cause: UpstreamError,
 }
 
 impl Upstream {
@@ -91,7 +100,32 @@ impl Upstream {
             head_seq: 0,
             fill_read: 0,
             fill_error: None,
+            verified: false,
+            answered: false,
+            fault: None,
+            down_cause: UpstreamError::Unavailable,
         }
+    }
+
+    /// Whether the server answered properly on the current connection and
+    /// did not then refuse the proxy.
+    pub fn verified(&self) -> bool {
+        self.verified && !self.fault.as_ref().is_some_and(UpstreamError::is_refusal)
+    }
+
+    /// What went wrong on the current (or last) connection.
+    pub fn fault(&self) -> Option<&UpstreamError> {
+        self.fault.as_ref()
+    }
+
+    /// Records what went wrong on the current connection.
+    pub fn set_fault(&mut self, fault: UpstreamError) {
+        self.fault = Some(fault);
+    }
+
+    /// What requests fail with until the next attempt, once `Down`.
+    pub fn set_down_cause(&mut self, cause: UpstreamError) {
+        self.down_cause = cause;
     }
 
     pub fn state(&self) -> UpstreamState {
@@ -105,7 +139,7 @@ impl Upstream {
     /// Why a new request cannot be queued now, if it cannot.
     pub fn refusal(&self, max_in_flight: usize) -> Option<UpstreamError> {
         if self.state == UpstreamState::Down {
-            Some(UpstreamError::Unavailable)
+            Some(self.down_cause.clone())
         } else if self.in_flight.len() >= max_in_flight {
             Some(UpstreamError::Overloaded)
         } else {
@@ -157,6 +191,9 @@ impl Upstream {
     pub fn handle_connected(&mut self, password: Option<&Password>, now: Instant) {
         self.state = UpstreamState::Up;
         self.decoder.reset();
+        self.verified = password.is_none();
+        self.answered = false;
+        self.fault = None;
         if let Some(password) = password {
             let mut out = BytesMut::new();
             encode_resp_args(
@@ -190,15 +227,30 @@ impl Upstream {
             Err(_) => return Some(Incoming::Fault(UpstreamError::Malformed)),
         };
         if self.handshake.pop_front().is_some() {
-            if reply.is_error() {
-                return Some(Incoming::Fault(UpstreamError::RefusedPassword));
+            if let Reply::Error(line) = &reply {
+                return Some(Incoming::Fault(UpstreamError::refusal(line, true)));
             }
+            self.verified = true;
+            self.answered = true;
             return Some(Incoming::Ready);
         }
-        let fill = match self.in_flight.front() {
-            None => return Some(Incoming::Fault(UpstreamError::Unasked)),
-            Some(req) => matches!(req.job, Job::Fill { .. }),
+        let fill = match (self.in_flight.front(), &reply) {
+            // A server at its client cap says so unasked and closes.
+            (None, Reply::Error(line)) => {
+                return Some(Incoming::Fault(UpstreamError::refusal(line, false)))
+            }
+            (None, _) => return Some(Incoming::Fault(UpstreamError::Unasked)),
+            // With no handshake, the cap's line arrives where the first
+            // request's reply would: it answers no request, and no command
+            // replies with it.
+            (Some(_), Reply::Error(line))
+                if !self.answered && UpstreamError::is_client_limit_line(line) =>
+            {
+                return Some(Incoming::Fault(UpstreamError::refusal(line, false)));
+            }
+            (Some(req), _) => matches!(req.job, Job::Fill { .. }),
         };
+        self.answered = true;
         let (reply, ttl_ms) = if fill {
             // MULTI's OK and the two QUEUED come first; EXEC's array holds
             // the value and the time to live.

@@ -135,6 +135,9 @@ struct ProxyNode {
     upstream: Upstream,
     /// When the proxy's driver reconnects upstream: the core's policy.
     reconnect: Reconnect,
+    /// When the current proxy process last connected upstream: nothing its
+    /// cache held before may be served after (the server may have lost it).
+    connected_at: Option<Instant>,
     /// Client connections: (proxy's id, client index).
     attached: Vec<(ClientId, usize)>,
 }
@@ -428,7 +431,8 @@ impl World {
                 upstream: Upstream::Connecting {
                     done_at: now + Duration::from_micros(rng.below(1_000)),
                 },
-                reconnect: Reconnect::new(),
+                reconnect: Reconnect::new(p.seed),
+                connected_at: None,
                 attached: Vec::new(),
             })
             .collect();
@@ -1606,6 +1610,24 @@ impl World {
                             format!("{what} from the cache at age {age:?}, TTL {ttl:?}"),
                         );
                     }
+                    // The server behind a reconnection may have restarted
+                    // with less: an entry stored before it must not be
+                    // served after it.
+                    let stored_at = minus(ready_at, age);
+                    if let Some(at) = self.proxies[c.proxy].connected_at {
+                        if stored_at < at && at <= ready_at {
+                            return violation(
+                                "cache-across-reconnect",
+                                format!(
+                                    "{what} from a cache entry stored at {} though p{} \
+                                     reconnected upstream at {}",
+                                    fmt_t(stored_at),
+                                    c.proxy,
+                                    fmt_t(at)
+                                ),
+                            );
+                        }
+                    }
                     (minus(minus(ready_at, age), rt), ready_at, "the cache")
                 }
                 (Via::Messages, Some((_, ready_at))) => (minus(ready_at, rt), ready_at, "upstream"),
@@ -1843,6 +1865,9 @@ impl World {
             .proxy
             .as_ref()
             .is_none_or(|p| p.upstream_in_flight() == 0);
+        if node.proxy.as_ref().is_some_and(Proxy::upstream_verified) {
+            node.reconnect.handle_verified();
+        }
         let decision = match node.upstream {
             Upstream::Up(_) => node.reconnect.handle_lost(now, idle),
             _ => Lost::Retry(node.reconnect.handle_failed(now)),
@@ -1885,7 +1910,11 @@ impl World {
     /// the core's [`Reconnect`] policy says (the proxy queues meanwhile).
     fn upstream_reset(&mut self, pi: usize) -> Check {
         let now = self.now;
-        let retry_at = self.proxies[pi].reconnect.handle_reset(now);
+        let node = &mut self.proxies[pi];
+        if node.proxy.as_ref().is_some_and(Proxy::upstream_verified) {
+            node.reconnect.handle_verified();
+        }
+        let retry_at = node.reconnect.handle_reset(now);
         let old = std::mem::replace(&mut self.proxies[pi].upstream, Upstream::Down { retry_at });
         if let Upstream::Up(link) = old {
             self.bury(*link);
@@ -2169,7 +2198,8 @@ impl World {
             match node.proxy.as_mut() {
                 None if node.back_at <= now => {
                     node.proxy = Some(Proxy::new(self.setup.proxy.clone(), now));
-                    node.reconnect = Reconnect::new();
+                    node.reconnect = Reconnect::new(self.p.seed ^ node.incarnation);
+                    node.connected_at = None;
                     node.incarnation += 1;
                     node.upstream = Upstream::Connecting {
                         done_at: now + Duration::from_micros(self.rng.below(20_000)),
@@ -2230,6 +2260,7 @@ impl World {
                             side: ServerSide::new(&self.server, self.setup.conn, now),
                         }));
                         self.proxies[pi].reconnect.handle_connected(now);
+                        self.proxies[pi].connected_at = Some(now);
                         if let Some(p) = self.proxies[pi].proxy.as_mut() {
                             p.handle_upstream_connected(now);
                         }

@@ -253,6 +253,23 @@ impl ProxyHandle {
         self.inner.proxy.borrow().config().request_timeout
     }
 
+    /// The seed of the upstream task's reconnection jitter: derived from
+    /// the proxy's random hash seed, as the core reads no random source.
+    fn reconnect_seed(&self) -> u64 {
+        // Mixed so the jitter and the hash functions do not share a stream.
+        self.inner.proxy.borrow().config().hash_seed ^ 0x7265_636f_6e6e_6563
+    }
+
+    /// See [`Proxy::upstream_verified`].
+    fn upstream_verified(&self) -> bool {
+        self.inner.proxy.borrow().upstream_verified()
+    }
+
+    /// See [`Proxy::upstream_fault`].
+    fn upstream_fault(&self) -> Option<kv_core::UpstreamError> {
+        self.inner.proxy.borrow().upstream_fault().cloned()
+    }
+
     fn poll_upstream_transmit(&self) -> Option<BytesMut> {
         self.inner.proxy.borrow_mut().poll_upstream_transmit()
     }

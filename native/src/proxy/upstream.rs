@@ -1,11 +1,15 @@
 //! The proxy's upstream task: owns the connection to the server, makes and
 //! remakes it as the core's [`Reconnect`] policy says, writes the proxy's
 //! requests and feeds back the replies.
+//!
+//! A failure is logged when it is news (the first of a series, or a new
+//! cause) and a recovery once; retries with the same cause are only
+//! debug lines, so a refused password does not flood the log.
 
 use super::ProxyHandle;
 use bytes::BytesMut;
 use kv_core::backoff::Lost;
-use kv_core::Reconnect;
+use kv_core::{Reconnect, UpstreamError};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,11 +27,26 @@ enum End {
     Lost(String),
 }
 
+/// An upstream error as a log line says it: without the reply's code word.
+fn cause_of(e: &UpstreamError) -> String {
+    let text = e.to_string();
+    text.strip_prefix("ERR ").unwrap_or(&text).to_owned()
+}
+
+/// Logs a failure at `warn` if it is news, else at `debug`.
+fn report_failure(reconnect: &mut Reconnect, cause: &str) {
+    if reconnect.note_failure(cause) {
+        warn!("{cause}; retrying with backoff");
+    } else {
+        debug!("again: {cause}");
+    }
+}
+
 /// Runs forever.
 pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
     let epoch = handle.epoch();
     let connect_timeout = Reconnect::connect_timeout(handle.request_timeout());
-    let mut reconnect = Reconnect::new();
+    let mut reconnect = Reconnect::new(handle.reconnect_seed());
     loop {
         handle.handle_upstream_connecting();
         let connected = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
@@ -41,28 +60,44 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!("cannot set TCP_NODELAY upstream: {e}");
                 }
-                if reconnect.failures() > 0 {
-                    info!("upstream reconnected");
-                } else {
-                    debug!("upstream connected");
-                }
+                debug!("upstream connected");
                 reconnect.handle_connected(epoch.now());
                 handle.handle_upstream_connected();
-                match connection(&handle, stream).await {
+                let end = connection(&handle, stream, &mut reconnect).await;
+                // With no handshake, a connection that ends without a
+                // refusal counts as accepted (idle ones are closed unread).
+                if handle.upstream_verified() {
+                    reconnect.handle_verified();
+                }
+                // A refusal the proxy saw on the connection is the real
+                // cause, whichever way the connection then ended.
+                let refusal = handle.upstream_fault().filter(UpstreamError::is_refusal);
+                match end {
                     End::Reset => {
-                        warn!("upstream connection reset (request timed out or bad reply)");
+                        let cause = handle.upstream_fault().map_or_else(
+                            || "upstream connection reset".to_owned(),
+                            |e| format!("{}; connection reset", cause_of(&e)),
+                        );
+                        report_failure(&mut reconnect, &cause);
                         reconnect.handle_reset(epoch.now())
                     }
                     End::Lost(reason) => {
                         match reconnect.handle_lost(epoch.now(), handle.upstream_idle()) {
                             Lost::Replace(at) => {
-                                debug!(
-                                    "upstream closed an idle connection ({reason}); replacing it"
-                                );
+                                match &refusal {
+                                    Some(e) => report_failure(&mut reconnect, &cause_of(e)),
+                                    None => debug!(
+                                        "upstream closed an idle connection ({reason}); replacing it"
+                                    ),
+                                }
                                 at
                             }
                             Lost::Retry(at) => {
-                                warn!("upstream connection lost: {reason}");
+                                let cause = refusal.as_ref().map_or_else(
+                                    || format!("upstream connection lost: {reason}"),
+                                    cause_of,
+                                );
+                                report_failure(&mut reconnect, &cause);
                                 handle.handle_upstream_lost();
                                 at
                             }
@@ -71,12 +106,10 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
                 }
             }
             Err(reason) => {
-                // The first failure of a series is news; the retries are not.
-                if reconnect.failures() > 0 {
-                    debug!("cannot connect upstream: {reason}");
-                } else {
-                    warn!("cannot connect upstream: {reason}");
-                }
+                report_failure(
+                    &mut reconnect,
+                    &format!("cannot connect upstream: {reason}"),
+                );
                 handle.handle_upstream_lost();
                 reconnect.handle_failed(epoch.now())
             }
@@ -88,10 +121,11 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
 /// Drives one upstream connection until it fails or a reset is asked for.
 /// Reading and writing run concurrently: writing only while not reading could
 /// deadlock with a server that stops reading while its replies are not read.
-async fn connection(handle: &ProxyHandle, mut stream: TcpStream) -> End {
+async fn connection(handle: &ProxyHandle, mut stream: TcpStream, reconnect: &mut Reconnect) -> End {
     let (mut rd, mut wr) = stream.split();
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut verified = false;
         loop {
             buf.reserve(READ_CHUNK);
             match rd.read_buf(&mut buf).await {
@@ -99,6 +133,15 @@ async fn connection(handle: &ProxyHandle, mut stream: TcpStream) -> End {
                 Ok(_) => {
                     handle.handle_upstream_input(&buf);
                     buf.clear();
+                    // Only a server that answered properly ends the backoff:
+                    // one that accepts and then refuses is still failing.
+                    if !verified && handle.upstream_verified() {
+                        verified = true;
+                        reconnect.handle_verified();
+                        if reconnect.note_recovered() {
+                            info!("upstream connection works again");
+                        }
+                    }
                 }
                 Err(e) => return End::Lost(e.to_string()),
             }
