@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 
 use super::checks::checks;
 use super::{find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, Report};
-use crate::bench::{
-    Case, Part, Target, Workload, COMMANDS, GET_SET, MULTI_KEYS, PIPELINES, TARGETS,
-};
+use crate::bench::{Case, Part, Target, Workload, COMMANDS, GET_SET, MULTI_KEYS, PIPELINES};
 
 /// `v` formatted by `f`, or `–` for a figure that is missing, so that a
 /// table keeps its columns.
@@ -316,7 +314,7 @@ fn throughput_table(cases: &[Case], workloads: &[Workload]) -> String {
         for pipeline in PIPELINES {
             let redis = find(cases, Target::Redis, workload, pipeline);
             let null = find(cases, Target::Null, workload, pipeline);
-            for target in TARGETS {
+            for &target in workload.targets() {
                 let Some(case) = find(cases, target, workload, pipeline) else {
                     continue;
                 };
