@@ -254,6 +254,25 @@ impl WsClient {
         }
     }
 
+    /// Closes the socket with the code of a WebSocket error, if it has one.
+    async fn close_for(&mut self, e: &WsError) {
+        let Some(code) = close_code(e) else { return };
+        debug!(%e, code = u16::from(code), "closing the WebSocket");
+        let reason: String = e.to_string().chars().take(120).collect();
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // Bounded: a peer that broke the protocol may not take the close
+        // frame either.
+        let close = tokio::time::timeout(net::CLOSE_GRACE, self.ws.close(Some(frame)));
+        let _ = Box::pin(close).await;
+        // Then read what the peer is still sending (a large message's
+        // rest): closing on unread input would reset the connection, and
+        // the peer could lose the close frame with its code.
+        net::close_gently(self.ws.get_mut()).await;
+    }
+
     /// Hands one browser message to the proxy, or its refusal.
     fn handle_message(&mut self, inbound: Inbound<'_>) {
         match inbound {
@@ -309,13 +328,7 @@ impl Conn for WsClient {
             msg = self.ws.next(), if reading => match msg {
                 None | Some(Ok(Message::Close(_))) => Ok(Wake::Eof),
                 Some(Err(e)) => {
-                    if let Some(code) = close_code(&e) {
-                        debug!(%e, code = u16::from(code), "closing the WebSocket");
-                        let frame = CloseFrame { code, reason: e.to_string().chars().take(120).collect::<String>().into() };
-                        // Bounded: a peer that broke the protocol may not
-                        // take the close frame either.
-                        let _ = Box::pin(tokio::time::timeout(net::CLOSE_GRACE, self.ws.close(Some(frame)))).await;
-                    }
+                    self.close_for(&e).await;
                     Err(io::Error::other(e))
                 }
                 Some(Ok(Message::Text(text))) => {
