@@ -85,6 +85,30 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<(Head, Vec<u8>),
     }
 }
 
+/// Time a client gets to send its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request head within [`HEAD_TIMEOUT`] and returns it if it is a `GET`
+/// or `HEAD`; anything else is answered here (431 for a head too large,
+/// 400 for a malformed one, 405 for another method) or was never sent.
+pub(crate) async fn read_get(stream: &mut TcpStream) -> Option<(Head, Vec<u8>)> {
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)).await;
+    let (status, text): (&str, &[u8]) = match head {
+        Ok(Ok((head, rest))) if head.method == "GET" || head.method == "HEAD" => {
+            return Some((head, rest))
+        }
+        Ok(Ok(_)) => ("405 Method Not Allowed", b"only GET\n"),
+        Ok(Err(HeadError::TooLarge)) => (
+            "431 Request Header Fields Too Large",
+            b"request head too large\n",
+        ),
+        Ok(Err(HeadError::Malformed)) => ("400 Bad Request", b"malformed request\n"),
+        Ok(Err(HeadError::Closed)) | Err(_) => return None,
+    };
+    respond_text(stream, status, text).await;
+    None
+}
+
 /// Writes a whole response (the body only if `with_body`: not for HEAD)
 /// and closes the connection gently.
 pub(crate) async fn respond(

@@ -8,10 +8,10 @@
 //! same numbers appear in `INFO` under Redis's names; the metric names are
 //! Prometheus's conventions.
 
-use crate::http::{self, HeadError};
+use crate::http;
 use kv_core::cache::CacheStats;
 use kv_core::session::HostFacts;
-use kv_core::stats::{CommandStats, Histogram, LATENCY_BOUNDS_US};
+use kv_core::stats::{CommandStat, CommandStats, Histogram, LATENCY_BOUNDS_US};
 use kv_core::{Proxy, ProxyStats, Server, UpstreamState};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
@@ -32,9 +32,6 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// listen queue (a scraper polls every few seconds, so this is generous).
 const MAX_SCRAPERS: usize = 16;
 
-/// Time a scraper gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// One sample's value.
 #[derive(Debug)]
 enum Value {
@@ -44,6 +41,14 @@ enum Value {
     Gauge(i64),
     Histogram(Histogram),
 }
+
+/// A family with a sample per command: name, help, type, and the value.
+type PerCommand = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&CommandStat) -> Value,
+);
 
 /// One metric family: its samples, each with its labels.
 #[derive(Debug)]
@@ -121,50 +126,43 @@ impl Scrape {
                 Value::Seconds(host.used_cpu_sys),
             ),
         ]);
-        let calls = self.family(
-            "kv_commands",
-            "Commands run, by command (refusals not included)",
-            MetricType::Counter,
-        );
-        for (name, s) in commands.iter() {
-            calls
-                .samples
-                .push((vec![("command", name.to_owned())], Value::Counter(s.calls)));
-        }
-        let failed = self.family(
-            "kv_command_failures",
-            "Commands that answered an error, by command",
-            MetricType::Counter,
-        );
-        for (name, s) in commands.iter() {
-            failed
-                .samples
-                .push((vec![("command", name.to_owned())], Value::Counter(s.failed)));
-        }
-        let rejected = self.family(
-            "kv_command_rejections",
-            "Commands refused before they ran (arity, authentication, transactions), by command",
-            MetricType::Counter,
-        );
-        for (name, s) in commands.iter() {
-            rejected.samples.push((
-                vec![("command", name.to_owned())],
-                Value::Counter(s.rejected),
-            ));
-        }
-        let latency = self.family(
-            "kv_command_duration_seconds",
-            match role {
-                "proxy" => "Time from a request's arrival at the proxy until its reply could be sent, by command",
-                _ => "Time the server took to run a command, by command",
-            },
-            MetricType::Histogram,
-        );
-        for (name, s) in commands.iter() {
-            latency.samples.push((
-                vec![("command", name.to_owned())],
-                Value::Histogram(s.latency.clone()),
-            ));
+        let latency_help = match role {
+            "proxy" => "Time from a request's arrival at the proxy until its reply could be sent, by command",
+            _ => "Time the server took to run a command, by command",
+        };
+        let per_command: [PerCommand; 4] = [
+            (
+                "kv_commands",
+                "Commands run, by command (refusals not included)",
+                MetricType::Counter,
+                |s| Value::Counter(s.calls),
+            ),
+            (
+                "kv_command_failures",
+                "Commands that answered an error, by command",
+                MetricType::Counter,
+                |s| Value::Counter(s.failed),
+            ),
+            (
+                "kv_command_rejections",
+                "Commands refused before they ran (arity, authentication, transactions), by command",
+                MetricType::Counter,
+                |s| Value::Counter(s.rejected),
+            ),
+            (
+                "kv_command_duration_seconds",
+                latency_help,
+                MetricType::Histogram,
+                |s| Value::Histogram(s.latency.clone()),
+            ),
+        ];
+        let stats: Vec<_> = commands.iter().collect();
+        for (name, help, kind, value) in per_command {
+            self.family(name, help, kind).samples.extend(
+                stats
+                    .iter()
+                    .map(|(command, s)| (vec![("command", (*command).to_owned())], value(s))),
+            );
         }
     }
 
@@ -433,26 +431,12 @@ pub(crate) async fn serve(
         busy.set(busy.get() + 1);
         let (busy, render) = (busy.clone(), render.clone());
         tokio::task::spawn_local(async move {
-            match tokio::time::timeout(HEAD_TIMEOUT, http::read_head(&mut stream)).await {
-                Ok(Ok((head, _))) if head.method == "GET" || head.method == "HEAD" => {
+            match http::read_get(&mut stream).await {
+                Some((head, _)) => {
                     let path = head.path.split('?').next().unwrap_or("/");
                     answer(&mut stream, path, head.method == "GET", || render()).await;
                 }
-                Ok(Ok(_)) => {
-                    http::respond_text(&mut stream, "405 Method Not Allowed", b"only GET\n").await
-                }
-                Ok(Err(HeadError::TooLarge)) => {
-                    http::respond_text(
-                        &mut stream,
-                        "431 Request Header Fields Too Large",
-                        b"request head too large\n",
-                    )
-                    .await
-                }
-                Ok(Err(HeadError::Malformed)) => {
-                    http::respond_text(&mut stream, "400 Bad Request", b"malformed request\n").await
-                }
-                Ok(Err(HeadError::Closed)) | Err(_) => debug!(%peer, "metrics client left"),
+                None => debug!(%peer, "metrics client answered or gone"),
             }
             busy.set(busy.get() - 1);
         });

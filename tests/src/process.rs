@@ -426,6 +426,20 @@ impl KvProcess {
         self.status
     }
 
+    /// Sends SIGTERM and checks the process exits with status 0 within
+    /// `timeout`, its stderr in the message if not.
+    pub fn stop_cleanly(mut self, timeout: Duration) {
+        self.sigterm();
+        let status = self.wait_timeout(timeout);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "kv {:?} after SIGTERM: {status:?}\n--- stderr ---\n{}",
+            self.args,
+            self.stderr_text()
+        );
+    }
+
     /// Whether the process has exited (reaping it if so).
     pub fn has_exited(&mut self) -> bool {
         self.wait_timeout(Duration::ZERO).is_some()
@@ -573,6 +587,30 @@ pub fn start_server(extra: &[&str]) -> KvProcess {
     let mut args = vec!["server", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     KvProcess::spawn(args)
+}
+
+/// Starts `kv server --listen 127.0.0.1:0 --data-dir DIR EXTRA...`.
+pub fn start_server_on(data_dir: &Path, extra: &[&str]) -> KvProcess {
+    let dir = data_dir.to_str().expect("utf-8 temp path");
+    let mut args = vec!["--data-dir", dir];
+    args.extend_from_slice(extra);
+    start_server(&args)
+}
+
+/// The arguments of `kv up` with every port (the console's too) chosen by
+/// the OS, then `extra`.
+pub fn up_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "up",
+        "--server-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Starts `kv proxy --listen 127.0.0.1:0 --upstream UPSTREAM EXTRA...`.

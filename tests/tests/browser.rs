@@ -14,8 +14,8 @@ use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use kv_tests::{
-    free_port, http_get, require_tool, scratch_dir, wait_for, wait_until, workspace_root, Conn,
-    KvProcess, SEED_TRANSCRIPT,
+    free_port, http_get, require_tool, scratch_dir, up_args, wait_for, wait_until, workspace_root,
+    Conn, KvProcess, SEED_TRANSCRIPT,
 };
 use serde_json::{json, Value};
 use std::fs::File;
@@ -265,6 +265,20 @@ const ENTRY_COUNT: &str = "return document.querySelectorAll('#log .entry').lengt
 const READ_CHART: &str = "const f = document.getElementById('chart-rps'); \
      return [f.querySelector('.now').textContent, f.querySelector('path').getAttribute('d') || ''];";
 
+/// A reply row shows a cache hit: the badge `HIT · <age> old`, styled as one.
+fn assert_cache_hit(row: &Row, what: &str) {
+    let badge = row.badge.as_deref().unwrap_or_default();
+    assert!(
+        badge.starts_with("HIT · ") && badge.ends_with(" old"),
+        "{what} is a cache hit, badge `HIT · <age> old`: {row:?}"
+    );
+    assert_eq!(
+        row.badge_class.as_deref(),
+        Some("badge hit"),
+        "{what}'s badge class: {row:?}"
+    );
+}
+
 const READ_STATE: &str = r#"
     const s = document.getElementById('state');
     return [s.textContent, s.className];
@@ -379,17 +393,7 @@ fn the_console_plays_the_seed_transcript_in_headless_chromium() {
     );
 
     let www_arg = www.to_string_lossy().into_owned();
-    let mut up = KvProcess::spawn([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--www",
-        &www_arg,
-    ]);
+    let mut up = KvProcess::spawn(up_args(&["--www", &www_arg]));
     let console = up.console_addr();
     let rt = &browser.rt;
     let page = browser.page();
@@ -489,16 +493,7 @@ fn the_console_plays_the_seed_transcript_in_headless_chromium() {
         "first GET name: a HIT or MISS badge: {first_get:?}"
     );
     let (_, second_get) = replies.last().expect("the second GET name");
-    let badge = second_get.badge.as_deref().unwrap_or_default();
-    assert!(
-        badge.starts_with("HIT · ") && badge.ends_with(" old"),
-        "the second GET name is a cache hit, badge `HIT · <age> old`: {second_get:?}"
-    );
-    assert_eq!(
-        second_get.badge_class.as_deref(),
-        Some("badge hit"),
-        "the second GET name's badge class: {second_get:?}"
-    );
+    assert_cache_hit(second_get, "the second GET name");
 
     // `GET` without a key is refused in the page and never sent.
     let i = find_command(&rows, at, "GET");
@@ -563,16 +558,7 @@ fn a_copied_kv_serves_its_built_in_console_to_chromium() {
         "{} is missing: run cargo xtask build-wasm (before the kv build the tests make)",
         wasm.display()
     );
-    let up = KvProcess::spawn_copied([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--in-memory",
-    ]);
+    let up = KvProcess::spawn_copied(up_args(&["--in-memory"]));
     let console = up.console_addr();
     let page = browser.page();
 
@@ -623,16 +609,7 @@ fn a_copied_kv_serves_its_built_in_console_to_chromium() {
     }
     let (second_get, _) = reply_to(&rows, at, "GET name");
     assert_eq!(second_get.text, "\"Derek Moss\"", "{rows:#?}");
-    let badge = second_get.badge.as_deref().unwrap_or_default();
-    assert!(
-        badge.starts_with("HIT · ") && badge.ends_with(" old"),
-        "the repeated GET name is a cache hit, badge `HIT · <age> old`: {second_get:?}"
-    );
-    assert_eq!(
-        second_get.badge_class.as_deref(),
-        Some("badge hit"),
-        "{second_get:?}"
-    );
+    assert_cache_hit(&second_get, "the repeated GET name");
 
     browser.close();
 }
@@ -650,18 +627,7 @@ fn without_the_wasm_the_page_says_how_to_build_it() {
             .unwrap_or_else(|e| panic!("cannot copy www/{file} to {}: {e}", www.display()));
     }
     let www_arg = www.to_string_lossy().into_owned();
-    let up = KvProcess::spawn([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--in-memory",
-        "--www",
-        &www_arg,
-    ]);
+    let up = KvProcess::spawn(up_args(&["--in-memory", "--www", &www_arg]));
     let console = up.console_addr();
     let page = browser.page();
 

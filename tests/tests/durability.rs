@@ -3,7 +3,10 @@
 //! `everysec` the loss is measured and bounded), torn and damaged logs, crashes
 //! in the middle of compaction, and a disk that fills up.
 
-use kv_tests::{info_field, run_kv, scratch_dir, wait_for, wait_until, Conn, KvProcess, ReadError};
+use kv_tests::{
+    info_field, run_kv, scratch_dir, start_server_on, wait_for, wait_until, Conn, KvProcess,
+    ReadError,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -17,25 +20,6 @@ use std::time::{Duration, Instant};
 
 const LOG: &str = "appendonly.kv";
 const TMP: &str = "appendonly.kv.tmp";
-
-fn server(data_dir: &Path, extra: &[&str]) -> KvProcess {
-    let dir = data_dir.to_str().expect("utf-8 temp path");
-    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--data-dir", dir];
-    args.extend_from_slice(extra);
-    KvProcess::spawn(args)
-}
-
-/// Stops a server with SIGTERM and checks it exits cleanly.
-fn stop(mut p: KvProcess) {
-    p.sigterm();
-    let status = p.wait_timeout(Duration::from_secs(10));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "kv server after SIGTERM: {status:?}\n--- stderr ---\n{}",
-        p.stderr_text()
-    );
-}
 
 /// `PUT key value` without panicking: the reply line, or why there is none.
 fn try_put(conn: &mut Conn, key: &str, value: &str) -> Result<String, ReadError> {
@@ -174,7 +158,7 @@ fn distinct_key(t: usize, n: u64) -> String {
 /// (acked, lost, acked in the last 1.5 s before the kill).
 fn crash_and_count_lost(policy: &str, load: Duration) -> (usize, Vec<Acked>, usize) {
     let dir = scratch_dir(&format!("crash-{policy}"));
-    let mut s = server(&dir, &["--fsync", policy]);
+    let mut s = start_server_on(&dir, &["--fsync", policy]);
     let load = || thread::sleep(load);
     let (outcomes, killed_at) = load_then_kill(&mut s, 8, load, distinct_key, 16);
     let acked: Vec<Acked> = outcomes.iter().flat_map(|o| o.acked.clone()).collect();
@@ -183,7 +167,7 @@ fn crash_and_count_lost(policy: &str, load: Duration) -> (usize, Vec<Acked>, usi
         "only {} writes acknowledged before the kill",
         acked.len()
     );
-    let restarted = server(&dir, &["--fsync", policy]);
+    let restarted = start_server_on(&dir, &["--fsync", policy]);
     let keys: Vec<String> = acked.iter().map(|a| a.key.clone()).collect();
     let got = get_all(restarted.server_addr(), &keys);
     let lost: Vec<Acked> = acked
@@ -269,9 +253,9 @@ fn fill(addr: SocketAddr, n: usize) -> Vec<String> {
 #[test]
 fn a_torn_tail_is_cut_with_a_warning_and_the_data_kept() {
     let dir = scratch_dir("torn");
-    let s = server(&dir, &[]);
+    let s = start_server_on(&dir, &[]);
     let keys = fill(s.server_addr(), 100);
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(10));
 
     let path = dir.join(LOG);
     let mut log = fs::read(&path).unwrap();
@@ -285,7 +269,7 @@ fn a_torn_tail_is_cut_with_a_warning_and_the_data_kept() {
     log.extend_from_slice(&half);
     fs::write(&path, &log).unwrap();
 
-    let s = server(&dir, &[]);
+    let s = start_server_on(&dir, &[]);
     let stderr = wait_for(Duration::from_secs(5), "the torn-tail warning", || {
         let e = s.stderr_text();
         e.contains("dropped").then_some(e)
@@ -303,8 +287,8 @@ fn a_torn_tail_is_cut_with_a_warning_and_the_data_kept() {
     assert_eq!(fs::metadata(&path).unwrap().len() as usize, clean_len);
     // And it keeps working: a new write goes after the last whole record.
     assert_eq!(Conn::connect(s.server_addr()).cmd("PUT after torn"), "OK");
-    stop(s);
-    let s = server(&dir, &[]);
+    s.stop_cleanly(Duration::from_secs(10));
+    let s = start_server_on(&dir, &[]);
     assert_eq!(Conn::connect(s.server_addr()).cmd("GET after"), "\"torn\"");
     assert!(!s.stderr_text().contains("dropped"), "{}", s.stderr_text());
     drop(s);
@@ -314,9 +298,9 @@ fn a_torn_tail_is_cut_with_a_warning_and_the_data_kept() {
 #[test]
 fn damage_before_the_tail_stops_the_start_unless_repair() {
     let dir = scratch_dir("midfile");
-    let s = server(&dir, &[]);
+    let s = start_server_on(&dir, &[]);
     let keys = fill(s.server_addr(), 50);
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(10));
 
     let path = dir.join(LOG);
     let mut log = fs::read(&path).unwrap();
@@ -348,7 +332,7 @@ fn damage_before_the_tail_stops_the_start_unless_repair() {
         "nothing changed without --repair"
     );
 
-    let s = server(&dir, &["--repair"]);
+    let s = start_server_on(&dir, &["--repair"]);
     let stderr = wait_for(Duration::from_secs(5), "the --repair warning", || {
         let e = s.stderr_text();
         e.contains("rewrote the log").then_some(e)
@@ -365,9 +349,9 @@ fn damage_before_the_tail_stops_the_start_unless_repair() {
         assert_eq!(got[k], expected, "{k}");
     }
     assert_eq!(Conn::connect(s.server_addr()).cmd("DBSIZE"), "(integer) 49");
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(10));
     // The log was rewritten without the damage: a plain start is clean.
-    let s = server(&dir, &[]);
+    let s = start_server_on(&dir, &[]);
     assert_eq!(Conn::connect(s.server_addr()).cmd("DBSIZE"), "(integer) 49");
     assert!(!s.stderr_text().contains("damaged"), "{}", s.stderr_text());
     drop(s);
@@ -423,7 +407,7 @@ fn sigkill_during_compaction_loses_nothing() {
     let mut rewrites = 0;
     let mut killed_mid_rewrite = 0;
     for (round, ms) in [250u64, 400, 600, 800, 1100, 1500].into_iter().enumerate() {
-        let mut s = server(&dir, &flags);
+        let mut s = start_server_on(&dir, &flags);
         assert!(
             !dir.join(TMP).exists(),
             "the unfinished rewrite was removed"
@@ -499,7 +483,7 @@ fn sigkill_during_compaction_loses_nothing() {
             fs::metadata(dir.join(LOG)).map_or(0, |m| m.len())
         );
     }
-    let s = server(&dir, &flags);
+    let s = start_server_on(&dir, &flags);
     assert!(!dir.join(TMP).exists());
     let keys: Vec<String> = expected.keys().cloned().collect();
     let got = get_all(s.server_addr(), &keys);
@@ -628,7 +612,7 @@ fn a_full_disk_fails_writes_with_an_error_and_keeps_serving_reads() {
     }
     let (_proc, _limited, addr) = match &disk {
         TinyDisk::Tmpfs(_) => {
-            let p = server(&data, &["--fsync", "always"]);
+            let p = start_server_on(&data, &["--fsync", "always"]);
             let addr = p.server_addr();
             (Some(p), None, addr)
         }
@@ -691,7 +675,7 @@ fn a_full_disk_fails_writes_with_an_error_and_keeps_serving_reads() {
         drop(conn);
         let mut p = _proc.unwrap();
         p.kill();
-        let s = server(&data, &["--fsync", "always"]);
+        let s = start_server_on(&data, &["--fsync", "always"]);
         let mut keys = acked.clone();
         keys.push(failed_key.clone());
         keys.push("after".into());

@@ -4,12 +4,11 @@
 //! the damaged record, keeps every other one, and rewrites the log so that
 //! the next plain start is clean and gives the same data.
 
-use kv_tests::{run_kv, scratch_dir, Conn, KvProcess};
+use kv_tests::{run_kv, scratch_dir, start_server_on, Conn};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LOG: &str = "appendonly.kv";
@@ -23,24 +22,6 @@ fn key(i: usize) -> String {
 
 fn value(i: usize) -> String {
     format!("v{}-{i}", i.wrapping_mul(2_654_435_761) % 1_000_003)
-}
-
-fn server(data_dir: &Path, extra: &[&str]) -> KvProcess {
-    let dir = data_dir.to_str().expect("utf-8 temp path");
-    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--data-dir", dir];
-    args.extend_from_slice(extra);
-    KvProcess::spawn(args)
-}
-
-fn stop(mut p: KvProcess) {
-    p.sigterm();
-    let status = p.wait_timeout(Duration::from_secs(30));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "kv server after SIGTERM: {status:?}\n--- stderr ---\n{}",
-        p.stderr_text()
-    );
 }
 
 /// Reads raw reply bytes until `lines` whole lines have come, checking that
@@ -145,12 +126,12 @@ fn get_all(addr: SocketAddr, keys: &[usize]) -> HashMap<usize, Option<String>> {
 fn repair_of_one_flipped_byte_keeps_the_other_million_records() {
     let dir = scratch_dir("repair-million");
     // No automatic rewrite: the log must hold one record per write.
-    let s = server(&dir, &["--fsync", "no", "--aof-rewrite-percentage", "0"]);
+    let s = start_server_on(&dir, &["--fsync", "no", "--aof-rewrite-percentage", "0"]);
     let t = Instant::now();
     fill(s.server_addr());
     let fill_time = t.elapsed();
     assert_eq!(dbsize(s.server_addr()), RECORDS);
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(30));
 
     let path = dir.join(LOG);
     let mut log = fs::read(&path).unwrap();
@@ -184,7 +165,7 @@ fn repair_of_one_flipped_byte_keeps_the_other_million_records() {
     println!("without --repair: {}", out.stderr.trim());
 
     let t = Instant::now();
-    let s = server(&dir, &["--repair"]);
+    let s = start_server_on(&dir, &["--repair"]);
     let repair_time = t.elapsed();
     let kept = dbsize(s.server_addr());
     let stderr = s.stderr_text();
@@ -202,13 +183,13 @@ fn repair_of_one_flipped_byte_keeps_the_other_million_records() {
         let want = (i != 0).then(|| value(i));
         assert_eq!(got[&i], want, "{}", key(i));
     }
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(30));
     let repaired = fs::metadata(&path).unwrap().len();
     let dropped = log.len() as u64 - repaired;
     assert_eq!(dropped, (starts[1] - starts[0]) as u64);
 
     let t = Instant::now();
-    let s = server(&dir, &[]);
+    let s = start_server_on(&dir, &[]);
     let plain_time = t.elapsed();
     assert_eq!(dbsize(s.server_addr()), kept, "the repaired log is clean");
     let stderr = s.stderr_text();
@@ -217,7 +198,7 @@ fn repair_of_one_flipped_byte_keeps_the_other_million_records() {
         "{stderr}"
     );
     assert_eq!(fs::metadata(&path).unwrap().len(), repaired);
-    stop(s);
+    s.stop_cleanly(Duration::from_secs(30));
     println!(
         "--repair: kept {kept} of {RECORDS} records, dropped {dropped} bytes (8..{}), \
          {} values checked; start with --repair {repair_time:.2?}, next plain start {plain_time:.2?}",

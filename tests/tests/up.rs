@@ -2,23 +2,15 @@
 //! graceful shutdown on SIGTERM, and the console built into the binary.
 
 use kv_tests::{
-    http_get, play_seed_transcript, run_kv, workspace_root, Conn, HttpResponse, KvProcess,
+    http_get, play_seed_transcript, run_kv, up_args, workspace_root, Conn, HttpResponse, KvProcess,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
 
 #[test]
 fn up_serves_the_seed_transcript_cli_reads_it_and_sigterm_stops_it() {
-    let mut up = KvProcess::spawn([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        // A free port too, so the test never depends on 7080 being free.
-        "--http",
-        "127.0.0.1:0",
-    ]);
+    // Every port free, the console's too: nothing depends on 7080.
+    let mut up = KvProcess::spawn(up_args(&[]));
     let server = up.server_addr();
     let proxy = up.proxy_addr();
     assert_ne!(server, proxy);
@@ -118,16 +110,7 @@ fn a_copied_kv_up_serves_the_console_built_into_it() {
     );
     // A copy alone in an empty directory, KV_WWW unset: nothing to read
     // the console from but the binary itself.
-    let up = KvProcess::spawn_copied([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--in-memory",
-    ]);
+    let up = KvProcess::spawn_copied(up_args(&["--in-memory"]));
     let console = up.console_addr();
 
     for (path, file, content_type) in [

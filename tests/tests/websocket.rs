@@ -2,7 +2,7 @@
 //! the WebSocket handshake at `/ws`, commands and replies over the socket
 //! (the JSON format of `kv_core::bridge`), and the static files at `/`.
 
-use kv_tests::{http_get, start_proxy, Conn, HttpResponse, KvProcess, IO_TIMEOUT};
+use kv_tests::{http_get, start_proxy, up_args, Conn, HttpResponse, KvProcess, IO_TIMEOUT};
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
 use tungstenite::client::IntoClientRequest;
@@ -15,15 +15,7 @@ const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// `kv up` with every port (the console's too) chosen by the OS.
 fn start_up() -> KvProcess {
-    KvProcess::spawn([
-        "up",
-        "--server-listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ])
+    KvProcess::spawn(up_args(&[]))
 }
 
 /// Sends a hand-written WebSocket upgrade request for `/ws` to `addr` with

@@ -11,7 +11,7 @@
 
 use super::ProxyHandle;
 use crate::conn::{self, Conn, Wake};
-use crate::http::{self, HeadError};
+use crate::http;
 use crate::runtime::net;
 use crate::runtime::shutdown::Shutdown;
 use futures_util::{SinkExt, StreamExt};
@@ -32,9 +32,6 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, Instrument};
-
-/// Time a client gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the console listener.
 #[derive(Debug, Clone)]
@@ -102,29 +99,12 @@ async fn serve_conn(
     options: Rc<HttpOptions>,
     shutdown: Shutdown,
 ) {
-    let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, http::read_head(&mut stream)).await
-    {
-        Ok(Ok(x)) => x,
-        Ok(Err(HeadError::TooLarge)) => {
-            return http::respond_text(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                b"request head too large\n",
-            )
-            .await;
-        }
-        Ok(Err(HeadError::Malformed)) => {
-            return http::respond_text(&mut stream, "400 Bad Request", b"malformed request\n")
-                .await;
-        }
-        Ok(Err(HeadError::Closed)) | Err(_) => return,
+    let Some((head, rest)) = http::read_get(&mut stream).await else {
+        return;
     };
     let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
     let wants_stats = query.split('&').any(|q| q == "stats=1");
     let path = path.to_owned();
-    if head.method != "GET" && head.method != "HEAD" {
-        return http::respond_text(&mut stream, "405 Method Not Allowed", b"only GET\n").await;
-    }
     if path == "/ws" {
         return websocket(handle, stream, &head, rest, &options, wants_stats, shutdown).await;
     }
