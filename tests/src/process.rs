@@ -242,14 +242,25 @@ impl KvProcess {
             Command::new(kv_bin())
         };
         let bin = PathBuf::from(command.get_program());
-        let mut child = command
+        command
             .args(&args)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", bin.display()));
+            .stderr(Stdio::piped());
+        // A copy just written can be "busy" for a moment: a process another
+        // test forked meanwhile holds the copy's write descriptor until it
+        // execs. That passes; any other error does not.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut child = loop {
+            match command.spawn() {
+                Ok(child) => break child,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot start {} {args:?}: {e}", bin.display()),
+            }
+        };
 
         let stderr_bytes = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().expect("stderr is piped");
