@@ -24,6 +24,8 @@ pub struct ConnConfig {
     /// After the client closed its sending side, how long the replies it
     /// is still owed may take before the connection is closed anyway.
     pub half_close_wait: Duration,
+    /// How much output may be held for the client.
+    pub output_limit: OutputLimit,
 }
 
 impl Default for ConnConfig {
@@ -31,18 +33,50 @@ impl Default for ConnConfig {
         ConnConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             half_close_wait: Duration::from_secs(5),
+            output_limit: OutputLimit::DEFAULT,
         }
     }
+}
+
+/// Redis's `client-output-buffer-limit` for one client: what is held for
+/// it and not yet written (encoded replies, and what a streamed reply
+/// keeps alive) may not exceed `hard` at any moment, nor exceed `soft`
+/// for `soft_for` without a break. A client over either is disconnected.
+/// Zero turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutputLimit {
+    /// Bytes never to exceed.
+    pub hard: usize,
+    /// Bytes not to exceed for longer than `soft_for`.
+    pub soft: usize,
+    /// How long output may stay over `soft`.
+    pub soft_for: Duration,
+}
+
+impl OutputLimit {
+    /// kv's default: a client may hold 256 MiB at most, and over 64 MiB
+    /// for a minute (Redis's limits for replicas; its normal clients have
+    /// none, which lets one unread reply take all of memory).
+    pub const DEFAULT: OutputLimit = OutputLimit {
+        hard: 256 << 20,
+        soft: 64 << 20,
+        soft_for: Duration::from_secs(60),
+    };
 }
 
 impl ConnConfig {
     /// The policy of a proxy's byte-stream client: by the request timeout
     /// every request it sent has an outcome, so a half-closed client waits
     /// that long for its replies (and a little more, for the timer).
-    pub fn for_proxy_client(idle_timeout: Option<Duration>, request_timeout: Duration) -> Self {
+    pub fn for_proxy_client(
+        idle_timeout: Option<Duration>,
+        request_timeout: Duration,
+        output_limit: OutputLimit,
+    ) -> Self {
         ConnConfig {
             idle_timeout,
             half_close_wait: request_timeout + Duration::from_millis(100),
+            output_limit,
         }
     }
 }
@@ -58,6 +92,9 @@ pub enum End {
     Finished,
     /// The client was cut off: idle, or not taking its output.
     TimedOut(Stall),
+    /// The client was cut off: more output was held for it than its
+    /// [`OutputLimit`] allows.
+    OutputLimit,
     /// The node is shutting down and the client was owed nothing more.
     Shutdown,
 }
@@ -113,6 +150,10 @@ pub struct ConnPolicy {
     /// read then: a command must be complete within the idle timeout of its
     /// start, so that dripping a byte now and then keeps nobody's slot.
     command_since: Option<(Instant, u64)>,
+    /// Since when more output than the soft limit has been held.
+    over_soft_since: Option<Instant>,
+    /// The output limit was exceeded: the connection is over.
+    over_limit: bool,
 }
 
 impl ConnPolicy {
@@ -133,7 +174,30 @@ impl ConnPolicy {
             timed_out: None,
             half_close_expired: false,
             command_since: None,
+            over_soft_since: None,
+            over_limit: false,
         }
+    }
+
+    /// How much output is held for the client now (handed to the socket
+    /// and not yet written, plus what the session holds): over the hard
+    /// limit the connection ends at once; over the soft one, once it has
+    /// stayed over for the soft limit's time.
+    pub fn handle_output_held(&mut self, bytes: usize, now: Instant) {
+        let now = self.clock.advance(now);
+        let limit = self.config.output_limit;
+        if limit.hard > 0 && bytes > limit.hard {
+            self.over_limit = true;
+        }
+        if limit.soft > 0 && bytes > limit.soft {
+            self.over_soft_since.get_or_insert(now);
+        } else {
+            self.over_soft_since = None;
+        }
+    }
+
+    fn soft_limit_deadline(&self) -> Option<Instant> {
+        Some(self.over_soft_since? + self.config.output_limit.soft_for)
     }
 
     /// Where the session's input stands after the last input was handled:
@@ -226,13 +290,14 @@ impl ConnPolicy {
     /// The earliest time [`ConnPolicy::handle_timeout`] has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.timed_out.is_some() {
+        if self.timed_out.is_some() || self.over_limit {
             return None;
         }
         [
             self.idle_deadline(),
             self.write_deadline(),
             self.half_close_deadline(),
+            self.soft_limit_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -244,6 +309,9 @@ impl ConnPolicy {
         let now = self.clock.advance(now);
         if self.timed_out.is_some() {
             return;
+        }
+        if self.soft_limit_deadline().is_some_and(|t| t <= now) {
+            self.over_limit = true;
         }
         if self.write_deadline().is_some_and(|t| t <= now) {
             self.timed_out = Some(Stall::Output);
@@ -257,6 +325,9 @@ impl ConnPolicy {
     /// Whether the connection is over, given what the session still owes.
     #[must_use]
     pub fn poll_end(&self, owed: Owed) -> Option<End> {
+        if self.over_limit {
+            return Some(End::OutputLimit);
+        }
         if let Some(stall) = self.timed_out {
             return Some(End::TimedOut(stall));
         }
@@ -291,9 +362,59 @@ mod tests {
             ConnConfig {
                 idle_timeout: Some(Duration::from_secs(10)),
                 half_close_wait: Duration::from_secs(5),
+                output_limit: OutputLimit::default(),
             },
             ms(0),
         )
+    }
+
+    #[test]
+    fn output_over_the_hard_limit_ends_at_once_and_over_the_soft_one_after_its_time() {
+        let config = ConnConfig {
+            output_limit: OutputLimit {
+                hard: 1000,
+                soft: 100,
+                soft_for: Duration::from_secs(60),
+            },
+            ..ConnConfig::default()
+        };
+        let mut p = ConnPolicy::new(config, ms(0));
+        p.handle_output_held(1000, ms(0));
+        assert_eq!(p.poll_end(NOTHING), None, "at the hard limit, not over");
+        assert_eq!(p.poll_timeout(), Some(ms(60_000)), "over the soft one");
+        p.handle_output_held(500, ms(30_000));
+        p.handle_timeout(ms(59_999));
+        assert_eq!(p.poll_end(NOTHING), None, "59.999 s over the soft limit");
+        p.handle_timeout(ms(60_000));
+        assert_eq!(p.poll_end(NOTHING), Some(End::OutputLimit), "60 s");
+
+        // Dropping to the soft limit starts the time anew.
+        let mut p = ConnPolicy::new(config, ms(0));
+        p.handle_output_held(101, ms(0));
+        p.handle_output_held(100, ms(59_000));
+        p.handle_output_held(101, ms(59_500));
+        p.handle_timeout(ms(60_000));
+        assert_eq!(p.poll_end(NOTHING), None);
+        assert_eq!(p.poll_timeout(), Some(ms(119_500)));
+
+        let mut p = ConnPolicy::new(config, ms(0));
+        p.handle_output_held(1001, ms(5));
+        assert_eq!(
+            p.poll_end(NOTHING),
+            Some(End::OutputLimit),
+            "over the hard one"
+        );
+        assert_eq!(p.poll_timeout(), None);
+
+        // Zero is no limit.
+        let none = ConnConfig {
+            output_limit: OutputLimit::default(),
+            ..config
+        };
+        let mut p = ConnPolicy::new(none, ms(0));
+        p.handle_output_held(usize::MAX, ms(0));
+        p.handle_timeout(ms(u64::MAX / 2_000_000));
+        assert_ne!(p.poll_end(NOTHING), Some(End::OutputLimit));
     }
 
     const NOTHING: Owed = Owed {

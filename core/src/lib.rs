@@ -54,7 +54,7 @@ pub use cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 pub use client::{Client, ClientConfig, ClientError, ClientEvent, Failure, RequestId};
 pub use codec::{Decoder, Dialect, Frame, Limits};
 pub use command::Command;
-pub use conn::{ConnConfig, ConnPolicy, End, Owed, Stall};
+pub use conn::{ConnConfig, ConnPolicy, End, OutputLimit, Owed, Stall};
 pub use db::{Db, Effect};
 pub use errors::{CommandError, DecodeError, ExecError, UpstreamError};
 pub use proxy::{

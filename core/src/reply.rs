@@ -216,10 +216,9 @@ impl Reply {
                 }
             }
             Reply::Pairs(pairs) => {
-                map_header(out, resp3, pairs.len());
+                pairs_header(Dialect::Resp, proto, pairs.len(), out);
                 for (k, v) in pairs {
-                    bulk(out, k);
-                    bulk(out, v);
+                    pair(Dialect::Resp, k, v, out);
                 }
             }
             Reply::Text(t) => {
@@ -305,12 +304,9 @@ impl Reply {
                 }
             }
             Reply::Pairs(pairs) => {
-                counted(out, pairs.len(), "pair", "pairs");
+                pairs_header(Dialect::Inline, Proto::Resp2, pairs.len(), out);
                 for (k, v) in pairs {
-                    quote(out, k);
-                    out.put_u8(b' ');
-                    quote(out, v);
-                    out.put_slice(b"\r\n");
+                    pair(Dialect::Inline, k, v, out);
                 }
             }
             Reply::Text(t) => {
@@ -428,6 +424,13 @@ pub trait ReplyOut {
     /// a [`Reply`]: the hot path of every read.
     fn value(&mut self, value: Option<&[u8]>);
 
+    /// Offers a reply that can go out a piece at a time (`DUMP`'s): a
+    /// connection's output takes it and writes it as the socket drains;
+    /// any other sink gives it back, for the handler to write whole.
+    fn offer_stream(&mut self, stream: crate::db::DumpStream) -> Option<crate::db::DumpStream> {
+        Some(stream)
+    }
+
     /// The connection's protocol changed (`HELLO`): replies from now on,
     /// the `HELLO` reply itself included, are in `proto`.
     fn set_proto(&mut self, proto: Proto) {
@@ -447,6 +450,9 @@ pub struct ReplyEncoder<'a> {
     pub out: &'a mut BytesMut,
     /// Error replies written.
     pub errors: u64,
+    /// Where a streamed reply is kept, if this output can send one a piece
+    /// at a time (see [`ReplyOut::offer_stream`]); `None`: written whole.
+    pub streamed: Option<Option<crate::db::DumpStream>>,
 }
 
 impl<'a> ReplyEncoder<'a> {
@@ -462,6 +468,7 @@ impl<'a> ReplyEncoder<'a> {
             proto,
             out,
             errors: 0,
+            streamed: None,
         }
     }
 }
@@ -476,6 +483,16 @@ impl ReplyOut for ReplyEncoder<'_> {
 
     fn value(&mut self, value: Option<&[u8]>) {
         encode_value_proto(self.dialect, self.proto, value, self.out);
+    }
+
+    fn offer_stream(&mut self, stream: crate::db::DumpStream) -> Option<crate::db::DumpStream> {
+        match &mut self.streamed {
+            Some(slot) => {
+                *slot = Some(stream);
+                None
+            }
+            None => Some(stream),
+        }
     }
 
     fn set_proto(&mut self, proto: Proto) {
@@ -528,6 +545,33 @@ fn list(out: &mut BytesMut, proto: Proto, prefix: u8, items: &[Reply]) {
     header(out, prefix, items.len());
     for r in items {
         r.encode_proto(proto, out);
+    }
+}
+
+/// The header of `n` key/value pairs (`DUMP`'s reply), which
+/// [`pair`] then writes one by one: a reply streamed as the socket drains
+/// encodes exactly as one built whole.
+pub(crate) fn pairs_header(dialect: Dialect, proto: Proto, n: usize, out: &mut BytesMut) {
+    match dialect {
+        Dialect::Resp => map_header(out, proto == Proto::Resp3, n),
+        Dialect::Inline => counted(out, n, "pair", "pairs"),
+    }
+}
+
+/// One key/value pair after a [`pairs_header`].
+#[inline]
+pub(crate) fn pair(dialect: Dialect, key: &[u8], value: &[u8], out: &mut BytesMut) {
+    match dialect {
+        Dialect::Resp => {
+            bulk(out, key);
+            bulk(out, value);
+        }
+        Dialect::Inline => {
+            quote(out, key);
+            out.put_u8(b' ');
+            quote(out, value);
+            out.put_slice(b"\r\n");
+        }
     }
 }
 

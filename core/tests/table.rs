@@ -137,7 +137,7 @@ impl Stack {
         let mut wire = BytesMut::new();
         kv_core::command::encode_resp_args(&to_bytes(args), &mut wire);
         self.direct.handle_input(&mut self.server, &wire);
-        decode_one(&self.direct.poll_transmit().unwrap_or_default())
+        decode_one(&self.direct.transmit_all(&mut self.server))
     }
 
     /// One RESP command through the proxy; its reply, and whether it went
@@ -157,7 +157,7 @@ impl Stack {
         }
         if let Some(request) = self.proxy.poll_upstream_transmit() {
             self.upstream.handle_input(&mut self.server, &request);
-            let replies = self.upstream.poll_transmit().unwrap_or_default();
+            let replies = self.upstream.transmit_all(&mut self.server);
             self.proxy.handle_upstream_input(&replies, now);
         }
         let out = self.proxy.poll_client_transmit(id).unwrap_or_default();

@@ -16,7 +16,7 @@ use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kv_core::auth::Password;
-use kv_core::{CacheConfig, Limits, ProxyConfig};
+use kv_core::{CacheConfig, Limits, OutputLimit, ProxyConfig};
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -202,6 +202,12 @@ pub struct ConnArgs {
     /// Redis answers them, for Redis tools that send inline commands).
     #[arg(long, value_enum, value_name = "FORM", default_value = "human")]
     pub inline_replies: InlineRepliesArg,
+    /// Redis's client-output-buffer-limit, as "HARD SOFT SECONDS": a client
+    /// for which more than HARD bytes of replies are held (encoded and not
+    /// yet sent, or a streamed DUMP's snapshot), or more than SOFT for
+    /// SECONDS, is disconnected and counted (0 turns a limit off).
+    #[arg(long, value_name = "HARD SOFT SECONDS", value_parser = parse_output_limit, default_value = "256MiB 64MiB 60")]
+    pub client_output_buffer_limit: OutputLimit,
 }
 
 /// `--inline-replies`.
@@ -338,6 +344,7 @@ impl ServerArgs {
             listen: self.listen,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
+            output_limit: self.conn.client_output_buffer_limit,
             limits: self.limits.limits(),
             hash_seed,
             persistence: self.persist.options(),
@@ -403,6 +410,7 @@ impl HttpArgs {
             allowed_origins: self.allow_origin.clone(),
             max_clients: conn.max_clients,
             idle_timeout: conn.idle_timeout(),
+            output_limit: conn.client_output_buffer_limit,
         }
     }
 }
@@ -459,6 +467,7 @@ impl ProxyArgs {
             upstream: self.upstream,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
+            output_limit: self.conn.client_output_buffer_limit,
             proxy: ProxyConfig {
                 password: self.auth.password(),
                 upstream_password: self
@@ -524,6 +533,7 @@ impl UpArgs {
             listen: self.server_listen,
             max_clients: self.conn.max_clients.saturating_add(1),
             idle_timeout: self.conn.idle_timeout(),
+            output_limit: self.conn.client_output_buffer_limit,
             limits: self.limits.limits(),
             hash_seed,
             persistence: self.persist.options(),
@@ -541,6 +551,7 @@ impl UpArgs {
             upstream,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
+            output_limit: self.conn.client_output_buffer_limit,
             proxy: ProxyConfig {
                 password: self.auth.password(),
                 upstream_password: self.auth.password(),
@@ -614,6 +625,25 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     };
     n.checked_mul(unit)
         .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parses `--client-output-buffer-limit`: "HARD SOFT SECONDS", sizes as
+/// [`parse_size`] reads them.
+pub fn parse_output_limit(s: &str) -> Result<OutputLimit, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let [hard, soft, seconds] = words[..] else {
+        return Err(format!(
+            "invalid output limit '{s}' (expected HARD SOFT SECONDS, e.g. \"256MiB 64MiB 60\")"
+        ));
+    };
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("invalid seconds '{seconds}' in output limit '{s}'"))?;
+    Ok(OutputLimit {
+        hard: parse_size(hard)?,
+        soft: parse_size(soft)?,
+        soft_for: Duration::from_secs(seconds),
+    })
 }
 
 /// Parses a socket address; host names (`localhost:7070`) are resolved once,

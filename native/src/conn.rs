@@ -51,6 +51,13 @@ pub(crate) trait Conn {
     /// Writes one output to the peer.
     async fn write(&mut self, output: Self::Output) -> io::Result<()>;
 
+    /// The bytes of one output, for the output-buffer limit.
+    fn output_len(output: &Self::Output) -> usize;
+
+    /// The bytes the session holds for the peer that it has not handed out
+    /// yet (for the output-buffer limit, with what is being written).
+    fn held(&self) -> usize;
+
     /// Waits for input (only if `reading`) or news from the session.
     /// Cancel-safe.
     async fn wait(&mut self, reading: bool) -> io::Result<Wake>;
@@ -89,6 +96,14 @@ pub(crate) async fn drive<C: Conn>(
         // Everything the session has goes out before anything else; a
         // client that takes none of it for the idle timeout is cut off.
         while let Some(output) = conn.poll_output() {
+            policy.handle_output_held(C::output_len(&output) + conn.held(), now);
+            let writing = Owed {
+                output: true,
+                ..Owed::default()
+            };
+            if let Some(end) = policy.poll_end(writing) {
+                break 'conn end;
+            }
             policy.handle_write_started(now);
             let write = conn.write(output);
             tokio::pin!(write);
@@ -104,9 +119,9 @@ pub(crate) async fn drive<C: Conn>(
                     },
                     _ = timer.until(&epoch, policy.poll_timeout()) => {
                         policy.handle_timeout(epoch.now());
-                        // Output is on its way, so only a timeout (or the
-                        // end of a half-close wait) can end the connection.
-                        let writing = Owed { output: true, ..Owed::default() };
+                        // Output is on its way, so only a timeout, the
+                        // output limit, or the end of a half-close wait can
+                        // end the connection.
                         if let Some(end) = policy.poll_end(writing) {
                             break 'conn end;
                         }
@@ -116,6 +131,7 @@ pub(crate) async fn drive<C: Conn>(
             now = epoch.now();
             policy.handle_write_done(now);
         }
+        policy.handle_output_held(conn.held(), now);
         let owed = conn.owed();
         policy.handle_owed(owed.replies > 0, now);
         let (mid_command, requests_read) = conn.progress();

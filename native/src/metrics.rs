@@ -166,7 +166,13 @@ impl Scrape {
         }
     }
 
-    fn connections(&mut self, current: u64, total: u64, rejected: u64, timed_out: u64) {
+    /// The connection gauges and counters: open now, and accepted,
+    /// rejected, timed out and cut off at the output limit since start.
+    fn connections(
+        &mut self,
+        current: u64,
+        [total, rejected, timed_out, output_limited]: [u64; 4],
+    ) {
         self.gauge(
             "kv_connections",
             "Client connections open now",
@@ -187,6 +193,11 @@ impl Scrape {
             "Client connections closed for idling or stalling",
             timed_out,
         );
+        self.counter(
+            "kv_connections_output_limited",
+            "Client connections cut off for holding more output than their limit",
+            output_limited,
+        );
     }
 
     /// The server's metrics.
@@ -196,9 +207,12 @@ impl Scrape {
         m.common("server", server.host(), server.command_stats());
         m.connections(
             s.connections_current,
-            s.connections_total,
-            s.connections_rejected,
-            s.connections_timed_out,
+            [
+                s.connections_total,
+                s.connections_rejected,
+                s.connections_timed_out,
+                s.output_limit_disconnections,
+            ],
         );
         m.counter("kv_error_replies", "Error replies sent", s.errors);
         let store = server.store();
@@ -255,9 +269,12 @@ impl Scrape {
         m.common("proxy", proxy.host(), proxy.command_stats());
         m.connections(
             proxy.client_count() as u64,
-            s.connections_total,
-            s.connections_rejected,
-            s.connections_timed_out,
+            [
+                s.connections_total,
+                s.connections_rejected,
+                s.connections_timed_out,
+                s.output_limit_disconnections,
+            ],
         );
         m.counter("kv_error_replies", "Error replies sent", s.errors);
         m.counter("kv_requests", "Requests received from clients", s.requests);

@@ -39,9 +39,9 @@ pub use conn::{
 };
 pub use http::{http_get, HttpResponse};
 pub use process::{
-    free_port, run_kv, run_tool, scratch_dir, start_proxy, start_server, start_server_on,
-    start_stack, try_free_port, up_args, AnnounceError, Announcer, KvProcess, Listening, Output,
-    STARTUP_TIMEOUT,
+    free_port, proc_status_bytes, reset_peak_rss, run_kv, run_tool, scratch_dir, start_proxy,
+    start_server, start_server_on, start_stack, try_free_port, up_args, vm_rss_bytes,
+    AnnounceError, Announcer, KvProcess, Listening, Output, STARTUP_TIMEOUT,
 };
 pub use rng::XorShift;
 pub use tools::{raise_fd_limit, require_tool, which, ALLOW_MISSING_TOOLS_ENV};

@@ -647,3 +647,30 @@ pub fn try_free_port() -> io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A process's memory figure from `/proc/<pid>/status` (`VmRSS`, its
+/// resident memory now, or `VmHWM`, the most it has had), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} line in {path}:\n{status}"));
+    kib * 1024
+}
+
+/// A process's resident memory (`VmRSS`), in bytes.
+pub fn vm_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// Starts a process's peak resident memory (`VmHWM`) anew from its
+/// resident memory now (Linux's `clear_refs` 5), so that a later
+/// `proc_status_bytes(pid, "VmHWM")` is the peak of what follows.
+pub fn reset_peak_rss(pid: u32) {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+}

@@ -4,8 +4,8 @@
 //! Each test checks what the abuser gets *and* that everyone else carries on.
 
 use kv_tests::{
-    info_field, raise_fd_limit, resp_command, start_proxy, start_server, start_stack, wait_for,
-    wait_until, Conn,
+    info_field, raise_fd_limit, resp_command, start_proxy, start_server, start_stack, vm_rss_bytes,
+    wait_for, wait_until, Conn,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,19 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// The server's resident memory (VmRSS of `/proc/<pid>/status`), in bytes.
-fn vm_rss_bytes(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"));
-    kib * 1024
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

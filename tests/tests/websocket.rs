@@ -2,7 +2,10 @@
 //! the WebSocket handshake at `/ws`, commands and replies over the socket
 //! (the JSON format of `kv_core::bridge`), and the static files at `/`.
 
-use kv_tests::{http_get, start_proxy, up_args, Conn, HttpResponse, KvProcess, IO_TIMEOUT};
+use kv_tests::{
+    http_get, info_field, start_proxy, start_stack, up_args, vm_rss_bytes, wait_until, Conn,
+    HttpResponse, KvProcess, IO_TIMEOUT,
+};
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
 use tungstenite::client::IntoClientRequest;
@@ -385,26 +388,15 @@ fn over_the_cap_the_console_answers_503_and_too_many_headers_431() {
     assert_eq!(status, 431, "100 header lines");
 }
 
-/// The proxy's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("a VmRSS line")
-        * 1024
-}
-
 #[test]
 fn a_thousand_idle_websockets_cost_little_and_give_it_back() {
     kv_tests::raise_fd_limit(4096);
     let (proxy, console) = small_proxy(&[]);
     // One connection first, so that what is allocated once is not counted.
     drop(ws_connect(console));
-    let before = rss(proxy.pid());
+    let before = vm_rss_bytes(proxy.pid());
     let sockets: Vec<_> = (0..1000).map(|_| ws_connect(console)).collect();
-    let open = rss(proxy.pid());
+    let open = vm_rss_bytes(proxy.pid());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "1,000 idle WebSockets: proxy RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB, {:.1} KiB each)",
@@ -424,9 +416,56 @@ fn a_thousand_idle_websockets_cost_little_and_give_it_back() {
         std::time::Duration::from_secs(10),
         "the proxy's memory returns once the sockets close",
         || {
-            let now = rss(proxy.pid());
+            let now = vm_rss_bytes(proxy.pid());
             (now <= before + grown / 4).then_some(now)
         },
     );
     println!("after they closed: {:.1} MiB", mib(after));
+}
+
+#[test]
+fn a_reply_over_the_output_limit_cuts_the_websocket_client_off_and_is_counted() {
+    let (server, proxy) = start_stack(
+        &["--in-memory"],
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--client-output-buffer-limit",
+            "64KiB 0 0",
+        ],
+    );
+    let mut conn = Conn::connect(server.server_addr());
+    let mut mset = vec![&b"MSET"[..]];
+    let pairs: Vec<String> = (0..5000).map(|i| format!("key:{i:05}")).collect();
+    for k in &pairs {
+        mset.push(k.as_bytes());
+        mset.push(b"a value of some twenty bytes");
+    }
+    assert_eq!(conn.resp(&mset), ["+OK"]);
+    let console = proxy.console_addr();
+    let mut ws = ws_connect(console);
+    ws.send(text("DUMP")).expect("send DUMP");
+    // Its reply, a message of some 250 KB, is more than 64 KiB: the
+    // connection ends without it.
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => panic!("a reply of {} bytes got through", t.len()),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    let mut admin = Conn::connect(proxy.addr());
+    wait_until(IO_TIMEOUT, "the cut-off counted", || {
+        info_field(
+            &admin.cmd("INFO stats"),
+            "client_output_buffer_limit_disconnections",
+        ) == Some(1)
+    });
+    // Small replies still go out, to this client's successor too.
+    let mut ws = ws_connect(console);
+    assert_bulk(
+        &request(&mut ws, text("GET key:00042")),
+        "a value of some twenty bytes",
+        "a GET after the cut-off",
+    );
 }

@@ -17,8 +17,10 @@
 //! `WATCH` is kept here too, since every change of a key passes through
 //! here: a watched key carries a version that each change of it bumps.
 
+mod dump;
 pub mod store;
 
+pub use dump::{DumpStream, RUN as DUMP_RUN};
 pub use store::{Entry, Found, Hasher, Slot, SlotRef, Store};
 
 use bytes::Bytes;
@@ -112,6 +114,8 @@ pub struct Db {
     /// State of the generator `RANDOMKEY` draws from (seeded, as the core
     /// reads no random source).
     rng: u64,
+    /// The snapshot of the last `DUMP`, for the next one to share.
+    dumps: dump::DumpCache,
 }
 
 /// How many expired keys one call of [`Db::expire_due`] removes at most:
@@ -130,6 +134,7 @@ impl Db {
             watched: HashMap::new(),
             version: 0,
             rng: hash_seed ^ 0x9e37_79b9_7f4a_7c15,
+            dumps: dump::DumpCache::default(),
         }
     }
 
@@ -370,9 +375,10 @@ impl Db {
         self.store.next_deadline()
     }
 
-    /// Every live pair, sorted by key.
-    pub fn dump(&self) -> Vec<(Bytes, Bytes)> {
-        self.store.dump(self.now)
+    /// Every live pair, sorted by key, as a reply to write a piece at a
+    /// time (see [`DumpStream`]).
+    pub fn dump(&mut self) -> DumpStream {
+        self.dumps.stream(&mut self.store, self.now)
     }
 
     /// The store, read-only (for snapshots, cursors and `INFO`).

@@ -36,12 +36,13 @@
 //! live ones, so it never holds more than about twice the number of keys
 //! with a deadline.
 
+use super::dump::{lock, Snapshot};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 /// The map's hasher, seeded by the driver: the core reads no random source,
 /// yet keys chosen by a peer must not be able to force hash collisions.
@@ -302,6 +303,13 @@ pub struct Store {
     /// Deadlines and the 32-bit hashes of their keys, soonest first; lazy
     /// (see the module docs).
     deadlines: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Counts writes: a snapshot taken at one generation is what the store
+    /// still holds while the generation is the same (and no deadline in it
+    /// has passed), so concurrent `DUMP`s can share one.
+    generation: u64,
+    /// `DUMP` snapshots being collected, told about every write before it
+    /// happens (see `dump.rs`); empty but for the time that takes.
+    watchers: Vec<Weak<Mutex<Snapshot>>>,
 }
 
 impl Store {
@@ -316,7 +324,64 @@ impl Store {
             data_bytes: 0,
             volatile: 0,
             deadlines: BinaryHeap::new(),
+            generation: 0,
+            watchers: Vec::new(),
         }
+    }
+
+    /// The hash function, for other maps of keys chosen by peers.
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Tells `snapshot` about every write from now on, until it has
+    /// collected what it needs.
+    pub(crate) fn watch_writes(&mut self, snapshot: Weak<Mutex<Snapshot>>) {
+        self.watchers.push(snapshot);
+    }
+
+    /// The snapshots still collecting, forgetting the others.
+    fn live_watchers(&mut self) -> Vec<Arc<Mutex<Snapshot>>> {
+        let mut live = Vec::new();
+        self.watchers.retain(|w| match w.upgrade() {
+            Some(s) if lock(&s).is_collecting() => {
+                live.push(s);
+                true
+            }
+            _ => false,
+        });
+        live
+    }
+
+    /// Before a write of `key`: snapshots being collected get what it holds
+    /// now. Costs a branch when there are none.
+    #[inline]
+    fn before_write(&mut self, key: &[u8]) {
+        if !self.watchers.is_empty() {
+            self.tell_watchers(key);
+        }
+    }
+
+    #[cold]
+    fn tell_watchers(&mut self, key: &[u8]) {
+        let current = self.slot(key).map(|s| (s.entry.pos(), s.to_slot()));
+        for w in self.live_watchers() {
+            lock(&w).before_write(key, current.as_ref().map(|(p, s)| (*p, s)));
+        }
+    }
+
+    /// The key of the entry at `at`, copied, if snapshots are watching
+    /// (to tell them before a write through a handle).
+    fn watched_key(&self, at: Found) -> Option<Vec<u8>> {
+        if self.watchers.is_empty() {
+            return None;
+        }
+        self.index.get_bucket(at.0).map(|e| e.key().to_vec())
+    }
+
+    /// The number of writes so far (see the field's docs).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The 32-bit hash of a key (half the bytes of a full one in `order`
@@ -409,8 +474,10 @@ impl Store {
             mut entry,
             deadline,
         } = slot;
+        self.before_write(entry.key());
         let tag = self.tag(entry.key());
         let hash = spread(tag);
+        self.generation += 1;
         self.data_bytes += entry.data_len();
         let held = self.index.find_mut(hash, |e| e.key() == entry.key());
         let (pos, old) = match held {
@@ -469,6 +536,11 @@ impl Store {
     /// if it can (see [`Entry`]); whether it did. Nothing of the old value
     /// is left to undo with, so only for writes nobody records.
     pub fn overwrite_in_place(&mut self, at: Found, value: &[u8]) -> bool {
+        if !self.watchers.is_empty() {
+            // A snapshot may need the old value: written anew instead.
+            return false;
+        }
+        self.generation += 1;
         self.index
             .get_bucket_mut(at.0)
             .is_some_and(|e| e.overwrite_in_place(value))
@@ -481,11 +553,15 @@ impl Store {
     ///
     /// If `at` is outdated.
     pub fn replace_value(&mut self, at: Found, value: &[u8]) -> Slot {
+        if let Some(key) = self.watched_key(at) {
+            self.tell_watchers(&key);
+        }
         let held = self
             .index
             .get_bucket_mut(at.0)
             .expect("a handle from the last lookup");
         let (pos, volatile) = (held.pos(), held.volatile());
+        self.generation += 1;
         let pos32 = u32::try_from(pos).expect("fewer than 4 billion keys");
         let entry = Entry::build(held.key(), value, pos32, volatile);
         let old = std::mem::replace(held, entry);
@@ -498,7 +574,11 @@ impl Store {
 
     /// Sets or clears the deadline of the key found at `at`; the old one.
     pub fn set_deadline(&mut self, at: Found, deadline: Option<u64>) -> Option<u64> {
+        if let Some(key) = self.watched_key(at) {
+            self.tell_watchers(&key);
+        }
         let held = self.index.get_bucket_mut(at.0)?;
+        self.generation += 1;
         let pos = held.pos();
         let old = held.volatile().then(|| self.deadline_at[pos]);
         held.set_header(pos, deadline.is_some());
@@ -531,13 +611,24 @@ impl Store {
     ///
     /// If `at` is outdated.
     pub fn take_at(&mut self, at: Found) -> Slot {
+        if let Some(key) = self.watched_key(at) {
+            self.tell_watchers(&key);
+        }
         let Ok(held) = self.index.get_bucket_entry(at.0) else {
             panic!("a handle from the last lookup");
         };
         let (entry, _) = held.remove();
+        self.generation += 1;
         let pos = entry.pos();
         let deadline = entry.volatile().then(|| self.deadline_at[pos]);
         let last = self.order.len() - 1;
+        if pos != last && !self.watchers.is_empty() {
+            if let Some(moved) = self.at(last).map(|s| s.to_slot()) {
+                for w in self.live_watchers() {
+                    lock(&w).before_move(last, pos, moved.clone());
+                }
+            }
+        }
         if pos != last {
             let tag = self.order[last];
             if let Some(moved) = self.index.find_mut(spread(tag), |e| e.pos() == last) {
@@ -556,6 +647,13 @@ impl Store {
 
     /// Removes every key.
     pub fn clear(&mut self) {
+        // Snapshots being collected take what is left now: the walk cannot
+        // go on over an empty store.
+        for w in self.live_watchers() {
+            lock(&w).collect_all(self);
+        }
+        self.watchers.clear();
+        self.generation += 1;
         self.index = HashTable::new();
         self.order = Vec::new();
         self.deadline_at = Vec::new();

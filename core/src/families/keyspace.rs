@@ -777,7 +777,10 @@ const DUMP: Spec = Spec::new(
 .shape(Shape::Pairs);
 
 fn dump(db: &mut Db, _cmd: &Command, out: &mut dyn ReplyOut) {
-    out.reply(Reply::Pairs(db.dump()));
+    if let Some(whole) = out.offer_stream(db.dump()) {
+        let pairs = whole.into_pairs(db.store());
+        out.reply(Reply::Pairs(pairs));
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ impl Node for View<'_> {
             return info;
         }
         info + &format!(
-            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\n",
+            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
             self.upstream.name(),
             self.upstream_in_flight,
             self.clients,
@@ -80,6 +80,7 @@ impl Node for View<'_> {
             s.connections_total,
             s.connections_rejected,
             s.connections_timed_out,
+            s.output_limit_disconnections,
         )
     }
 

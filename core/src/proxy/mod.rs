@@ -200,6 +200,8 @@ pub struct ClientStatus {
     pub owed: usize,
     /// [`Proxy::client_should_close`].
     pub finished: bool,
+    /// Bytes of encoded output ready and not yet handed to the driver.
+    pub held: usize,
 }
 
 impl ClientStatus {
@@ -243,6 +245,9 @@ pub struct ProxyStats {
     pub connections_rejected: u64,
     /// Connections closed for idling (kept by the driver).
     pub connections_timed_out: u64,
+    /// Clients cut off for holding more output than their limit (kept by
+    /// the driver).
+    pub output_limit_disconnections: u64,
 }
 
 /// The key whose value a cacheable read ([`Cache::Value`]) returns: its
@@ -393,6 +398,7 @@ impl Proxy {
             resumable: room && c.throttled,
             owed: c.pending() + usize::from(c.throttled),
             finished: c.closing() && c.pending() == 0 && !c.has_output(),
+            held: c.out.len(),
         }
     }
 

@@ -5,6 +5,7 @@ use super::Server;
 use crate::aof::WriteOutcome;
 use crate::codec::{Decoder, Dialect, Limits};
 use crate::command::Command;
+use crate::db::DumpStream;
 use crate::reply::{Proto, Reply, ReplyEncoder, ReplyOut};
 use crate::session::Session;
 use bytes::BytesMut;
@@ -14,6 +15,19 @@ use std::collections::VecDeque;
 /// more input: a client that pipelines faster than it reads replies is
 /// throttled instead of growing our memory.
 pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// How much of a streamed reply (`DUMP`) one step writes: enough that the
+/// socket is kept busy, small enough that other clients wait for no more
+/// than a fraction of a millisecond between steps.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
+/// A reply going out a piece at a time, with the encoding it was asked in.
+#[derive(Debug)]
+struct Streaming {
+    stream: DumpStream,
+    dialect: Dialect,
+    proto: Proto,
+}
 
 /// One client connection to a [`Server`]: decodes requests, executes them,
 /// and buffers the encoded replies.
@@ -49,6 +63,8 @@ pub struct ServerConnection {
     spoke_resp: bool,
     /// The peer's and the local address, until the session is made.
     peer: Option<(String, String)>,
+    /// A reply being written as the socket drains; requests after it wait.
+    stream: Option<Streaming>,
 }
 
 /// How inline (telnet) commands are answered.
@@ -111,6 +127,7 @@ impl ServerConnection {
             session: None,
             spoke_resp: false,
             peer: None,
+            stream: None,
         }
     }
 
@@ -125,6 +142,9 @@ impl ServerConnection {
     pub fn end(&mut self, server: &mut Server) {
         if let Some(session) = &mut self.session {
             server.end_session(session);
+        }
+        if let Some(s) = self.stream.take() {
+            server.abandon(s.stream);
         }
     }
 
@@ -154,8 +174,13 @@ impl ServerConnection {
                 // CLIENT KILL: closed at once, as Redis closes it.
                 self.failed = true;
                 self.out.clear();
+                self.stream = None;
                 return;
             }
+        }
+        if !self.advance_stream(server) {
+            self.backlog = true;
+            return;
         }
         while !self.closing() {
             if self.out.len() + self.held.len() >= OUTPUT_HIGH_WATER {
@@ -188,6 +213,7 @@ impl ServerConnection {
                         session.proto,
                     );
                     let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
+                    enc.streamed = Some(None);
                     match Command::from_frame(frame, self.decoder.limits()) {
                         Ok(cmd) => {
                             // A queued command runs, and is timed, as part
@@ -209,6 +235,13 @@ impl ServerConnection {
                             server.rejected(session);
                             enc.reply(e.into());
                         }
+                    }
+                    if let Some(Some(stream)) = enc.streamed.take() {
+                        self.stream = Some(Streaming {
+                            stream,
+                            dialect,
+                            proto: session.proto,
+                        });
                     }
                     (dialect, enc.errors)
                 }
@@ -244,7 +277,49 @@ impl ServerConnection {
                     dialect,
                 });
             }
+            if self.stream.is_some() {
+                // Its first step comes on the next call, after what is in
+                // the output now has gone.
+                self.backlog = true;
+                return;
+            }
         }
+    }
+
+    /// Writes the next piece of a streamed reply, once every reply before
+    /// it is out of the held buffer; whether no stream is left.
+    fn advance_stream(&mut self, server: &Server) -> bool {
+        let Some(s) = &mut self.stream else {
+            return true;
+        };
+        if !self.marks.is_empty() {
+            return false;
+        }
+        if s.stream.step(
+            server.store(),
+            &mut self.out,
+            STREAM_CHUNK,
+            s.dialect,
+            s.proto,
+        ) {
+            self.stream = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a streamed reply has work to do now (it is not waiting for
+    /// earlier replies held for the log): the driver calls
+    /// [`ServerConnection::process`] again, after yielding to others.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some() && self.marks.is_empty()
+    }
+
+    /// The memory held for this client's replies, not yet handed to the
+    /// driver: held for the log, or a streamed reply's snapshot (see
+    /// [`DumpStream::held_bytes`]). For the output-buffer limit.
+    pub fn held_bytes(&self) -> usize {
+        self.out.len() + self.held.len() + self.stream.as_ref().map_or(0, |s| s.stream.held_bytes())
     }
 
     /// Moves the replies no longer waiting for the log to the output, in
@@ -297,13 +372,30 @@ impl ServerConnection {
     /// Replies the client is still owed that are not in the output yet
     /// (held for the log): the connection may not close before they go.
     pub fn owed(&self) -> usize {
-        self.marks.len()
+        self.marks.len() + usize::from(self.stream.is_some())
     }
 
     /// Encoded replies ready to send, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
         (!self.out.is_empty()).then(|| self.out.split())
+    }
+
+    /// Everything the connection has to send, processing until nothing is
+    /// left to do (input held back by the high-water mark, streamed
+    /// replies): for callers that want the output at once (tests, tools),
+    /// not for drivers, which write each piece as it comes.
+    pub fn transmit_all(&mut self, server: &mut Server) -> BytesMut {
+        let mut all = BytesMut::new();
+        loop {
+            if let Some(out) = self.poll_transmit() {
+                all.unsplit(out);
+            }
+            if !self.has_backlog() {
+                return all;
+            }
+            self.process(server);
+        }
     }
 
     /// Whether input remains that [`ServerConnection::process`] left for
@@ -315,7 +407,7 @@ impl ServerConnection {
     /// Whether the connection should be closed once its output is written
     /// (after `QUIT` or a fatal protocol error, and no reply is still held).
     pub fn should_close(&self) -> bool {
-        self.closing() && self.marks.is_empty()
+        self.closing() && self.marks.is_empty() && self.stream.is_none()
     }
 
     /// Whether the client is in the middle of a command (for the idle
@@ -341,7 +433,7 @@ mod tests {
     fn run(server: &mut Server, input: &[u8]) -> (String, bool) {
         let mut c = ServerConnection::new(server.config().limits);
         c.handle_input(server, input);
-        let out = c.poll_transmit().map(|b| b.to_vec()).unwrap_or_default();
+        let out = c.transmit_all(server);
         (String::from_utf8_lossy(&out).into_owned(), c.should_close())
     }
 

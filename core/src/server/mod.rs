@@ -18,7 +18,7 @@ use crate::auth::Password;
 use crate::codec::Limits;
 use crate::command::table::{Flags, Handler};
 use crate::command::{admit, Command};
-use crate::db::{Db, Effect};
+use crate::db::{Db, DumpStream, Effect};
 use crate::errors::{CommandError, ExecError};
 use crate::reply::{Reply, ReplyOut};
 use crate::session::{HostFacts, KillFilter, Local, Node, Role, Session};
@@ -55,6 +55,9 @@ pub struct ServerStats {
     pub connections_rejected: u64,
     /// Connections closed for idling or stalling mid-command.
     pub connections_timed_out: u64,
+    /// Clients disconnected for holding more output than their limit
+    /// allows (Redis's `client_output_buffer_limit_disconnections`).
+    pub output_limit_disconnections: u64,
     /// Commands refused before they ran (unknown, wrong arity, no auth,
     /// a transaction's queuing errors): Redis's `rejected_calls`.
     pub rejected: u64,
@@ -81,6 +84,9 @@ pub struct Server {
     commands: CommandStats,
     /// The driver's clock, for timing commands (see [`Server::set_stopwatch`]).
     stopwatch: Option<fn() -> Instant>,
+    /// Streamed replies whose client went away, their snapshots released
+    /// a step at a time by [`Server::handle_timeout`].
+    abandoned: Vec<DumpStream>,
 }
 
 impl Server {
@@ -96,6 +102,7 @@ impl Server {
             clients: Clients::default(),
             commands: CommandStats::default(),
             stopwatch: None,
+            abandoned: Vec::new(),
         }
     }
 
@@ -136,17 +143,26 @@ impl Server {
         self.db.set_time(now_ms);
     }
 
-    /// When active expiry next has work (unix milliseconds): the driver
-    /// calls [`Server::handle_timeout`] then. Immediately again after a
-    /// call that used its whole budget.
+    /// When active expiry, or releasing an abandoned reply, next has work
+    /// (unix milliseconds): the driver calls [`Server::handle_timeout`]
+    /// then. Immediately again after a call that used its whole budget.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if !self.abandoned.is_empty() {
+            return Some(self.db.now());
+        }
         self.db.next_deadline()
     }
 
     /// Active expiry: sets the time and removes up to
     /// [`EXPIRE_BUDGET`] keys whose deadline has passed, logging their
-    /// removal; how many it removed.
+    /// removal; how many it removed. Also releases a step's worth of a
+    /// reply abandoned by its client.
     pub fn handle_timeout(&mut self, now_ms: u64) -> usize {
+        if let Some(stream) = self.abandoned.last_mut() {
+            if stream.release_step() {
+                self.abandoned.pop();
+            }
+        }
         self.db.set_time(now_ms);
         let n = self.db.expire_due();
         if let Some(journal) = &mut self.journal {
@@ -170,6 +186,13 @@ impl Server {
     pub fn end_session(&mut self, session: &mut Session) {
         tx::end(&mut self.db, session);
         self.clients.remove(session.id);
+    }
+
+    /// Takes a streamed reply whose client went away: its snapshot is
+    /// released a step at a time (a million references dropped at once
+    /// would stall every client).
+    pub fn abandon(&mut self, stream: DumpStream) {
+        self.abandoned.push(stream);
     }
 
     /// A session for a new connection: numbered, and authenticated unless
@@ -420,13 +443,14 @@ impl Node for Server {
         if sections.wants("stats") {
             let _ = write!(
                 info,
-                "# Stats\ntotal_connections_received:{}\ntotal_commands_processed:{}\nrejected_connections:{}\nexpired_keys:{}\nevicted_keys:0\ntotal_error_replies:{}\ntotal_forks:0\nconnections_timed_out:{}\n",
+                "# Stats\ntotal_connections_received:{}\ntotal_commands_processed:{}\nrejected_connections:{}\nexpired_keys:{}\nevicted_keys:0\ntotal_error_replies:{}\ntotal_forks:0\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
                 s.connections_total,
                 s.commands,
                 s.connections_rejected,
                 self.db.expired_keys(),
                 s.errors,
                 s.connections_timed_out,
+                s.output_limit_disconnections,
             );
         }
         crate::session::replication_and_cpu(&mut info, sections, h);

@@ -290,6 +290,7 @@ impl Setup {
         let conn = ConnConfig::for_proxy_client(
             r.pick(&[None, Some(ms(200)), Some(ms(1_000)), Some(ms(5_000))]),
             request_timeout,
+            kv_core::OutputLimit::DEFAULT,
         );
         let window = r.pick(&[64, 256, 4_096, 1 << 20]);
 

@@ -154,7 +154,7 @@ enum Conn {
         down: Pipe<Bytes>,
         messages: Pipe<AnnotatedReply>,
         /// The proxy driver's connection policy for this client.
-        policy: ConnPolicy,
+        policy: Box<ConnPolicy>,
         /// More than the window is on its way to the client: the proxy's
         /// writes are blocked.
         blocked: bool,
@@ -1816,7 +1816,7 @@ impl World {
                     up: Pipe::default(),
                     down: Pipe::default(),
                     messages: Pipe::default(),
-                    policy: ConnPolicy::new(self.setup.conn, now),
+                    policy: Box::new(ConnPolicy::new(self.setup.conn, now)),
                     blocked: false,
                 }
             }
@@ -2276,7 +2276,7 @@ impl World {
         }
         for ci in 0..self.clients.len() {
             let policy = match &mut self.clients[ci].conn {
-                Conn::Proxy { policy, .. } => Some(policy),
+                Conn::Proxy { policy, .. } => Some(&mut **policy),
                 Conn::Direct { side, .. } => Some(&mut side.policy),
                 Conn::Down { .. } => None,
             };

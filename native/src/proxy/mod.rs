@@ -50,6 +50,8 @@ pub struct ProxyOptions {
     pub max_clients: usize,
     /// Close clients that send nothing for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// How much output may be held for one client.
+    pub output_limit: kv_core::OutputLimit,
     /// The core's settings (limits, cache, request timeout, hash seed).
     pub proxy: ProxyConfig,
     /// The browser console and WebSocket bridge, if served.
@@ -66,6 +68,7 @@ impl Default for ProxyOptions {
             upstream: SocketAddr::from(([127, 0, 0, 1], 7070)),
             max_clients: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
+            output_limit: kv_core::OutputLimit::DEFAULT,
             proxy: ProxyConfig {
                 limits: Limits::default(),
                 cache: CacheConfig::default(),

@@ -22,7 +22,11 @@ pub(super) async fn serve(
     options: &ProxyOptions,
     shutdown: Shutdown,
 ) {
-    let policy = ConnConfig::for_proxy_client(options.idle_timeout, options.proxy.request_timeout);
+    let policy = ConnConfig::for_proxy_client(
+        options.idle_timeout,
+        options.proxy.request_timeout,
+        options.output_limit,
+    );
     net::accept_loop(
         listener,
         options.max_clients,
@@ -85,6 +89,14 @@ impl Conn for TcpClient {
         self.stream.write_all(&output).await
     }
 
+    fn output_len(output: &BytesMut) -> usize {
+        output.len()
+    }
+
+    fn held(&self) -> usize {
+        self.handle.client_status(self.id).held
+    }
+
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
         tokio::select! {
             biased;
@@ -116,6 +128,11 @@ impl Conn for TcpClient {
                 let mid_command =
                     stall == Stall::Input && self.handle.client_is_mid_command(self.id);
                 debug!(?stall, mid_command, "client timed out");
+            }
+            End::OutputLimit => {
+                self.handle
+                    .update_stats(|s| s.output_limit_disconnections += 1);
+                debug!("client over its output-buffer limit: disconnected");
             }
             End::Finished | End::Shutdown => net::close_gently(&mut self.stream).await,
             End::Closed => {}

@@ -48,6 +48,8 @@ pub struct HttpOptions {
     pub max_clients: usize,
     /// Close WebSocket clients that send nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// How much output may be held for one WebSocket client.
+    pub output_limit: kv_core::OutputLimit,
 }
 
 /// The folder named by `$KV_WWW`, the default for `--www`; without it the
@@ -169,6 +171,7 @@ async fn websocket(
     tracing::Span::current().record("id", client.id.0);
     let policy = ConnConfig {
         idle_timeout: options.idle_timeout,
+        output_limit: options.output_limit,
         // A WebSocket that closed cannot be written to: nothing to wait for.
         half_close_wait: Duration::ZERO,
     };
@@ -297,6 +300,15 @@ impl Conn for WsClient {
         self.ws.send(output).await.map_err(io::Error::other)
     }
 
+    fn output_len(output: &Message) -> usize {
+        output.len()
+    }
+
+    /// Replies go out one message at a time: nothing else is held.
+    fn held(&self) -> usize {
+        0
+    }
+
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
         tokio::select! {
             biased;
@@ -334,6 +346,13 @@ impl Conn for WsClient {
     }
 
     async fn close(&mut self, end: End) {
+        if end == End::OutputLimit {
+            self.handle
+                .update_stats(|s| s.output_limit_disconnections += 1);
+            debug!("WebSocket client over its output-buffer limit: disconnected");
+            // Its closing frame would wait behind the output it holds.
+            return;
+        }
         if let End::TimedOut(stall) = end {
             self.handle.update_stats(|s| s.connections_timed_out += 1);
             if stall == Stall::Output {

@@ -20,7 +20,9 @@ use crate::runtime::clock::{self, Epoch};
 use crate::runtime::net::{self, AcceptHooks};
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
-use kv_core::{ConnConfig, End, Limits, Owed, Server, ServerConfig, ServerConnection, Stall};
+use kv_core::{
+    ConnConfig, End, Limits, OutputLimit, Owed, Server, ServerConfig, ServerConnection, Stall,
+};
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -40,6 +42,8 @@ pub struct ServerOptions {
     pub max_clients: usize,
     /// Close connections that send nothing for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// How much output may be held for one client.
+    pub output_limit: OutputLimit,
     /// Input limits per connection.
     pub limits: Limits,
     /// Seed for the store's hash function.
@@ -60,6 +64,7 @@ impl Default for ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             max_clients: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
+            output_limit: OutputLimit::DEFAULT,
             limits: Limits::default(),
             hash_seed: 0,
             persistence: None,
@@ -145,6 +150,7 @@ pub async fn run_prepared(
         // The default half-close wait covers replies held for the log.
         policy: ConnConfig {
             idle_timeout: options.idle_timeout,
+            output_limit: options.output_limit,
             ..ConnConfig::default()
         },
         epoch: Epoch::new(),
@@ -293,14 +299,31 @@ impl Conn for ServerClient {
     }
 
     async fn write(&mut self, output: BytesMut) -> io::Result<()> {
-        self.stream.write_all(&output).await
+        self.stream.write_all(&output).await?;
+        if self.conn.is_streaming() {
+            // A streamed reply's next piece is ready as soon as this one is
+            // written: the other clients go first.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    fn output_len(output: &BytesMut) -> usize {
+        output.len()
+    }
+
+    fn held(&self) -> usize {
+        self.conn.held_bytes()
     }
 
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
         let waiting = self.conn.is_waiting();
+        let streaming = self.conn.is_streaming();
         tokio::select! {
             biased;
             _ = log_progress(&mut self.released), if waiting => Ok(Wake::Session),
+            // A streamed reply still sorting has work without output.
+            () = tokio::task::yield_now(), if streaming => Ok(Wake::Session),
             Ok(()) = self.kills.changed() => Ok(Wake::Session),
             ready = self.stream.readable(), if reading => {
                 ready?;
@@ -337,6 +360,14 @@ impl Conn for ServerClient {
                     .connections_timed_out += 1;
                 let mid_command = stall == Stall::Input && self.conn.is_mid_command();
                 debug!(?stall, mid_command, "connection timed out");
+            }
+            End::OutputLimit => {
+                self.shared
+                    .server
+                    .borrow_mut()
+                    .stats_mut()
+                    .output_limit_disconnections += 1;
+                debug!("client over its output-buffer limit: disconnected");
             }
             End::Finished | End::Shutdown => net::close_gently(&mut self.stream).await,
             End::Closed => {}
