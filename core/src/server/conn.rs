@@ -174,7 +174,9 @@ impl ServerConnection {
                 // CLIENT KILL: closed at once, as Redis closes it.
                 self.failed = true;
                 self.out.clear();
-                self.stream = None;
+                if let Some(s) = self.stream.take() {
+                    server.abandon(s.stream);
+                }
                 return;
             }
         }
@@ -771,6 +773,39 @@ mod tests {
             b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$10\r\nappendonly\r\n",
         );
         assert_eq!(out, "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n");
+    }
+
+    #[test]
+    fn a_dump_streams_over_several_steps_and_whole_inside_a_transaction() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut c = ServerConnection::new(Limits::default());
+        let n = 3 * crate::db::DUMP_RUN;
+        let mut load = String::new();
+        for i in 0..n {
+            load.push_str(&format!("SET k{i:05} v\r\n"));
+        }
+        let _ = run(&mut s, load.as_bytes());
+        c.handle_input(&mut s, b"*1\r\n$4\r\nDUMP\r\n*1\r\n$4\r\nPING\r\n");
+        let mut steps = 0;
+        let mut out = Vec::new();
+        while c.has_backlog() {
+            assert!(c.is_streaming() && c.owed() == 1, "the DUMP is owed");
+            out.extend(c.poll_transmit().unwrap_or_default());
+            c.process(&mut s);
+            steps += 1;
+        }
+        out.extend(c.poll_transmit().unwrap_or_default());
+        assert!(steps > 3, "{steps} steps");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(&format!("*{}\r\n$6\r\nk00000\r\n$1\r\nv\r\n", 2 * n)));
+        assert!(text.ends_with("$1\r\nv\r\n+PONG\r\n"), "PING answered after it");
+        let (tx, _) = run(&mut s, b"MULTI\r\nDUMP\r\nEXEC\r\n");
+        assert!(
+            tx.starts_with("OK\r\nQUEUED\r\n(1 item)\r\n1) {\"k00000\": \"v\", "),
+            "{}",
+            &tx[..80]
+        );
+        assert_eq!(tx.matches(": \"v\"").count(), n, "every pair, whole");
     }
 
     #[test]
