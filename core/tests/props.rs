@@ -424,3 +424,89 @@ fn resp_integers_with_19_digits_round_trip() {
         assert_eq!(d.next_reply(), Ok(Some(Reply::Integer(n))), "{n}");
     }
 }
+
+/// One write of [`dump_snapshot_is_the_store_when_the_command_ran`]: on a
+/// key (an index into the store's keys), at a moment between two steps of
+/// the streamed `DUMP`.
+#[derive(Debug, Clone)]
+enum SnapshotWrite {
+    Set(Index, u8),
+    SetPx(Index, u8),
+    Del(Index),
+    Persist(Index),
+    New(u16),
+    Flush,
+}
+
+fn snapshot_write() -> impl Strategy<Value = SnapshotWrite> {
+    prop_oneof![
+        20 => (any::<Index>(), any::<u8>()).prop_map(|(k, v)| SnapshotWrite::Set(k, v)),
+        6 => (any::<Index>(), 1..5u8).prop_map(|(k, ms)| SnapshotWrite::SetPx(k, ms)),
+        20 => any::<Index>().prop_map(SnapshotWrite::Del),
+        3 => any::<Index>().prop_map(SnapshotWrite::Persist),
+        6 => any::<u16>().prop_map(SnapshotWrite::New),
+        1 => Just(SnapshotWrite::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..config() })]
+
+    /// However writes, deadlines, active expiry and clears interleave with
+    /// the steps of a streamed `DUMP` (its snapshot is collected a few
+    /// thousand positions at a time, copy-on-write, so the store holds more
+    /// keys than one step walks), its reply is the store as it was when
+    /// the command ran.
+    #[test]
+    fn dump_snapshot_is_the_store_when_the_command_ran(
+        n in kv_core::db::DUMP_COLLECT..3 * kv_core::db::DUMP_COLLECT,
+        writes in prop::collection::vec((snapshot_write(), 0..8u8), 0..400),
+    ) {
+        let mut server = Server::new(ServerConfig::default());
+        let run = |server: &mut Server, args: &[&str]| {
+            let cmd = kv_core::Command::build(args).unwrap();
+            let _ = server.execute(cmd);
+        };
+        server.set_time(1_000);
+        let key = |i: usize| format!("k{i:05}");
+        for i in 0..n {
+            let v = i.to_string();
+            if i % 5 == 0 {
+                run(&mut server, &["SET", &key(i), &v, "PX", "2"]);
+            } else {
+                run(&mut server, &["SET", &key(i), &v]);
+            }
+        }
+        server.set_time(1_001);
+        let mut whole = ServerConnection::new(Limits::default());
+        whole.handle_input(&mut server, b"*1\r\n$4\r\nDUMP\r\n");
+        let expected = whole.transmit_all(&mut server);
+        let mut c = ServerConnection::new(Limits::default());
+        c.handle_input(&mut server, b"*1\r\n$4\r\nDUMP\r\n");
+        let mut got = BytesMut::new();
+        let mut now = 1_001;
+        for (write, steps) in writes {
+            match write {
+                SnapshotWrite::Set(k, v) => run(&mut server, &["SET", &key(k.index(n)), &v.to_string()]),
+                SnapshotWrite::SetPx(k, ms) => {
+                    run(&mut server, &["SET", &key(k.index(n)), "x", "PX", &ms.to_string()]);
+                }
+                SnapshotWrite::Del(k) => run(&mut server, &["DEL", &key(k.index(n))]),
+                SnapshotWrite::Persist(k) => run(&mut server, &["PERSIST", &key(k.index(n))]),
+                SnapshotWrite::New(k) => run(&mut server, &["SET", &format!("new{k}"), "n"]),
+                SnapshotWrite::Flush => run(&mut server, &["FLUSHALL"]),
+            }
+            now += 1;
+            server.handle_timeout(now);
+            // Now and then a step of the DUMP (or none), between writes.
+            for _ in 0..steps / 6 {
+                if let Some(out) = c.poll_transmit() {
+                    got.unsplit(out);
+                }
+                c.process(&mut server);
+            }
+        }
+        got.unsplit(c.transmit_all(&mut server));
+        prop_assert_eq!(got, expected);
+    }
+}

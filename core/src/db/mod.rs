@@ -20,7 +20,7 @@
 mod dump;
 pub mod store;
 
-pub use dump::{DumpStream, RUN as DUMP_RUN};
+pub use dump::{DumpStream, COLLECT as DUMP_COLLECT, RUN as DUMP_RUN};
 pub use store::{Entry, Found, Hasher, Slot, SlotRef, Store};
 
 use bytes::Bytes;

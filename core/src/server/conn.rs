@@ -798,7 +798,10 @@ mod tests {
         assert!(steps > 3, "{steps} steps");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(&format!("*{}\r\n$6\r\nk00000\r\n$1\r\nv\r\n", 2 * n)));
-        assert!(text.ends_with("$1\r\nv\r\n+PONG\r\n"), "PING answered after it");
+        assert!(
+            text.ends_with("$1\r\nv\r\n+PONG\r\n"),
+            "PING answered after it"
+        );
         let (tx, _) = run(&mut s, b"MULTI\r\nDUMP\r\nEXEC\r\n");
         assert!(
             tx.starts_with("OK\r\nQUEUED\r\n(1 item)\r\n1) {\"k00000\": \"v\", "),
