@@ -58,8 +58,8 @@ pub use conn::{ConnConfig, ConnPolicy, End, OutputLimit, Owed, Stall};
 pub use db::{Db, Effect};
 pub use errors::{CommandError, DecodeError, ExecError, UpstreamError};
 pub use proxy::{
-    AnnotatedReply, ClientId, ClientKind, ClientStatus, Proxy, ProxyConfig, ProxyEvent, ProxyStats,
-    Source, UpstreamState,
+    AnnotatedReply, ClientId, ClientKind, ClientStatus, Lane, Proxy, ProxyConfig, ProxyEvent,
+    ProxyStats, Source, UpstreamState,
 };
 pub use reply::{Proto, Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use kv_core::{
-    ClientKind, Command, Instant, Limits, Proxy, ProxyConfig, Reply, ReplyDecoder, Server,
+    ClientKind, Command, Instant, Lane, Limits, Proxy, ProxyConfig, Reply, ReplyDecoder, Server,
     ServerConfig, ServerConnection,
 };
 
@@ -42,7 +42,7 @@ fn rejected_input_is_answered_after_requests_that_arrived_before_it() {
     // The transport refuses the next message.
     proxy.reject_client_input(c, "one command per message", now());
     // The upstream goes away; the client is read again.
-    proxy.handle_upstream_lost(now());
+    proxy.handle_upstream_lost(Lane::Main, now());
     for _ in 0..4 {
         proxy.handle_client_input(c, b"", now());
     }
@@ -92,7 +92,7 @@ fn proxy_forwards_only_what_the_server_accepts() {
         },
         now(),
     );
-    proxy.handle_upstream_connected(now());
+    proxy.handle_upstream_connected(Lane::Main, now());
     let a = proxy.add_client(ClientKind::Messages, now());
     let b = proxy.add_client(ClientKind::Messages, now());
 
@@ -104,7 +104,9 @@ fn proxy_forwards_only_what_the_server_accepts() {
     assert!(line.len() <= limits.max_line);
     proxy.handle_client_input(a, line.as_bytes(), now());
 
-    let sent = proxy.poll_upstream_transmit().expect("requests upstream");
+    let sent = proxy
+        .poll_upstream_transmit(Lane::Main)
+        .expect("requests upstream");
     upstream.handle_input(&mut server, &sent);
     let out = upstream.poll_transmit().expect("replies");
     let mut d = ReplyDecoder::default();

@@ -9,8 +9,8 @@
 
 use bytes::{Bytes, BytesMut};
 use kv_core::{
-    CacheConfig, ClientId, ClientKind, Command, Instant, Proxy, ProxyConfig, ProxyEvent, Reply,
-    ReplyDecoder, Server, ServerConfig, ServerConnection, UpstreamState,
+    CacheConfig, ClientId, ClientKind, Command, Instant, Lane, Proxy, ProxyConfig, ProxyEvent,
+    Reply, ReplyDecoder, Server, ServerConfig, ServerConnection, UpstreamState,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +24,8 @@ struct Harness {
     server: Server,
     /// The proxy's upstream connection, as seen from the server.
     conn: ServerConnection,
+    /// Its bulk lane's connection (never held back).
+    bulk: ServerConnection,
     /// The fake clock; every call into the proxy passes it.
     now: Instant,
     /// While set, the server's replies stay in `held` instead of reaching
@@ -34,6 +36,9 @@ struct Harness {
     output: HashMap<ClientId, Vec<u8>>,
     /// Every event the proxy emitted other than `ClientReady`.
     events: Vec<ProxyEvent>,
+    /// Whether pumping resumes clients whose held-back input can go on,
+    /// as the drivers do (off: a test resumes them itself).
+    auto_resume: bool,
 }
 
 impl Harness {
@@ -46,9 +51,11 @@ impl Harness {
         let server = Server::new(ServerConfig::default());
         let conn = ServerConnection::new(server.config().limits);
         let mut proxy = Proxy::new(config, now);
-        proxy.handle_upstream_connected(now);
+        proxy.handle_upstream_connected(Lane::Main, now);
+        proxy.handle_upstream_connected(Lane::Bulk, now);
         Harness {
             proxy,
+            bulk: ServerConnection::new(server.config().limits),
             server,
             conn,
             now,
@@ -57,6 +64,7 @@ impl Harness {
             clients: Vec::new(),
             output: HashMap::new(),
             events: Vec::new(),
+            auto_resume: false,
         }
     }
 
@@ -120,8 +128,14 @@ impl Harness {
                 if let Some(bytes) = self.proxy.poll_client_transmit(id) {
                     self.output.entry(id).or_default().extend_from_slice(&bytes);
                 }
+                // As the drivers do: input held back is processed once
+                // there is room, or the reply a request waited for came.
+                if self.auto_resume && self.proxy.client_resumable(id) {
+                    self.proxy.handle_client_resume(id, self.now);
+                    moved = true;
+                }
             }
-            if let Some(request) = self.proxy.poll_upstream_transmit() {
+            if let Some(request) = self.proxy.poll_upstream_transmit(Lane::Main) {
                 self.conn.handle_input(&mut self.server, &request);
                 moved = true;
             }
@@ -136,7 +150,15 @@ impl Harness {
             }
             if !self.holding && !self.held.is_empty() {
                 let replies = self.held.split();
-                self.proxy.handle_upstream_input(&replies, self.now);
+                self.proxy
+                    .handle_upstream_input(Lane::Main, &replies, self.now);
+                moved = true;
+            }
+            if let Some(request) = self.proxy.poll_upstream_transmit(Lane::Bulk) {
+                self.bulk.handle_input(&mut self.server, &request);
+                let replies = self.bulk.transmit_all(&mut self.server);
+                self.proxy
+                    .handle_upstream_input(Lane::Bulk, &replies, self.now);
                 moved = true;
             }
             if !moved {
@@ -178,7 +200,7 @@ impl Harness {
             .expect("no complete reply is held");
         let len = self.held.len() - d.buffered();
         let one = self.held.split_to(len);
-        self.proxy.handle_upstream_input(&one, self.now);
+        self.proxy.handle_upstream_input(Lane::Main, &one, self.now);
         self.pump();
     }
 
@@ -197,7 +219,7 @@ impl Harness {
     fn lose_upstream(&mut self) {
         self.held.clear();
         self.conn = ServerConnection::new(self.server.config().limits);
-        self.proxy.handle_upstream_lost(self.now);
+        self.proxy.handle_upstream_lost(Lane::Main, self.now);
         self.pump();
     }
 
@@ -206,8 +228,8 @@ impl Harness {
         self.held.clear();
         self.holding = false;
         self.conn = ServerConnection::new(self.server.config().limits);
-        self.proxy.handle_upstream_connecting(self.now);
-        self.proxy.handle_upstream_connected(self.now);
+        self.proxy.handle_upstream_connecting(Lane::Main, self.now);
+        self.proxy.handle_upstream_connected(Lane::Main, self.now);
         self.pump();
     }
 
@@ -576,7 +598,7 @@ fn upstream_request_times_out_at_exactly_the_request_timeout() {
 
     h.handle_timeout(ms(5_000));
     assert_eq!(h.take(a), "(error) ERR upstream timed out\r\n");
-    assert_eq!(h.events, vec![ProxyEvent::ResetUpstream]);
+    assert_eq!(h.events, vec![ProxyEvent::ResetUpstream(Lane::Main)]);
     assert_eq!(h.proxy.stats().upstream_timeouts, 1);
     assert_eq!(h.proxy.upstream_in_flight(), 0);
     assert_eq!(h.proxy.poll_timeout(), None);
@@ -916,7 +938,7 @@ proptest::proptest! {
                 Step::Advance(d) => {
                     let now = Instant::from_nanos(h.now.as_nanos() + d * 1_000_000);
                     h.handle_timeout(now);
-                    if h.events.contains(&ProxyEvent::ResetUpstream) {
+                    if h.events.contains(&ProxyEvent::ResetUpstream(Lane::Main)) {
                         h.events.clear();
                         h.reconnect();
                     }
@@ -1033,4 +1055,114 @@ fn mget_is_answered_from_the_cache_when_every_key_is_fresh() {
         "(3 items)\r\n1) \"1\"\r\n2) \"2\"\r\n3) (nil)\r\n"
     );
     assert_eq!(h.upstream_requests(), upstream + 1, "one request upstream");
+}
+
+/// `n` keys `key:00000`…, written at the server directly.
+fn many_keys(h: &mut Harness, n: usize) {
+    for i in 0..n {
+        h.server_put(&format!("key:{i:05}"), "a value");
+    }
+}
+
+#[test]
+fn a_large_dump_is_passed_through_on_the_bulk_lane_and_the_main_lane_carries_on() {
+    let mut h = Harness::new();
+    many_keys(&mut h, 2000);
+    let resp = h.client();
+    let resp3 = h.client();
+    let telnet = h.client();
+    // The main lane is held: the DUMPs do not wait for it.
+    h.hold();
+    h.send(resp, b"*1\r\n$4\r\nDUMP\r\n");
+    let got = h.take(resp);
+    assert!(
+        got.starts_with("*4000\r\n$9\r\nkey:00000\r\n$7\r\na value\r\n"),
+        "{}",
+        &got[..40]
+    );
+    assert!(got.ends_with("$9\r\nkey:01999\r\n$7\r\na value\r\n"));
+    assert_eq!(got.len(), 7 + 2000 * (15 + 13));
+    // Other encodings are decoded and encoded anew.
+    h.send(resp3, b"HELLO 3\r\n");
+    let _ = h.take(resp3);
+    h.send(resp3, b"*1\r\n$4\r\nDUMP\r\n");
+    assert!(h.take(resp3).starts_with("%2000\r\n$9\r\nkey:00000\r\n"));
+    h.send(telnet, b"DUMP\r\n");
+    assert!(h
+        .take(telnet)
+        .starts_with("(2000 pairs)\r\n\"key:00000\" \"a value\"\r\n"));
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    h.release();
+}
+
+#[test]
+fn a_clients_bulk_read_waits_for_its_writes_and_its_writes_for_its_bulk_read() {
+    let mut h = Harness::new();
+    h.auto_resume = true;
+    let a = h.client();
+    h.hold();
+    // Pipelined: the DUMP must see the PUT, and the GET after the DUMP must
+    // not overtake it at the server.
+    h.send(a, b"PUT k v\r\nDUMP\r\nDEL k\r\n");
+    assert_eq!(
+        h.take(a),
+        "",
+        "the PUT is held, and so is everything after it"
+    );
+    assert_eq!(
+        h.upstream_requests(),
+        1,
+        "the DUMP waits for the PUT's reply"
+    );
+    h.release();
+    assert_eq!(
+        h.take(a),
+        "OK\r\n(1 pair)\r\n\"k\" \"v\"\r\n(integer) 1\r\n"
+    );
+    assert_eq!(h.upstream_requests(), 3);
+}
+
+#[test]
+fn bulk_reads_go_one_at_a_time_and_those_of_departed_clients_are_never_sent() {
+    let mut h = Harness::new();
+    many_keys(&mut h, 2000);
+    // The bulk lane's connection is not up yet: its requests queue.
+    h.proxy.handle_upstream_lost(Lane::Bulk, h.now);
+    h.proxy.handle_upstream_connecting(Lane::Bulk, h.now);
+    let gone: Vec<ClientId> = (0..40).map(|_| h.client()).collect();
+    for &c in &gone {
+        h.send(c, b"*1\r\n$4\r\nDUMP\r\n");
+    }
+    let stays = h.client();
+    h.send(stays, b"*1\r\n$6\r\nDBSIZE\r\n");
+    for c in gone {
+        h.remove_client(c);
+    }
+    let before = h.upstream_requests();
+    h.proxy.handle_upstream_connected(Lane::Bulk, h.now);
+    h.pump();
+    assert_eq!(h.take(stays), ":2000\r\n");
+    assert_eq!(h.upstream_requests() - before, 1, "only the DBSIZE went");
+}
+
+#[test]
+fn a_reply_passed_through_past_the_output_limit_cuts_the_client_off() {
+    let mut h = Harness::with_config(ProxyConfig {
+        output_limit: kv_core::OutputLimit {
+            hard: 20_000,
+            ..kv_core::OutputLimit::default()
+        },
+        ..ProxyConfig::default()
+    });
+    h.auto_resume = true;
+    many_keys(&mut h, 2000);
+    let greedy = h.client();
+    let other = h.client();
+    h.send(greedy, b"*1\r\n$4\r\nDUMP\r\n");
+    assert_eq!(h.take(greedy), "", "cut off, its output dropped");
+    assert!(h.proxy.client_status(greedy).cut);
+    assert!(h.proxy.client_status(greedy).finished);
+    assert_eq!(h.proxy.stats().output_limit_disconnections, 1);
+    h.send(other, b"*1\r\n$6\r\nDBSIZE\r\nGET key:00001\r\n");
+    assert_eq!(h.take(other), ":2000\r\n$7\r\na value\r\n");
 }

@@ -94,7 +94,7 @@ mod setup;
 #[path = "sim/world.rs"]
 mod world;
 
-use kv_core::Reply;
+use kv_core::{Lane, Reply};
 use runner::{explain, run, run_many};
 use setup::{Bug, Params};
 use std::time::Duration;
@@ -254,10 +254,12 @@ fn pipelined_reads_do_not_go_back_in_time() {
     let mut server = Server::new(ServerConfig::default());
     let mut conn = ServerConnection::new(server.config().limits);
     let mut proxy = Proxy::new(ProxyConfig::default(), now);
-    proxy.handle_upstream_connected(now);
+    proxy.handle_upstream_connected(Lane::Main, now);
     let c = proxy.add_client(ClientKind::Messages, now);
     let mut to_server = |proxy: &mut Proxy, server: &mut Server| {
-        let bytes = proxy.poll_upstream_transmit().expect("a request upstream");
+        let bytes = proxy
+            .poll_upstream_transmit(Lane::Main)
+            .expect("a request upstream");
         conn.handle_input(server, &bytes);
         conn.poll_transmit().expect("a reply").freeze()
     };
@@ -278,10 +280,10 @@ fn pipelined_reads_do_not_go_back_in_time() {
         b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$2\r\nv2\r\n:-1\r\n"
     );
     // The write's OK arrives first: the cache now holds v1.
-    proxy.handle_upstream_input(&ok, now);
+    proxy.handle_upstream_input(Lane::Main, &ok, now);
     // The client reads again: no write pending, v1 is fresh in the cache.
     proxy.handle_client_input(c, b"GET k\r\n", now);
-    proxy.handle_upstream_input(&v2, now);
+    proxy.handle_upstream_input(Lane::Main, &v2, now);
 
     let replies: Vec<(Reply, Source)> = std::iter::from_fn(|| proxy.poll_client_reply(c))
         .map(|r| (r.reply, r.source))
@@ -323,10 +325,12 @@ fn refused_write_does_not_let_a_read_go_back_in_time() {
         ..ProxyConfig::default()
     };
     let mut proxy = Proxy::new(config, now);
-    proxy.handle_upstream_connected(now);
+    proxy.handle_upstream_connected(Lane::Main, now);
     let c = proxy.add_client(ClientKind::Messages, now);
     let mut to_server = |proxy: &mut Proxy, server: &mut Server| {
-        let bytes = proxy.poll_upstream_transmit().expect("a request upstream");
+        let bytes = proxy
+            .poll_upstream_transmit(Lane::Main)
+            .expect("a request upstream");
         conn.handle_input(server, &bytes);
         conn.poll_transmit().expect("a reply").freeze()
     };
@@ -342,9 +346,9 @@ fn refused_write_does_not_let_a_read_go_back_in_time() {
     // Two requests in flight: the next write is refused at once.
     proxy.handle_client_input(c, b"PUT k v3\r\n", now);
     // v1's OK arrives: the cache holds v1, the GET reading v2 is in flight.
-    proxy.handle_upstream_input(&ok, now);
+    proxy.handle_upstream_input(Lane::Main, &ok, now);
     proxy.handle_client_input(c, b"GET k\r\n", now);
-    proxy.handle_upstream_input(&v2, now);
+    proxy.handle_upstream_input(Lane::Main, &v2, now);
 
     let replies: Vec<Reply> = std::iter::from_fn(|| proxy.poll_client_reply(c))
         .map(|r| r.reply)
@@ -366,8 +370,8 @@ mod reduced {
     use super::model::unix_ms;
     use bytes::Bytes;
     use kv_core::{
-        CacheConfig, ClientId, ClientKind, Command, Instant, Proxy, ProxyConfig, Reply, Server,
-        ServerConfig, ServerConnection, Source,
+        CacheConfig, ClientId, ClientKind, Command, Instant, Lane, Proxy, ProxyConfig, Reply,
+        Server, ServerConfig, ServerConnection, Source,
     };
     use std::time::Duration;
 
@@ -394,7 +398,7 @@ mod reduced {
             let server = Server::new(ServerConfig::default());
             let conn = ServerConnection::new(server.config().limits);
             let mut proxy = Proxy::new(config, ms(0));
-            proxy.handle_upstream_connected(ms(0));
+            proxy.handle_upstream_connected(Lane::Main, ms(0));
             let c = proxy.add_client(ClientKind::Messages, ms(0));
             Rig {
                 server,
@@ -419,7 +423,7 @@ mod reduced {
         /// What the proxy has sent upstream.
         pub fn upstream(&mut self) -> Bytes {
             self.proxy
-                .poll_upstream_transmit()
+                .poll_upstream_transmit(Lane::Main)
                 .expect("a request upstream")
                 .freeze()
         }
@@ -436,7 +440,7 @@ mod reduced {
 
         /// The proxy reads the server's replies at `at`.
         pub fn deliver(&mut self, at: Instant, bytes: &[u8]) {
-            self.proxy.handle_upstream_input(bytes, at);
+            self.proxy.handle_upstream_input(Lane::Main, bytes, at);
         }
 
         /// Whatever the proxy still sends upstream runs at `at` and is

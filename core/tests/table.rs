@@ -16,8 +16,8 @@
 use bytes::{Bytes, BytesMut};
 use kv_core::command::table::{Cache, Flags, Handler, Spec, Table};
 use kv_core::{
-    ClientKind, Instant, Proxy, ProxyConfig, ProxyEvent, Reply, ReplyDecoder, Server, ServerConfig,
-    ServerConnection,
+    ClientKind, Instant, Lane, Proxy, ProxyConfig, ProxyEvent, Reply, ReplyDecoder, Server,
+    ServerConfig, ServerConnection,
 };
 
 /// Every spec, subcommands included.
@@ -115,6 +115,8 @@ struct Stack {
     proxy: Proxy,
     server: Server,
     upstream: ServerConnection,
+    /// The proxy's bulk lane, at the server.
+    bulk: ServerConnection,
     /// A client straight to the server.
     direct: ServerConnection,
 }
@@ -123,9 +125,11 @@ impl Stack {
     fn new() -> Self {
         let server = Server::new(ServerConfig::default());
         let mut proxy = Proxy::new(ProxyConfig::default(), Instant::ZERO);
-        proxy.handle_upstream_connected(Instant::ZERO);
+        proxy.handle_upstream_connected(Lane::Main, Instant::ZERO);
+        proxy.handle_upstream_connected(Lane::Bulk, Instant::ZERO);
         Stack {
             upstream: ServerConnection::new(server.config().limits),
+            bulk: ServerConnection::new(server.config().limits),
             direct: ServerConnection::new(server.config().limits),
             proxy,
             server,
@@ -155,10 +159,15 @@ impl Stack {
                 "{args:?}: the pipe broke: {event:?}"
             );
         }
-        if let Some(request) = self.proxy.poll_upstream_transmit() {
+        if let Some(request) = self.proxy.poll_upstream_transmit(Lane::Main) {
             self.upstream.handle_input(&mut self.server, &request);
             let replies = self.upstream.transmit_all(&mut self.server);
-            self.proxy.handle_upstream_input(&replies, now);
+            self.proxy.handle_upstream_input(Lane::Main, &replies, now);
+        }
+        if let Some(request) = self.proxy.poll_upstream_transmit(Lane::Bulk) {
+            self.bulk.handle_input(&mut self.server, &request);
+            let replies = self.bulk.transmit_all(&mut self.server);
+            self.proxy.handle_upstream_input(Lane::Bulk, &replies, now);
         }
         let out = self.proxy.poll_client_transmit(id).unwrap_or_default();
         self.proxy.remove_client(id);

@@ -19,7 +19,7 @@
 
 use bytes::{Bytes, BytesMut};
 use kv_core::auth::Password;
-use kv_core::{
+use kv_core::{Lane, 
     CacheConfig, ClientId, ClientKind, Command, Instant, Proxy, ProxyConfig, ProxyEvent, Reply,
     ReplyDecoder, Server, ServerConfig, ServerConnection, Source,
 };
@@ -194,17 +194,23 @@ impl Driver {
                             self.proxy.remove_client(id);
                         }
                     }
-                    ProxyEvent::ResetUpstream => {
+                    ProxyEvent::ResetUpstream(Lane::Main) => {
                         // The pipe cannot be trusted: drop it and reconnect
                         // (the proxy is already connecting).
                         self.link = None;
                         self.to_server.clear();
                         self.to_proxy.clear();
-                        self.proxy.handle_upstream_connecting(self.now);
+                        self.proxy.handle_upstream_connecting(Lane::Main, self.now);
                     }
+                    // This target drives the main lane; bulk requests wait
+                    // for a connection that never comes, and time out.
+                    ProxyEvent::ResetUpstream(Lane::Bulk) => {
+                        self.proxy.handle_upstream_connecting(Lane::Bulk, self.now);
+                    }
+                    ProxyEvent::UpstreamReadable(_) => {}
                 }
             }
-            if let Some(bytes) = self.proxy.poll_upstream_transmit() {
+            if let Some(bytes) = self.proxy.poll_upstream_transmit(Lane::Main) {
                 assert!(self.link.is_some(), "transmitting with no connection");
                 self.to_server.extend_from_slice(&bytes);
             }
@@ -263,7 +269,7 @@ impl Driver {
         self.link = None;
         self.to_server.clear();
         self.to_proxy.clear();
-        self.proxy.handle_upstream_lost(self.now);
+        self.proxy.handle_upstream_lost(Lane::Main, self.now);
     }
 
     fn event(&mut self, ev: Event) {
@@ -355,9 +361,9 @@ impl Driver {
                     // A driver reconnecting drops the old connection first.
                     self.lose_upstream();
                 }
-                self.proxy.handle_upstream_connecting(now);
+                self.proxy.handle_upstream_connecting(Lane::Main, now);
                 self.link = Some(ServerConnection::new(self.server.config().limits));
-                self.proxy.handle_upstream_connected(now);
+                self.proxy.handle_upstream_connected(Lane::Main, now);
             }
             Event::UpstreamLost => self.lose_upstream(),
             Event::ToServer { n } => {
@@ -379,12 +385,12 @@ impl Driver {
             Event::ToProxy { n } => {
                 let n = (usize::from(n) + 1).min(self.to_proxy.len());
                 let chunk = self.to_proxy.split_to(n);
-                self.proxy.handle_upstream_input(&chunk, now);
+                self.proxy.handle_upstream_input(Lane::Main, &chunk, now);
             }
             Event::RawUpstreamBytes(data) => {
                 if self.link.is_some() {
                     self.upstream_clean = false;
-                    self.proxy.handle_upstream_input(&data, now);
+                    self.proxy.handle_upstream_input(Lane::Main, &data, now);
                 }
             }
             Event::Advance { ms } => {

@@ -470,6 +470,7 @@ impl ProxyArgs {
             output_limit: self.conn.client_output_buffer_limit,
             proxy: ProxyConfig {
                 password: self.auth.password(),
+                output_limit: self.conn.client_output_buffer_limit,
                 upstream_password: self
                     .upstream_password
                     .as_ref()
@@ -554,6 +555,7 @@ impl UpArgs {
             output_limit: self.conn.client_output_buffer_limit,
             proxy: ProxyConfig {
                 password: self.auth.password(),
+                output_limit: self.conn.client_output_buffer_limit,
                 upstream_password: self.auth.password(),
                 inline_replies: self.conn.inline_replies.into(),
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)

@@ -58,6 +58,15 @@ pub(crate) trait Conn {
     /// yet (for the output-buffer limit, with what is being written).
     fn held(&self) -> usize;
 
+    /// For a session whose output grows while a write waits (the proxy's,
+    /// as replies arrive): what wakes the loop when it grew, and how much
+    /// it holds then, so that a client that stops reading is held to its
+    /// output limit while its write is stuck. `None` for a session whose
+    /// output only grows when the loop asks for it.
+    fn output_probe(&self) -> Option<OutputProbe> {
+        None
+    }
+
     /// Waits for input (only if `reading`) or news from the session.
     /// Cancel-safe.
     async fn wait(&mut self, reading: bool) -> io::Result<Wake>;
@@ -80,6 +89,22 @@ pub(crate) trait Conn {
     async fn close(&mut self, end: End);
 }
 
+/// See [`Conn::output_probe`].
+pub(crate) struct OutputProbe {
+    /// Notified when the session has news.
+    pub news: std::rc::Rc<tokio::sync::Notify>,
+    /// The bytes the session holds now.
+    pub held: Box<dyn Fn() -> usize>,
+}
+
+/// Completes when the probe's session has news (never without a probe).
+async fn news(probe: Option<&OutputProbe>) {
+    match probe {
+        Some(p) => p.news.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Drives `conn` until it ends, and returns why.
 pub(crate) async fn drive<C: Conn>(
     conn: &mut C,
@@ -96,7 +121,8 @@ pub(crate) async fn drive<C: Conn>(
         // Everything the session has goes out before anything else; a
         // client that takes none of it for the idle timeout is cut off.
         while let Some(output) = conn.poll_output() {
-            policy.handle_output_held(C::output_len(&output) + conn.held(), now);
+            let writing_len = C::output_len(&output);
+            policy.handle_output_held(writing_len + conn.held(), now);
             let writing = Owed {
                 output: true,
                 ..Owed::default()
@@ -105,6 +131,7 @@ pub(crate) async fn drive<C: Conn>(
                 break 'conn end;
             }
             policy.handle_write_started(now);
+            let probe = conn.output_probe();
             let write = conn.write(output);
             tokio::pin!(write);
             loop {
@@ -117,6 +144,13 @@ pub(crate) async fn drive<C: Conn>(
                             break 'conn End::Closed;
                         }
                     },
+                    () = news(probe.as_ref()) => {
+                        let held = probe.as_ref().map_or(0, |p| (p.held)());
+                        policy.handle_output_held(writing_len + held, epoch.now());
+                        if let Some(end) = policy.poll_end(writing) {
+                            break 'conn end;
+                        }
+                    }
                     _ = timer.until(&epoch, policy.poll_timeout()) => {
                         policy.handle_timeout(epoch.now());
                         // Output is on its way, so only a timeout, the

@@ -2,10 +2,12 @@
 //! slots. Replies are sent in request order, so each request takes a slot
 //! when it arrives and only a finished head of the queue is sent.
 
-use super::{AnnotatedReply, ClientId, ClientKind, ProxyEvent, Source};
+use super::{AnnotatedReply, ClientId, ClientKind, Lane, ProxyEvent, Source};
 use crate::codec::{Decoder, Dialect, Limits};
 use crate::command::table::Spec;
+use crate::command::Command;
 use crate::db::Hasher;
+use crate::reply::Proto;
 use crate::reply::Reply;
 use crate::session::Session;
 use crate::stats::CommandStats;
@@ -28,6 +30,24 @@ struct Slot {
     spec: Option<&'static Spec>,
     received_at: Instant,
     done: Option<(Reply, Source, Instant)>,
+    /// The upstream lane the request went to, while it is in flight.
+    lane: Option<Lane>,
+    /// Its reply went straight to the output as it arrived (a large reply
+    /// passed through): there is nothing to encode, and whether it was an
+    /// error.
+    streamed: Option<bool>,
+}
+
+/// How a chunk of a passed-through reply was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Streamed {
+    /// Appended to the client's output.
+    Written,
+    /// It took the client's output over its limit: the client is cut off,
+    /// its output dropped.
+    Cut,
+    /// The client is gone (or was cut off before).
+    Gone,
 }
 
 /// Client input held back behind a rejection (see `Client::deferred`).
@@ -61,6 +81,13 @@ pub(super) struct Client {
     /// The client has sent a RESP command: its inline commands get RESP
     /// replies too, as Redis gives.
     pub spoke_resp: bool,
+    /// Requests in flight on each upstream lane (main, bulk).
+    pub in_flight: [usize; 2],
+    /// A request held back until the client's requests on the other lane
+    /// are answered, so that its requests keep their order at the server.
+    pub parked: Option<(Command, Dialect)>,
+    /// Cut off for holding more output than its limit.
+    pub cut: bool,
 }
 
 impl Client {
@@ -95,6 +122,8 @@ impl Client {
             spec,
             received_at: now,
             done: None,
+            lane: None,
+            streamed: None,
         });
         Waiter { client: id, seq }
     }
@@ -102,6 +131,25 @@ impl Client {
     /// Whether anything is left to hand to the driver.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || !self.messages.is_empty()
+    }
+
+    /// Whether a request for `lane` must wait: the client has requests in
+    /// flight on the other lane, which the server could answer after it.
+    pub fn must_wait_for(&self, lane: Lane) -> bool {
+        self.in_flight[lane.other().index()] > 0
+    }
+
+    /// Whether a reply can be written straight from the wire into the
+    /// output: its slot is the next to send, and the client reads RESP2 as
+    /// the server writes it.
+    fn takes_raw(&self, seq: u64) -> bool {
+        self.kind == ClientKind::Stream
+            && seq == self.head_seq
+            && self.session.proto == Proto::Resp2
+            && self
+                .slots
+                .front()
+                .is_some_and(|s| s.dialect == Dialect::Resp)
     }
 }
 
@@ -144,6 +192,9 @@ impl Clients {
                 throttled: false,
                 deferred: VecDeque::new(),
                 spoke_resp: false,
+                in_flight: [0, 0],
+                parked: None,
+                cut: false,
             },
         );
         id
@@ -182,9 +233,58 @@ impl Clients {
             return false;
         };
         if let Some(slot) = client.slots.get_mut(idx as usize) {
+            if let Some(lane) = slot.lane.take() {
+                client.in_flight[lane.index()] -= 1;
+            }
             slot.done = Some((reply, source, now));
         }
         idx == 0
+    }
+
+    /// The request of `waiter` went to `lane`.
+    pub fn on_lane(&mut self, waiter: Waiter, lane: Lane) {
+        let Some(client) = self.map.get_mut(&waiter.client) else {
+            return;
+        };
+        let Some(idx) = waiter.seq.checked_sub(client.head_seq) else {
+            return;
+        };
+        if let Some(slot) = client.slots.get_mut(idx as usize) {
+            if slot.lane.is_none() && slot.done.is_none() {
+                slot.lane = Some(lane);
+                client.in_flight[lane.index()] += 1;
+            }
+        }
+    }
+
+    /// Whether the reply of `waiter` can be passed through as it arrives
+    /// (see `Client::takes_raw`).
+    pub fn takes_raw(&self, waiter: Waiter) -> bool {
+        self.map
+            .get(&waiter.client)
+            .is_some_and(|c| !c.cut && c.takes_raw(waiter.seq))
+    }
+
+    /// Appends a chunk of the reply of `waiter`, which
+    /// [`Clients::takes_raw`], to the client's output; over `limit` bytes
+    /// of output (0: none) the client is cut off instead.
+    pub fn stream(&mut self, waiter: Waiter, bytes: &[u8], limit: usize) -> Streamed {
+        let Some(client) = self.map.get_mut(&waiter.client) else {
+            return Streamed::Gone;
+        };
+        if client.cut || waiter.seq != client.head_seq {
+            return Streamed::Gone;
+        }
+        if let Some(slot) = client.slots.front_mut() {
+            slot.streamed
+                .get_or_insert_with(|| bytes.first() == Some(&b'-'));
+        }
+        if limit > 0 && client.out.len() + bytes.len() > limit {
+            self.cut(waiter.client);
+            return Streamed::Cut;
+        }
+        client.out.extend_from_slice(bytes);
+        Streamed::Written
     }
 
     /// Moves finished replies at the head of a client's queue to its
@@ -213,8 +313,13 @@ impl Clients {
             client.head_seq += 1;
             moved = true;
             sendable_at = sendable_at.max(ready_at);
+            let error = slot.streamed.unwrap_or_else(|| reply.is_error());
             if let Some(spec) = slot.spec {
-                stats.record(spec, reply.is_error(), sendable_at - slot.received_at);
+                stats.record(spec, error, sendable_at - slot.received_at);
+            }
+            if slot.streamed.is_some() || client.cut {
+                // Already in the output, or never to go.
+                continue;
             }
             match client.kind {
                 ClientKind::Stream => {
@@ -231,6 +336,29 @@ impl Clients {
         // Output written straight by the cache-hit fast path counts too.
         let pending = moved || client.closing() || !client.out.is_empty();
         if pending && !client.notified {
+            client.notified = true;
+            events.push_back(ProxyEvent::ClientReady(id));
+        }
+    }
+
+    /// Cuts the client off for its output: it is closed, and nothing more
+    /// goes to it. Whether it was there to cut.
+    pub fn cut(&mut self, id: ClientId) -> bool {
+        let Some(client) = self.map.get_mut(&id) else {
+            return false;
+        };
+        let first = !client.cut;
+        client.cut = true;
+        client.failed = true;
+        client.out = BytesMut::new();
+        first
+    }
+
+    /// Tells the driver the client's output grew: every time, not once
+    /// until it is drained, since a driver stuck writing to a client that
+    /// does not read holds it to its output limit by what it holds now.
+    pub fn announce_growth(&mut self, id: ClientId, events: &mut VecDeque<ProxyEvent>) {
+        if let Some(client) = self.map.get_mut(&id) {
             client.notified = true;
             events.push_back(ProxyEvent::ClientReady(id));
         }

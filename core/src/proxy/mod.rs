@@ -48,6 +48,7 @@
 //! calls [`Proxy::handle_client_resume`].
 
 mod clients;
+mod framer;
 mod info;
 mod route;
 mod upstream;
@@ -57,7 +58,7 @@ use crate::cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 use crate::codec::{Dialect, Limits};
 use crate::command::table::Cache;
 use crate::command::{admit, Command};
-use crate::conn::Owed;
+use crate::conn::{OutputLimit, Owed};
 use crate::db::Effect;
 use crate::errors::{rejected_message, ExecError, UpstreamError};
 use crate::reply::{encode_value_proto, Reply};
@@ -66,7 +67,7 @@ use crate::session::{HostFacts, Local};
 use crate::stats::CommandStats;
 use crate::time::{Clock, Instant};
 use bytes::{Bytes, BytesMut};
-use clients::{Clients, Deferred, Waiter};
+use clients::{Clients, Deferred, Streamed, Waiter};
 use route::{route, GetRoute, KeyState, Route};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -94,6 +95,12 @@ pub struct ProxyConfig {
     pub password: Option<Password>,
     /// Password the proxy gives the upstream server on every connection.
     pub upstream_password: Option<Password>,
+    /// How much output one client may hold. The proxy applies it to the
+    /// replies it passes through: one that would take a client past the
+    /// hard limit cuts the client off, and so does holding up the bulk
+    /// lane (not taking the reply while it arrives) for the soft limit's
+    /// time. The driver applies it to everything else.
+    pub output_limit: OutputLimit,
     /// How inline commands are answered.
     pub inline_replies: InlineReplies,
 }
@@ -109,6 +116,7 @@ impl Default for ProxyConfig {
             hash_seed: 0,
             password: None,
             upstream_password: None,
+            output_limit: OutputLimit::default(),
             inline_replies: InlineReplies::Human,
         }
     }
@@ -159,10 +167,81 @@ pub enum ClientKind {
 pub enum ProxyEvent {
     /// A client has output to send, or must be closed.
     ClientReady(ClientId),
-    /// The upstream connection must be dropped and reopened: a request
-    /// timed out or the server sent something unreadable, so the pipe can no
-    /// longer be trusted to pair replies with requests.
-    ResetUpstream,
+    /// The lane's upstream connection must be dropped and reopened: a
+    /// request timed out or the server sent something unreadable, so the
+    /// pipe can no longer be trusted to pair replies with requests.
+    ResetUpstream(Lane),
+    /// The lane's connection is to be read again (see
+    /// [`Proxy::upstream_wants_input`]).
+    UpstreamReadable(Lane),
+}
+
+/// Output a client of the bulk lane may hold before the lane waits for it
+/// to take some: one slow reader then costs a bounded amount of memory,
+/// and holds up only other reads of the whole keyspace, for no longer
+/// than its output limit's soft time.
+pub const BULK_HIGH_WATER: usize = 1 << 20;
+
+/// The proxy's upstream connections, each driven on its own by the driver.
+///
+/// Commands naming keys go on the main lane, one ordered pipe, which is
+/// what the cache's consistency rules stand on (see the module docs).
+/// Reads of the whole keyspace (`DUMP`, `KEYS`, `SCAN`, `DBSIZE` …) go on
+/// the bulk lane: they touch no cache entry, their replies can be huge,
+/// and on the main pipe one of them would hold up every request behind it
+/// for as long as it takes to arrive. The bulk lane has one request in
+/// flight at a time (the next is sent when its turn comes, so a request
+/// whose client went away meanwhile is never sent), and its large replies
+/// are passed through to their client as they arrive, or dropped as they
+/// arrive if the client went away, never held whole.
+///
+/// A client's own requests keep their order at the server: one for a lane
+/// waits while the client has requests in flight on the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Commands that name keys, and writes.
+    Main,
+    /// Reads of the whole keyspace.
+    Bulk,
+}
+
+impl Lane {
+    /// Both lanes.
+    pub const ALL: [Lane; 2] = [Lane::Main, Lane::Bulk];
+
+    fn index(self) -> usize {
+        match self {
+            Lane::Main => 0,
+            Lane::Bulk => 1,
+        }
+    }
+
+    fn other(self) -> Lane {
+        match self {
+            Lane::Main => Lane::Bulk,
+            Lane::Bulk => Lane::Main,
+        }
+    }
+
+    /// The lane's name, as `INFO` and the logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Main => "main",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+/// What becomes of the bulk reply coming in.
+#[derive(Debug)]
+enum BulkReply {
+    /// Written into its client's output as it arrives.
+    Pass,
+    /// Gathered, to be decoded whole: its client wants another encoding
+    /// than the wire's (RESP3, inline, the console's messages).
+    Gather(BytesMut),
+    /// Dropped as it arrives: its client is gone or cut off.
+    Drop,
 }
 
 /// State of the upstream connection.
@@ -202,6 +281,8 @@ pub struct ClientStatus {
     pub finished: bool,
     /// Bytes of encoded output ready and not yet handed to the driver.
     pub held: usize,
+    /// The proxy cut the client off for its output (and counted it).
+    pub cut: bool,
 }
 
 impl ClientStatus {
@@ -265,6 +346,14 @@ pub struct Proxy {
     cache: TtlCache,
     clients: Clients,
     upstream: Upstream,
+    /// The bulk lane (see [`Lane`]), its requests waiting for their turn,
+    /// and what becomes of the reply coming in.
+    bulk: Upstream,
+    bulk_queue: VecDeque<(Job, Waiter)>,
+    bulk_reply: Option<BulkReply>,
+    /// Since when the bulk lane has not been read because the client of
+    /// the reply coming in holds [`BULK_HIGH_WATER`] of output.
+    bulk_blocked_since: Option<Instant>,
     keys: KeyState,
     events: VecDeque<ProxyEvent>,
     stats: ProxyStats,
@@ -284,6 +373,10 @@ impl Proxy {
             cache: TtlCache::new(config.cache.clone(), config.hash_seed),
             clients: Clients::new(config.hash_seed),
             upstream: Upstream::new(config.request_timeout),
+            bulk: Upstream::pass_through(config.request_timeout),
+            bulk_queue: VecDeque::new(),
+            bulk_reply: None,
+            bulk_blocked_since: None,
             keys: KeyState::new(config.hash_seed),
             config,
             clock,
@@ -355,9 +448,23 @@ impl Proxy {
         self.cache.stats()
     }
 
-    /// The upstream connection's state.
+    /// The main lane's upstream connection's state.
     pub fn upstream_state(&self) -> UpstreamState {
         self.upstream.state()
+    }
+
+    fn lane(&self, lane: Lane) -> &Upstream {
+        match lane {
+            Lane::Main => &self.upstream,
+            Lane::Bulk => &self.bulk,
+        }
+    }
+
+    fn lane_mut(&mut self, lane: Lane) -> &mut Upstream {
+        match lane {
+            Lane::Main => &mut self.upstream,
+            Lane::Bulk => &mut self.bulk,
+        }
     }
 
     /// Number of connected clients.
@@ -365,9 +472,10 @@ impl Proxy {
         self.clients.len()
     }
 
-    /// Upstream requests awaiting replies.
+    /// Upstream requests awaiting replies (both lanes), and bulk ones
+    /// waiting for their turn.
     pub fn upstream_in_flight(&self) -> usize {
-        self.upstream.len()
+        self.upstream.len() + self.bulk.len() + self.bulk_queue.len()
     }
 
     /// Registers a new downstream client.
@@ -380,6 +488,9 @@ impl Proxy {
     /// Forgets a client that disconnected. Replies still owed to it are
     /// dropped when they arrive; shared upstream requests carry on.
     pub fn remove_client(&mut self, id: ClientId) {
+        if self.holds_up_bulk(id) {
+            self.unblock_bulk();
+        }
         self.clients.remove(id);
     }
 
@@ -393,12 +504,18 @@ impl Proxy {
             };
         };
         let room = !c.closing() && c.pending() < self.config.max_pending_per_client;
+        // A parked request waits for replies, not for room.
+        let parked = c
+            .parked
+            .as_ref()
+            .is_some_and(|(cmd, _)| c.must_wait(cmd, route(cmd.spec())));
         ClientStatus {
             wants_input: room,
-            resumable: room && c.throttled,
+            resumable: room && c.throttled && !parked,
             owed: c.pending() + usize::from(c.throttled),
             finished: c.closing() && c.pending() == 0 && !c.has_output(),
             held: c.out.len(),
+            cut: c.cut,
         }
     }
 
@@ -499,47 +616,60 @@ impl Proxy {
                 break;
             }
             let limits = *client.decoder.limits();
-            let (dialect, request) = match client.decoder.next_frame() {
-                Ok(None) => match client.deferred.pop_front() {
-                    // Everything before the deferred items is decoded.
-                    None => {
-                        client.throttled = false;
-                        break;
+            if let Some((cmd, _)) = &client.parked {
+                if client.must_wait(cmd, route(cmd.spec())) {
+                    client.throttled = true;
+                    break;
+                }
+            }
+            let parked = client.parked.take();
+            let fresh = parked.is_none();
+            let (dialect, request) = match parked {
+                Some((cmd, dialect)) => (dialect, Ok(cmd)),
+                None => match client.decoder.next_frame() {
+                    Ok(None) => match client.deferred.pop_front() {
+                        // Everything before the deferred items is decoded.
+                        None => {
+                            client.throttled = false;
+                            break;
+                        }
+                        Some(Deferred::Input(bytes)) => {
+                            client.decoder.feed(&bytes);
+                            continue;
+                        }
+                        Some(Deferred::Reject(message)) => {
+                            (Dialect::Inline, Err(rejected_message(&message)))
+                        }
+                    },
+                    Ok(Some(frame)) => {
+                        let dialect = reply_dialect(
+                            frame.dialect(),
+                            &mut client.spoke_resp,
+                            self.config.inline_replies,
+                            client.session.proto,
+                        );
+                        (
+                            dialect,
+                            Command::from_frame(frame, &limits).map_err(Reply::from),
+                        )
                     }
-                    Some(Deferred::Input(bytes)) => {
-                        client.decoder.feed(&bytes);
-                        continue;
-                    }
-                    Some(Deferred::Reject(message)) => {
-                        (Dialect::Inline, Err(rejected_message(&message)))
+                    Err(e) => {
+                        if e.is_fatal() {
+                            client.failed = true;
+                        }
+                        let dialect = reply_dialect(
+                            e.dialect(),
+                            &mut client.spoke_resp,
+                            self.config.inline_replies,
+                            client.session.proto,
+                        );
+                        (dialect, Err(Reply::from(e)))
                     }
                 },
-                Ok(Some(frame)) => {
-                    let dialect = reply_dialect(
-                        frame.dialect(),
-                        &mut client.spoke_resp,
-                        self.config.inline_replies,
-                        client.session.proto,
-                    );
-                    (
-                        dialect,
-                        Command::from_frame(frame, &limits).map_err(Reply::from),
-                    )
-                }
-                Err(e) => {
-                    if e.is_fatal() {
-                        client.failed = true;
-                    }
-                    let dialect = reply_dialect(
-                        e.dialect(),
-                        &mut client.spoke_resp,
-                        self.config.inline_replies,
-                        client.session.proto,
-                    );
-                    (dialect, Err(Reply::from(e)))
-                }
             };
-            self.stats.requests += 1;
+            if fresh {
+                self.stats.requests += 1;
+            }
             let admitted = request.and_then(|cmd| match admit(&cmd, &client.session, None) {
                 Ok(()) => Ok(cmd),
                 Err(reply) => {
@@ -557,7 +687,13 @@ impl Proxy {
                 }
             };
             let spec = Some(cmd.spec());
-            match route(cmd.spec()) {
+            let routed = route(cmd.spec());
+            if client.must_wait(&cmd, routed) {
+                client.parked = Some((cmd, dialect));
+                client.throttled = true;
+                break;
+            }
+            match routed {
                 Route::Local(handler) => {
                     let waiter = client.push_slot(id, dialect, spec, now);
                     let mut node = info::View {
@@ -620,7 +756,8 @@ impl Proxy {
                         self.complete(waiter, reply, Source::Cache { age }, now);
                         continue;
                     }
-                    self.send(Job::Forward { cmd, write }, waiter, now);
+                    let lane = request_lane(&cmd, routed).unwrap_or(Lane::Main);
+                    self.send(lane, Job::Forward { cmd, write }, waiter, now);
                 }
             }
         }
@@ -663,6 +800,7 @@ impl Proxy {
                 if let Some(req) = self.upstream.get_mut(seq) {
                     req.waiters.push(waiter);
                     self.stats.coalesced += 1;
+                    self.clients.on_lane(waiter, Lane::Main);
                 }
             }
             GetRoute::Cache => match self.cache.get(cache_key(&cmd), now) {
@@ -679,18 +817,31 @@ impl Proxy {
     /// Sends a cacheable read upstream that later reads of the key may join.
     fn get_upstream(&mut self, waiter: Waiter, cmd: Command, now: Instant) {
         let key = cache_key(&cmd).clone();
-        if let Some(seq) = self.send(Job::Fill { cmd }, waiter, now) {
+        if let Some(seq) = self.send(Lane::Main, Job::Fill { cmd }, waiter, now) {
             self.keys.coalesce(key, seq);
         }
     }
 
-    /// Queues a request upstream; returns its sequence number, or `None` if
-    /// it was failed at once (upstream down or overloaded).
-    fn send(&mut self, job: Job, waiter: Waiter, now: Instant) -> Option<u64> {
-        if let Some(e) = self.upstream.refusal(self.config.max_upstream_in_flight) {
+    /// Queues a request on `lane`; returns its sequence number, or `None`
+    /// if it was failed at once (upstream down or overloaded) or waits for
+    /// its turn on the bulk lane.
+    fn send(&mut self, lane: Lane, job: Job, waiter: Waiter, now: Instant) -> Option<u64> {
+        let max = self.config.max_upstream_in_flight;
+        let queued = self.bulk_queue.len();
+        let refusal = match lane {
+            Lane::Main => self.upstream.refusal(max),
+            Lane::Bulk => self.bulk.refusal(max.saturating_sub(queued)),
+        };
+        if let Some(e) = refusal {
             // Refused before any bookkeeping: the cache and the coalescing
             // of GETs stay as they were.
             self.complete(waiter, e.into(), Source::Proxy, now);
+            return None;
+        }
+        self.clients.on_lane(waiter, lane);
+        if lane == Lane::Bulk {
+            self.bulk_queue.push_back((job, waiter));
+            self.pump_bulk(now);
             return None;
         }
         if let Job::Forward { cmd, write } = &job {
@@ -700,6 +851,22 @@ impl Proxy {
         }
         self.stats.upstream_requests += 1;
         Some(self.upstream.push(job, waiter, now))
+    }
+
+    /// Sends the next bulk request whose client is still there, if the
+    /// lane has none in flight. Those of clients that went away are
+    /// dropped unsent.
+    fn pump_bulk(&mut self, now: Instant) {
+        if self.bulk.len() > 0 || self.bulk.state() == UpstreamState::Down {
+            return;
+        }
+        while let Some((job, waiter)) = self.bulk_queue.pop_front() {
+            if self.clients.get(waiter.client).is_some_and(|c| !c.cut) {
+                self.stats.upstream_requests += 1;
+                self.bulk.push(job, waiter, now);
+                return;
+            }
+        }
     }
 
     /// Records a finished reply for a waiter and sends what is now in order.
@@ -726,7 +893,28 @@ impl Proxy {
     /// Encoded output for a [`ClientKind::Stream`] client.
     #[must_use]
     pub fn poll_client_transmit(&mut self, id: ClientId) -> Option<BytesMut> {
-        self.clients.poll_transmit(id)
+        let out = self.clients.poll_transmit(id);
+        if out.is_some() && self.holds_up_bulk(id) {
+            self.unblock_bulk();
+        }
+        out
+    }
+
+    /// Whether the lane's connection is to be read now: the bulk lane is
+    /// not, while the client of the reply coming in does not take it.
+    pub fn upstream_wants_input(&self, lane: Lane) -> bool {
+        lane == Lane::Main || self.bulk_blocked_since.is_none()
+    }
+
+    /// Whether client `id` is the one the bulk lane waits for.
+    fn holds_up_bulk(&self, id: ClientId) -> bool {
+        self.bulk_blocked_since.is_some() && self.bulk.head_waiter().is_some_and(|w| w.client == id)
+    }
+
+    fn unblock_bulk(&mut self) {
+        self.bulk_blocked_since = None;
+        self.events
+            .push_back(ProxyEvent::UpstreamReadable(Lane::Bulk));
     }
 
     /// The next reply for a [`ClientKind::Messages`] client.
@@ -735,10 +923,11 @@ impl Proxy {
         self.clients.poll_reply(id)
     }
 
-    /// Bytes to write to the upstream connection (only once it is up).
+    /// Bytes to write to the lane's upstream connection (only once it is
+    /// up).
     #[must_use]
-    pub fn poll_upstream_transmit(&mut self) -> Option<BytesMut> {
-        self.upstream.poll_transmit()
+    pub fn poll_upstream_transmit(&mut self, lane: Lane) -> Option<BytesMut> {
+        self.lane_mut(lane).poll_transmit()
     }
 
     /// The driver connected to the upstream server; the proxy's handshake
@@ -749,35 +938,43 @@ impl Proxy {
     /// entries were read, and nothing tells a blip from a restart with
     /// certainty. Requests queued meanwhile stay: they will be answered by
     /// this connection, so their coalescing holds.
-    pub fn handle_upstream_connected(&mut self, now: Instant) {
+    ///
+    /// The bulk lane's connection touches no cache entry: its requests
+    /// queued meanwhile go out, one at a time.
+    pub fn handle_upstream_connected(&mut self, lane: Lane, now: Instant) {
         let now = self.clock.advance(now);
-        self.cache.clear();
-        self.stats.upstream_connections += 1;
-        self.upstream
-            .handle_connected(self.config.upstream_password.as_ref(), now);
+        let password = self.config.upstream_password.clone();
+        if lane == Lane::Main {
+            self.cache.clear();
+            self.stats.upstream_connections += 1;
+        }
+        self.lane_mut(lane).handle_connected(password.as_ref(), now);
+        if lane == Lane::Bulk {
+            self.pump_bulk(now);
+        }
     }
 
     /// The driver is reconnecting (after [`ProxyEvent::ResetUpstream`] or a
     /// loss): requests are queued again instead of refused.
-    pub fn handle_upstream_connecting(&mut self, now: Instant) {
+    pub fn handle_upstream_connecting(&mut self, lane: Lane, now: Instant) {
         self.clock.advance(now);
-        self.upstream.handle_connecting();
+        self.lane_mut(lane).handle_connecting();
     }
 
     /// The upstream connection failed or could not be made. Every request
     /// in flight gets an error; until the next
     /// [`Proxy::handle_upstream_connecting`], requests that need the server
     /// fail at once while fresh cache entries are still served.
-    pub fn handle_upstream_lost(&mut self, now: Instant) {
+    pub fn handle_upstream_lost(&mut self, lane: Lane, now: Instant) {
         let now = self.clock.advance(now);
         // A refusal seen on the connection stays the cause: it is why the
         // server closed.
-        let cause = match self.upstream.fault() {
+        let cause = match self.lane(lane).fault() {
             Some(e) if e.is_refusal() => e.clone(),
             _ => UpstreamError::Unavailable,
         };
-        self.fail_upstream(UpstreamError::Lost, UpstreamState::Down, now);
-        self.upstream.set_down_cause(cause);
+        self.fail_upstream(lane, UpstreamError::Lost, UpstreamState::Down, now);
+        self.lane_mut(lane).set_down_cause(cause);
     }
 
     /// Whether the server answered the proxy properly on the current (or
@@ -785,35 +982,61 @@ impl Proxy {
     /// [`Reconnect::handle_verified`](crate::backoff::Reconnect::handle_verified)
     /// cue. A server that accepts and then refuses the password, or turns
     /// the proxy away at its client cap, never verifies.
-    pub fn upstream_verified(&self) -> bool {
-        self.upstream.verified()
+    pub fn upstream_verified(&self, lane: Lane) -> bool {
+        self.lane(lane).verified()
     }
 
     /// What went wrong on the current (or last) upstream connection, for
     /// the driver's log line; cleared by each new connection.
-    pub fn upstream_fault(&self) -> Option<&UpstreamError> {
-        self.upstream.fault()
+    pub fn upstream_fault(&self, lane: Lane) -> Option<&UpstreamError> {
+        self.lane(lane).fault()
     }
 
     /// Gives up on the upstream connection: the driver drops it and
     /// reconnects. Requests queue meanwhile, unless the server refused the
     /// proxy: then they fail at once with the reason until the next
     /// attempt, which the backoff puts off.
-    fn reset_upstream(&mut self, error: UpstreamError, now: Instant) {
-        self.upstream.set_fault(error.clone());
+    fn reset_upstream(&mut self, lane: Lane, error: UpstreamError, now: Instant) {
+        self.lane_mut(lane).set_fault(error.clone());
         if error.is_refusal() {
-            self.fail_upstream(error.clone(), UpstreamState::Down, now);
-            self.upstream.set_down_cause(error);
+            self.fail_upstream(lane, error.clone(), UpstreamState::Down, now);
+            self.lane_mut(lane).set_down_cause(error);
         } else {
-            self.fail_upstream(error, UpstreamState::Connecting, now);
+            self.fail_upstream(lane, error, UpstreamState::Connecting, now);
         }
-        self.events.push_back(ProxyEvent::ResetUpstream);
+        self.events.push_back(ProxyEvent::ResetUpstream(lane));
     }
 
-    fn fail_upstream(&mut self, error: UpstreamError, state: UpstreamState, now: Instant) {
-        let (failed, counted) = self.upstream.fail(state);
+    fn fail_upstream(
+        &mut self,
+        lane: Lane,
+        error: UpstreamError,
+        state: UpstreamState,
+        now: Instant,
+    ) {
+        let (failed, counted) = self.lane_mut(lane).fail(state);
         if counted {
             self.stats.upstream_resets += 1;
+        }
+        if lane == Lane::Bulk {
+            // A client whose reply was half passed through cannot be told
+            // where it ends: it is closed after what it got.
+            if let (Some(BulkReply::Pass), Some(w)) = (
+                self.bulk_reply.take(),
+                failed.first().and_then(|r| r.waiters.first()),
+            ) {
+                if let Some(c) = self.clients.get_mut(w.client) {
+                    c.failed = true;
+                }
+            }
+            self.fail_requests(failed, error.clone(), now);
+            if state == UpstreamState::Down {
+                let queued: Vec<(Job, Waiter)> = self.bulk_queue.drain(..).collect();
+                for (_, w) in queued {
+                    self.complete(w, error.clone().into(), Source::Proxy, now);
+                }
+            }
+            return;
         }
         self.fail_requests(failed, error, now);
     }
@@ -838,20 +1061,107 @@ impl Proxy {
         }
     }
 
-    /// Feeds bytes received from the upstream server.
-    pub fn handle_upstream_input(&mut self, data: &[u8], now: Instant) {
+    /// Feeds bytes received on the lane's upstream connection.
+    pub fn handle_upstream_input(&mut self, lane: Lane, data: &[u8], now: Instant) {
         let now = self.clock.advance(now);
-        self.upstream.feed(data);
-        while let Some(incoming) = self.upstream.next_reply() {
+        self.lane_mut(lane).feed(data);
+        while let Some(incoming) = self.lane_mut(lane).next_reply() {
             match incoming {
-                Incoming::Reply(seq, req, reply) => self.finish(seq, req, reply, now),
+                Incoming::Reply(seq, req, reply) => {
+                    self.finish(seq, req, reply, now);
+                    if lane == Lane::Bulk {
+                        self.pump_bulk(now);
+                    }
+                }
+                Incoming::Chunk { bytes, last } => self.bulk_chunk(bytes, last, now),
                 Incoming::Ready => {}
                 Incoming::Fault(e) => {
-                    self.reset_upstream(e, now);
+                    self.reset_upstream(lane, e, now);
                     break;
                 }
             }
         }
+    }
+
+    /// A piece of a large bulk reply: passed through to its client,
+    /// gathered for another encoding, or dropped, as the first piece
+    /// decides; `last` is the request once the reply is complete.
+    fn bulk_chunk(&mut self, bytes: Bytes, last: Option<InFlight>, now: Instant) {
+        let waiter = match &last {
+            Some(req) => req.waiters.first().copied(),
+            None => {
+                self.bulk.handle_progress(now);
+                self.bulk.head_waiter()
+            }
+        };
+        let Some(waiter) = waiter else { return };
+        let clients = &self.clients;
+        let mode = self.bulk_reply.get_or_insert_with(|| {
+            if clients.takes_raw(waiter) {
+                BulkReply::Pass
+            } else if clients.get(waiter.client).is_some_and(|c| !c.cut) {
+                BulkReply::Gather(BytesMut::new())
+            } else {
+                BulkReply::Drop
+            }
+        });
+        match mode {
+            BulkReply::Pass => {
+                match self
+                    .clients
+                    .stream(waiter, &bytes, self.config.output_limit.hard)
+                {
+                    Streamed::Written => {
+                        // A client that does not take the reply as fast as
+                        // it comes holds the lane up: it is read no further
+                        // until the client takes its output.
+                        if self
+                            .clients
+                            .get(waiter.client)
+                            .is_some_and(|c| c.out.len() >= BULK_HIGH_WATER)
+                        {
+                            self.bulk_blocked_since.get_or_insert(now);
+                        }
+                    }
+                    Streamed::Cut => {
+                        self.stats.output_limit_disconnections += 1;
+                        *mode = BulkReply::Drop;
+                    }
+                    Streamed::Gone => *mode = BulkReply::Drop,
+                }
+                self.clients
+                    .announce_growth(waiter.client, &mut self.events);
+            }
+            BulkReply::Gather(buf) => {
+                if self.clients.get(waiter.client).is_some() {
+                    buf.extend_from_slice(&bytes);
+                } else {
+                    *mode = BulkReply::Drop;
+                }
+            }
+            BulkReply::Drop => {}
+        }
+        let Some(req) = last else { return };
+        match self.bulk_reply.take() {
+            // Its bytes are out already (or dropped, for a client cut off
+            // or gone): the slot is done.
+            Some(BulkReply::Pass | BulkReply::Drop) | None => {
+                self.complete(waiter, Reply::Nil, Source::Upstream, now);
+            }
+            Some(BulkReply::Gather(buf)) => {
+                let mut decoder =
+                    crate::reply::ReplyDecoder::new(crate::reply::ReplyLimits::default());
+                decoder.feed(&buf);
+                let reply = match decoder.next_reply() {
+                    Ok(Some(reply)) => reply,
+                    _ => UpstreamError::Malformed.into(),
+                };
+                // A bulk request is a forwarded one: its sequence number
+                // only matters to a fill.
+                self.finish(0, req, reply, now);
+            }
+        }
+        self.pump_bulk(now);
     }
 
     fn finish(&mut self, seq: u64, req: InFlight, mut reply: Reply, now: Instant) {
@@ -947,21 +1257,69 @@ impl Proxy {
     /// The earliest time [`Proxy::handle_timeout`] has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.upstream.poll_timeout(), self.cache.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.upstream.poll_timeout(),
+            self.bulk.poll_timeout(),
+            self.cache.poll_timeout(),
+            self.bulk_blocked_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Times out upstream requests and purges expired cache entries. Safe
-    /// to call early or repeatedly.
+    /// When the client holding up the bulk lane is cut off, if it still
+    /// does then.
+    fn bulk_blocked_deadline(&self) -> Option<Instant> {
+        let limit = self.config.output_limit;
+        (limit.soft > 0).then_some(())?;
+        Some(self.bulk_blocked_since? + limit.soft_for)
+    }
+
+    /// Times out upstream requests, cuts off a client that held up the
+    /// bulk lane too long, and purges expired cache entries. Safe to call
+    /// early or repeatedly.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock.advance(now);
         self.cache.handle_timeout(now);
-        if self.upstream.poll_timeout().is_some_and(|d| d <= now) {
-            self.stats.upstream_timeouts += 1;
-            self.reset_upstream(UpstreamError::TimedOut, now);
+        if self.bulk_blocked_deadline().is_some_and(|d| d <= now) {
+            if let Some(w) = self.bulk.head_waiter() {
+                if self.clients.cut(w.client) {
+                    self.stats.output_limit_disconnections += 1;
+                    self.clients.announce_growth(w.client, &mut self.events);
+                }
+            }
+            self.bulk_reply = Some(BulkReply::Drop);
+            self.unblock_bulk();
         }
+        // The lane's reply stops arriving while it waits for its client:
+        // that is not the server's delay.
+        if self.bulk_blocked_since.is_some() {
+            self.bulk.handle_progress(now);
+        }
+        for lane in Lane::ALL {
+            if self.lane(lane).poll_timeout().is_some_and(|d| d <= now) {
+                self.stats.upstream_timeouts += 1;
+                self.reset_upstream(lane, UpstreamError::TimedOut, now);
+            }
+        }
+    }
+}
+
+/// The lane a request goes to if it may go upstream (see [`Lane`]); none
+/// for one always answered at the proxy.
+fn request_lane(cmd: &Command, route: Route) -> Option<Lane> {
+    match route {
+        Route::Local(_) | Route::Refused => None,
+        Route::Forward { write: false } if cmd.keys().next().is_none() => Some(Lane::Bulk),
+        Route::Forward { .. } | Route::CachedRead => Some(Lane::Main),
+    }
+}
+
+impl clients::Client {
+    /// Whether a request routed so must wait (see [`Lane`]).
+    fn must_wait(&self, cmd: &Command, route: Route) -> bool {
+        request_lane(cmd, route).is_some_and(|lane| self.must_wait_for(lane))
     }
 }
 
@@ -985,20 +1343,20 @@ mod tests {
     fn a_new_upstream_connection_empties_the_cache() {
         let t = Instant::from_millis;
         let mut p = Proxy::new(ProxyConfig::default(), t(0));
-        p.handle_upstream_connected(t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
         let c = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
-        let _ = p.poll_upstream_transmit();
-        p.handle_upstream_input(FILL_V, t(2));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, FILL_V, t(2));
         assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
         assert_eq!(p.cache_len(), 1);
         // Lost: still served while the server is away.
-        p.handle_upstream_lost(t(3));
+        p.handle_upstream_lost(Lane::Main, t(3));
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(4));
         assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
         // Back: the server may be another one; nothing from before is served.
-        p.handle_upstream_connecting(t(5));
-        p.handle_upstream_connected(t(5));
+        p.handle_upstream_connecting(Lane::Main, t(5));
+        p.handle_upstream_connected(Lane::Main, t(5));
         println!("cache entries after reconnecting: {}", p.cache_len());
         assert_eq!(p.cache_len(), 0);
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(6));
@@ -1015,43 +1373,53 @@ mod tests {
             ..ProxyConfig::default()
         };
         let mut p = Proxy::new(config, t(0));
-        p.handle_upstream_connected(t(0));
-        assert!(!p.upstream_verified(), "not before the AUTH is answered");
+        p.handle_upstream_connected(Lane::Main, t(0));
+        assert!(
+            !p.upstream_verified(Lane::Main),
+            "not before the AUTH is answered"
+        );
         let c = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
-        p.handle_upstream_input(format!("-{}\r\n", ExecError::WrongPass).as_bytes(), t(2));
+        p.handle_upstream_input(
+            Lane::Main,
+            format!("-{}\r\n", ExecError::WrongPass).as_bytes(),
+            t(2),
+        );
         let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
-        assert!(events.contains(&ProxyEvent::ResetUpstream), "{events:?}");
+        assert!(
+            events.contains(&ProxyEvent::ResetUpstream(Lane::Main)),
+            "{events:?}"
+        );
         let refused = UpstreamError::RefusedPassword(ExecError::WrongPass.to_string());
         assert_eq!(output(&mut p, c), format!("-{refused}\r\n"));
-        assert_eq!(p.upstream_fault(), Some(&refused));
-        assert!(!p.upstream_verified());
+        assert_eq!(p.upstream_fault(Lane::Main), Some(&refused));
+        assert!(!p.upstream_verified(Lane::Main));
         // Until the next attempt, requests fail at once with the cause.
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(3));
         let reply = output(&mut p, c);
         println!("a client's reply while refused: {reply:?}");
         assert_eq!(reply, format!("-{refused}\r\n"));
         // The right password on the next connection: verified.
-        p.handle_upstream_connecting(t(400));
-        p.handle_upstream_connected(t(400));
-        p.handle_upstream_input(b"+OK\r\n", t(401));
-        assert!(p.upstream_verified());
-        assert_eq!(p.upstream_fault(), None);
+        p.handle_upstream_connecting(Lane::Main, t(400));
+        p.handle_upstream_connected(Lane::Main, t(400));
+        p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(401));
+        assert!(p.upstream_verified(Lane::Main));
+        assert_eq!(p.upstream_fault(Lane::Main), None);
     }
 
     #[test]
     fn a_client_cap_line_without_a_handshake_is_a_refusal() {
         let t = Instant::from_millis;
         let mut p = Proxy::new(ProxyConfig::default(), t(0));
-        p.handle_upstream_connected(t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
         let c = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
-        p.handle_upstream_input(crate::errors::MAX_CLIENTS_REPLY, t(2));
+        p.handle_upstream_input(Lane::Main, crate::errors::MAX_CLIENTS_REPLY, t(2));
         let reply = output(&mut p, c);
         assert_eq!(
             reply,
             "-ERR upstream is at its client limit (ERR max number of clients reached)\r\n"
         );
-        assert!(!p.upstream_verified());
+        assert!(!p.upstream_verified(Lane::Main));
     }
 }

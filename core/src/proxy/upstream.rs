@@ -10,6 +10,7 @@
 //! [`Reconnect`](crate::backoff::Reconnect).
 
 use super::clients::Waiter;
+use super::framer::Framer;
 use super::UpstreamState;
 use crate::auth::Password;
 use crate::command::{encode_resp_args, Command};
@@ -57,6 +58,27 @@ pub(super) enum Incoming {
     Ready,
     /// The pipe can no longer be trusted.
     Fault(UpstreamError),
+    /// The next piece of a large reply to the oldest request, as it came
+    /// off the wire (a pass-through lane's only): `last` holds the request
+    /// once the reply is complete.
+    Chunk {
+        bytes: Bytes,
+        last: Option<InFlight>,
+    },
+}
+
+/// A reply this long that is not complete yet goes on as chunks: below
+/// it, replies are decoded whole.
+const STREAM_FROM: usize = 16 * 1024;
+
+/// A pass-through lane's input: replies are framed, not decoded, and the
+/// large ones handed on a read at a time (see `framer.rs`).
+#[derive(Debug, Default)]
+struct Raw {
+    buf: BytesMut,
+    framer: Framer,
+    /// The reply at the front is being handed on in chunks.
+    streaming: bool,
 }
 
 /// The upstream connection, as the proxy sees it.
@@ -85,6 +107,8 @@ pub(super) struct Upstream {
     fault: Option<UpstreamError>,
     /// What requests fail with while the state is `Down`.
     down_cause: UpstreamError,
+    /// A pass-through lane's framing (`None`: replies are decoded).
+    raw: Option<Raw>,
 }
 
 impl Upstream {
@@ -104,6 +128,31 @@ impl Upstream {
             answered: false,
             fault: None,
             down_cause: UpstreamError::Unavailable,
+            raw: None,
+        }
+    }
+
+    /// A pipe whose large replies are handed on as [`Incoming::Chunk`]s
+    /// as they arrive, never held whole.
+    pub fn pass_through(request_timeout: Duration) -> Self {
+        Upstream {
+            raw: Some(Raw::default()),
+            ..Upstream::new(request_timeout)
+        }
+    }
+
+    /// The waiter of the oldest request in flight.
+    pub fn head_waiter(&self) -> Option<Waiter> {
+        self.in_flight
+            .front()
+            .and_then(|r| r.waiters.first().copied())
+    }
+
+    /// The reply to the oldest request is coming: its deadline starts
+    /// again, as a large reply takes as long as it takes to arrive.
+    pub fn handle_progress(&mut self, now: Instant) {
+        if let Some(req) = self.in_flight.front_mut() {
+            req.deadline = now + self.request_timeout;
         }
     }
 
@@ -191,6 +240,9 @@ impl Upstream {
     pub fn handle_connected(&mut self, password: Option<&Password>, now: Instant) {
         self.state = UpstreamState::Up;
         self.decoder.reset();
+        if let Some(raw) = &mut self.raw {
+            *raw = Raw::default();
+        }
         self.verified = password.is_none();
         self.answered = false;
         self.fault = None;
@@ -216,11 +268,71 @@ impl Upstream {
     }
 
     pub fn feed(&mut self, data: &[u8]) {
-        self.decoder.feed(data);
+        match &mut self.raw {
+            Some(raw) => raw.buf.extend_from_slice(data),
+            None => self.decoder.feed(data),
+        }
     }
 
-    /// The next thing the received bytes say, if they are complete.
+    /// The next thing the received bytes say, if they are complete (or,
+    /// on a pass-through lane, the next piece of a large reply).
     pub fn next_reply(&mut self) -> Option<Incoming> {
+        if self.raw.is_some() {
+            return self.next_raw();
+        }
+        self.next_decoded()
+    }
+
+    /// A pass-through lane's next reply: one shorter than [`STREAM_FROM`]
+    /// bytes is decoded as on any lane; a longer one goes on as chunks of
+    /// what has arrived.
+    fn next_raw(&mut self) -> Option<Incoming> {
+        let raw = self.raw.as_mut()?;
+        if raw.buf.is_empty() {
+            return None;
+        }
+        let done = match raw.framer.scan(&raw.buf) {
+            Ok(done) => done,
+            Err(_) => return Some(Incoming::Fault(UpstreamError::Malformed)),
+        };
+        let n = raw.framer.scanned();
+        if !raw.streaming {
+            if n < STREAM_FROM {
+                if !done {
+                    return None;
+                }
+                let whole = raw.buf.split_to(n);
+                raw.framer.consumed();
+                self.decoder.feed(&whole);
+                return self.next_decoded();
+            }
+            // Only a request's reply is large: not the handshake's, nor
+            // something the server sends unasked.
+            if !self.handshake.is_empty() || self.in_flight.is_empty() {
+                return Some(Incoming::Fault(UpstreamError::Malformed));
+            }
+            raw.streaming = true;
+        }
+        if n == 0 {
+            return None;
+        }
+        let bytes = raw.buf.split_to(n).freeze();
+        raw.framer.consumed();
+        self.answered = true;
+        if !done {
+            return Some(Incoming::Chunk { bytes, last: None });
+        }
+        raw.streaming = false;
+        let req = self.in_flight.pop_front()?;
+        self.head_seq += 1;
+        Some(Incoming::Chunk {
+            bytes,
+            last: Some(req),
+        })
+    }
+
+    /// The next decoded reply, classified.
+    fn next_decoded(&mut self) -> Option<Incoming> {
         let reply = match self.decoder.next_reply() {
             Ok(Some(reply)) => reply,
             Ok(None) => return None,
@@ -259,7 +371,7 @@ impl Upstream {
                 if reply.is_error() && self.fill_error.is_none() {
                     self.fill_error = Some(reply);
                 }
-                return self.next_reply();
+                return self.next_decoded();
             }
             self.fill_read = 0;
             match (self.fill_error.take(), reply) {
@@ -291,6 +403,9 @@ impl Upstream {
         let counted = !self.in_flight.is_empty() || self.state == UpstreamState::Up;
         self.out.clear();
         self.decoder.reset();
+        if let Some(raw) = &mut self.raw {
+            *raw = Raw::default();
+        }
         self.handshake.clear();
         self.fill_read = 0;
         self.fill_error = None;

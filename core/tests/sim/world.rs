@@ -26,7 +26,7 @@ use kv_core::backoff::Lost;
 use kv_core::db::EXPIRE_BUDGET;
 use kv_core::{
     AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, ConnConfig,
-    ConnPolicy, Decoder, End, Failure, Instant, Owed, Proxy, ProxyEvent, Reconnect, Reply,
+    ConnPolicy, Decoder, End, Failure, Instant, Lane, Owed, Proxy, ProxyEvent, Reconnect, Reply,
     ReplyDecoder, ReplyLimits, RequestId, Server, ServerConfig, ServerConnection, Source, Stall,
     UpstreamState,
 };
@@ -1041,7 +1041,7 @@ impl World {
                     .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
                 trace!(self, "server => p{pi}: {} bytes", data.len());
                 if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
-                    proxy.handle_upstream_input(&data, now);
+                    proxy.handle_upstream_input(Lane::Main, &data, now);
                 }
                 self.pump_proxy(pi)?;
             }
@@ -1192,7 +1192,9 @@ impl World {
             for ev in events {
                 match ev {
                     ProxyEvent::ClientReady(id) => self.drain_client(pi, id)?,
-                    ProxyEvent::ResetUpstream => self.upstream_reset(pi)?,
+                    ProxyEvent::ResetUpstream(Lane::Main) => self.upstream_reset(pi)?,
+                    // The simulated clients send nothing for the bulk lane.
+                    ProxyEvent::ResetUpstream(Lane::Bulk) | ProxyEvent::UpstreamReadable(_) => {}
                 }
             }
             let lat = self.latency();
@@ -1202,7 +1204,7 @@ impl World {
             };
             match &mut node.upstream {
                 Upstream::Up(link) => {
-                    if let Some(bytes) = proxy.poll_upstream_transmit() {
+                    if let Some(bytes) = proxy.poll_upstream_transmit(Lane::Main) {
                         link.to_server.send(now + lat, bytes.freeze());
                         progressed = true;
                     }
@@ -1210,7 +1212,7 @@ impl World {
                 // Told the connection is gone, the proxy must queue, not
                 // transmit.
                 _ if proxy.upstream_state() != UpstreamState::Up
-                    && proxy.poll_upstream_transmit().is_some() =>
+                    && proxy.poll_upstream_transmit(Lane::Main).is_some() =>
                 {
                     return violation(
                         "driver",
@@ -1865,7 +1867,11 @@ impl World {
             .proxy
             .as_ref()
             .is_none_or(|p| p.upstream_in_flight() == 0);
-        if node.proxy.as_ref().is_some_and(Proxy::upstream_verified) {
+        if node
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.upstream_verified(Lane::Main))
+        {
             node.reconnect.handle_verified();
         }
         let decision = match node.upstream {
@@ -1897,7 +1903,7 @@ impl World {
             Lost::Retry(at) => {
                 if self.p.bug != Some(Bug::SkipUpstreamLost) {
                     if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
-                        proxy.handle_upstream_lost(now);
+                        proxy.handle_upstream_lost(Lane::Main, now);
                     }
                 }
                 trace!(self, "p{pi}: upstream lost; retrying at {}", fmt_t(at));
@@ -1911,7 +1917,11 @@ impl World {
     fn upstream_reset(&mut self, pi: usize) -> Check {
         let now = self.now;
         let node = &mut self.proxies[pi];
-        if node.proxy.as_ref().is_some_and(Proxy::upstream_verified) {
+        if node
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.upstream_verified(Lane::Main))
+        {
             node.reconnect.handle_verified();
         }
         let retry_at = node.reconnect.handle_reset(now);
@@ -2234,7 +2244,7 @@ impl World {
                     let done_at = now + Duration::from_micros(self.rng.below(20_000));
                     self.proxies[pi].upstream = Upstream::Connecting { done_at };
                     if let Some(p) = self.proxies[pi].proxy.as_mut() {
-                        p.handle_upstream_connecting(now);
+                        p.handle_upstream_connecting(Lane::Main, now);
                     }
                     fired = true;
                     self.pump_proxy(pi)?;
@@ -2262,7 +2272,7 @@ impl World {
                         self.proxies[pi].reconnect.handle_connected(now);
                         self.proxies[pi].connected_at = Some(now);
                         if let Some(p) = self.proxies[pi].proxy.as_mut() {
-                            p.handle_upstream_connected(now);
+                            p.handle_upstream_connected(Lane::Main, now);
                         }
                         trace!(self, "p{pi}: upstream connected");
                         self.pump_proxy(pi)?;

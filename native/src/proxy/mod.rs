@@ -28,8 +28,8 @@ use crate::runtime::net::AcceptHooks;
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
 use kv_core::{
-    AnnotatedReply, CacheConfig, ClientId, ClientKind, ClientStatus, Limits, Proxy, ProxyConfig,
-    ProxyEvent, ProxyStats,
+    AnnotatedReply, CacheConfig, ClientId, ClientKind, ClientStatus, Lane, Limits, Proxy,
+    ProxyConfig, ProxyEvent, ProxyStats,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -80,19 +80,28 @@ impl Default for ProxyOptions {
     }
 }
 
+/// The wake-ups of one lane's upstream task.
+#[derive(Default)]
+struct LaneWake {
+    /// Wakes the upstream writer: requests are queued.
+    ready: Notify,
+    /// Wakes the upstream task to drop its connection.
+    reset: Notify,
+    /// Set with `reset`; cleared when a new connection is made, as a reset
+    /// asked while no connection is up has nothing left to reset.
+    reset_requested: Cell<bool>,
+    /// Wakes the upstream reader: the lane is to be read again.
+    readable: Notify,
+}
+
 /// The proxy machine and the wake-ups of the tasks that drive it.
 struct Inner {
     proxy: RefCell<Proxy>,
     epoch: Epoch,
     /// Each client task's wake-up, for [`ProxyEvent::ClientReady`].
     clients: RefCell<HashMap<ClientId, Rc<Notify>>>,
-    /// Wakes the upstream writer: requests are queued.
-    upstream_ready: Notify,
-    /// Wakes the upstream task to drop its connection.
-    upstream_reset: Notify,
-    /// Set with `upstream_reset`; cleared when a new connection is made, as
-    /// a reset asked while no connection is up has nothing left to reset.
-    reset_requested: Cell<bool>,
+    /// Per lane ([`Lane::ALL`] order), the wake-ups of its upstream task.
+    lanes: [LaneWake; 2],
     /// Wakes the timer task: the deadline may have moved earlier.
     timer_wake: Notify,
     /// The deadline the timer task sleeps until (`None`: no deadline).
@@ -124,9 +133,7 @@ impl ProxyHandle {
                 proxy: RefCell::new(Proxy::new(config, epoch.now())),
                 epoch,
                 clients: RefCell::new(HashMap::new()),
-                upstream_ready: Notify::new(),
-                upstream_reset: Notify::new(),
-                reset_requested: Cell::new(false),
+                lanes: Default::default(),
                 timer_wake: Notify::new(),
                 timer_armed: Cell::new(None),
             }),
@@ -252,6 +259,10 @@ impl ProxyHandle {
         self.inner.proxy.borrow().upstream_in_flight() == 0
     }
 
+    fn wake(&self, lane: Lane) -> &LaneWake {
+        &self.inner.lanes[usize::from(lane == Lane::Bulk)]
+    }
+
     fn request_timeout(&self) -> Duration {
         self.inner.proxy.borrow().config().request_timeout
     }
@@ -264,48 +275,61 @@ impl ProxyHandle {
     }
 
     /// See [`Proxy::upstream_verified`].
-    fn upstream_verified(&self) -> bool {
-        self.inner.proxy.borrow().upstream_verified()
+    fn upstream_verified(&self, lane: Lane) -> bool {
+        self.inner.proxy.borrow().upstream_verified(lane)
     }
 
     /// See [`Proxy::upstream_fault`].
-    fn upstream_fault(&self) -> Option<kv_core::UpstreamError> {
-        self.inner.proxy.borrow().upstream_fault().cloned()
+    fn upstream_fault(&self, lane: Lane) -> Option<kv_core::UpstreamError> {
+        self.inner.proxy.borrow().upstream_fault(lane).cloned()
     }
 
-    fn poll_upstream_transmit(&self) -> Option<BytesMut> {
-        self.inner.proxy.borrow_mut().poll_upstream_transmit()
+    /// See [`Proxy::upstream_wants_input`].
+    fn upstream_wants_input(&self, lane: Lane) -> bool {
+        self.inner.proxy.borrow().upstream_wants_input(lane)
     }
 
-    fn handle_upstream_input(&self, data: &[u8]) {
+    fn poll_upstream_transmit(&self, lane: Lane) -> Option<BytesMut> {
+        self.inner.proxy.borrow_mut().poll_upstream_transmit(lane)
+    }
+
+    fn handle_upstream_input(&self, lane: Lane, data: &[u8]) {
         let now = self.inner.epoch.now();
         self.inner
             .proxy
             .borrow_mut()
-            .handle_upstream_input(data, now);
-        self.drain(None, false);
+            .handle_upstream_input(lane, data, now);
+        // Replies may release requests waiting on the other lane (or the
+        // bulk lane's next turn): both writers look.
+        self.drain(None, true);
     }
 
-    fn handle_upstream_connecting(&self) {
+    fn handle_upstream_connecting(&self, lane: Lane) {
         let now = self.inner.epoch.now();
         self.inner
             .proxy
             .borrow_mut()
-            .handle_upstream_connecting(now);
+            .handle_upstream_connecting(lane, now);
     }
 
-    fn handle_upstream_connected(&self) {
+    fn handle_upstream_connected(&self, lane: Lane) {
         let now = self.inner.epoch.now();
-        self.inner.reset_requested.set(false);
-        self.inner.proxy.borrow_mut().handle_upstream_connected(now);
+        self.wake(lane).reset_requested.set(false);
+        self.inner
+            .proxy
+            .borrow_mut()
+            .handle_upstream_connected(lane, now);
         // Requests queued while connecting can go out now.
-        self.inner.upstream_ready.notify_one();
+        self.wake(lane).ready.notify_one();
         self.drain(None, false);
     }
 
-    fn handle_upstream_lost(&self) {
+    fn handle_upstream_lost(&self, lane: Lane) {
         let now = self.inner.epoch.now();
-        self.inner.proxy.borrow_mut().handle_upstream_lost(now);
+        self.inner
+            .proxy
+            .borrow_mut()
+            .handle_upstream_lost(lane, now);
         self.drain(None, false);
     }
 
@@ -330,14 +354,22 @@ impl ProxyHandle {
                         }
                     }
                 }
-                ProxyEvent::ResetUpstream => {
-                    inner.reset_requested.set(true);
-                    inner.upstream_reset.notify_one();
+                ProxyEvent::ResetUpstream(lane) => {
+                    let wake = &inner.lanes[usize::from(lane == Lane::Bulk)];
+                    wake.reset_requested.set(true);
+                    wake.reset.notify_one();
+                }
+                ProxyEvent::UpstreamReadable(lane) => {
+                    inner.lanes[usize::from(lane == Lane::Bulk)]
+                        .readable
+                        .notify_one();
                 }
             }
         }
         if queued_upstream {
-            inner.upstream_ready.notify_one();
+            for wake in &inner.lanes {
+                wake.ready.notify_one();
+            }
         }
         if let Some(next) = proxy.poll_timeout() {
             if inner.timer_armed.get().is_none_or(|armed| next < armed) {
@@ -407,11 +439,13 @@ async fn refresh_host_facts(handle: ProxyHandle, port: u16) {
 /// `LocalSet`. Client drivers then join through the returned handle.
 fn start(options: &ProxyOptions) -> ProxyHandle {
     let handle = ProxyHandle::new(options.proxy.clone(), Epoch::new());
-    let span = tracing::info_span!("upstream", addr = %options.upstream);
-    tokio::task::spawn_local(tracing::Instrument::instrument(
-        upstream::run(handle.clone(), options.upstream),
-        span,
-    ));
+    for lane in Lane::ALL {
+        let span = tracing::info_span!("upstream", addr = %options.upstream, lane = lane.name());
+        tokio::task::spawn_local(tracing::Instrument::instrument(
+            upstream::run(handle.clone(), options.upstream, lane),
+            span,
+        ));
+    }
     tokio::task::spawn_local(timer::run(handle.clone()));
     handle
 }

@@ -2,7 +2,7 @@
 //! [connection loop](crate::conn) around its slot in the proxy.
 
 use super::{ProxyHandle, ProxyOptions};
-use crate::conn::{self, Conn, Wake};
+use crate::conn::{self, Conn, OutputProbe, Wake};
 use crate::runtime::net;
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
@@ -97,6 +97,14 @@ impl Conn for TcpClient {
         self.handle.client_status(self.id).held
     }
 
+    fn output_probe(&self) -> Option<OutputProbe> {
+        let (handle, id) = (self.handle.clone(), self.id);
+        Some(OutputProbe {
+            news: self.notify.clone(),
+            held: Box::new(move || handle.client_status(id).held),
+        })
+    }
+
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
         tokio::select! {
             biased;
@@ -130,8 +138,11 @@ impl Conn for TcpClient {
                 debug!(?stall, mid_command, "client timed out");
             }
             End::OutputLimit => {
-                self.handle
-                    .update_stats(|s| s.output_limit_disconnections += 1);
+                // A client the core cut off itself is counted already.
+                if !self.handle.client_status(self.id).cut {
+                    self.handle
+                        .update_stats(|s| s.output_limit_disconnections += 1);
+                }
                 debug!("client over its output-buffer limit: disconnected");
             }
             End::Finished | End::Shutdown => net::close_gently(&mut self.stream).await,

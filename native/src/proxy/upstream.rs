@@ -9,7 +9,7 @@
 use super::ProxyHandle;
 use bytes::BytesMut;
 use kv_core::backoff::Lost;
-use kv_core::{Reconnect, UpstreamError};
+use kv_core::{Lane, Reconnect, UpstreamError};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,13 +42,13 @@ fn report_failure(reconnect: &mut Reconnect, cause: &str) {
     }
 }
 
-/// Runs forever.
-pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
+/// Runs the lane's connection forever.
+pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
     let epoch = handle.epoch();
     let connect_timeout = Reconnect::connect_timeout(handle.request_timeout());
     let mut reconnect = Reconnect::new(handle.reconnect_seed());
     loop {
-        handle.handle_upstream_connecting();
+        handle.handle_upstream_connecting(lane);
         let connected = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
         {
             Ok(Ok(stream)) => Ok(stream),
@@ -62,19 +62,21 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
                 }
                 debug!("upstream connected");
                 reconnect.handle_connected(epoch.now());
-                handle.handle_upstream_connected();
-                let end = connection(&handle, stream, &mut reconnect).await;
+                handle.handle_upstream_connected(lane);
+                let end = connection(&handle, stream, &mut reconnect, lane).await;
                 // With no handshake, a connection that ends without a
                 // refusal counts as accepted (idle ones are closed unread).
-                if handle.upstream_verified() {
+                if handle.upstream_verified(lane) {
                     reconnect.handle_verified();
                 }
                 // A refusal the proxy saw on the connection is the real
                 // cause, whichever way the connection then ended.
-                let refusal = handle.upstream_fault().filter(UpstreamError::is_refusal);
+                let refusal = handle
+                    .upstream_fault(lane)
+                    .filter(UpstreamError::is_refusal);
                 match end {
                     End::Reset => {
-                        let cause = handle.upstream_fault().map_or_else(
+                        let cause = handle.upstream_fault(lane).map_or_else(
                             || "upstream connection reset".to_owned(),
                             |e| format!("{}; connection reset", cause_of(&e)),
                         );
@@ -98,7 +100,7 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
                                     cause_of,
                                 );
                                 report_failure(&mut reconnect, &cause);
-                                handle.handle_upstream_lost();
+                                handle.handle_upstream_lost(lane);
                                 at
                             }
                         }
@@ -110,7 +112,7 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
                     &mut reconnect,
                     &format!("cannot connect upstream: {reason}"),
                 );
-                handle.handle_upstream_lost();
+                handle.handle_upstream_lost(lane);
                 reconnect.handle_failed(epoch.now())
             }
         };
@@ -121,26 +123,40 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr) {
 /// Drives one upstream connection until it fails or a reset is asked for.
 /// Reading and writing run concurrently: writing only while not reading could
 /// deadlock with a server that stops reading while its replies are not read.
-async fn connection(handle: &ProxyHandle, mut stream: TcpStream, reconnect: &mut Reconnect) -> End {
+async fn connection(
+    handle: &ProxyHandle,
+    mut stream: TcpStream,
+    reconnect: &mut Reconnect,
+    lane: Lane,
+) -> End {
     let (mut rd, mut wr) = stream.split();
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut verified = false;
         loop {
+            while !handle.upstream_wants_input(lane) {
+                handle.wake(lane).readable.notified().await;
+            }
             buf.reserve(READ_CHUNK);
             match rd.read_buf(&mut buf).await {
                 Ok(0) => return End::Lost("closed by the server".to_string()),
                 Ok(_) => {
-                    handle.handle_upstream_input(&buf);
+                    handle.handle_upstream_input(lane, &buf);
                     buf.clear();
                     // Only a server that answered properly ends the backoff:
                     // one that accepts and then refuses is still failing.
-                    if !verified && handle.upstream_verified() {
+                    if !verified && handle.upstream_verified(lane) {
                         verified = true;
                         reconnect.handle_verified();
                         if reconnect.note_recovered() {
                             info!("upstream connection works again");
                         }
+                    }
+                    if lane == Lane::Bulk {
+                        // A large reply arrives as fast as the server writes
+                        // it: the clients (and the main lane) go between
+                        // two of its reads.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Err(e) => return End::Lost(e.to_string()),
@@ -149,20 +165,20 @@ async fn connection(handle: &ProxyHandle, mut stream: TcpStream, reconnect: &mut
     };
     let writer = async {
         loop {
-            while let Some(out) = handle.poll_upstream_transmit() {
+            while let Some(out) = handle.poll_upstream_transmit(lane) {
                 if let Err(e) = wr.write_all(&out).await {
                     return End::Lost(e.to_string());
                 }
             }
-            handle.inner.upstream_ready.notified().await;
+            handle.wake(lane).ready.notified().await;
         }
     };
     let reset = async {
         loop {
-            if handle.inner.reset_requested.get() {
+            if handle.wake(lane).reset_requested.get() {
                 return End::Reset;
             }
-            handle.inner.upstream_reset.notified().await;
+            handle.wake(lane).reset.notified().await;
         }
     };
     tokio::select! {
