@@ -88,6 +88,8 @@ pub(super) struct Client {
     pub parked: Option<(Command, Dialect)>,
     /// Cut off for holding more output than its limit.
     pub cut: bool,
+    /// When the client's last read on the bulk lane was answered.
+    pub bulk_read_at: Option<Instant>,
 }
 
 impl Client {
@@ -195,6 +197,7 @@ impl Clients {
                 in_flight: [0, 0],
                 parked: None,
                 cut: false,
+                bulk_read_at: None,
             },
         );
         id
@@ -235,6 +238,9 @@ impl Clients {
         if let Some(slot) = client.slots.get_mut(idx as usize) {
             if let Some(lane) = slot.lane.take() {
                 client.in_flight[lane.index()] -= 1;
+                if lane == Lane::Bulk {
+                    client.bulk_read_at = Some(now);
+                }
             }
             slot.done = Some((reply, source, now));
         }

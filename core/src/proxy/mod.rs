@@ -724,7 +724,11 @@ impl Proxy {
                 Route::CachedRead => {
                     let key = cache_key(&cmd);
                     let upstream = &self.upstream;
-                    let get = self.keys.get_route(key, |seq| upstream.is_live(seq));
+                    let get = if client.reads_past_cache(now, self.config.cache.ttl) {
+                        GetRoute::Upstream
+                    } else {
+                        self.keys.get_route(key, |seq| upstream.is_live(seq))
+                    };
                     if get == GetRoute::Cache && client.nothing_queued() {
                         // The hot path: a hit for a byte-stream client with
                         // nothing queued ahead of it is encoded straight into
@@ -752,7 +756,11 @@ impl Proxy {
                 }
                 Route::Forward { write } => {
                     let waiter = client.push_slot(id, dialect, spec, now);
-                    if let Some((reply, age)) = self.values_from_cache(&cmd, now) {
+                    let past_cache = client.reads_past_cache(now, self.config.cache.ttl);
+                    if let Some((reply, age)) = (!past_cache)
+                        .then(|| self.values_from_cache(&cmd, now))
+                        .flatten()
+                    {
                         self.complete(waiter, reply, Source::Cache { age }, now);
                         continue;
                     }
@@ -1320,6 +1328,15 @@ impl clients::Client {
     /// Whether a request routed so must wait (see [`Lane`]).
     fn must_wait(&self, cmd: &Command, route: Route) -> bool {
         request_lane(cmd, route).is_some_and(|lane| self.must_wait_for(lane))
+    }
+
+    /// Whether the client's reads skip the cache now: after it read the
+    /// whole keyspace from the server (`DUMP` on the bulk lane), any cache
+    /// entry older than that read may hold a value older than one it has
+    /// seen, so until every such entry has expired (a TTL) its reads go to
+    /// the server, and do not join a read sent before.
+    fn reads_past_cache(&self, now: Instant, ttl: Duration) -> bool {
+        self.bulk_read_at.is_some_and(|at| now < at + ttl)
     }
 }
 

@@ -588,6 +588,26 @@ impl Model {
                 [_, token] => Reply::Bulk(token.clone()),
                 _ => return Err("PING with arguments".into()),
             },
+            "dump" => {
+                let mut pairs: Vec<(Bytes, Bytes)> = (0..self.keys.len())
+                    .filter_map(|k| {
+                        self.current(k)
+                            .map(|seq| (key_name(k), value_bytes(k, seq)))
+                    })
+                    .chain((0..self.counters.len()).filter_map(|n| {
+                        let v = self.counters[n].value?;
+                        Some((counter_name(n), Bytes::from(v.to_string())))
+                    }))
+                    .collect();
+                pairs.sort();
+                // As the wire has it (RESP2): a flat array.
+                Reply::Array(
+                    pairs
+                        .into_iter()
+                        .flat_map(|(k, v)| [Reply::Bulk(k), Reply::Bulk(v)])
+                        .collect(),
+                )
+            }
             other => {
                 return Err(format!(
                     "the server was sent {other:?}, which the simulation never sends"

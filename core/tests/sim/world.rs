@@ -138,6 +138,10 @@ struct ProxyNode {
     /// When the current proxy process last connected upstream: nothing its
     /// cache held before may be served after (the server may have lost it).
     connected_at: Option<Instant>,
+    /// The proxy's bulk lane at the server: connected and lost with the
+    /// main lane's connection, and delivering at once (its replies come
+    /// whole, or in chunks past the pass-through threshold).
+    bulk: Option<ServerConnection>,
     /// Client connections: (proxy's id, client index).
     attached: Vec<(ClientId, usize)>,
 }
@@ -199,6 +203,8 @@ enum Intent {
     Pttl(usize),
     Mget(Vec<usize>),
     Mset(Vec<(usize, u64)>),
+    /// Every pair: through a proxy, on its bulk lane.
+    Dump,
     Incr(usize),
     Watch(Vec<Key>),
     Multi,
@@ -234,6 +240,7 @@ impl Intent {
                 .chain(keys.iter().map(|k| format!("k{k}")))
                 .collect(),
             Intent::Ping(t) => vec![w("PING"), format!("t{t}")],
+            Intent::Dump => vec![w("DUMP")],
             Intent::Pexpire(k, ms) => vec![w("PEXPIRE"), format!("k{k}"), ms.to_string()],
             Intent::Persist(k) => vec![w("PERSIST"), format!("k{k}")],
             Intent::Pttl(k) => vec![w("PTTL"), format!("k{k}")],
@@ -433,6 +440,7 @@ impl World {
                 },
                 reconnect: Reconnect::new(p.seed),
                 connected_at: None,
+                bulk: None,
                 attached: Vec::new(),
             })
             .collect();
@@ -692,10 +700,11 @@ impl World {
                     .collect();
                 Intent::Mset(pairs)
             }
-            930..=959 => {
+            930..=949 => {
                 self.next_token += 1;
                 Intent::Ping(self.next_token)
             }
+            950..=959 => Intent::Dump,
             // Transactions: mostly from direct clients, where they run; a
             // few through proxies, which must refuse them.
             _ if self.clients[ci].via == Via::Direct || self.rng.chance(250) => {
@@ -1192,9 +1201,9 @@ impl World {
             for ev in events {
                 match ev {
                     ProxyEvent::ClientReady(id) => self.drain_client(pi, id)?,
-                    ProxyEvent::ResetUpstream(Lane::Main) => self.upstream_reset(pi)?,
-                    // The simulated clients send nothing for the bulk lane.
-                    ProxyEvent::ResetUpstream(Lane::Bulk) | ProxyEvent::UpstreamReadable(_) => {}
+                    ProxyEvent::ResetUpstream(_) => self.upstream_reset(pi)?,
+                    // The bulk lane is delivered whole: never held back.
+                    ProxyEvent::UpstreamReadable(_) => {}
                 }
             }
             let lat = self.latency();
@@ -1202,6 +1211,14 @@ impl World {
             let Some(proxy) = node.proxy.as_mut() else {
                 return Ok(());
             };
+            if let Some(conn) = node.bulk.as_mut() {
+                if let Some(bytes) = proxy.poll_upstream_transmit(Lane::Bulk) {
+                    conn.handle_input(&mut self.server, &bytes);
+                    let replies = conn.transmit_all(&mut self.server);
+                    proxy.handle_upstream_input(Lane::Bulk, &replies, now);
+                    progressed = true;
+                }
+            }
             match &mut node.upstream {
                 Upstream::Up(link) => {
                     if let Some(bytes) = proxy.poll_upstream_transmit(Lane::Main) {
@@ -1429,6 +1446,34 @@ impl World {
                 Ok(value) => self.check_get(ci, req, *k, value, msg, false),
                 Err(got) => violation("reply", format!("{what}: got {got}")),
             },
+            // Every key is checked as a read from the server (the bulk lane
+            // bypasses the cache): not older than what the client wrote or
+            // read before, per key, whichever lane those went on.
+            (Intent::Dump, reply) => {
+                let pairs: Vec<(Bytes, Bytes)> = match reply {
+                    Reply::Array(items) if items.len() % 2 == 0 => items
+                        .chunks_exact(2)
+                        .filter_map(|p| match (&p[0], &p[1]) {
+                            (Reply::Bulk(k), Reply::Bulk(v)) => Some((k.clone(), v.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                    Reply::Pairs(pairs) => pairs,
+                    other => return violation("reply", format!("{what}: got {}", short(&other))),
+                };
+                for k in 0..self.setup.keys {
+                    let name = format!("k{k}");
+                    let value = match pairs.iter().find(|(pk, _)| pk[..] == *name.as_bytes()) {
+                        Some((_, v)) => match self.read_value(k, &Reply::Bulk(v.clone())) {
+                            Ok(value) => value,
+                            Err(got) => return violation("reply", format!("{what}: got {got}")),
+                        },
+                        None => None,
+                    };
+                    self.check_get(ci, req, k, value, msg, true)?;
+                }
+                Ok(())
+            }
             (Intent::Mget(keys), Reply::Array(items)) if items.len() == keys.len() => {
                 for (&k, item) in keys.iter().zip(&items) {
                     match self.read_value(k, item) {
@@ -1859,7 +1904,19 @@ impl World {
 
     /// The driver sees the upstream connection die (or fail to open), and
     /// does what the core's [`Reconnect`] policy says.
+    /// The bulk lane goes with the main lane's connection.
+    fn bulk_lost(&mut self, pi: usize) {
+        let now = self.now;
+        if let Some(mut conn) = self.proxies[pi].bulk.take() {
+            conn.end(&mut self.server);
+            if let Some(p) = self.proxies[pi].proxy.as_mut() {
+                p.handle_upstream_lost(Lane::Bulk, now);
+            }
+        }
+    }
+
     fn upstream_lost(&mut self, pi: usize, ghosts: bool) -> Check {
+        self.bulk_lost(pi);
         let now = self.now;
         let connect_in = Duration::from_micros(self.rng.below(20_000));
         let node = &mut self.proxies[pi];
@@ -1915,6 +1972,7 @@ impl World {
     /// The proxy asked for a reset: drop the connection, and reconnect when
     /// the core's [`Reconnect`] policy says (the proxy queues meanwhile).
     fn upstream_reset(&mut self, pi: usize) -> Check {
+        self.bulk_lost(pi);
         let now = self.now;
         let node = &mut self.proxies[pi];
         if node
@@ -1941,6 +1999,9 @@ impl World {
         let down_for = Duration::from_micros(self.rng.below(400_000));
         trace!(self, "FAULT p{pi} restarts (down for {down_for:?})");
         let attached = std::mem::take(&mut self.proxies[pi].attached);
+        if let Some(mut conn) = self.proxies[pi].bulk.take() {
+            conn.end(&mut self.server);
+        }
         let node = &mut self.proxies[pi];
         if let Some(p) = node.proxy.take() {
             self.stats.proxy_hits += p.cache_stats().hits;
@@ -2273,6 +2334,10 @@ impl World {
                         self.proxies[pi].connected_at = Some(now);
                         if let Some(p) = self.proxies[pi].proxy.as_mut() {
                             p.handle_upstream_connected(Lane::Main, now);
+                            p.handle_upstream_connecting(Lane::Bulk, now);
+                            p.handle_upstream_connected(Lane::Bulk, now);
+                            let limits = self.server.config().limits;
+                            self.proxies[pi].bulk = Some(ServerConnection::new(limits));
                         }
                         trace!(self, "p{pi}: upstream connected");
                         self.pump_proxy(pi)?;
