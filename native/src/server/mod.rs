@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub inline_replies: kv_core::server::InlineReplies,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The memory bound (`--maxmemory` and its policy).
+    pub maxmemory: kv_core::server::MaxMemory,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             password: None,
             inline_replies: kv_core::server::InlineReplies::Human,
             metrics: None,
+            maxmemory: kv_core::server::MaxMemory::default(),
         }
     }
 }
@@ -87,6 +90,7 @@ pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
         hash_seed: options.hash_seed,
         password: options.password.clone(),
         inline_replies: options.inline_replies,
+        maxmemory: options.maxmemory,
     });
     server.set_stopwatch(clock::stopwatch);
     // Replay drops what has expired by now.
@@ -195,9 +199,10 @@ pub async fn run_prepared(
 
 /// Active expiry: wakes when the next key is due (or at least every
 /// [`HOUSEKEEPING`], to refresh the facts `INFO` shows), removes what is
-/// due within the core's budget, and hands the removals to the log. A
-/// call that used its whole budget goes again after yielding, so clients
-/// are served in between.
+/// due within the core's budget (and goes on with an eviction a command
+/// left over its budget), and hands the removals to the log. A call that
+/// used its whole budget goes again after yielding, so clients are served
+/// in between.
 async fn expire_keys(shared: Rc<Shared>, port: u16) {
     let started = std::time::Instant::now();
     let mut trim = crate::runtime::host::Trim::default();
