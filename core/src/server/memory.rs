@@ -795,6 +795,55 @@ mod tests {
         assert_eq!(run_in(&mut s, &mut watcher, &["EXEC"]), Reply::NilArray);
     }
 
+    /// A rewrite's snapshot shares every entry: evicting one frees nothing
+    /// until the snapshot is written out. The allocator's readings must not
+    /// make eviction chase that memory (each eviction freeing nothing,
+    /// the store would empty), and once the snapshot is gone the memory it
+    /// held is counted again.
+    #[test]
+    fn evictions_during_a_rewrite_do_not_chase_what_the_snapshot_holds() {
+        let per_key = footprint(3, 40);
+        let mut s = server(Policy::AllKeysRandom, 90 * per_key, 5);
+        s.enable_log(LogStatus::default());
+        for i in 0..100 {
+            let _ = run(&mut s, &["SET", &format!("k{i:02}"), V]);
+        }
+        let _ = s.take_log_records();
+        let mut snapshot: Vec<_> = s.store().slots().collect();
+        if let Some(st) = s.log_status_mut() {
+            st.rewrite_in_progress = true;
+        }
+        // What the allocator would count: the store, and what only the
+        // snapshot still holds.
+        let real = |s: &Server, snapshot: &[crate::db::Slot]| {
+            let held: u64 = snapshot
+                .iter()
+                .filter(|slot| !slot.entry.is_shared())
+                .map(|slot| slot.entry.footprint() as u64)
+                .sum();
+            s.store().footprint() + held
+        };
+        for _ in 0..50 {
+            let now = real(&s, &snapshot);
+            s.set_used_memory(now);
+            let _ = run(&mut s, &["PING"]);
+        }
+        assert_eq!(
+            s.evicted_keys(),
+            10,
+            "only the excess, however many readings"
+        );
+        // The rewrite wrote it out: its memory is free, and counted again.
+        snapshot.clear();
+        if let Some(st) = s.log_status_mut() {
+            st.rewrite_in_progress = false;
+        }
+        s.set_used_memory(real(&s, &snapshot));
+        let _ = run(&mut s, &["PING"]);
+        assert_eq!(s.evicted_keys(), 10);
+        assert_eq!(s.used_memory(), 90 * per_key);
+    }
+
     #[test]
     fn config_get_and_set_show_and_change_the_bound_as_redis() {
         let mut s = server(Policy::NoEviction, 0, 5);
