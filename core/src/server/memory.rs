@@ -101,17 +101,22 @@ impl Server {
     /// before a batch of input: what the memory bound and `INFO` count
     /// from, until the next reading.
     pub fn set_used_memory(&mut self, bytes: u64) {
-        let rewriting = self
-            .journal
-            .as_ref()
-            .is_some_and(|j| j.status().rewrite_in_progress);
-        if !rewriting {
+        if !self.snapshot_out() {
             // The snapshot is gone, and with it what it held.
             self.meter.held = 0;
         }
         self.meter.reading = bytes;
         self.meter.base = bytes.saturating_sub(self.meter.held);
         self.meter.footprint_at = self.db.store().footprint();
+    }
+
+    /// Whether a snapshot of the store may be out, sharing its entries:
+    /// while one is, evicted keys it shares stay left out of used memory.
+    /// Every holder of a long-lived snapshot must be named here.
+    fn snapshot_out(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|j| j.status().rewrite_in_progress)
     }
 
     /// Used memory as the bound counts it: the last reading (without what
