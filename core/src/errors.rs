@@ -212,6 +212,15 @@ pub enum ExecError {
     /// `EXEC` after a queuing error.
     #[error("EXECABORT Transaction discarded because of previous errors.")]
     ExecAbort,
+    /// `EXEC` refused before it ran (the text is the reason, without its
+    /// leading `-`): the transaction is discarded, as Redis's
+    /// `execCommandAbort` does.
+    #[error("EXECABORT Transaction discarded because of: {0}")]
+    ExecAbortBecause(String),
+    /// A command that may grow memory while memory is over `maxmemory`
+    /// and nothing may be evicted.
+    #[error("OOM command not allowed when used memory > 'maxmemory'.")]
+    OutOfMemory,
     /// A command that needs state on a connection of its own upstream,
     /// which the proxy does not give (yet).
     #[error("ERR '{0}' is not available through the kv proxy: it needs a dedicated connection to the server (connect to the server directly)")]

@@ -210,6 +210,9 @@ pub struct HostFacts {
     pub used_cpu_sys: f64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
+    /// The allocator and its version (`INFO`'s `mem_allocator`); empty:
+    /// the system's.
+    pub allocator: &'static str,
 }
 
 /// `INFO`'s `# Server` section, the same at both nodes.

@@ -12,10 +12,13 @@ use crate::config::{ConfigError, ConfigFile};
 use crate::persist::{FsyncPolicy, PersistOptions};
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
-use clap::builder::BoolishValueParser;
+use clap::builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kv_core::auth::Password;
+use kv_core::db::Policy;
+use kv_core::server::memory::{parse_memory, MAX_SAMPLES};
+use kv_core::server::MaxMemory;
 use kv_core::{CacheConfig, Limits, OutputLimit, ProxyConfig};
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -313,6 +316,52 @@ impl CacheArgs {
     }
 }
 
+/// The server's memory bound, with Redis's settings (and `CONFIG SET`
+/// changes them while it runs).
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    /// Bound on used memory (the allocator's count of allocated bytes), in
+    /// Redis's units: `100mb`, `1gb` (powers of 1024), `100m`, `1g` (of
+    /// 1000) or bytes; 0 = none. Over it, keys are evicted by
+    /// --maxmemory-policy, or, when none may be, writes are refused.
+    #[arg(long, value_name = "BYTES", value_parser = parse_maxmemory, default_value = "0")]
+    pub maxmemory: u64,
+    /// What goes when memory is over --maxmemory: nothing (`noeviction`:
+    /// writes get Redis's OOM error), any key (`allkeys-lru`, `-lfu`,
+    /// `-random`), or only keys with a time to live (`volatile-lru`,
+    /// `-lfu`, `-random`, `-ttl`).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(Policy::ALL.map(Policy::name))
+            .map(|name| Policy::parse(name.as_bytes()).unwrap_or_default()),
+        default_value = "noeviction"
+    )]
+    pub maxmemory_policy: Policy,
+    /// Keys sampled per eviction by the LRU and LFU policies: more is
+    /// closer to true LRU/LFU, and slower.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_SAMPLES as i64), default_value_t = 5)]
+    pub maxmemory_samples: u16,
+}
+
+impl MemoryArgs {
+    /// The core's settings.
+    pub fn bound(&self) -> MaxMemory {
+        MaxMemory {
+            bytes: self.maxmemory,
+            policy: self.maxmemory_policy,
+            samples: usize::from(self.maxmemory_samples),
+        }
+    }
+}
+
+/// Parses `--maxmemory` as Redis reads a memory value.
+pub fn parse_maxmemory(s: &str) -> Result<u64, String> {
+    parse_memory(s.trim().as_bytes())
+        .ok_or_else(|| format!("invalid memory value '{s}' (expected e.g. 100mb, 1gb or 100000)"))
+}
+
 /// `kv server`.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -331,6 +380,9 @@ pub struct ServerArgs {
     /// Authentication.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// The memory bound.
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off unless given;
     /// `--http` is the same, the server's HTTP listener serving only that).
     #[arg(long, visible_alias = "http", value_name = "ADDR", value_parser = parse_addr)]
@@ -351,6 +403,7 @@ impl ServerArgs {
             password: self.auth.password(),
             inline_replies: self.conn.inline_replies.into(),
             metrics: self.metrics,
+            maxmemory: self.memory.bound(),
         }
     }
 }
@@ -519,6 +572,9 @@ pub struct UpArgs {
     /// and the proxy gives it to the server.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// The server's memory bound.
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// Serve the server's Prometheus metrics at `http://ADDR/metrics` (the
     /// proxy's are at the console's `/metrics`).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -541,6 +597,7 @@ impl UpArgs {
             password: self.auth.password(),
             inline_replies: self.conn.inline_replies.into(),
             metrics: self.server_metrics,
+            maxmemory: self.memory.bound(),
         }
     }
 
@@ -820,6 +877,71 @@ mod tests {
             KvArgs::try_parse_from(["kv", "server", "--in-memory", "--fsync", "always"]).is_err()
         );
         assert!(KvArgs::try_parse_from(["kv", "server", "--fsync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn the_memory_bound_reads_redis_units_from_flags_and_the_file() {
+        let KvCommand::Server(s) = parse(&["server"]) else {
+            panic!("not server")
+        };
+        assert_eq!(s.options(0).maxmemory, MaxMemory::default());
+        let KvCommand::Server(s) = parse(&[
+            "server",
+            "--maxmemory",
+            "100mb",
+            "--maxmemory-policy",
+            "ALLKEYS-LRU",
+            "--maxmemory-samples",
+            "10",
+        ]) else {
+            panic!("not server")
+        };
+        let want = MaxMemory {
+            bytes: 100 << 20,
+            policy: Policy::AllKeysLru,
+            samples: 10,
+        };
+        assert_eq!(s.options(0).maxmemory, want);
+        let KvCommand::Up(u) = parse(&["up", "--maxmemory", "1g"]) else {
+            panic!("not up")
+        };
+        assert_eq!(u.server_options(0).maxmemory.bytes, 1_000_000_000);
+        // The file's values are defaults: the command line wins.
+        let toml = "[server]\nmaxmemory = \"1gb\"\nmaxmemory-policy = \"volatile-ttl\"\nmaxmemory-samples = 3\n";
+        let o = server_with(toml, &[]).options(0);
+        assert_eq!(
+            o.maxmemory,
+            MaxMemory {
+                bytes: 1 << 30,
+                policy: Policy::VolatileTtl,
+                samples: 3
+            }
+        );
+        let o = server_with(toml, &["--maxmemory", "2k"]).options(0);
+        assert_eq!(
+            (o.maxmemory.bytes, o.maxmemory.policy),
+            (2_000, Policy::VolatileTtl)
+        );
+        let o = server_with("[server]\nmaxmemory = 100000\n", &[]).options(0);
+        assert_eq!(o.maxmemory.bytes, 100_000);
+        assert_eq!(
+            refused("[server]\nmaxmemory = \"lots\"\n"),
+            "kv.toml, line 2: 'maxmemory': invalid memory value 'lots' (expected e.g. 100mb, 1gb or 100000)"
+        );
+        assert_eq!(
+            refused("[server]\nmaxmemory-policy = \"forget\"\n"),
+            "kv.toml, line 2: invalid value 'forget' for 'maxmemory-policy': expected volatile-lru, volatile-lfu, \
+             volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, noeviction"
+        );
+        for bad in [
+            &["--maxmemory-samples", "0"][..],
+            &["--maxmemory-samples", "65"],
+            &["--maxmemory", "-1"],
+            &["--maxmemory-policy", "lru"],
+        ] {
+            let argv = ["kv", "server"].into_iter().chain(bad.iter().copied());
+            assert!(KvArgs::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

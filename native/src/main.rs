@@ -6,6 +6,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc: its count of allocated bytes is what `--maxmemory` bounds
+/// (read cheaply, and exactly, from its statistics), and it returns freed
+/// pages to the OS on its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match kv_native::args::parse_from(std::env::args_os()) {
         Ok(args) => args,

@@ -232,6 +232,21 @@ impl Scrape {
             "Keys removed because their deadline passed",
             server.expired_keys(),
         );
+        m.counter(
+            "kv_evicted_keys",
+            "Keys removed to keep memory under --maxmemory",
+            server.evicted_keys(),
+        );
+        m.gauge(
+            "kv_memory_used_bytes",
+            "Used memory as --maxmemory counts it (the allocator's count of allocated bytes)",
+            to_i64(server.used_memory()),
+        );
+        m.gauge(
+            "kv_maxmemory_bytes",
+            "The memory bound (0: none)",
+            to_i64(server.maxmemory().bytes),
+        );
         let journal = server.journal();
         m.gauge(
             "kv_persistence_enabled",
@@ -483,6 +498,8 @@ mod tests {
             "kv_command_duration_seconds_count{command=\"set\"} 1\n",
             "kv_command_duration_seconds_bucket{command=\"get\",le=\"+Inf\"} 2\n",
             "kv_persistence_enabled 0\n",
+            "# TYPE kv_evicted_keys_total counter\nkv_evicted_keys_total 0\n",
+            "kv_maxmemory_bytes 0\n",
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }

@@ -150,11 +150,18 @@ pub(crate) fn lock(snapshot: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
     snapshot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The snapshot the last `DUMP` took, while some reply still holds it.
+/// The snapshot the last `DUMP` took, while some reply still holds it,
+/// and every snapshot still held (to tell whether one is out).
 #[derive(Debug, Default)]
-pub struct DumpCache(Weak<Mutex<Snapshot>>);
+pub struct DumpCache(Weak<Mutex<Snapshot>>, Vec<Weak<Mutex<Snapshot>>>);
 
 impl DumpCache {
+    /// Whether some reply still holds a snapshot, sharing the store's
+    /// entries (evicting one then frees nothing).
+    pub fn snapshot_out(&self) -> bool {
+        self.1.iter().any(|w| w.strong_count() > 0)
+    }
+
     /// A reply of the pairs live in `store` at `now`, sharing the last
     /// snapshot if it is of exactly that.
     pub fn stream(&mut self, store: &mut Store, now: u64) -> DumpStream {
@@ -177,6 +184,8 @@ impl DumpCache {
             }));
             store.watch_writes(Arc::downgrade(&snapshot));
             self.0 = Arc::downgrade(&snapshot);
+            self.1.retain(|w| w.strong_count() > 0);
+            self.1.push(Arc::downgrade(&snapshot));
             snapshot
         });
         DumpStream {

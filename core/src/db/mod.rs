@@ -16,12 +16,21 @@
 //!
 //! `WATCH` is kept here too, since every change of a key passes through
 //! here: a watched key carries a version that each change of it bumps.
+//!
+//! So is eviction ([`evict`]): an evicted key is removed, logged and
+//! signalled to its watchers as an expired one is, and every lookup
+//! counts as an access for the LRU and LFU policies ([`access`]), except
+//! those Redis makes without touching the key (`EXISTS`, `TTL`, `OBJECT`).
 
+pub mod access;
 mod dump;
+pub mod evict;
 pub mod store;
 
+pub use access::AccessMode;
 pub use dump::{DumpStream, COLLECT as DUMP_COLLECT, RUN as DUMP_RUN};
-pub use store::{Entry, Found, Hasher, Slot, SlotRef, Store};
+pub use evict::{Evicted, Policy};
+pub use store::{Entry, Found, Hasher, Slot, SlotRef, Store, ENTRY_OVERHEAD};
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -116,6 +125,12 @@ pub struct Db {
     rng: u64,
     /// The snapshot of the last `DUMP`, for the next one to share.
     dumps: dump::DumpCache,
+    /// Keys removed to bring memory under its bound.
+    evicted: u64,
+    /// The candidates and generator of eviction.
+    evictor: evict::Evictor,
+    /// Seeds what eviction and the access words draw (from the hash seed).
+    seed: u64,
 }
 
 /// How many expired keys one call of [`Db::expire_due`] removes at most:
@@ -135,6 +150,9 @@ impl Db {
             version: 0,
             rng: hash_seed ^ 0x9e37_79b9_7f4a_7c15,
             dumps: dump::DumpCache::default(),
+            evicted: 0,
+            evictor: evict::Evictor::new(hash_seed),
+            seed: hash_seed,
         }
     }
 
@@ -148,6 +166,7 @@ impl Db {
     /// compared with until the next call.
     pub fn set_time(&mut self, now_ms: u64) {
         self.now = now_ms;
+        self.store.set_access_time(now_ms);
     }
 
     /// The time deadlines are compared with (unix milliseconds).
@@ -190,9 +209,19 @@ impl Db {
         self.store.found(at)
     }
 
-    /// Where `key` is in the store, unless it has expired.
+    /// Where `key` is in the store, unless it has expired; an access to
+    /// it.
     #[inline]
     fn live(&mut self, key: &[u8]) -> Option<Found> {
+        let at = self.peek(key)?;
+        self.store.touch(at);
+        Some(at)
+    }
+
+    /// Where `key` is in the store, unless it has expired, without
+    /// counting as an access (Redis's `LOOKUP_NOTOUCH`).
+    #[inline]
+    fn peek(&mut self, key: &[u8]) -> Option<Found> {
         let at = self.store.find(key)?;
         if self.store.found(at).is_some_and(|s| s.expired(self.now)) {
             self.expire_at(at);
@@ -214,15 +243,29 @@ impl Db {
         self.slot(key).map(|s| s.entry.value())
     }
 
-    /// Whether `key` exists (and has not expired).
+    /// Whether `key` exists (and has not expired). Not an access.
     pub fn contains(&mut self, key: &[u8]) -> bool {
+        self.peek(key).is_some()
+    }
+
+    /// Whether `key` exists, counting as an access (`TOUCH`).
+    pub fn touch_key(&mut self, key: &[u8]) -> bool {
         self.live(key).is_some()
     }
 
     /// The deadline of `key`: `None` if missing, `Some(None)` if it never
-    /// expires.
+    /// expires. Not an access.
     pub fn deadline(&mut self, key: &[u8]) -> Option<Option<u64>> {
-        self.slot(key).map(|s| s.deadline)
+        let at = self.peek(key)?;
+        self.store.found(at).map(|s| s.deadline)
+    }
+
+    /// The access word of `key` (see [`access`]), unless it is missing;
+    /// `Some(None)` if no access words are kept. Not an access.
+    pub fn access_word(&mut self, key: &[u8]) -> Option<Option<u32>> {
+        let at = self.peek(key)?;
+        let pos = self.store.position_at(at)?;
+        Some(self.store.access_word(pos))
     }
 
     /// Sets `key` to `value`, expiring at `deadline` (`None`: never, which
@@ -381,6 +424,11 @@ impl Db {
         self.dumps.stream(&mut self.store, self.now)
     }
 
+    /// Whether a `DUMP` reply still holds a snapshot of the store.
+    pub fn dump_snapshot_out(&self) -> bool {
+        self.dumps.snapshot_out()
+    }
+
     /// The store, read-only (for snapshots, cursors and `INFO`).
     pub fn store(&self) -> &Store {
         &self.store
@@ -406,12 +454,7 @@ impl Db {
         if len == 0 {
             return None;
         }
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Some((z % len as u64) as usize)
+        Some((splitmix(&mut self.rng) % len as u64) as usize)
     }
 
     /// Applies an effect replayed from the log: not recorded again. A
@@ -504,6 +547,16 @@ impl Db {
             .is_some_and(|&(_, v)| v != w.version);
         changed || (w.live && self.store.slot(&w.key).is_none_or(|s| s.expired(self.now)))
     }
+}
+
+/// The next number of the splitmix64 generator whose state is `state`:
+/// what the core draws its random choices from, seeded by the driver.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

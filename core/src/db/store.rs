@@ -35,7 +35,14 @@
 //! is then ignored), and the heap is rebuilt when stale items outnumber
 //! live ones, so it never holds more than about twice the number of keys
 //! with a deadline.
+//!
+//! Access metadata for the LRU and LFU eviction policies ([`Access`]) is
+//! kept by position too, one word per key, allocated only while a policy
+//! needs it: a store without one pays a branch per lookup and nothing
+//! else. A removal moves the last key's word into the hole with the key,
+//! as it moves its deadline.
 
+use super::access::{Access, AccessMode};
 use super::dump::{lock, Snapshot};
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -50,6 +57,13 @@ pub type Hasher = foldhash::fast::FixedState;
 
 /// Bytes of an entry before its key: its position and its key length.
 const HEADER: usize = 8;
+
+/// What a key costs beyond its bytes, for [`Store::footprint`]: the
+/// reference counts and header of its allocation. The table's slot and
+/// the position vectors are left out: they do not shrink when a key is
+/// removed, so counting them would make an eviction look as if it freed
+/// more than it does.
+pub const ENTRY_OVERHEAD: usize = 16 + HEADER;
 
 /// The bit of the key-length word that says the key has a deadline (keys
 /// are bounded far below 2 GiB by the codec's limits, so it is free).
@@ -182,6 +196,18 @@ impl Entry {
     fn data_len(&self) -> usize {
         self.0.len() - HEADER
     }
+
+    /// Whether another handle shares the allocation (a snapshot being
+    /// written out holds one): removing the key from the store then frees
+    /// nothing until that handle goes.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
+    /// What the entry adds to [`Store::footprint`].
+    pub fn footprint(&self) -> usize {
+        self.data_len() + ENTRY_OVERHEAD
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +336,9 @@ pub struct Store {
     /// `DUMP` snapshots being collected, told about every write before it
     /// happens (see `dump.rs`); empty but for the time that takes.
     watchers: Vec<Weak<Mutex<Snapshot>>>,
+    /// By position: each key's access word, while an eviction policy
+    /// needs them (see the module docs).
+    access: Option<Box<Access>>,
 }
 
 impl Store {
@@ -326,6 +355,7 @@ impl Store {
             deadlines: BinaryHeap::new(),
             generation: 0,
             watchers: Vec::new(),
+            access: None,
         }
     }
 
@@ -491,6 +521,9 @@ impl Store {
                     deadline: old_deadline,
                 };
                 self.forget(&old);
+                if let Some(a) = &mut self.access {
+                    a.words[pos] = a.touched(a.words[pos]);
+                }
                 (pos, Some(old))
             }
             None => {
@@ -499,6 +532,10 @@ impl Store {
                 self.order.push(tag);
                 if !self.deadline_at.is_empty() {
                     self.deadline_at.push(0);
+                }
+                if let Some(a) = &mut self.access {
+                    let fresh = a.fresh();
+                    a.words.push(fresh);
                 }
                 let order = &self.order;
                 self.index
@@ -640,6 +677,9 @@ impl Store {
         if !self.deadline_at.is_empty() {
             self.deadline_at.swap_remove(pos);
         }
+        if let Some(a) = &mut self.access {
+            a.words.swap_remove(pos);
+        }
         let old = Slot { entry, deadline };
         self.forget(&old);
         old
@@ -660,6 +700,9 @@ impl Store {
         self.deadlines = BinaryHeap::new();
         self.data_bytes = 0;
         self.volatile = 0;
+        if let Some(a) = &mut self.access {
+            a.words = Vec::new();
+        }
     }
 
     /// The soonest deadline that may still be live (a stale one at worst,
@@ -760,6 +803,102 @@ impl Store {
     /// Bytes held in keys and values (not counting overhead).
     pub fn data_bytes(&self) -> usize {
         self.data_bytes
+    }
+
+    /// What the keys are estimated to hold in the allocator: their bytes
+    /// and [`ENTRY_OVERHEAD`] each, rounding to the allocator's size
+    /// classes left out. The memory bound counts the store's growth and
+    /// an eviction's gain with it between two readings of the allocator.
+    pub fn footprint(&self) -> u64 {
+        (self.data_bytes + self.order.len() * ENTRY_OVERHEAD) as u64
+    }
+
+    /// Starts keeping access words of `mode`, every key's as if written at
+    /// `now_ms` (nothing is known of earlier accesses); switches to another
+    /// mode the same way; or, with `None`, stops and frees them. Keeping
+    /// the mode there is changes nothing. `seed` seeds the LFU counters'
+    /// random increments.
+    pub fn track_access(&mut self, mode: Option<AccessMode>, now_ms: u64, seed: u64) {
+        match mode {
+            None => self.access = None,
+            Some(m) if self.access.as_ref().is_some_and(|a| a.mode() == m) => {}
+            Some(m) => {
+                let access = Access::new(m, self.order.len(), now_ms, seed);
+                self.access = Some(Box::new(access));
+            }
+        }
+    }
+
+    /// The access metadata, if kept.
+    pub fn access(&self) -> Option<&Access> {
+        self.access.as_deref()
+    }
+
+    /// The driver's unix time in milliseconds, for the access words.
+    #[inline]
+    pub fn set_access_time(&mut self, now_ms: u64) {
+        if let Some(a) = &mut self.access {
+            a.set_time(now_ms);
+        }
+    }
+
+    /// Records an access to the key found at `at` (nothing unless access
+    /// words are kept).
+    #[inline]
+    pub fn touch(&mut self, at: Found) {
+        if let Some(a) = &mut self.access {
+            if let Some(e) = self.index.get_bucket(at.0) {
+                let pos = e.pos();
+                a.words[pos] = a.touched(a.words[pos]);
+            }
+        }
+    }
+
+    /// The access word of the key at position `pos`, if kept.
+    pub fn access_word(&self, pos: usize) -> Option<u32> {
+        self.access.as_ref()?.words.get(pos).copied()
+    }
+
+    /// The position (`0..len()`) of the key found at `at`.
+    pub fn position_at(&self, at: Found) -> Option<usize> {
+        self.index.get_bucket(at.0).map(Entry::pos)
+    }
+
+    /// How many items the deadline heap holds: the keys with a deadline,
+    /// and stale items (the heap is lazy; at most about half are stale).
+    pub fn deadline_items(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// The key of the deadline heap's item `i` (`0..deadline_items()`, in
+    /// no particular order), for sampling keys with a deadline; `None` if
+    /// the item is stale.
+    pub fn deadline_item(&self, i: usize) -> Option<Found> {
+        let &Reverse((d, tag)) = self.deadlines.as_slice().get(i)?;
+        self.find_deadline(d, tag)
+    }
+
+    /// The key with the soonest deadline, exactly (the heap's top); stale
+    /// items met on the way are dropped, as active expiry drops them.
+    pub fn soonest_volatile(&mut self) -> Option<Found> {
+        while let Some(&Reverse((d, tag))) = self.deadlines.peek() {
+            if let Some(f) = self.find_deadline(d, tag) {
+                return Some(f);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// A key whose hash is `tag` with the deadline `d`, if there is one
+    /// (another key with both would do as well: see [`Store::expire_due`]).
+    fn find_deadline(&self, d: u64, tag: u32) -> Option<Found> {
+        let (order, deadline_at) = (&self.order, &self.deadline_at);
+        self.index
+            .find_bucket_index(spread(tag), |e| {
+                e.volatile() && deadline_at[e.pos()] == d && order[e.pos()] == tag
+            })
+            .map(Found)
     }
 }
 
@@ -937,6 +1076,78 @@ mod tests {
             .map(|s| (s.entry.key().to_vec(), s.entry.value().to_vec(), s.deadline))
             .collect();
         assert_eq!(now, snapshot_model);
+    }
+
+    #[test]
+    fn access_words_move_with_their_keys_and_cost_nothing_until_asked_for() {
+        let mut s = Store::new(5);
+        s.put(b"before", b"v", None);
+        assert!(s.access().is_none() && s.access_word(0).is_none());
+        s.track_access(Some(AccessMode::Lru), 1_000, 1);
+        let mut model = std::collections::HashMap::new();
+        model.insert(b"before".to_vec(), 1_000u64);
+        let (mut x, mut now) = (7u64, 1_000u64);
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += 10;
+            s.set_access_time(now);
+            let k = format!("k{}", x % 200).into_bytes();
+            match x >> 61 {
+                0..=2 => {
+                    s.put(&k, b"v", (x % 5 == 0).then_some(u64::MAX));
+                    model.insert(k, now);
+                }
+                3 | 4 => {
+                    assert_eq!(s.remove(&k), model.remove(&k).is_some());
+                }
+                _ => {
+                    if let Some(f) = s.find(&k) {
+                        s.touch(f);
+                        model.insert(k, now);
+                    }
+                }
+            }
+            if step % 1000 == 0 || step == 19_999 {
+                let a = s.access().unwrap();
+                for (k, at) in &model {
+                    let w = s.access_word(s.position(k).unwrap()).unwrap();
+                    assert_eq!(a.idle_ms(w), now - at, "{}", String::from_utf8_lossy(k));
+                }
+            }
+        }
+        s.clear();
+        s.put(b"k", b"v", None);
+        assert_eq!(s.access().unwrap().idle_ms(s.access_word(0).unwrap()), 0);
+        s.track_access(None, now, 1);
+        assert!(s.access().is_none());
+    }
+
+    #[test]
+    fn deadline_items_sample_keys_with_a_deadline_and_the_soonest_is_exact() {
+        let mut s = Store::new(9);
+        for i in 0..50u64 {
+            let d = (i % 2 == 0).then_some(10_000 - i);
+            s.put(format!("k{i}").as_bytes(), b"v", d);
+        }
+        // A stale item: k0's deadline changed.
+        let f = s.find(b"k0").unwrap();
+        s.set_deadline(f, Some(20_000));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..s.deadline_items() {
+            if let Some(f) = s.deadline_item(i) {
+                let slot = s.found(f).unwrap();
+                assert!(slot.deadline.is_some());
+                seen.insert(slot.entry.key().to_vec());
+            }
+        }
+        assert_eq!(seen.len(), 25, "every key with a deadline, once");
+        let soonest = s.soonest_volatile().unwrap();
+        assert_eq!(s.found(soonest).unwrap().entry.key(), b"k48");
+        s.take_at(soonest);
+        let next = s.soonest_volatile().unwrap();
+        assert_eq!(s.found(next).unwrap().entry.key(), b"k46");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::parse::{self, TimeArg};
 use crate::command::table::{Arg, Cache, Flags, Group, Handler, KeyAccess, Keys, Shape, Spec};
 use crate::command::Command;
-use crate::db::{Db, Effect};
+use crate::db::{AccessMode, Db, Effect};
 use crate::errors::ExecError;
 use crate::glob;
 use crate::reply::{Reply, ReplyOut};
@@ -110,8 +110,8 @@ const TOUCH: Spec = Spec::new(
     -2,
     READ_FAST,
     Group::Generic,
-    "Counts the keys that exist (kv keeps no access times to update).",
-    Handler::Data(exists),
+    "Counts the keys that exist, counting as an access to each (LRU, LFU).",
+    Handler::Data(touch),
 )
 .keys(Keys::range(1, -1, 1, KeyAccess::Read))
 .args(KEYS_ARG)
@@ -119,6 +119,11 @@ const TOUCH: Spec = Spec::new(
 
 fn exists(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let found = cmd.keys().filter(|k| db.contains(k)).count();
+    out.reply(Reply::Integer(found as i64));
+}
+
+fn touch(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
+    let found = cmd.keys().filter(|k| db.touch_key(k)).count();
     out.reply(Reply::Integer(found as i64));
 }
 
@@ -712,19 +717,24 @@ const OBJECT_FREQ: Spec = Spec::new(
     3,
     Flags::READONLY,
     Group::Generic,
-    "Access frequency: needs an LFU eviction policy, which kv does not have.",
+    "The key's logarithmic access counter (with an LFU maxmemory-policy).",
     Handler::Data(object_freq),
 )
 .keys(Keys::one(2, KeyAccess::Read))
 .args(KEY_ARG);
 
 fn object_freq(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
-    if !db.contains(cmd.arg(2)) {
+    let Some(word) = db.access_word(cmd.arg(2)) else {
         return out.reply(Reply::Nil);
+    };
+    match (db.store().access(), word) {
+        (Some(a), Some(w)) if a.mode() == AccessMode::Lfu => {
+            out.reply(Reply::Integer(i64::from(a.frequency(w))));
+        }
+        _ => out.reply(Reply::error(
+            "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+        )),
     }
-    out.reply(Reply::error(
-        "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
-    ));
 }
 
 const OBJECT_IDLETIME: Spec = Spec::new(
@@ -732,19 +742,29 @@ const OBJECT_IDLETIME: Spec = Spec::new(
     3,
     Flags::READONLY,
     Group::Generic,
-    "Idle time: kv keeps no access times, so it says so.",
+    "Seconds since the key was last accessed (with an LRU maxmemory-policy).",
     Handler::Data(object_idletime),
 )
 .keys(Keys::one(2, KeyAccess::Read))
 .args(KEY_ARG);
 
 fn object_idletime(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
-    if !db.contains(cmd.arg(2)) {
+    let Some(word) = db.access_word(cmd.arg(2)) else {
         return out.reply(Reply::Nil);
+    };
+    // Redis keeps access times under every policy but LFU; kv keeps them
+    // only while an LRU policy needs them, and says so otherwise.
+    match (db.store().access(), word) {
+        (Some(a), Some(w)) if a.mode() == AccessMode::Lru => {
+            out.reply(Reply::Integer((a.idle_ms(w) / 1000) as i64));
+        }
+        (Some(_), _) => out.reply(Reply::error(
+            "ERR An LFU maxmemory policy is selected, idle time not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+        )),
+        (None, _) => out.reply(Reply::error(
+            "ERR kv tracks access times only under an LRU maxmemory-policy, so OBJECT IDLETIME has no answer",
+        )),
     }
-    out.reply(Reply::error(
-        "ERR kv does not track access times, so OBJECT IDLETIME has no answer",
-    ));
 }
 
 const TIME: Spec = Spec::new(

@@ -97,10 +97,27 @@ fn config_set(local: &mut Local<'_>, cmd: &Command) -> Reply {
         }
         .into();
     }
-    // Every parameter is checked before any is set, as Redis does.
-    for p in pairs.chunks_exact(2) {
-        let name = String::from_utf8_lossy(&p[0]).to_ascii_lowercase();
-        if let Err(e) = local.node.config_set(&name, &p[1]) {
+    let names: Vec<String> = pairs
+        .chunks_exact(2)
+        .map(|p| String::from_utf8_lossy(&p[0]).to_ascii_lowercase())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Reply::error(format!(
+                "ERR CONFIG SET failed (possibly related to argument '{name}') - duplicate parameter"
+            ));
+        }
+    }
+    // All or nothing, as in Redis: when one value is refused, those set
+    // before it get their old values back.
+    let before = local.node.config();
+    for (i, (p, name)) in pairs.chunks_exact(2).zip(&names).enumerate() {
+        if let Err(e) = local.node.config_set(name, &p[1]) {
+            for done in names[..i].iter().rev() {
+                if let Some((_, old)) = before.iter().find(|(n, _)| n == done) {
+                    let _ = local.node.config_set(done, old.as_bytes());
+                }
+            }
             return Reply::error(e);
         }
     }

@@ -3,14 +3,17 @@
 //! replies.
 //!
 //! [`Server::run`] is the server's one dispatch step: the table's checks
-//! ([`admit`]), the handler, and the log records of the command's effects.
+//! ([`admit`]), the memory bound ([`memory`]), the handler, and the log
+//! records of the command's effects.
 
 mod clients;
 mod conn;
+pub mod memory;
 mod tx;
 
 pub use clients::{ClientEntry, Clients};
 pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER};
+pub use memory::MaxMemory;
 pub use tx::{Transaction, TxOp, MAX_QUEUED};
 
 use crate::aof::{self, Journal, LogStatus, WriteOutcome};
@@ -37,6 +40,9 @@ pub struct ServerConfig {
     pub password: Option<Password>,
     /// How inline commands are answered.
     pub inline_replies: InlineReplies,
+    /// The memory bound (`maxmemory` and its policy); changed at run
+    /// time by `CONFIG SET`.
+    pub maxmemory: MaxMemory,
 }
 
 /// Counters reported by `INFO`. The connection counters are kept by the
@@ -87,13 +93,17 @@ pub struct Server {
     /// Streamed replies whose client went away, their snapshots released
     /// a step at a time by [`Server::handle_timeout`].
     abandoned: Vec<DumpStream>,
+    /// Used memory, as the driver last read it (see [`memory`]).
+    meter: memory::Meter,
 }
 
 impl Server {
     /// An empty server.
     pub fn new(config: ServerConfig) -> Self {
+        let mut db = Db::new(config.hash_seed);
+        db.set_policy(config.maxmemory.policy);
         Server {
-            db: Db::new(config.hash_seed),
+            db,
             stats: ServerStats::default(),
             config,
             journal: None,
@@ -103,6 +113,7 @@ impl Server {
             commands: CommandStats::default(),
             stopwatch: None,
             abandoned: Vec::new(),
+            meter: memory::Meter::default(),
         }
     }
 
@@ -143,11 +154,18 @@ impl Server {
         self.db.set_time(now_ms);
     }
 
-    /// When active expiry, or releasing an abandoned reply, next has work
-    /// (unix milliseconds): the driver calls [`Server::handle_timeout`]
-    /// then. Immediately again after a call that used its whole budget.
+    /// The unix time in milliseconds the driver last gave.
+    pub fn now(&self) -> u64 {
+        self.db.now()
+    }
+
+    /// When active expiry, eviction or releasing an abandoned reply next
+    /// has work (unix milliseconds): the driver calls
+    /// [`Server::handle_timeout`] then. Immediately again after a call that
+    /// used its whole budget, while eviction is under way, and while an
+    /// abandoned reply is being released.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if !self.abandoned.is_empty() {
+        if self.evicting() || !self.abandoned.is_empty() {
             return Some(self.db.now());
         }
         self.db.next_deadline()
@@ -155,8 +173,9 @@ impl Server {
 
     /// Active expiry: sets the time and removes up to
     /// [`EXPIRE_BUDGET`] keys whose deadline has passed, logging their
-    /// removal; how many it removed. Also releases a step's worth of a
-    /// reply abandoned by its client.
+    /// removal; how many it removed. Then goes on with an eviction that
+    /// used its budget before a command (see [`memory`]), and releases a
+    /// step's worth of a reply abandoned by its client.
     pub fn handle_timeout(&mut self, now_ms: u64) -> usize {
         if let Some(stream) = self.abandoned.last_mut() {
             if stream.release_step() {
@@ -165,6 +184,7 @@ impl Server {
         }
         self.db.set_time(now_ms);
         let n = self.db.expire_due();
+        self.evict_due();
         if let Some(journal) = &mut self.journal {
             self.db.take_changes().for_each(|c| journal.record(c));
         }
@@ -318,6 +338,15 @@ impl Server {
             out.reply(reply);
             return;
         }
+        if self.config.maxmemory.bytes != 0 {
+            if let Err(reply) = self.check_memory(session, cmd) {
+                self.stats.rejected += 1;
+                self.commands.rejected(cmd.spec());
+                tx::flag_error(session);
+                out.reply(reply);
+                return;
+            }
+        }
         if tx::queues(session, cmd) {
             out.reply(tx::queue(session, cmd));
             return;
@@ -426,12 +455,7 @@ impl Node for Server {
             );
         }
         if sections.wants("memory") {
-            let _ = write!(
-                info,
-                "# Memory\nused_memory:{rss}\nused_memory_rss:{rss}\nused_memory_dataset:{}\nmaxmemory:0\nmaxmemory_policy:noeviction\nmem_allocator:libc\n",
-                store.data_bytes(),
-                rss = h.rss_bytes,
-            );
+            self.info_memory(&mut info);
         }
         if sections.wants("persistence") {
             info.push_str("# Persistence\nloading:0\nrdb_bgsave_in_progress:0\n");
@@ -443,11 +467,12 @@ impl Node for Server {
         if sections.wants("stats") {
             let _ = write!(
                 info,
-                "# Stats\ntotal_connections_received:{}\ntotal_commands_processed:{}\nrejected_connections:{}\nexpired_keys:{}\nevicted_keys:0\ntotal_error_replies:{}\ntotal_forks:0\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
+                "# Stats\ntotal_connections_received:{}\ntotal_commands_processed:{}\nrejected_connections:{}\nexpired_keys:{}\nevicted_keys:{}\ntotal_error_replies:{}\ntotal_forks:0\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
                 s.connections_total,
                 s.commands,
                 s.connections_rejected,
                 self.db.expired_keys(),
+                self.db.evicted_keys(),
                 s.errors,
                 s.connections_timed_out,
                 s.output_limit_disconnections,
@@ -502,10 +527,24 @@ impl Node for Server {
             ("appendonly", aof.to_string()),
             ("appendfsync", fsync),
             ("databases", "1".to_string()),
-            ("maxmemory", "0".to_string()),
-            ("maxmemory-policy", "noeviction".to_string()),
+            ("maxmemory", self.config.maxmemory.bytes.to_string()),
+            (
+                "maxmemory-policy",
+                self.config.maxmemory.policy.name().to_string(),
+            ),
+            (
+                "maxmemory-samples",
+                self.config.maxmemory.samples.to_string(),
+            ),
             ("proto-max-bulk-len", limits.max_value.to_string()),
             ("client-query-buffer-limit", limits.max_bulk().to_string()),
         ]
+    }
+
+    fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        match self.set_memory_param(name, value) {
+            Some(result) => result,
+            None => crate::session::default_config_set(&Node::config(self), name, value),
+        }
     }
 }

@@ -79,8 +79,19 @@ impl PartialEq for Transaction {
 
 impl Eq for Transaction {}
 
-fn in_multi(session: &Session) -> bool {
+/// Whether `MULTI` is in progress on the session.
+pub(super) fn in_multi(session: &Session) -> bool {
     session.tx.as_ref().is_some_and(|t| t.in_multi())
+}
+
+/// Whether a queued command may grow memory (`DENYOOM`): then `EXEC` is
+/// refused while memory is full, as Redis refuses it.
+pub(super) fn queued_denyoom(session: &Session) -> bool {
+    session
+        .tx
+        .as_ref()
+        .and_then(|t| t.queue.as_ref())
+        .is_some_and(|q| q.iter().any(|c| c.spec().flags.contains(Flags::DENYOOM)))
 }
 
 /// Whether `cmd` is to be queued rather than run: inside `MULTI`, every

@@ -1,6 +1,6 @@
 //! The facts about the process that the core cannot read for itself (it
 //! reads no OS counters) and `INFO` shows: CPU time, resident memory,
-//! uptime.
+//! uptime, the allocator.
 
 use kv_core::session::HostFacts;
 use std::time::Instant;
@@ -18,6 +18,7 @@ pub fn refresh(facts: &mut HostFacts, started: Instant, tcp_port: u16) {
         facts.used_cpu_sys = secs(usage.ru_stime);
     }
     facts.rss_bytes = rss_bytes().unwrap_or(facts.rss_bytes);
+    facts.allocator = super::memory::allocator_name();
 }
 
 /// Resident set size from `/proc/self/statm` (Linux); `None` elsewhere.
@@ -31,11 +32,12 @@ fn rss_bytes() -> Option<u64> {
 
 /// Gives freed memory back to the OS after many clients have gone.
 ///
-/// The allocator keeps the small blocks of closed connections (buffers,
-/// sessions) for reuse, so the process's RSS would stay at its peak for
-/// good after a burst of connections. Trimming walks the heap, so it is
-/// done from the once-a-second housekeeping, and only once enough
-/// connections have closed since the last trim.
+/// The allocator keeps the pages of closed connections (buffers,
+/// sessions) for reuse, returning them only over its decay time (jemalloc's
+/// 10 s), so the process's RSS would stay near its peak for a while after
+/// a burst of connections. Purging every arena walks them all, so it is
+/// done from the housekeeping tick, and only once enough connections have
+/// closed since the last purge.
 #[derive(Debug, Default)]
 pub struct Trim {
     closed_at_last: u64,
@@ -49,20 +51,8 @@ impl Trim {
     pub fn closed(&mut self, closed: u64) {
         if closed.saturating_sub(self.closed_at_last) >= TRIM_AFTER {
             tracing::debug!(closed, "giving freed memory back to the OS");
-            trim();
+            super::memory::purge();
             self.closed_at_last = closed;
         }
     }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim only returns free memory of the allocator's
-    // arenas to the OS; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}

@@ -17,6 +17,7 @@ use crate::conn::{self, Conn, Wake};
 use crate::metrics::Scrape;
 use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::runtime::clock::{self, Epoch};
+use crate::runtime::memory;
 use crate::runtime::net::{self, AcceptHooks};
 use crate::runtime::shutdown::Shutdown;
 use bytes::BytesMut;
@@ -56,6 +57,8 @@ pub struct ServerOptions {
     pub inline_replies: kv_core::server::InlineReplies,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The memory bound (`--maxmemory` and its policy).
+    pub maxmemory: kv_core::server::MaxMemory,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +74,7 @@ impl Default for ServerOptions {
             password: None,
             inline_replies: kv_core::server::InlineReplies::Human,
             metrics: None,
+            maxmemory: kv_core::server::MaxMemory::default(),
         }
     }
 }
@@ -92,6 +96,7 @@ pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
         hash_seed: options.hash_seed,
         password: options.password.clone(),
         inline_replies: options.inline_replies,
+        maxmemory: options.maxmemory,
     });
     server.set_stopwatch(clock::stopwatch);
     // Replay drops what has expired by now.
@@ -113,6 +118,8 @@ struct Shared {
     /// Bumped when CLIENT KILL marked clients: every connection looks
     /// whether it is one of them.
     kills: watch::Sender<u64>,
+    /// Reads the allocator's count of used memory for the server.
+    meter: memory::Meter,
 }
 
 impl AcceptHooks for Shared {
@@ -155,7 +162,14 @@ pub async fn run_prepared(
         },
         epoch: Epoch::new(),
         kills: watch::channel(0).0,
+        meter: memory::Meter::new(),
     });
+    {
+        // Before the first client: INFO is right from the start.
+        let mut server = shared.server.borrow_mut();
+        server.host_mut().allocator = memory::allocator_name();
+        shared.meter.read_into(&mut server);
+    }
     let driver = shared.log.is_some().then(|| {
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
@@ -200,10 +214,11 @@ pub async fn run_prepared(
 }
 
 /// Active expiry: wakes when the next key is due (or at least every
-/// [`HOUSEKEEPING`], to refresh the facts `INFO` shows), removes what is
-/// due within the core's budget, and hands the removals to the log. A
-/// call that used its whole budget goes again after yielding, so clients
-/// are served in between.
+/// [`HOUSEKEEPING`], to refresh the facts `INFO` shows and the reading of
+/// used memory), removes what is due within the core's budget (and goes
+/// on with an eviction a command left over its budget), and hands the
+/// removals to the log. A call that used its whole budget goes again
+/// after yielding, so clients are served in between.
 async fn expire_keys(shared: Rc<Shared>, port: u16) {
     let started = std::time::Instant::now();
     let mut trim = crate::runtime::host::Trim::default();
@@ -226,6 +241,7 @@ async fn expire_keys(shared: Rc<Shared>, port: u16) {
             }
         }
         crate::runtime::host::refresh(server.host_mut(), started, port);
+        shared.meter.read_into(&mut server);
         let s = server.stats();
         trim.closed(s.connections_total.saturating_sub(s.connections_current));
     }
@@ -286,6 +302,7 @@ impl Conn for ServerClient {
     fn poll_output(&mut self) -> Option<BytesMut> {
         let mut server = self.shared.server.borrow_mut();
         server.set_time(clock::unix_millis());
+        self.shared.meter.refresh(&mut server);
         self.conn.process(&mut server);
         if server.clients_mut().take_kill_signal() {
             self.shared.kills.send_modify(|n| *n += 1);
