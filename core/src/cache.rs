@@ -102,6 +102,9 @@ struct Node {
     /// `[key length: u32][key][value]`, one allocation; empty in a free slot.
     data: Box<[u8]>,
     stored_at: Instant,
+    /// The epoch of the request whose reply stored it (see
+    /// [`TtlCache::insert_at`]).
+    epoch: u64,
     /// The key is cached as missing (`data` then holds no value bytes).
     missing: bool,
     /// Hit since the eviction hand last passed (the CLOCK bit).
@@ -322,12 +325,25 @@ impl TtlCache {
         self.lookup(key, now).map(Bytes::copy_from_slice)
     }
 
+    /// The epoch the entry of `key` was stored with, fresh or not.
+    pub fn epoch_of(&self, key: &[u8]) -> Option<u64> {
+        self.find(key).map(|i| self.nodes[i as usize].epoch)
+    }
+
     /// Stores a value (`None`: the key is missing upstream) as of `now`.
     ///
     /// Key and value are copied: they usually arrive as slices of a
     /// connection's receive buffer, which they would otherwise keep alive
     /// uncounted by [`CacheConfig::max_bytes`].
     pub fn insert(&mut self, key: &[u8], value: Option<&[u8]>, now: Instant) {
+        self.insert_at(key, value, now, 0);
+    }
+
+    /// [`TtlCache::insert`], noting the `epoch` of the request the value
+    /// came from: an epoch is a number its user counts up, to tell
+    /// entries that come from requests sent before some event from those
+    /// sent after it ([`TtlCache::epoch_of`]).
+    pub fn insert_at(&mut self, key: &[u8], value: Option<&[u8]>, now: Instant, epoch: u64) {
         if value.is_none() && !self.config.negative {
             self.remove(key);
             return;
@@ -345,6 +361,7 @@ impl TtlCache {
             node.data = data;
             node.missing = value.is_none();
             node.stored_at = now;
+            node.epoch = epoch;
             self.bytes = self.bytes - old + size;
             // A rewrite is a use, and restarts the entry's life.
             self.nodes[i as usize].referenced = true;
@@ -364,6 +381,7 @@ impl TtlCache {
             let node = Node {
                 data,
                 stored_at: now,
+                epoch,
                 missing: value.is_none(),
                 referenced: false,
                 evict: Links::NONE,

@@ -1166,3 +1166,34 @@ fn a_reply_passed_through_past_the_output_limit_cuts_the_client_off() {
     h.send(other, b"*1\r\n$6\r\nDBSIZE\r\nGET key:00001\r\n");
     assert_eq!(h.take(other), ":2000\r\n$7\r\na value\r\n");
 }
+
+#[test]
+fn after_its_dump_a_client_reads_no_cache_entry_older_than_what_it_saw() {
+    let mut h = Harness::new();
+    h.auto_resume = true;
+    h.server_put("k", "v1");
+    let a = h.client();
+    h.send(a, b"GET k\r\n");
+    assert_eq!(h.take(a), "\"v1\"\r\n");
+    // Written behind the proxy's back: its cache holds v1 for a TTL.
+    h.server_put("k", "v2");
+    h.send(a, b"DUMP\r\n");
+    assert_eq!(h.take(a), "(1 pair)\r\n\"k\" \"v2\"\r\n");
+    let before = h.upstream_requests();
+    h.send(a, b"GET k\r\nGET k\r\n");
+    assert_eq!(
+        h.take(a),
+        "\"v2\"\r\n\"v2\"\r\n",
+        "not back to v1 after seeing v2"
+    );
+    assert_eq!(
+        h.upstream_requests() - before,
+        1,
+        "once from the server, then the cache"
+    );
+    // Another client, which saw nothing newer, is served from the cache.
+    let b = h.client();
+    h.send(b, b"GET k\r\n");
+    assert_eq!(h.take(b), "\"v2\"\r\n");
+    assert_eq!(h.upstream_requests() - before, 1);
+}

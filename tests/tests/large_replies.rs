@@ -12,11 +12,19 @@ use kv_tests::{
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 500_000;
+
+/// The tests here measure how long clients wait: they run one at a time,
+/// not beside each other on the machine's cores.
+static ALONE: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn key(i: usize) -> String {
     format!("key:{i:06}")
@@ -42,35 +50,52 @@ fn load(addr: SocketAddr) {
     }
 }
 
-/// Pings `addr` on a schedule of one a millisecond until `stop`, each on
-/// its own connection's turn; for each ping, when it was due and when its
-/// reply came. Latency is counted from when a ping was due, not when it
-/// went out, so a stall counts for every ping it held up.
-fn pinger(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Instant, Instant)>> {
+/// A client of `addr` that makes one request a millisecond until `stop`
+/// (`one` sends request `i` and reads and checks its reply); for each,
+/// when it was due and when its reply came. Latency is counted from when
+/// a request was due, not when it went out, so a stall counts for every
+/// request it held up.
+fn paced<F>(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    mut one: F,
+) -> thread::JoinHandle<Vec<(Instant, Instant)>>
+where
+    F: FnMut(usize, &mut TcpStream, &mut BufReader<TcpStream>) + Send + 'static,
+{
     thread::spawn(move || {
-        let stream = TcpStream::connect(addr).expect("connect the pinger");
+        let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
+        let mut replies = BufReader::new(stream.try_clone().unwrap());
         let mut samples = Vec::new();
         let mut due = Instant::now();
-        let mut line = String::new();
-        while !stop.load(Ordering::Relaxed) {
+        for i in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             let now = Instant::now();
             if now < due {
                 // Pacing of the test's own schedule, not a wait for the
                 // system under test.
                 thread::sleep(due - now);
             }
-            writer.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
-            line.clear();
-            reader.read_line(&mut line).expect("a reply to PING");
-            assert_eq!(line, "+PONG\r\n");
+            one(i, &mut stream, &mut replies);
             samples.push((due, Instant::now()));
             due += Duration::from_millis(1);
         }
         samples
+    })
+}
+
+/// Pings `addr` a millisecond apart until `stop` (see [`paced`]).
+fn pinger(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Instant, Instant)>> {
+    let mut line = String::new();
+    paced(addr, stop, move |_, requests, replies| {
+        requests.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        line.clear();
+        replies.read_line(&mut line).expect("a reply to PING");
+        assert_eq!(line, "+PONG\r\n");
     })
 }
 
@@ -132,6 +157,7 @@ fn report(
 
 #[test]
 fn other_clients_are_served_while_a_dump_of_500k_keys_goes_out() {
+    let _alone = alone();
     let (server, proxy) = start_stack(&["--in-memory"], &[]);
     load(server.server_addr());
     for (what, addr) in [("server", server.server_addr()), ("proxy", proxy.addr())] {
@@ -158,6 +184,7 @@ const LIMIT: &str = "16MiB 4MiB 1";
 
 #[test]
 fn unread_dumps_are_cut_off_at_the_output_limit_and_counted() {
+    let _alone = alone();
     let server = start_server(&["--in-memory", "--client-output-buffer-limit", LIMIT]);
     let addr = server.server_addr();
     load(addr);
@@ -166,6 +193,7 @@ fn unread_dumps_are_cut_off_at_the_output_limit_and_counted() {
 
 #[test]
 fn unread_dumps_through_the_proxy_are_cut_off_at_its_output_limit_and_counted() {
+    let _alone = alone();
     let (server, proxy) = start_stack(&["--in-memory"], &["--client-output-buffer-limit", LIMIT]);
     load(server.server_addr());
     unread_dumps("proxy", proxy.addr(), proxy.pid());
@@ -230,47 +258,26 @@ fn unread_dumps(what: &str, addr: SocketAddr, pid: u32) {
 
 #[test]
 fn forty_abandoned_dumps_cost_the_proxys_other_clients_nothing() {
+    let _alone = alone();
     let (server, proxy) = start_stack(&["--in-memory"], &[]);
     load(server.server_addr());
     let addr = proxy.addr();
     // A client reading keys it has not read before (so none is cached),
     // one every millisecond, timed from when each was due.
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let stream = TcpStream::connect(addr).expect("connect the reader");
-            stream.set_nodelay(true).unwrap();
-            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-            let mut replies = BufReader::new(stream.try_clone().unwrap());
-            let mut requests = stream;
-            let mut latencies = Vec::new();
-            let mut due = Instant::now();
-            let mut line = String::new();
-            for i in 0.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let now = Instant::now();
-                if now < due {
-                    // The test's own pacing.
-                    thread::sleep(due - now);
-                }
-                let k = key(i * 7 % KEYS);
-                let get = format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len());
-                requests.write_all(get.as_bytes()).unwrap();
-                line.clear();
-                replies.read_line(&mut line).unwrap();
-                assert!(line.starts_with('$'), "GET {k}: {line:?}");
-                line.clear();
-                replies.read_line(&mut line).unwrap();
-                assert_eq!(line.trim_end(), format!("value-{}", i * 7 % KEYS));
-                latencies.push(Instant::now() - due);
-                due += Duration::from_millis(1);
-            }
-            latencies
-        })
-    };
+    let mut line = String::new();
+    let reader = paced(addr, stop.clone(), move |i, requests, replies| {
+        let n = i * 7 % KEYS;
+        let k = key(n);
+        let get = format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len());
+        requests.write_all(get.as_bytes()).unwrap();
+        line.clear();
+        replies.read_line(&mut line).unwrap();
+        assert!(line.starts_with('$'), "GET {k}: {line:?}");
+        line.clear();
+        replies.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), format!("value-{n}"));
+    });
     let mut admin = Conn::connect(addr);
     let stat = |admin: &mut Conn, name: &str| {
         info_field(&admin.cmd("INFO stats"), name).unwrap_or_else(|| panic!("no {name}"))
@@ -287,7 +294,12 @@ fn forty_abandoned_dumps_cost_the_proxys_other_clients_nothing() {
         started.elapsed() >= Duration::from_secs(3)
     });
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = reader.join().expect("every GET answered with its value");
+    let mut latencies: Vec<Duration> = reader
+        .join()
+        .expect("every GET answered with its value")
+        .into_iter()
+        .map(|(due, got)| got - due)
+        .collect();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let dumps_sent =

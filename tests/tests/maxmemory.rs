@@ -4,7 +4,9 @@
 //! to little more than the bound in address space (`ulimit -v`) neither
 //! aborts nor stops answering however much is written.
 
-use kv_tests::{info_field, resp_command, start_server, wait_until, Conn, KvProcess};
+use kv_tests::{
+    info_field, proc_status_bytes, resp_command, start_server, wait_until, Conn, KvProcess,
+};
 use std::time::{Duration, Instant};
 
 const OOM: &str = "-OOM command not allowed when used memory > 'maxmemory'.";
@@ -13,19 +15,6 @@ const MIB: u64 = 1 << 20;
 const VALUE_LEN: usize = 1000;
 /// Commands sent before their replies are read.
 const BATCH: u64 = 500;
-
-/// A field of `/proc/<pid>/status` (`VmRSS`, `VmSize`), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} line in {path}:\n{status}"));
-    kib * 1024
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64

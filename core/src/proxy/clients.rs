@@ -88,8 +88,11 @@ pub(super) struct Client {
     pub parked: Option<(Command, Dialect)>,
     /// Cut off for holding more output than its limit.
     pub cut: bool,
-    /// When the client's last read on the bulk lane was answered.
-    pub bulk_read_at: Option<Instant>,
+    /// The oldest bulk epoch a value may be read from the cache by this
+    /// client (0: any): after it read the whole keyspace on the bulk lane,
+    /// an entry stored from a request sent before that read's answer may
+    /// be older than a value the read showed it.
+    pub min_epoch: u64,
 }
 
 impl Client {
@@ -164,6 +167,9 @@ pub(super) struct Clients {
     next: u64,
     /// Clients removed since start.
     removed: u64,
+    /// Counts the bulk lane's answers (see `Client::min_epoch`); the proxy
+    /// counts it up before it completes one.
+    pub bulk_epoch: u64,
 }
 
 impl Clients {
@@ -172,6 +178,7 @@ impl Clients {
             map: HashMap::with_hasher(Hasher::with_seed(hash_seed)),
             next: 0,
             removed: 0,
+            bulk_epoch: 0,
         }
     }
 
@@ -197,7 +204,7 @@ impl Clients {
                 in_flight: [0, 0],
                 parked: None,
                 cut: false,
-                bulk_read_at: None,
+                min_epoch: 0,
             },
         );
         id
@@ -239,7 +246,7 @@ impl Clients {
             if let Some(lane) = slot.lane.take() {
                 client.in_flight[lane.index()] -= 1;
                 if lane == Lane::Bulk {
-                    client.bulk_read_at = Some(now);
+                    client.min_epoch = self.bulk_epoch;
                 }
             }
             slot.done = Some((reply, source, now));

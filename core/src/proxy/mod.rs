@@ -724,11 +724,8 @@ impl Proxy {
                 Route::CachedRead => {
                     let key = cache_key(&cmd);
                     let upstream = &self.upstream;
-                    let get = if client.reads_past_cache(now, self.config.cache.ttl) {
-                        GetRoute::Upstream
-                    } else {
-                        self.keys.get_route(key, |seq| upstream.is_live(seq))
-                    };
+                    let get = self.keys.get_route(key, |seq| upstream.is_live(seq));
+                    let get = older_than_seen(get, key, client.min_epoch, &self.cache, upstream);
                     if get == GetRoute::Cache && client.nothing_queued() {
                         // The hot path: a hit for a byte-stream client with
                         // nothing queued ahead of it is encoded straight into
@@ -756,11 +753,8 @@ impl Proxy {
                 }
                 Route::Forward { write } => {
                     let waiter = client.push_slot(id, dialect, spec, now);
-                    let past_cache = client.reads_past_cache(now, self.config.cache.ttl);
-                    if let Some((reply, age)) = (!past_cache)
-                        .then(|| self.values_from_cache(&cmd, now))
-                        .flatten()
-                    {
+                    let min_epoch = client.min_epoch;
+                    if let Some((reply, age)) = self.values_from_cache(&cmd, min_epoch, now) {
                         self.complete(waiter, reply, Source::Cache { age }, now);
                         continue;
                     }
@@ -776,15 +770,20 @@ impl Proxy {
     /// when every key may be read from it (no upstream read or write of it
     /// in flight, as for `GET`) and is fresh there; with the oldest entry's
     /// age. Otherwise the whole read goes upstream, in one request.
-    fn values_from_cache(&mut self, cmd: &Command, now: Instant) -> Option<(Reply, Duration)> {
+    fn values_from_cache(
+        &mut self,
+        cmd: &Command,
+        min_epoch: u64,
+        now: Instant,
+    ) -> Option<(Reply, Duration)> {
         if !matches!(cmd.spec().cache, Cache::Values) {
             return None;
         }
         let upstream = &self.upstream;
-        if cmd
-            .keys()
-            .any(|k| self.keys.get_route(k, |seq| upstream.is_live(seq)) != GetRoute::Cache)
-        {
+        if cmd.keys().any(|k| {
+            let get = self.keys.get_route(k, |seq| upstream.is_live(seq));
+            older_than_seen(get, k, min_epoch, &self.cache, upstream) != GetRoute::Cache
+        }) {
             return None;
         }
         let mut values = Vec::with_capacity(cmd.args().len() - 1);
@@ -858,7 +857,11 @@ impl Proxy {
             }
         }
         self.stats.upstream_requests += 1;
-        Some(self.upstream.push(job, waiter, now))
+        let seq = self.upstream.push(job, waiter, now);
+        if let Some(req) = self.upstream.get_mut(seq) {
+            req.epoch = self.clients.bulk_epoch;
+        }
+        Some(seq)
     }
 
     /// Sends the next bulk request whose client is still there, if the
@@ -1076,6 +1079,9 @@ impl Proxy {
         while let Some(incoming) = self.lane_mut(lane).next_reply() {
             match incoming {
                 Incoming::Reply(seq, req, reply) => {
+                    if lane == Lane::Bulk {
+                        self.clients.bulk_epoch += 1;
+                    }
                     self.finish(seq, req, reply, now);
                     if lane == Lane::Bulk {
                         self.pump_bulk(now);
@@ -1150,6 +1156,7 @@ impl Proxy {
             BulkReply::Drop => {}
         }
         let Some(req) = last else { return };
+        self.clients.bulk_epoch += 1;
         match self.bulk_reply.take() {
             // Its bytes are out already (or dropped, for a client cut off
             // or gone): the slot is done.
@@ -1180,8 +1187,8 @@ impl Proxy {
                 let sent_at = req.sent_at;
                 if self.cacheable(&req, &reply, sent_at, now) && !self.keys.writing(key) {
                     match &reply {
-                        Reply::Bulk(v) => self.cache.insert(key, Some(v), now),
-                        Reply::Nil => self.cache.insert(key, None, now),
+                        Reply::Bulk(v) => self.cache.insert_at(key, Some(v), now, req.epoch),
+                        Reply::Nil => self.cache.insert_at(key, None, now, req.epoch),
                         _ => {}
                     }
                 } else {
@@ -1213,13 +1220,13 @@ impl Proxy {
                                 key,
                                 value,
                                 deadline: None,
-                            } => self.cache.insert(&key, Some(&value), now),
+                            } => self.cache.insert_at(&key, Some(&value), now, req.epoch),
                             // The cache keeps one lifetime for all entries:
                             // a key with its own deadline is not cached.
                             Effect::Set { key, .. } | Effect::Expire { key, .. } => {
                                 self.cache.remove(&key);
                             }
-                            Effect::Del { key } => self.cache.insert(&key, None, now),
+                            Effect::Del { key } => self.cache.insert_at(&key, None, now, req.epoch),
                             Effect::Flush => self.cache.clear(),
                         }
                     }
@@ -1329,14 +1336,31 @@ impl clients::Client {
     fn must_wait(&self, cmd: &Command, route: Route) -> bool {
         request_lane(cmd, route).is_some_and(|lane| self.must_wait_for(lane))
     }
+}
 
-    /// Whether the client's reads skip the cache now: after it read the
-    /// whole keyspace from the server (`DUMP` on the bulk lane), any cache
-    /// entry older than that read may hold a value older than one it has
-    /// seen, so until every such entry has expired (a TTL) its reads go to
-    /// the server, and do not join a read sent before.
-    fn reads_past_cache(&self, now: Instant, ttl: Duration) -> bool {
-        self.bulk_read_at.is_some_and(|at| now < at + ttl)
+/// A read's route for a client that has seen the store as of bulk epoch
+/// `min_epoch`: a cache entry, or a `GET` in flight, from a request sent
+/// before then may be older than what the client saw, so the read goes to
+/// the server instead (once: the new fill is of the current epoch).
+fn older_than_seen(
+    get: GetRoute,
+    key: &[u8],
+    min_epoch: u64,
+    cache: &TtlCache,
+    upstream: &Upstream,
+) -> GetRoute {
+    if min_epoch == 0 {
+        return get;
+    }
+    let stale = match get {
+        GetRoute::Cache => cache.epoch_of(key).is_some_and(|e| e < min_epoch),
+        GetRoute::Join(seq) => upstream.get(seq).is_none_or(|r| r.epoch < min_epoch),
+        GetRoute::Upstream => false,
+    };
+    if stale {
+        GetRoute::Upstream
+    } else {
+        get
     }
 }
 

@@ -41,6 +41,8 @@ pub(super) struct InFlight {
     /// For a fill: the key's time to live in milliseconds, as the `PTTL`
     /// sent right behind the `GET` said (-1: none, -2: no key).
     pub ttl_ms: Option<i64>,
+    /// The proxy's bulk epoch when it was sent (see `Proxy::bulk_epoch`).
+    pub epoch: u64,
 }
 
 /// A request the proxy makes of its own on a new connection.
@@ -216,8 +218,14 @@ impl Upstream {
             deadline: now + self.request_timeout,
             sent_at: now,
             ttl_ms: None,
+            epoch: 0,
         });
         seq
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&InFlight> {
+        let idx = seq.checked_sub(self.head_seq)?;
+        self.in_flight.get(usize::try_from(idx).ok()?)
     }
 
     pub fn get_mut(&mut self, seq: u64) -> Option<&mut InFlight> {
