@@ -100,29 +100,37 @@ fn pinger(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(In
 }
 
 /// Sends `DUMP` and reads its whole RESP reply, checking that it holds
-/// every key once, in order; when it was sent and when its last bytes
-/// arrived.
+/// every key once, in order, with its value; when it was sent and when its
+/// last bytes arrived.
 fn dump_and_check(addr: SocketAddr) -> (Instant, Instant) {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut reader = BufReader::with_capacity(1 << 16, stream.try_clone().unwrap());
-    let sent = Instant::now();
-    (&stream).write_all(b"*1\r\n$4\r\nDUMP\r\n").unwrap();
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, format!("*{}\r\n", 2 * KEYS), "the header");
-    let mut bulk = |line: &mut String| {
-        line.clear();
-        reader.read_line(line).unwrap();
-        line.clear();
-        reader.read_line(line).unwrap();
-        line.trim_end().to_string()
-    };
+    // The reply expected, byte for byte: compared once it is all in, so
+    // that checking it takes no CPU from what is measured meanwhile.
+    let mut expected = format!("*{}\r\n", 2 * KEYS).into_bytes();
     for i in 0..KEYS {
-        assert_eq!(bulk(&mut line), key(i), "pair {i}: keys in order");
-        assert_eq!(bulk(&mut line), format!("value-{i}"));
+        let (k, v) = (key(i), format!("value-{i}"));
+        expected.extend_from_slice(
+            format!("${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes(),
+        );
     }
-    (sent, Instant::now())
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    let sent = Instant::now();
+    stream.write_all(b"*1\r\n$4\r\nDUMP\r\n").unwrap();
+    stream.read_exact(&mut got).expect("the whole reply");
+    let done = Instant::now();
+    if got != expected {
+        let at = got
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "the reply differs from every pair in key order at byte {at}: {:?}",
+            String::from_utf8_lossy(&got[at.saturating_sub(40)..(at + 40).min(got.len())])
+        );
+    }
+    (sent, done)
 }
 
 /// What the pings due while the `DUMP` went out say, printed: how many,
@@ -167,13 +175,15 @@ fn other_clients_are_served_while_a_dump_of_500k_keys_goes_out() {
         stop.store(true, Ordering::Relaxed);
         let longest = report(what, &pings.join().unwrap(), window);
         let took = window.1 - window.0;
-        // A DUMP done in one go holds every other client up for most of
-        // its time; one done a step at a time (at the server) or passed
+        // A DUMP done in one go holds every other client up for about all
+        // of its time; one done a step at a time (at the server) or passed
         // through a read at a time (at the proxy), for a step. The bound is
-        // relative, so that a slow or busy machine does not fail it.
+        // relative, and loose, so that a slow or busy machine (the pinger
+        // shares two cores with the reader and the servers) does not fail
+        // it: the figures above are the measure.
         assert!(
-            longest * 10 < took,
-            "{what}: a PING waited {longest:?}, a tenth or more of the DUMP's {took:?}"
+            longest * 4 < took,
+            "{what}: a PING waited {longest:?}, a quarter or more of the DUMP's {took:?}"
         );
     }
 }

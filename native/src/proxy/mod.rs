@@ -92,6 +92,8 @@ struct LaneWake {
     reset_requested: Cell<bool>,
     /// Wakes the upstream reader: the lane is to be read again.
     readable: Notify,
+    /// Wakes the lane's task waiting for the main lane to be accepted.
+    main_verified: Notify,
 }
 
 /// The proxy machine and the wake-ups of the tasks that drive it.

@@ -48,6 +48,14 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
     let connect_timeout = Reconnect::connect_timeout(handle.request_timeout());
     let mut reconnect = Reconnect::new(handle.reconnect_seed());
     loop {
+        if lane == Lane::Bulk {
+            // The bulk lane connects once the server has accepted the main
+            // lane: a server that refuses the proxy (its password, its
+            // client cap) is tried by one connection, at the backoff's pace.
+            while !handle.upstream_verified(Lane::Main) {
+                handle.wake(lane).main_verified.notified().await;
+            }
+        }
         handle.handle_upstream_connecting(lane);
         let connected = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
         {
@@ -63,6 +71,10 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
                 debug!("upstream connected");
                 reconnect.handle_connected(epoch.now());
                 handle.handle_upstream_connected(lane);
+                if lane == Lane::Main && handle.upstream_verified(lane) {
+                    // No handshake to wait for.
+                    handle.wake(Lane::Bulk).main_verified.notify_one();
+                }
                 let end = connection(&handle, stream, &mut reconnect, lane).await;
                 // With no handshake, a connection that ends without a
                 // refusal counts as accepted (idle ones are closed unread).
@@ -147,6 +159,9 @@ async fn connection(
                     // one that accepts and then refuses is still failing.
                     if !verified && handle.upstream_verified(lane) {
                         verified = true;
+                        if lane == Lane::Main {
+                            handle.wake(Lane::Bulk).main_verified.notify_one();
+                        }
                         reconnect.handle_verified();
                         if reconnect.note_recovered() {
                             info!("upstream connection works again");
@@ -156,7 +171,7 @@ async fn connection(
                         // A large reply arrives as fast as the server writes
                         // it: the clients (and the main lane) go between
                         // two of its reads.
-                        tokio::task::yield_now().await;
+                        crate::runtime::let_others_run().await;
                     }
                 }
                 Err(e) => return End::Lost(e.to_string()),

@@ -229,7 +229,7 @@ async fn expire_keys(shared: Rc<Shared>, port: u16) {
             Duration::from_millis(d.saturating_sub(now)).min(HOUSEKEEPING)
         });
         if wait.is_zero() {
-            tokio::task::yield_now().await;
+            crate::runtime::let_others_run().await;
         } else {
             tokio::time::sleep(wait).await;
         }
@@ -320,7 +320,7 @@ impl Conn for ServerClient {
         if self.conn.is_streaming() {
             // A streamed reply's next piece is ready as soon as this one is
             // written: the other clients go first.
-            tokio::task::yield_now().await;
+            crate::runtime::let_others_run().await;
         }
         Ok(())
     }
@@ -340,7 +340,7 @@ impl Conn for ServerClient {
             biased;
             _ = log_progress(&mut self.released), if waiting => Ok(Wake::Session),
             // A streamed reply still sorting has work without output.
-            () = tokio::task::yield_now(), if streaming => Ok(Wake::Session),
+            () = crate::runtime::let_others_run(), if streaming => Ok(Wake::Session),
             Ok(()) = self.kills.changed() => Ok(Wake::Session),
             ready = self.stream.readable(), if reading => {
                 ready?;
