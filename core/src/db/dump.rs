@@ -150,22 +150,26 @@ pub(crate) fn lock(snapshot: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
     snapshot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The snapshot the last `DUMP` took, while some reply still holds it,
-/// and every snapshot still held (to tell whether one is out).
+/// The snapshots of `DUMP`s, while some reply still holds them.
 #[derive(Debug, Default)]
-pub struct DumpCache(Weak<Mutex<Snapshot>>, Vec<Weak<Mutex<Snapshot>>>);
+pub struct DumpCache {
+    /// The last one taken, for the next `DUMP` to share.
+    last: Weak<Mutex<Snapshot>>,
+    /// Every one taken and maybe still held (to tell whether one is out).
+    all: Vec<Weak<Mutex<Snapshot>>>,
+}
 
 impl DumpCache {
     /// Whether some reply still holds a snapshot, sharing the store's
     /// entries (evicting one then frees nothing).
     pub fn snapshot_out(&self) -> bool {
-        self.1.iter().any(|w| w.strong_count() > 0)
+        self.all.iter().any(|w| w.strong_count() > 0)
     }
 
     /// A reply of the pairs live in `store` at `now`, sharing the last
     /// snapshot if it is of exactly that.
     pub fn stream(&mut self, store: &mut Store, now: u64) -> DumpStream {
-        let shared = self.0.upgrade().filter(|s| {
+        let shared = self.last.upgrade().filter(|s| {
             let s = lock(s);
             // With no deadline due by `now`, no key expired since the last
             // snapshot's moment either.
@@ -183,9 +187,9 @@ impl DumpCache {
                 generation: store.generation(),
             }));
             store.watch_writes(Arc::downgrade(&snapshot));
-            self.0 = Arc::downgrade(&snapshot);
-            self.1.retain(|w| w.strong_count() > 0);
-            self.1.push(Arc::downgrade(&snapshot));
+            self.last = Arc::downgrade(&snapshot);
+            self.all.retain(|w| w.strong_count() > 0);
+            self.all.push(Arc::downgrade(&snapshot));
             snapshot
         });
         DumpStream {
@@ -534,7 +538,7 @@ mod tests {
         assert_eq!(a.into_pairs(&s), without_x);
         // Once no reply holds it, the snapshot is gone.
         drop((b, c, d));
-        assert!(cache.0.upgrade().is_none());
+        assert!(cache.last.upgrade().is_none());
     }
 
     #[test]

@@ -895,6 +895,11 @@ impl Proxy {
         self.clients.flush(id, &mut self.events, &mut self.commands);
     }
 
+    /// Whether [`Proxy::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next thing the driver must act on.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ProxyEvent> {

@@ -176,6 +176,8 @@ impl ProxyHandle {
     pub fn remove_client(&self, id: ClientId) {
         self.inner.clients.borrow_mut().remove(&id);
         self.inner.proxy.borrow_mut().remove_client(id);
+        // The client may have been the one the bulk lane waited for.
+        self.drain_if_events(Some(id));
     }
 
     /// Feeds bytes received from a client. The caller takes the client's
@@ -218,7 +220,17 @@ impl ProxyHandle {
 
     /// Encoded output for a [`ClientKind::Stream`] client.
     pub fn poll_client_transmit(&self, id: ClientId) -> Option<BytesMut> {
-        self.inner.proxy.borrow_mut().poll_client_transmit(id)
+        let out = self.inner.proxy.borrow_mut().poll_client_transmit(id);
+        // Taking its output may let the bulk lane be read again.
+        self.drain_if_events(Some(id));
+        out
+    }
+
+    /// [`ProxyHandle::drain`], if the proxy has events for the driver.
+    fn drain_if_events(&self, caller: Option<ClientId>) {
+        if self.inner.proxy.borrow().has_events() {
+            self.drain(caller, false);
+        }
     }
 
     /// The next reply for a [`ClientKind::Messages`] client.
@@ -297,13 +309,14 @@ impl ProxyHandle {
 
     fn handle_upstream_input(&self, lane: Lane, data: &[u8]) {
         let now = self.inner.epoch.now();
-        self.inner
-            .proxy
-            .borrow_mut()
-            .handle_upstream_input(lane, data, now);
-        // Replies may release requests waiting on the other lane (or the
-        // bulk lane's next turn): both writers look.
-        self.drain(None, true);
+        let queued_upstream = {
+            let mut proxy = self.inner.proxy.borrow_mut();
+            let before = proxy.stats().upstream_requests;
+            proxy.handle_upstream_input(lane, data, now);
+            // A reply may have given the bulk lane its next turn.
+            proxy.stats().upstream_requests > before
+        };
+        self.drain(None, queued_upstream);
     }
 
     fn handle_upstream_connecting(&self, lane: Lane) {
