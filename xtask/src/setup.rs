@@ -21,8 +21,9 @@ const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 /// against, a headless Chromium with its WebDriver for browser tests, Node.js
 /// for the wasm unit tests (`wasm-bindgen-test-runner` runs them in Node) and
 /// the Node.js client libraries, Python's `venv` for redis-py's virtual
-/// environment, and a C++ compiler for libFuzzer, which the fuzz targets'
-/// check builds.
+/// environment, a C++ compiler for libFuzzer, which the fuzz targets'
+/// check builds, and `make`, with which `tikv-jemalloc-sys` builds the
+/// allocator `kv` runs on.
 const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
@@ -31,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nodejs",
     "python3-venv",
     "g++",
+    "make",
 ];
 
 /// Debian's package for `npm`, wanted only when no `npm` is on `PATH`: a
