@@ -462,6 +462,9 @@ pub struct Spec {
     pub handler: Handler,
     /// Its subcommands (`config|get` …), chosen by the second argument.
     pub subcommands: &'static [Spec],
+    /// The keyspace event a key it writes raises (`set`, `incrby` …, as
+    /// Redis names them; see `server/notify.rs`).
+    pub notify: &'static str,
     /// Where the `|` of a subcommand's name is (the name's length for a
     /// top-level command): worked out once, here, rather than per request.
     bar: usize,
@@ -494,8 +497,15 @@ impl Spec {
             shape: Shape::Plain,
             handler,
             subcommands: &[],
+            notify: "set",
             bar: bar_at(name),
         }
+    }
+
+    /// The keyspace event a key it writes raises, if not `set`.
+    pub const fn notifies(mut self, event: &'static str) -> Spec {
+        self.notify = event;
+        self
     }
 
     /// The `HELP` subcommand of a container, named `"<container>|help"`:

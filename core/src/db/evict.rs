@@ -237,7 +237,7 @@ impl Db {
         };
         if self.observed() {
             let key = Bytes::copy_from_slice(gone.entry.key());
-            self.record(Effect::Del { key }, Some(gone));
+            self.record_as(Effect::Del { key }, Some(gone), super::KeyChange::Evicted);
         }
         evicted
     }

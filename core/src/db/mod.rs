@@ -73,6 +73,39 @@ impl Effect {
     }
 }
 
+/// What happened to a key, as [`Db::take_signals`] tells it: for the
+/// server's invalidations and keyspace notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// One key changed.
+    Key(Bytes, KeyChange),
+    /// Every key was removed.
+    Flush,
+}
+
+/// How a key changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// It was given a value; `new`: it did not exist before.
+    Written {
+        /// The key did not exist before.
+        new: bool,
+    },
+    /// Its deadline was set (`persist`: cleared) by a command.
+    Deadline {
+        /// The deadline was removed.
+        persist: bool,
+    },
+    /// A command removed it.
+    Removed,
+    /// Its deadline passed.
+    Expired,
+    /// Eviction removed it.
+    Evicted,
+    /// A write the log refused was taken back.
+    Restored,
+}
+
 /// One effect of a command, with what the key held before (to undo it if
 /// the log cannot store it).
 #[derive(Debug, Clone)]
@@ -134,9 +167,8 @@ pub struct Db {
     /// Whether clients track keys (`CLIENT TRACKING`): every changed key is
     /// then signalled, for the server to send invalidations.
     signaling: bool,
-    /// Keys changed since [`Db::take_signals`] last ran (`None`: every
-    /// key, a flush), in order.
-    signals: Vec<Option<Bytes>>,
+    /// What changed since [`Db::take_signals`] last ran, in order.
+    signals: Vec<Signal>,
 }
 
 /// How many expired keys one call of [`Db::expire_due`] removes at most:
@@ -207,7 +239,7 @@ impl Db {
     /// key was removed), while signals are on. Every change is here
     /// whatever made it: a command, expiry, eviction, or the undo of a
     /// write the log could not store.
-    pub fn take_signals(&mut self) -> std::vec::Drain<'_, Option<Bytes>> {
+    pub fn take_signals(&mut self) -> std::vec::Drain<'_, Signal> {
         self.signals.drain(..)
     }
 
@@ -218,6 +250,21 @@ impl Db {
     }
 
     fn record(&mut self, effect: Effect, before: Option<Slot>) {
+        let change = match &effect {
+            Effect::Set { .. } => KeyChange::Written {
+                new: before.is_none(),
+            },
+            Effect::Expire { deadline, .. } => KeyChange::Deadline {
+                persist: deadline.is_none(),
+            },
+            Effect::Del { .. } | Effect::Flush => KeyChange::Removed,
+        };
+        self.record_as(effect, before, change);
+    }
+
+    /// [`Db::record`], for a change whose cause the effect does not say
+    /// (expiry, eviction).
+    fn record_as(&mut self, effect: Effect, before: Option<Slot>, change: KeyChange) {
         if !self.watched.is_empty() {
             if let Some(key) = effect.key() {
                 self.touch(key);
@@ -225,7 +272,7 @@ impl Db {
         }
         if self.signaling {
             if let Some(key) = effect.key() {
-                self.signals.push(Some(key.clone()));
+                self.signals.push(Signal::Key(key.clone(), change));
             }
         }
         if self.recording {
@@ -277,7 +324,7 @@ impl Db {
         let gone = self.store.take_at(at);
         self.expired += 1;
         let key = Bytes::copy_from_slice(gone.entry.key());
-        self.record(Effect::Del { key }, Some(gone));
+        self.record_as(Effect::Del { key }, Some(gone), KeyChange::Expired);
     }
 
     /// The value of `key`, unless missing or expired.
@@ -329,6 +376,12 @@ impl Db {
                 deadline,
             };
             self.record(effect, before);
+            if self.signaling && deadline.is_some() {
+                // `SET … EX`: written, then given its deadline, as Redis
+                // tells it.
+                let change = KeyChange::Deadline { persist: false };
+                self.signals.push(Signal::Key(key.clone(), change));
+            }
         }
     }
 
@@ -431,7 +484,7 @@ impl Db {
         };
         self.store.clear();
         if self.signaling {
-            self.signals.push(None);
+            self.signals.push(Signal::Flush);
         }
         if self.recording {
             self.changes.push(Change {
@@ -454,7 +507,7 @@ impl Db {
         for slot in gone {
             self.expired += 1;
             let key = Bytes::copy_from_slice(slot.entry.key());
-            self.record(Effect::Del { key }, Some(slot));
+            self.record_as(Effect::Del { key }, Some(slot), KeyChange::Expired);
         }
         n
     }
@@ -537,7 +590,10 @@ impl Db {
     pub fn undo(&mut self, change: Change) {
         if self.signaling {
             // A client may have read the value being taken back.
-            self.signals.push(change.effect.key().cloned());
+            self.signals.push(match change.effect.key() {
+                Some(key) => Signal::Key(key.clone(), KeyChange::Restored),
+                None => Signal::Flush,
+            });
         }
         match change.effect {
             Effect::Flush => {

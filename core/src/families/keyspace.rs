@@ -155,7 +155,8 @@ const RENAME: Spec = Spec::new(
     Handler::Data(rename),
 )
 .keys(Keys::range(1, 2, 1, KeyAccess::Overwrite))
-.args(&[Arg::key("key"), Arg::key("newkey")]);
+.args(&[Arg::key("key"), Arg::key("newkey")])
+.notifies("rename_to");
 
 const RENAMENX: Spec = Spec::new(
     "renamenx",
@@ -166,7 +167,8 @@ const RENAMENX: Spec = Spec::new(
     Handler::Data(renamenx),
 )
 .keys(Keys::range(1, 2, 1, KeyAccess::Overwrite))
-.args(&[Arg::key("key"), Arg::key("newkey")]);
+.args(&[Arg::key("key"), Arg::key("newkey")])
+.notifies("rename_to");
 
 fn rename(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     match move_key(db, cmd.arg(1), cmd.arg(2), false) {
@@ -195,8 +197,10 @@ fn move_key(db: &mut Db, from: &Bytes, to: &Bytes, nx: bool) -> Result<bool, Exe
     if nx && db.contains(to) {
         return Ok(false);
     }
-    db.set(to, &value, deadline);
+    // Removed first: its keyspace events come in Redis's order,
+    // `rename_from` then `rename_to`.
     db.del(from);
+    db.set(to, &value, deadline);
     Ok(true)
 }
 
@@ -215,7 +219,8 @@ const COPY: Spec = Spec::new(
     Arg::integer("destination-db").with_token("DB").optional(),
     Arg::token("replace", "REPLACE").optional(),
 ])
-.since("6.2.0");
+.since("6.2.0")
+.notifies("copy_to");
 
 fn copy(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let args = cmd.args();

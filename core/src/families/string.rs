@@ -458,7 +458,8 @@ const APPEND: Spec = Spec::new(
 )
 .keys(Keys::one(1, KeyAccess::Overwrite))
 .args(&[Arg::key("key"), Arg::string("value")])
-.since("2.0.0");
+.since("2.0.0")
+.notifies("append");
 
 fn append(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let (key, tail) = (cmd.arg(1), cmd.arg(2));
@@ -557,7 +558,8 @@ const SETRANGE: Spec = Spec::new(
     Arg::integer("offset"),
     Arg::string("value"),
 ])
-.since("2.2.0");
+.since("2.2.0")
+.notifies("setrange");
 
 fn setrange(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let Some(offset) = parse::int(cmd.arg(2)) else {
@@ -592,25 +594,29 @@ const INCR: Spec = counter(
     2,
     "Adds 1 to a key's integer value; the new value.",
     incr,
-);
+)
+.notifies("incrby");
 const DECR: Spec = counter(
     "decr",
     2,
     "Subtracts 1 from a key's integer value; the new value.",
     decr,
-);
+)
+.notifies("decrby");
 const INCRBY: Spec = counter(
     "incrby",
     3,
     "Adds an integer to a key's integer value.",
     incrby,
-);
+)
+.notifies("incrby");
 const DECRBY: Spec = counter(
     "decrby",
     3,
     "Subtracts an integer from a key's integer value.",
     decrby,
-);
+)
+.notifies("decrby");
 
 const fn counter(
     name: &'static str,
@@ -688,7 +694,8 @@ const INCRBYFLOAT: Spec = Spec::new(
 )
 .keys(Keys::one(1, KeyAccess::Overwrite))
 .args(&[Arg::key("key"), Arg::string("increment")])
-.since("2.6.0");
+.since("2.6.0")
+.notifies("incrbyfloat");
 
 fn incrbyfloat(db: &mut Db, cmd: &Command, out: &mut dyn ReplyOut) {
     let key = cmd.arg(1);
@@ -725,7 +732,8 @@ const SETBIT: Spec = Spec::new(
     Arg::integer("offset"),
     Arg::integer("value"),
 ])
-.since("2.2.0");
+.since("2.2.0")
+.notifies("setbit");
 
 /// A bit offset as Redis reads it: up to 2^32 - 1 (512 MB of bits).
 fn bit_offset(arg: &[u8]) -> Result<usize, ExecError> {

@@ -943,11 +943,12 @@ mod push_tests {
             sub3.send(&mut s, "PSUBSCRIBE n*\r\n"),
             ">3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n"
         );
+        s.take_woken();
         assert_eq!(
             publisher.send(&mut s, "PUBLISH news hi\r\n"),
             "(integer) 2\r\n"
         );
-        assert!(s.take_woken().len() == 2, "both subscribers are woken");
+        assert_eq!(s.take_woken().len(), 2, "both subscribers are woken");
         assert_eq!(
             sub2.take(&mut s),
             "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
@@ -1058,6 +1059,55 @@ mod push_tests {
         assert_eq!(
             client.send(&mut s, "CLIENT GETREDIR\r\n"),
             format!("(integer) {id}\r\n")
+        );
+    }
+
+    #[test]
+    fn keyspace_events_follow_the_configured_classes() {
+        let mut s = Server::new(ServerConfig::default());
+        let (mut sub, mut client) = (Peer::new(&s), Peer::new(&s));
+        client.send(&mut s, "CONFIG SET notify-keyspace-events KEA\r\n");
+        sub.send(&mut s, "HELLO 3\r\nPSUBSCRIBE __key*\r\n");
+        sub.take(&mut s);
+        client.send(
+            &mut s,
+            "SET k 1 PX 100\r\nINCR k\r\nDEL k\r\nSET gone x PX 50\r\n",
+        );
+        let now = s.now();
+        s.handle_timeout(now + 49);
+        s.handle_timeout(now + 50);
+        let out = sub.take(&mut s);
+        let events: Vec<&str> = out
+            .split(">4\r\n")
+            .filter(|m| m.contains("__keyevent@0__:"))
+            .map(|m| {
+                m.split("__keyevent@0__:")
+                    .nth(1)
+                    .unwrap()
+                    .split("\r\n")
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            events,
+            ["set", "expire", "incrby", "del", "set", "expire", "expired"]
+        );
+        assert!(
+            out.contains("$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n"),
+            "{out}"
+        );
+        client.send(&mut s, "CONFIG SET notify-keyspace-events En\r\n");
+        assert_eq!(
+            client.send(&mut s, "CONFIG GET notify-keyspace-events\r\n"),
+            "(1 entry)\r\n1# \"notify-keyspace-events\" => \"nE\"\r\n"
+        );
+        client.send(&mut s, "SET fresh 1\r\nSET fresh 2\r\n");
+        let out = sub.take(&mut s);
+        assert_eq!(
+            out.matches("__keyevent@0__:new").count(),
+            1,
+            "only when created: {out}"
         );
     }
 

@@ -10,6 +10,7 @@ mod clients;
 mod conn;
 mod mail;
 pub mod memory;
+pub mod notify;
 pub mod pubsub;
 pub mod tracking;
 mod tx;
@@ -119,6 +120,9 @@ pub struct Server {
     tracking: tracking::Tracking,
     /// Messages for connections: published ones and invalidations.
     mail: mail::Mailboxes,
+    /// The keyspace events published (`notify-keyspace-events`; see
+    /// [`notify`]).
+    notify_flags: u32,
 }
 
 impl Server {
@@ -142,6 +146,7 @@ impl Server {
             pubsub: pubsub::PubSub::default(),
             tracking: tracking::Tracking::new(hash_seed),
             mail: mail::Mailboxes::default(),
+            notify_flags: 0,
         }
     }
 
@@ -216,7 +221,7 @@ impl Server {
         if let Some(journal) = &mut self.journal {
             self.db.take_changes().for_each(|c| journal.record(c));
         }
-        self.signal_changes(None);
+        self.signal_changes(None, None);
         self.make_tracking_room();
         n
     }
@@ -239,7 +244,7 @@ impl Server {
         self.pubsub.remove_client(session.id);
         if session.tracking {
             self.tracking.disable(session.id);
-            self.db.signal_changes(self.tracking.client_count() > 0);
+            self.update_signaling();
         }
         self.mail.remove(session.id);
     }
@@ -376,7 +381,7 @@ impl Server {
         for undo in j.fail(error).into_iter().rev() {
             self.db.undo(undo.change);
         }
-        self.signal_changes(None);
+        self.signal_changes(None, None);
     }
 
     /// The log works again (the driver rewrote it from the store): writes
@@ -445,7 +450,7 @@ impl Server {
             if self.db.has_signals() {
                 // Evicted before the command ran: the invalidations go out
                 // ahead of its reply, as Redis sends them.
-                self.signal_changes(None);
+                self.signal_changes(None, None);
                 if let Some(mail) = self.mail.take(session.id) {
                     mail.items.into_iter().for_each(|m| out.reply(m));
                 }
@@ -507,12 +512,12 @@ impl Server {
                 }
                 // What eviction changed before the command is no change of
                 // this client's (NOLOOP does not hide it).
-                self.signal_changes(None);
+                self.signal_changes(None, None);
                 handler(&mut self.db, cmd, out);
                 if let Some(journal) = &mut self.journal {
                     self.db.take_changes().for_each(|c| journal.record(c));
                 }
-                self.signal_changes(Some(session.id));
+                self.signal_changes(Some(session.id), Some(cmd.spec()));
                 // Remembered after the command's own invalidations (a read
                 // may remove an expired key), as Redis does.
                 let spec = cmd.spec();
@@ -698,10 +703,26 @@ impl Node for Server {
                 "tracking-table-max-keys",
                 self.tracking.max_keys.to_string(),
             ),
+            (
+                "notify-keyspace-events",
+                notify::flags_string(self.notify_flags),
+            ),
         ]
     }
 
     fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        if name.eq_ignore_ascii_case("notify-keyspace-events") {
+            return match notify::parse_flags(value) {
+                Some(flags) => {
+                    self.notify_flags = flags;
+                    self.update_signaling();
+                    Ok(())
+                }
+                None => Err(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - Invalid event class character. Use 'Ag$lshzxeKEtmdn'."
+                )),
+            };
+        }
         if name.eq_ignore_ascii_case("tracking-table-max-keys") {
             return match crate::families::parse::int(value).and_then(|n| usize::try_from(n).ok()) {
                 Some(n) => {

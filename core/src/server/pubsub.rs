@@ -210,6 +210,23 @@ pub fn message(proto: Proto, items: Vec<Reply>) -> Reply {
     }
 }
 
+impl Server {
+    /// Sends `payload` to the subscribers of `channel` and of the patterns
+    /// it matches; how many messages went.
+    pub(super) fn publish(&mut self, channel: Bytes, payload: Bytes) -> usize {
+        if self.pubsub.clients.is_empty() {
+            return 0;
+        }
+        let recipients = self.pubsub.recipients(&channel, &payload);
+        let n = recipients.len();
+        for (id, items) in recipients {
+            self.deliver(id, items);
+        }
+        self.pubsub.delivered += n as u64;
+        n
+    }
+}
+
 /// Runs a publish/subscribe command for `session`.
 pub(super) fn run(
     server: &mut Server,
@@ -220,10 +237,10 @@ pub(super) fn run(
 ) {
     let args = &cmd.args()[1..];
     match op {
-        PubSubOp::Subscribe => subscribe(server, session, Kind::Channel, args, out),
-        PubSubOp::PSubscribe => subscribe(server, session, Kind::Pattern, args, out),
-        PubSubOp::Unsubscribe => unsubscribe(server, session, Kind::Channel, args, out),
-        PubSubOp::PUnsubscribe => unsubscribe(server, session, Kind::Pattern, args, out),
+        PubSubOp::Subscribe => subscribe(server, session, Kind::Channel, args),
+        PubSubOp::PSubscribe => subscribe(server, session, Kind::Pattern, args),
+        PubSubOp::Unsubscribe => unsubscribe(server, session, Kind::Channel, args),
+        PubSubOp::PUnsubscribe => unsubscribe(server, session, Kind::Pattern, args),
         PubSubOp::Publish => {
             let (channel, payload) = (cmd.arg(1), cmd.arg(2));
             // Copied once: every recipient's message shares them, and they
@@ -231,12 +248,7 @@ pub(super) fn run(
             // reused.
             let channel = Bytes::copy_from_slice(channel);
             let payload = Bytes::copy_from_slice(payload);
-            let recipients = server.pubsub.recipients(&channel, &payload);
-            let n = recipients.len();
-            for (id, items) in recipients {
-                server.deliver(id, items);
-            }
-            server.pubsub.delivered += n as u64;
+            let n = server.publish(channel, payload);
             out.reply(Reply::Integer(n as i64));
         }
         PubSubOp::Channels => {
@@ -285,38 +297,27 @@ fn confirmation(kind: Kind, on: bool) -> &'static [u8] {
     }
 }
 
-fn confirm(session: &Session, kind: Kind, on: bool, name: Option<Bytes>) -> Reply {
-    message(
-        session.proto,
-        vec![
-            Reply::Bulk(Bytes::from_static(confirmation(kind, on))),
-            name.map_or(Reply::Nil, Reply::Bulk),
-            Reply::Integer(session.subscriptions as i64),
-        ],
-    )
+/// Confirms an (un)subscription. Like every message of the protocol it
+/// goes through the mailbox, whatever `CLIENT REPLY` says (Redis sends it
+/// as a push in RESP2 too), right after the command.
+fn confirm(server: &mut Server, session: &Session, kind: Kind, on: bool, name: Option<Bytes>) {
+    let items = vec![
+        Reply::Bulk(Bytes::from_static(confirmation(kind, on))),
+        name.map_or(Reply::Nil, Reply::Bulk),
+        Reply::Integer(session.subscriptions as i64),
+    ];
+    server.deliver_reply(session.id, message(session.proto, items));
 }
 
-fn subscribe(
-    server: &mut Server,
-    session: &mut Session,
-    kind: Kind,
-    names: &[Bytes],
-    out: &mut dyn ReplyOut,
-) {
+fn subscribe(server: &mut Server, session: &mut Session, kind: Kind, names: &[Bytes]) {
     for name in names {
         server.pubsub.subscribe(session.id, kind, name);
         session.subscriptions = server.pubsub.subscriptions(session.id);
-        out.reply(confirm(session, kind, true, Some(name.clone())));
+        confirm(server, session, kind, true, Some(name.clone()));
     }
 }
 
-fn unsubscribe(
-    server: &mut Server,
-    session: &mut Session,
-    kind: Kind,
-    names: &[Bytes],
-    out: &mut dyn ReplyOut,
-) {
+fn unsubscribe(server: &mut Server, session: &mut Session, kind: Kind, names: &[Bytes]) {
     let all;
     let names = if names.is_empty() {
         all = server.pubsub.names(session.id, kind);
@@ -324,7 +325,7 @@ fn unsubscribe(
             // Nothing to leave: one confirmation all the same, naming no
             // channel, as Redis answers.
             session.subscriptions = server.pubsub.subscriptions(session.id);
-            return out.reply(confirm(session, kind, false, None));
+            return confirm(server, session, kind, false, None);
         }
         &all[..]
     } else {
@@ -333,7 +334,7 @@ fn unsubscribe(
     for name in names {
         server.pubsub.unsubscribe(session.id, kind, name);
         session.subscriptions = server.pubsub.subscriptions(session.id);
-        out.reply(confirm(session, kind, false, Some(name.clone())));
+        confirm(server, session, kind, false, Some(name.clone()));
     }
 }
 

@@ -26,7 +26,8 @@
 //! room, a bounded number per command or timer step.
 
 use super::Server;
-use crate::db::Hasher;
+use crate::command::table::Spec;
+use crate::db::{Hasher, Signal};
 use crate::reply::{Proto, Reply};
 use crate::session::{TrackingOptions, TrackingRequest};
 use bytes::Bytes;
@@ -298,13 +299,13 @@ impl Server {
                     return Reply::error(e);
                 }
                 session.tracking = true;
-                self.db.signal_changes(true);
+                self.update_signaling();
                 Reply::ok()
             }
             TrackingRequest::Off => {
                 self.tracking.disable(id);
                 session.tracking = false;
-                self.db.signal_changes(self.tracking.client_count() > 0);
+                self.update_signaling();
                 Reply::ok()
             }
             TrackingRequest::Caching(yes) => {
@@ -366,17 +367,32 @@ impl Server {
     /// Sends the invalidations of what changed since the last call:
     /// `current` is the client whose command changed it (for `NOLOOP`),
     /// `None` for expiry and eviction.
-    pub(super) fn signal_changes(&mut self, current: Option<u64>) {
+    /// The command that caused them (`spec`) names their keyspace events.
+    pub(super) fn signal_changes(&mut self, current: Option<u64>, spec: Option<&Spec>) {
         if !self.db.has_signals() {
             return;
         }
-        let signals: Vec<Option<Bytes>> = self.db.take_signals().collect();
+        let signals: Vec<Signal> = self.db.take_signals().collect();
         for signal in signals {
             match signal {
-                Some(key) => self.invalidate_key(&key, current),
-                None => self.invalidate_all(),
+                Signal::Key(key, change) => {
+                    if self.tracking.client_count() > 0 {
+                        self.invalidate_key(&key, current);
+                    }
+                    if self.notify_flags != 0 {
+                        self.notify_change(&key, change, spec);
+                    }
+                }
+                Signal::Flush => self.invalidate_all(),
             }
         }
+    }
+
+    /// Whether the database signals its changes: while a client tracks, or
+    /// keyspace events are on.
+    pub(super) fn update_signaling(&mut self) {
+        let on = self.tracking.client_count() > 0 || self.notify_flags != 0;
+        self.db.signal_changes(on);
     }
 
     fn invalidate_key(&mut self, key: &Bytes, current: Option<u64>) {
