@@ -2,9 +2,12 @@
 //! `AUTH` answer. A view of the proxy's parts other than its clients, so a
 //! client's session can be changed while the node is read.
 
-use super::{ProxyConfig, ProxyStats, UpstreamState};
+use super::tracking::Tracking;
+use super::{ProxyConfig, ProxyStats, UpstreamState, UpstreamTracking};
 use crate::auth::Password;
 use crate::cache::TtlCache;
+use crate::errors::ProxyTrackingError;
+use crate::reply::{Proto, Reply};
 use crate::session::{
     replication_and_cpu, server_section, HostFacts, InfoSections, KillFilter, Node, Role, Session,
 };
@@ -24,6 +27,75 @@ pub(super) struct View<'a> {
     pub clients: usize,
     pub host: &'a HostFacts,
     pub commands: &'a CommandStats,
+    pub tracking: &'a mut Tracking,
+    pub tracking_refused: Option<&'a str>,
+    /// Per lane, in [`Lane::ALL`](super::Lane::ALL) order.
+    pub lane_tracking: [&'a UpstreamTracking; 2],
+}
+
+impl View<'_> {
+    /// The proxy's side of `CLIENT TRACKING ON|OFF` for the client of
+    /// `session`, with the name of an option it was given that the proxy
+    /// does not carry out, if any. Tracking is turned on only where the
+    /// proxy can deliver the invalidations: never an `OK` for tracking
+    /// that is not done.
+    // Reached from the tests only until the command table has
+    // `CLIENT TRACKING` (the server's side, on another branch): then it
+    // answers `Node::tracking`.
+    #[allow(dead_code)]
+    pub fn client_tracking(
+        &mut self,
+        session: &mut Session,
+        on: bool,
+        unsupported: Option<&'static str>,
+    ) -> Result<(), Reply> {
+        let id = super::clients::id_of(session);
+        if !on {
+            self.tracking.set(id, false);
+            return Ok(());
+        }
+        if let Some(option) = unsupported {
+            return Err(ProxyTrackingError::Unsupported(option).into());
+        }
+        if !self.config.tracking {
+            return Err(ProxyTrackingError::Off.into());
+        }
+        if let Some(why) = self.tracking_refused {
+            return Err(ProxyTrackingError::UpstreamRefused(why.to_owned()).into());
+        }
+        if session.proto != Proto::Resp3 {
+            return Err(ProxyTrackingError::NeedsResp3.into());
+        }
+        self.tracking.set(id, true);
+        Ok(())
+    }
+
+    /// `INFO`'s `# Tracking` section.
+    fn tracking_section(&self, info: &mut String) {
+        use std::fmt::Write;
+        let s = self.stats;
+        let state = if !self.config.tracking {
+            "off"
+        } else if self.tracking_refused.is_some() {
+            "fallback"
+        } else {
+            "on"
+        };
+        let _ = write!(
+            info,
+            "# Tracking\ntracking:{state}\ntracking_fallback_reason:{}\ntracking_invalidations_received:{}\ntracking_keys_invalidated:{}\ntracking_flushes:{}\ntracking_clients:{}\ntracking_client_keys:{}\n",
+            // One line, whatever the server said.
+            self.tracking_refused.unwrap_or("").replace(['\r', '\n'], " "),
+            s.tracking_invalidations_received,
+            s.tracking_keys_invalidated,
+            s.tracking_flushes,
+            self.tracking.clients(),
+            self.tracking.pairs(),
+        );
+        for (lane, state) in super::Lane::ALL.iter().zip(self.lane_tracking) {
+            let _ = writeln!(info, "upstream_{}_tracking:{}", lane.name(), state.name());
+        }
+    }
 }
 
 impl Node for View<'_> {
@@ -51,6 +123,9 @@ impl Node for View<'_> {
             );
         }
         replication_and_cpu(&mut info, sections, h);
+        if sections.wants("tracking") {
+            self.tracking_section(&mut info);
+        }
         if sections.wants_extra("commandstats") {
             self.commands.info(&mut info);
         }
