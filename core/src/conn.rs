@@ -154,6 +154,9 @@ pub struct ConnPolicy {
     over_soft_since: Option<Instant>,
     /// The output limit was exceeded: the connection is over.
     over_limit: bool,
+    /// The client listens for messages (it has subscriptions): it is held
+    /// to this output limit instead, and never idle.
+    subscriber: Option<OutputLimit>,
 }
 
 impl ConnPolicy {
@@ -176,7 +179,19 @@ impl ConnPolicy {
             command_since: None,
             over_soft_since: None,
             over_limit: false,
+            subscriber: None,
         }
+    }
+
+    /// Whether the client listens for messages (it has subscriptions), and
+    /// the output limit it is then held to. A subscriber that sends nothing
+    /// is waiting, not idle: Redis times out no subscriber.
+    pub fn handle_subscriber(&mut self, limit: Option<OutputLimit>) {
+        self.subscriber = limit;
+    }
+
+    fn output_limit(&self) -> OutputLimit {
+        self.subscriber.unwrap_or(self.config.output_limit)
     }
 
     /// How much output is held for the client now (handed to the socket
@@ -185,7 +200,7 @@ impl ConnPolicy {
     /// stayed over for the soft limit's time.
     pub fn handle_output_held(&mut self, bytes: usize, now: Instant) {
         let now = self.clock.advance(now);
-        let limit = self.config.output_limit;
+        let limit = self.output_limit();
         if limit.hard > 0 && bytes > limit.hard {
             self.over_limit = true;
         }
@@ -197,7 +212,7 @@ impl ConnPolicy {
     }
 
     fn soft_limit_deadline(&self) -> Option<Instant> {
-        Some(self.over_soft_since? + self.config.output_limit.soft_for)
+        Some(self.over_soft_since? + self.output_limit().soft_for)
     }
 
     /// Where the session's input stands after the last input was handled:
@@ -272,8 +287,11 @@ impl ConnPolicy {
         let idle = self.config.idle_timeout?;
         // A command in progress started before the last input arrived.
         let since = self.command_since.map_or(self.active_at, |(t, _)| t);
-        (self.phase == Phase::Open && !self.waiting && self.writing_since.is_none())
-            .then(|| since + idle)
+        (self.phase == Phase::Open
+            && !self.waiting
+            && self.subscriber.is_none()
+            && self.writing_since.is_none())
+        .then(|| since + idle)
     }
 
     fn write_deadline(&self) -> Option<Instant> {
@@ -366,6 +384,29 @@ mod tests {
             },
             ms(0),
         )
+    }
+
+    #[test]
+    fn a_subscriber_is_never_idle_and_is_held_to_its_own_limit() {
+        let mut p = policy();
+        p.handle_subscriber(Some(OutputLimit {
+            hard: 100,
+            soft: 10,
+            soft_for: Duration::from_secs(60),
+        }));
+        assert_eq!(p.poll_timeout(), None, "no idle deadline");
+        p.handle_timeout(ms(3_600_000));
+        assert_eq!(p.poll_end(NOTHING), None, "an hour without input");
+        p.handle_output_held(11, ms(3_600_000));
+        p.handle_timeout(ms(3_659_999));
+        assert_eq!(p.poll_end(NOTHING), None, "59.999 s over its soft limit");
+        p.handle_timeout(ms(3_660_000));
+        assert_eq!(p.poll_end(NOTHING), Some(End::OutputLimit), "60 s");
+        // Back to a normal client: idle again, by the connection's rule.
+        let mut p = policy();
+        p.handle_subscriber(Some(OutputLimit::default()));
+        p.handle_subscriber(None);
+        assert_eq!(p.poll_timeout(), Some(ms(10_000)));
     }
 
     #[test]

@@ -436,6 +436,12 @@ pub trait ReplyOut {
     fn set_proto(&mut self, proto: Proto) {
         let _ = proto;
     }
+
+    /// The connection's replies are dropped from now on (`CLIENT REPLY
+    /// OFF|SKIP`), or no longer (`ON`), this command's included.
+    fn set_muted(&mut self, muted: bool) {
+        let _ = muted;
+    }
 }
 
 /// Encodes replies in one dialect (and RESP version) into a buffer,
@@ -453,6 +459,9 @@ pub struct ReplyEncoder<'a> {
     /// Where a streamed reply is kept, if this output can send one a piece
     /// at a time (see [`ReplyOut::offer_stream`]); `None`: written whole.
     pub streamed: Option<Option<crate::db::DumpStream>>,
+    /// `CLIENT REPLY OFF|SKIP`: replies are dropped; pushes still go, as
+    /// Redis sends them.
+    pub muted: bool,
 }
 
 impl<'a> ReplyEncoder<'a> {
@@ -469,6 +478,7 @@ impl<'a> ReplyEncoder<'a> {
             out,
             errors: 0,
             streamed: None,
+            muted: false,
         }
     }
 }
@@ -478,14 +488,23 @@ impl ReplyOut for ReplyEncoder<'_> {
         if reply.is_error() {
             self.errors += 1;
         }
+        if self.muted && !matches!(reply, Reply::Push(_)) {
+            return;
+        }
         reply.encode_as(self.dialect, self.proto, self.out);
     }
 
     fn value(&mut self, value: Option<&[u8]>) {
-        encode_value_proto(self.dialect, self.proto, value, self.out);
+        if !self.muted {
+            encode_value_proto(self.dialect, self.proto, value, self.out);
+        }
     }
 
     fn offer_stream(&mut self, stream: crate::db::DumpStream) -> Option<crate::db::DumpStream> {
+        if self.muted {
+            // Taken, and dropped: nobody reads it.
+            return None;
+        }
         match &mut self.streamed {
             Some(slot) => {
                 *slot = Some(stream);
@@ -497,6 +516,10 @@ impl ReplyOut for ReplyEncoder<'_> {
 
     fn set_proto(&mut self, proto: Proto) {
         self.proto = proto;
+    }
+
+    fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
     }
 }
 

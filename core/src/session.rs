@@ -3,7 +3,7 @@
 //! them.
 
 use crate::auth::Password;
-use crate::reply::Proto;
+use crate::reply::{Proto, Reply};
 use crate::server::Transaction;
 use bytes::Bytes;
 
@@ -44,6 +44,75 @@ pub struct Session {
     /// The transaction being queued and the keys watched, if any (the
     /// server's; boxed for the same reason as the names).
     pub tx: Option<Box<Transaction>>,
+    /// Channels and patterns subscribed to: a RESP2 connection with any
+    /// may run only the subscription commands, `PING` and `QUIT`.
+    pub subscriptions: usize,
+    /// `CLIENT TRACKING` is on: the node remembers what it reads.
+    pub tracking: bool,
+    /// Whether replies are sent (`CLIENT REPLY`).
+    pub reply: ReplyMode,
+}
+
+/// `CLIENT REPLY`'s modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// Every reply is sent.
+    #[default]
+    On,
+    /// No reply is sent (pushes still are).
+    Off,
+    /// `CLIENT REPLY SKIP` ran: no reply to it, nor to the next command.
+    SkipNext,
+    /// This command's reply is skipped.
+    Skip,
+}
+
+impl ReplyMode {
+    /// Whether the current command's replies are dropped.
+    pub fn muted(self) -> bool {
+        self != ReplyMode::On
+    }
+
+    /// The mode for the next command.
+    pub fn next(self) -> ReplyMode {
+        match self {
+            ReplyMode::SkipNext => ReplyMode::Skip,
+            ReplyMode::Skip => ReplyMode::On,
+            mode => mode,
+        }
+    }
+}
+
+/// `CLIENT TRACKING ON`'s options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackingOptions {
+    /// `REDIRECT id`: invalidations go to that client instead.
+    pub redirect: Option<u64>,
+    /// `BCAST`: every change under the prefixes, read or not.
+    pub bcast: bool,
+    /// `OPTIN`: only the keys of commands after `CLIENT CACHING yes`.
+    pub optin: bool,
+    /// `OPTOUT`: all keys but those of commands after `CLIENT CACHING no`.
+    pub optout: bool,
+    /// `NOLOOP`: not the keys the client changed itself.
+    pub noloop: bool,
+    /// `PREFIX p` (with `BCAST`).
+    pub prefixes: Vec<Bytes>,
+}
+
+/// What a client asks of the node about its tracking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackingRequest {
+    /// `CLIENT TRACKING ON …`.
+    On(TrackingOptions),
+    /// `CLIENT TRACKING OFF`.
+    Off,
+    /// `CLIENT CACHING yes|no`.
+    Caching(bool),
+    /// `CLIENT GETREDIR`.
+    GetRedir,
+    /// `CLIENT TRACKINGINFO`.
+    Info,
 }
 
 /// What `CLIENT SETNAME` and `CLIENT SETINFO` set.
@@ -68,6 +137,9 @@ impl Session {
             names: None,
             proto: Proto::Resp2,
             tx: None,
+            subscriptions: 0,
+            tracking: false,
+            reply: ReplyMode::On,
         }
     }
 
@@ -104,6 +176,13 @@ pub trait Node {
     /// cannot be set. By default only what is already true can be "set".
     fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
         default_config_set(&self.config(), name, value)
+    }
+    /// `CLIENT TRACKING`, `CACHING`, `GETREDIR` and `TRACKINGINFO`. By
+    /// default refused: a node that does not carry tracking out must not
+    /// answer `OK` to it, or its client would cache stale values forever.
+    fn tracking(&mut self, session: &mut Session, request: TrackingRequest) -> Reply {
+        let _ = (session, request);
+        Reply::error("ERR client tracking is not supported by this node")
     }
 }
 

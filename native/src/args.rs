@@ -403,6 +403,11 @@ pub struct ServerArgs {
     /// `--http` is the same, the server's HTTP listener serving only that).
     #[arg(long, visible_alias = "http", value_name = "ADDR", value_parser = parse_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Redis's client-output-buffer-limit for subscribers ("pubsub"
+    /// class), as "HARD SOFT SECONDS": a client with subscriptions that
+    /// does not read its messages is disconnected at it.
+    #[arg(long, value_name = "HARD SOFT SECONDS", value_parser = parse_output_limit, default_value = "32MiB 8MiB 60")]
+    pub pubsub_output_buffer_limit: OutputLimit,
 }
 
 impl ServerArgs {
@@ -420,6 +425,7 @@ impl ServerArgs {
             inline_replies: self.conn.inline_replies.into(),
             metrics: self.metrics,
             maxmemory: self.memory.bound(),
+            pubsub_output_limit: self.pubsub_output_buffer_limit,
         }
     }
 }
@@ -599,12 +605,12 @@ pub struct UpArgs {
 
 impl UpArgs {
     /// The server's settings; the connection and input limits apply to both
-    /// sides, with one more client allowed at the server for the proxy's own
-    /// connection.
+    /// sides, with two more clients allowed at the server for the proxy's
+    /// own connections (its main and bulk lanes).
     pub fn server_options(&self, hash_seed: u64) -> ServerOptions {
         ServerOptions {
             listen: self.server_listen,
-            max_clients: self.conn.max_clients.saturating_add(1),
+            max_clients: self.conn.max_clients.saturating_add(2),
             idle_timeout: self.conn.idle_timeout(),
             output_limit: self.conn.client_output_buffer_limit,
             limits: self.limits.limits(),
@@ -614,6 +620,7 @@ impl UpArgs {
             inline_replies: self.conn.inline_replies.into(),
             metrics: self.server_metrics,
             maxmemory: self.memory.bound(),
+            pubsub_output_limit: kv_core::server::PUBSUB_OUTPUT_LIMIT,
         }
     }
 

@@ -67,6 +67,13 @@ pub(crate) trait Conn {
         None
     }
 
+    /// For a session that listens for messages (a subscriber): the output
+    /// limit it is held to instead of the connection's, and that it is
+    /// never idle. `None` for any other.
+    fn subscriber_limit(&self) -> Option<kv_core::OutputLimit> {
+        None
+    }
+
     /// Waits for input (only if `reading`) or news from the session.
     /// Cancel-safe.
     async fn wait(&mut self, reading: bool) -> io::Result<Wake>;
@@ -121,6 +128,7 @@ pub(crate) async fn drive<C: Conn>(
         // Everything the session has goes out before anything else; a
         // client that takes none of it for the idle timeout is cut off.
         while let Some(output) = conn.poll_output() {
+            policy.handle_subscriber(conn.subscriber_limit());
             let writing_len = C::output_len(&output);
             policy.handle_output_held(writing_len + conn.held(), now);
             let writing = Owed {
@@ -165,6 +173,7 @@ pub(crate) async fn drive<C: Conn>(
             now = epoch.now();
             policy.handle_write_done(now);
         }
+        policy.handle_subscriber(conn.subscriber_limit());
         policy.handle_output_held(conn.held(), now);
         let owed = conn.owed();
         policy.handle_owed(owed.replies > 0, now);

@@ -192,3 +192,33 @@ fn node_redis_against_server_and_proxy() {
 fn ioredis_against_server_and_proxy() {
     check_library(&IOREDIS);
 }
+
+/// redis-py's own client-side cache (`protocol=3, cache_config=…`), which
+/// rests on the node's `CLIENT TRACKING`: the second read of a key is
+/// answered by redis-py without a request, and a write from another
+/// connection reaches it as an invalidation.
+const REDIS_PY_CACHE: Library = Library {
+    name: "redis-py client-side cache",
+    script: "redis_py_cache.py",
+    runtime: Runtime::Python,
+};
+
+#[test]
+fn redis_py_client_side_cache_against_the_server() {
+    let Some(command) = REDIS_PY_CACHE.command() else {
+        return;
+    };
+    let (server, _proxy) = start_stack(&[], &[]);
+    let addr = server.server_addr();
+    let result = run_script(
+        &REDIS_PY_CACHE,
+        &command,
+        &addr.ip().to_string(),
+        addr.port(),
+        true,
+        "kv server",
+    );
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}

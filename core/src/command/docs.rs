@@ -70,6 +70,7 @@ fn categories(spec: &Spec) -> Vec<&'static str> {
         Group::Connection => "@connection",
         Group::Server => "@admin",
         Group::Transactions => "@transaction",
+        Group::PubSub => "@pubsub",
     });
     c.push(if f.contains(Flags::FAST) {
         "@fast"

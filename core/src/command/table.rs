@@ -50,6 +50,12 @@ bitflags! {
         /// transaction, watched keys): the proxy cannot forward it over its
         /// shared upstream pipe. kv's own; not shown.
         const CONN_STATE = 1 << 11;
+        /// A publish/subscribe command (Redis's `pubsub`).
+        const PUBSUB = 1 << 12;
+        /// Allowed while a RESP2 connection is subscribed, when every other
+        /// command is refused (the subscription commands, `PING`, `QUIT`).
+        /// kv's own; not shown.
+        const SUBSCRIBED_OK = 1 << 13;
     }
 }
 
@@ -68,6 +74,7 @@ impl Flags {
         (Flags::FAST, "fast"),
         (Flags::NO_AUTH, "no_auth"),
         (Flags::NO_MULTI, "no_multi"),
+        (Flags::PUBSUB, "pubsub"),
     ];
 }
 
@@ -297,6 +304,8 @@ pub enum Group {
     Server,
     /// Transactions (`families/transaction.rs`): MULTI, EXEC, WATCH …
     Transactions,
+    /// Publish/subscribe (`families/pubsub.rs`): SUBSCRIBE, PUBLISH …
+    PubSub,
 }
 
 impl Group {
@@ -308,6 +317,7 @@ impl Group {
             Group::Connection => "connection",
             Group::Server => "server",
             Group::Transactions => "transactions",
+            Group::PubSub => "pubsub",
         }
     }
 }
@@ -333,6 +343,9 @@ pub enum Handler {
     /// A transaction command, run by the server with the connection's
     /// transaction state (`server/tx.rs`).
     Tx(crate::server::TxOp),
+    /// A publish/subscribe command, run by the server with its channels
+    /// and the connection's subscriptions (`server/pubsub.rs`).
+    PubSub(crate::server::PubSubOp),
     /// A container called only with one of its [`Spec::subcommands`]
     /// (`CONFIG GET`), which has the handler; its arity (-2) refuses the
     /// bare name.
@@ -614,13 +627,14 @@ const fn bar_at(name: &str) -> usize {
 }
 
 /// The commands of every family, in the order `COMMAND` lists them.
-fn families() -> [&'static [Spec]; 5] {
+fn families() -> [&'static [Spec]; 6] {
     [
         crate::families::string::COMMANDS,
         crate::families::keyspace::COMMANDS,
         crate::families::transaction::COMMANDS,
         crate::families::connection::COMMANDS,
         crate::families::server::COMMANDS,
+        crate::families::pubsub::COMMANDS,
     ]
 }
 

@@ -235,7 +235,7 @@ impl Db {
             footprint: gone.entry.footprint() as u64,
             shared: gone.entry.is_shared(),
         };
-        if self.recording || !self.watched.is_empty() {
+        if self.observed() {
             let key = Bytes::copy_from_slice(gone.entry.key());
             self.record(Effect::Del { key }, Some(gone));
         }

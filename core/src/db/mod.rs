@@ -131,6 +131,12 @@ pub struct Db {
     evictor: evict::Evictor,
     /// Seeds what eviction and the access words draw (from the hash seed).
     seed: u64,
+    /// Whether clients track keys (`CLIENT TRACKING`): every changed key is
+    /// then signalled, for the server to send invalidations.
+    signaling: bool,
+    /// Keys changed since [`Db::take_signals`] last ran (`None`: every
+    /// key, a flush), in order.
+    signals: Vec<Option<Bytes>>,
 }
 
 /// How many expired keys one call of [`Db::expire_due`] removes at most:
@@ -153,6 +159,8 @@ impl Db {
             evicted: 0,
             evictor: evict::Evictor::new(hash_seed),
             seed: hash_seed,
+            signaling: false,
+            signals: Vec::new(),
         }
     }
 
@@ -179,10 +187,45 @@ impl Db {
         self.expired
     }
 
+    /// Whether anything is told of changes (the log, `WATCH`, tracking):
+    /// if not, a write need not build its effect.
+    #[inline]
+    fn observed(&self) -> bool {
+        self.recording || self.signaling || !self.watched.is_empty()
+    }
+
+    /// Turns the signals of changed keys on or off (see
+    /// [`Db::take_signals`]); off drops those not taken.
+    pub fn signal_changes(&mut self, on: bool) {
+        self.signaling = on;
+        if !on {
+            self.signals.clear();
+        }
+    }
+
+    /// The keys changed since the last call, oldest first (`None`: every
+    /// key was removed), while signals are on. Every change is here
+    /// whatever made it: a command, expiry, eviction, or the undo of a
+    /// write the log could not store.
+    pub fn take_signals(&mut self) -> std::vec::Drain<'_, Option<Bytes>> {
+        self.signals.drain(..)
+    }
+
+    /// Whether signals wait to be taken.
+    #[inline]
+    pub fn has_signals(&self) -> bool {
+        !self.signals.is_empty()
+    }
+
     fn record(&mut self, effect: Effect, before: Option<Slot>) {
         if !self.watched.is_empty() {
             if let Some(key) = effect.key() {
                 self.touch(key);
+            }
+        }
+        if self.signaling {
+            if let Some(key) = effect.key() {
+                self.signals.push(Some(key.clone()));
             }
         }
         if self.recording {
@@ -279,7 +322,7 @@ impl Db {
             return;
         }
         let before = self.store.put(key, value, deadline);
-        if self.recording || !self.watched.is_empty() {
+        if self.observed() {
             let effect = Effect::Set {
                 key: key.clone(),
                 value: value.clone(),
@@ -315,12 +358,12 @@ impl Db {
     /// Replaces the value of `key`, found at `at` (by [`Db::find`], with no
     /// write since), keeping its deadline.
     pub fn overwrite_at(&mut self, at: Found, key: &Bytes, value: &[u8]) {
-        let observed = self.recording || !self.watched.is_empty();
+        let observed = self.observed();
         if !observed && self.store.overwrite_in_place(at, value) {
             return;
         }
         let before = self.store.replace_value(at, value);
-        if self.recording || !self.watched.is_empty() {
+        if observed {
             let effect = Effect::Set {
                 key: key.clone(),
                 value: Bytes::copy_from_slice(value),
@@ -387,6 +430,9 @@ impl Db {
             Vec::new()
         };
         self.store.clear();
+        if self.signaling {
+            self.signals.push(None);
+        }
         if self.recording {
             self.changes.push(Change {
                 effect: Effect::Flush,
@@ -489,6 +535,10 @@ impl Db {
     /// Puts a change back as it was before (to roll back a write the log
     /// failed to store): not recorded.
     pub fn undo(&mut self, change: Change) {
+        if self.signaling {
+            // A client may have read the value being taken back.
+            self.signals.push(change.effect.key().cloned());
+        }
         match change.effect {
             Effect::Flush => {
                 for slot in change.flushed {

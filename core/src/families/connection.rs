@@ -9,7 +9,9 @@ use crate::errors::{CommandError, ExecError};
 use crate::families::parse;
 use crate::reply::Proto;
 use crate::reply::Reply;
-use crate::session::{KillFilter, Local, REDIS_VERSION};
+use crate::session::{
+    KillFilter, Local, ReplyMode, TrackingOptions, TrackingRequest, REDIS_VERSION,
+};
 use bytes::Bytes;
 
 /// The family's commands.
@@ -21,14 +23,25 @@ const ANYTIME_FAST: Flags = Flags::ANYTIME.union(Flags::FAST);
 const PING: Spec = Spec::new(
     "ping",
     -1,
-    Flags::FAST.union(Flags::NO_AUTH),
+    Flags::FAST
+        .union(Flags::NO_AUTH)
+        .union(Flags::SUBSCRIBED_OK),
     Group::Connection,
     "Replies PONG, or the message given.",
     Handler::Local(ping),
 )
 .args(&[Arg::string("message").optional()]);
 
-fn ping(_: &mut Local<'_>, cmd: &Command) -> Reply {
+fn ping(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    if local.session.subscriptions > 0 && local.session.proto == Proto::Resp2 {
+        // A subscribed RESP2 connection reads messages: the answer is one
+        // too, as Redis sends it.
+        let message = cmd.args().get(1).cloned().unwrap_or_default();
+        return Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"pong")),
+            Reply::Bulk(message),
+        ]);
+    }
     match cmd.args() {
         [_] => Reply::Status(Bytes::from_static(b"PONG")),
         [_, message] => Reply::Bulk(message.clone()),
@@ -53,7 +66,10 @@ fn echo(_: &mut Local<'_>, cmd: &Command) -> Reply {
 const QUIT: Spec = Spec::new(
     "quit",
     -1,
-    ANYTIME_FAST.union(Flags::NO_AUTH).union(Flags::IMMEDIATE),
+    ANYTIME_FAST
+        .union(Flags::NO_AUTH)
+        .union(Flags::IMMEDIATE)
+        .union(Flags::SUBSCRIBED_OK),
     Group::Connection,
     "Replies OK, then closes the connection.",
     Handler::Local(quit),
@@ -131,7 +147,10 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
     local.session.proto = proto;
     let text = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
     Reply::Map(vec![
-        (text("server"), text("kv")),
+        // "redis", as Redis-compatible servers answer: client libraries
+        // gate features on it (redis-py's client-side cache refuses any
+        // other name); kv says what it is in `kv_version` and `kv_role`.
+        (text("server"), text("redis")),
         (text("version"), text(REDIS_VERSION)),
         (text("kv_version"), text(env!("CARGO_PKG_VERSION"))),
         (
@@ -217,7 +236,7 @@ const CLIENT: Spec = Spec::new(
     -2,
     Flags::empty(),
     Group::Connection,
-    "This connection's identity and the list of clients (ID, GETNAME, SETNAME, SETINFO, LIST, INFO, KILL).",
+    "This connection's identity, the list of clients and tracking (ID, GETNAME, SETNAME, SETINFO, LIST, INFO, KILL, TRACKING, CACHING, GETREDIR, TRACKINGINFO).",
     Handler::Container,
 )
 .since("2.4.0")
@@ -229,8 +248,147 @@ const CLIENT: Spec = Spec::new(
     CLIENT_LIST,
     CLIENT_INFO,
     CLIENT_KILL,
+    CLIENT_REPLY,
+    CLIENT_TRACKING,
+    CLIENT_CACHING,
+    CLIENT_GETREDIR,
+    CLIENT_TRACKINGINFO,
     Spec::container_help("client|help", Group::Connection),
 ]);
+
+const CLIENT_REPLY: Spec = Spec::new(
+    "client|reply",
+    3,
+    // Only the node a client is connected to can drop its replies; the
+    // proxy's replies come from the server too, so it refuses.
+    ANYTIME_FAST.union(Flags::CONN_STATE),
+    Group::Connection,
+    "Turns replies off (OFF), on (ON), or off for the next command (SKIP); pushes still arrive.",
+    Handler::Local(client_reply),
+)
+.since("3.2.0");
+
+fn client_reply(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let mode = cmd.arg(2);
+    let session = &mut local.session;
+    if mode.eq_ignore_ascii_case(b"on") {
+        session.reply = ReplyMode::On;
+    } else if mode.eq_ignore_ascii_case(b"off") {
+        session.reply = ReplyMode::Off;
+    } else if mode.eq_ignore_ascii_case(b"skip") {
+        if session.reply != ReplyMode::Off {
+            session.reply = ReplyMode::SkipNext;
+        }
+    } else {
+        return ExecError::Syntax.into();
+    }
+    Reply::ok()
+}
+
+const CLIENT_TRACKING: Spec = Spec::new(
+    "client|tracking",
+    -3,
+    Flags::ANYTIME,
+    Group::Connection,
+    "Server-assisted client-side caching: ON|OFF [REDIRECT id] [PREFIX p ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP].",
+    Handler::Local(client_tracking),
+)
+.since("6.0.0");
+
+fn client_tracking(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let args = cmd.args();
+    let mut opts = TrackingOptions::default();
+    let mut j = 3;
+    while j < args.len() {
+        let more = j + 1 < args.len();
+        let a = &args[j];
+        if a.eq_ignore_ascii_case(b"redirect") && more {
+            j += 1;
+            if opts.redirect.is_some() {
+                return Reply::error("ERR A client can only redirect to a single other client");
+            }
+            match parse::int(&args[j]) {
+                Some(id) => opts.redirect = Some(u64::try_from(id).unwrap_or(u64::MAX)),
+                None => return ExecError::NotInteger.into(),
+            }
+        } else if a.eq_ignore_ascii_case(b"bcast") {
+            opts.bcast = true;
+        } else if a.eq_ignore_ascii_case(b"optin") {
+            opts.optin = true;
+        } else if a.eq_ignore_ascii_case(b"optout") {
+            opts.optout = true;
+        } else if a.eq_ignore_ascii_case(b"noloop") {
+            opts.noloop = true;
+        } else if a.eq_ignore_ascii_case(b"prefix") && more {
+            j += 1;
+            opts.prefixes.push(args[j].clone());
+        } else {
+            return ExecError::Syntax.into();
+        }
+        j += 1;
+    }
+    let request = if args[2].eq_ignore_ascii_case(b"on") {
+        TrackingRequest::On(opts)
+    } else if args[2].eq_ignore_ascii_case(b"off") {
+        TrackingRequest::Off
+    } else {
+        return ExecError::Syntax.into();
+    };
+    local.node.tracking(local.session, request)
+}
+
+const CLIENT_CACHING: Spec = Spec::new(
+    "client|caching",
+    3,
+    ANYTIME_FAST,
+    Group::Connection,
+    "In OPTIN (yes) or OPTOUT (no) tracking: whether the next command's keys are tracked.",
+    Handler::Local(client_caching),
+)
+.since("6.0.0");
+
+fn client_caching(local: &mut Local<'_>, cmd: &Command) -> Reply {
+    let yes = if cmd.arg(2).eq_ignore_ascii_case(b"yes") {
+        true
+    } else if cmd.arg(2).eq_ignore_ascii_case(b"no") {
+        false
+    } else {
+        return ExecError::Syntax.into();
+    };
+    local
+        .node
+        .tracking(local.session, TrackingRequest::Caching(yes))
+}
+
+const CLIENT_GETREDIR: Spec = Spec::new(
+    "client|getredir",
+    2,
+    ANYTIME_FAST,
+    Group::Connection,
+    "The client tracking invalidations are redirected to: 0 none, -1 tracking off.",
+    Handler::Local(client_getredir),
+)
+.since("6.0.0");
+
+fn client_getredir(local: &mut Local<'_>, _: &Command) -> Reply {
+    local
+        .node
+        .tracking(local.session, TrackingRequest::GetRedir)
+}
+
+const CLIENT_TRACKINGINFO: Spec = Spec::new(
+    "client|trackinginfo",
+    2,
+    ANYTIME_FAST,
+    Group::Connection,
+    "This connection's tracking mode: flags, redirect, prefixes.",
+    Handler::Local(client_trackinginfo),
+)
+.since("6.2.0");
+
+fn client_trackinginfo(local: &mut Local<'_>, _: &Command) -> Reply {
+    local.node.tracking(local.session, TrackingRequest::Info)
+}
 
 const CLIENT_ID: Spec = Spec::new(
     "client|id",

@@ -7,7 +7,8 @@
 //! - [`keyspace`]: DEL, EXISTS, SCAN, the EXPIRE family, DUMP …;
 //! - [`transaction`]: MULTI, EXEC, DISCARD, WATCH, UNWATCH;
 //! - [`connection`]: PING, ECHO, QUIT, HELLO, AUTH, SELECT, CLIENT;
-//! - [`server`]: INFO, CONFIG, COMMAND, HELP.
+//! - [`server`]: INFO, CONFIG, COMMAND, HELP;
+//! - [`pubsub`]: SUBSCRIBE, PUBLISH, PUBSUB ….
 //!
 //! Adding a command is one `Spec` in its family's list and one handler:
 //! parsing, the dispatch checks, the proxy's routing, `COMMAND` and `HELP`
@@ -16,6 +17,7 @@
 pub mod connection;
 pub mod keyspace;
 pub mod parse;
+pub mod pubsub;
 pub mod server;
 pub mod string;
 pub mod transaction;

@@ -34,6 +34,11 @@ pub(super) fn route(spec: &Spec) -> Route {
     }
     match spec.handler {
         Handler::Tx(_) => Route::Refused,
+        // PUBLISH and PUBSUB need no state of the connection's (the
+        // subscriptions, which do, are refused above): forwarded on the
+        // main lane, whose pipelining PUBLISH needs (the bulk lane has one
+        // request in flight).
+        Handler::PubSub(_) => Route::Forward { write: true },
         Handler::Local(handler) => Route::Local(handler),
         Handler::Data(_) if matches!(spec.cache, Cache::Value) => Route::CachedRead,
         // A container never reaches routing (parsing resolves subcommands);

@@ -67,6 +67,17 @@ impl Clients {
         }
     }
 
+    /// The protocol client `id` speaks (as of its last connection
+    /// command), if it is connected.
+    pub fn proto_of(&self, id: u64) -> Option<crate::reply::Proto> {
+        let e = self.by_id.get(&id)?;
+        Some(
+            e.session
+                .as_ref()
+                .map_or(crate::reply::Proto::Resp2, |s| s.proto),
+        )
+    }
+
     /// How many clients there are.
     pub fn len(&self) -> usize {
         self.by_id.len()

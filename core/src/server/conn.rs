@@ -65,6 +65,8 @@ pub struct ServerConnection {
     peer: Option<(String, String)>,
     /// A reply being written as the socket drains; requests after it wait.
     stream: Option<Streaming>,
+    /// The session was forgotten on the server (see `end_session`).
+    ended: bool,
 }
 
 /// How inline (telnet) commands are answered.
@@ -128,6 +130,7 @@ impl ServerConnection {
             spoke_resp: false,
             peer: None,
             stream: None,
+            ended: false,
         }
     }
 
@@ -140,11 +143,22 @@ impl ServerConnection {
     /// server (watched keys). Drivers call it once, when the connection
     /// ends.
     pub fn end(&mut self, server: &mut Server) {
-        if let Some(session) = &mut self.session {
-            server.end_session(session);
-        }
+        self.end_session(server);
         if let Some(s) = self.stream.take() {
             server.abandon(s.stream);
+        }
+    }
+
+    /// Forgets the session on the server, once: at `QUIT` already, so that
+    /// no message or invalidation is sent to a client that will read no
+    /// more (a redirect to it is broken from then on, as in Redis).
+    fn end_session(&mut self, server: &mut Server) {
+        if self.ended {
+            return;
+        }
+        if let Some(session) = &mut self.session {
+            self.ended = true;
+            server.end_session(session);
         }
     }
 
@@ -177,6 +191,7 @@ impl ServerConnection {
                 if let Some(s) = self.stream.take() {
                     server.abandon(s.stream);
                 }
+                self.end_session(server);
                 return;
             }
         }
@@ -184,6 +199,7 @@ impl ServerConnection {
             self.backlog = true;
             return;
         }
+        self.deliver_mail(server);
         while !self.closing() {
             if self.out.len() + self.held.len() >= OUTPUT_HIGH_WATER {
                 self.backlog = true;
@@ -216,6 +232,7 @@ impl ServerConnection {
                     );
                     let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
                     enc.streamed = Some(None);
+                    enc.muted = session.reply.muted();
                     match Command::from_frame(frame, self.decoder.limits()) {
                         Ok(cmd) => {
                             // A queued command runs, and is timed, as part
@@ -238,6 +255,7 @@ impl ServerConnection {
                             enc.reply(e.into());
                         }
                     }
+                    session.reply = session.reply.next();
                     if let Some(Some(stream)) = enc.streamed.take() {
                         self.stream = Some(Streaming {
                             stream,
@@ -285,7 +303,55 @@ impl ServerConnection {
                 self.backlog = true;
                 return;
             }
+            // After the reply: what the command itself caused (its own
+            // invalidations, its subscriptions' first messages) follows
+            // the reply, as Redis sends it.
+            self.deliver_mail(server);
         }
+        if self.closing() {
+            self.end_session(server);
+        }
+    }
+
+    /// Moves the connection's mail (published messages, invalidations)
+    /// into its output, behind every reply already there: in the held
+    /// output if replies wait for the log, so that the order stays that
+    /// of the events. Never in the middle of a streamed reply.
+    fn deliver_mail(&mut self, server: &mut Server) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        if self.stream.is_some() {
+            return;
+        }
+        let Some(mail) = server.take_mail(session.id) else {
+            return;
+        };
+        let resp = self.spoke_resp
+            || session.proto != Proto::Resp2
+            || server.config.inline_replies == InlineReplies::Resp;
+        let dialect = if resp { Dialect::Resp } else { Dialect::Inline };
+        let target = if self.marks.is_empty() {
+            &mut self.out
+        } else {
+            &mut self.held
+        };
+        let mut enc = ReplyEncoder::with_proto(dialect, session.proto, target);
+        for message in mail.items {
+            enc.reply(message);
+        }
+    }
+
+    /// The connection's number at the server, once its first command
+    /// made its session.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Whether the connection has subscriptions: it waits for messages,
+    /// and is held to the subscribers' output limit.
+    pub fn is_subscribed(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.subscriptions > 0)
     }
 
     /// Writes the next piece of a streamed reply, once every reply before
@@ -512,7 +578,7 @@ mod tests {
         let hello = take(&mut c);
         // The HELLO reply itself is a RESP3 map, as Redis sends it.
         assert!(
-            hello.starts_with("%9\r\n$6\r\nserver\r\n$2\r\nkv\r\n$7\r\nversion\r\n"),
+            hello.starts_with("%9\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"),
             "{hello}"
         );
         assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello}");
@@ -832,5 +898,184 @@ mod tests {
             total += c.poll_transmit().map_or(0, |b| b.len());
         }
         assert_eq!(total, 20 * (60_000 + 4));
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    //! Messages between connections: publish/subscribe and tracking, the
+    //! way two clients of one server see them.
+    use super::*;
+    use crate::server::ServerConfig;
+
+    struct Peer(ServerConnection);
+
+    impl Peer {
+        fn new(server: &Server) -> Peer {
+            Peer(ServerConnection::new(server.config().limits))
+        }
+
+        /// Sends `input` and returns everything the connection has for the
+        /// peer then (replies and delivered mail).
+        fn send(&mut self, server: &mut Server, input: &str) -> String {
+            self.0.handle_input(server, input.as_bytes());
+            self.take(server)
+        }
+
+        /// What the driver does when woken: process, then write.
+        fn take(&mut self, server: &mut Server) -> String {
+            self.0.process(server);
+            let out = self.0.transmit_all(server);
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    }
+
+    #[test]
+    fn published_messages_reach_subscribers_in_their_protocol() {
+        let mut s = Server::new(ServerConfig::default());
+        let (mut sub2, mut sub3, mut publisher) = (Peer::new(&s), Peer::new(&s), Peer::new(&s));
+        assert_eq!(
+            sub2.send(&mut s, "*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n"),
+            "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+        );
+        sub3.send(&mut s, "HELLO 3\r\n");
+        assert_eq!(
+            sub3.send(&mut s, "PSUBSCRIBE n*\r\n"),
+            ">3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n"
+        );
+        assert_eq!(
+            publisher.send(&mut s, "PUBLISH news hi\r\n"),
+            "(integer) 2\r\n"
+        );
+        assert!(s.take_woken().len() == 2, "both subscribers are woken");
+        assert_eq!(
+            sub2.take(&mut s),
+            "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+        );
+        assert_eq!(
+            sub3.take(&mut s),
+            ">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+        );
+        // RESP2's subscribed mode: only the subscription commands and PING.
+        assert_eq!(
+            sub2.send(&mut s, "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"),
+            "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            sub2.send(&mut s, "*1\r\n$11\r\nUNSUBSCRIBE\r\n"),
+            "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n"
+        );
+        assert_eq!(
+            publisher.send(&mut s, "PUBLISH news again\r\n"),
+            "(integer) 1\r\n"
+        );
+        assert_eq!(sub2.take(&mut s), "", "no longer subscribed");
+    }
+
+    #[test]
+    fn a_subscriber_that_does_not_read_is_cut_off_at_its_limit() {
+        let mut s = Server::new(ServerConfig {
+            pubsub_output_limit: crate::conn::OutputLimit {
+                hard: 10_000,
+                ..Default::default()
+            },
+            ..ServerConfig::default()
+        });
+        let (mut sub, mut publisher) = (Peer::new(&s), Peer::new(&s));
+        sub.send(&mut s, "SUBSCRIBE c\r\n");
+        let big = "x".repeat(1000);
+        for _ in 0..20 {
+            publisher.send(&mut s, &format!("PUBLISH c {big}\r\n"));
+        }
+        assert!(s.mail_bytes(1) <= 10_000, "mail stays bounded");
+        assert_eq!(s.stats().output_limit_disconnections, 1);
+        assert_eq!(sub.take(&mut s), "", "killed: nothing more is sent");
+        assert!(sub.0.should_close());
+        assert_eq!(publisher.send(&mut s, "PUBLISH c x\r\n"), "(integer) 0\r\n");
+    }
+
+    #[test]
+    fn tracking_invalidates_what_a_client_read_after_its_reply() {
+        let mut s = Server::new(ServerConfig::default());
+        let (mut reader, mut writer) = (Peer::new(&s), Peer::new(&s));
+        reader.send(&mut s, "HELLO 3\r\n");
+        assert_eq!(reader.send(&mut s, "CLIENT TRACKING on\r\n"), "+OK\r\n");
+        writer.send(&mut s, "SET k v1\r\nSET other x\r\n");
+        assert_eq!(reader.send(&mut s, "GET k\r\n"), "$2\r\nv1\r\n");
+        writer.send(&mut s, "SET k v2\r\nSET other y\r\n");
+        let invalidate = ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+        assert_eq!(reader.take(&mut s), invalidate, "only the key it read");
+        writer.send(&mut s, "SET k v3\r\n");
+        assert_eq!(reader.take(&mut s), "", "once, until read again");
+        // Its own write: after the reply, as Redis 7 sends it.
+        reader.send(&mut s, "GET k\r\n");
+        assert_eq!(
+            reader.send(&mut s, "DEL k\r\n"),
+            format!(":1\r\n{invalidate}")
+        );
+        // Expiry invalidates as well.
+        reader.send(&mut s, "SET k v PX 100\r\nGET k\r\n");
+        reader.take(&mut s);
+        let set_at = s.now();
+        s.handle_timeout(set_at + 99);
+        assert_eq!(reader.take(&mut s), "", "99 ms: not expired yet");
+        s.handle_timeout(set_at + 100);
+        assert_eq!(reader.take(&mut s), invalidate, "100 ms: expired");
+        // A flush: a null invalidation, to every tracking client.
+        writer.send(&mut s, "FLUSHALL\r\n");
+        assert_eq!(reader.take(&mut s), ">2\r\n$10\r\ninvalidate\r\n_\r\n");
+        assert_eq!(reader.send(&mut s, "CLIENT TRACKING off\r\n"), "+OK\r\n");
+        reader.send(&mut s, "GET k\r\n");
+        writer.send(&mut s, "SET k again\r\n");
+        assert_eq!(reader.take(&mut s), "", "tracking off");
+    }
+
+    #[test]
+    fn redirected_invalidations_reach_a_resp2_subscriber_and_noloop_skips_own_writes() {
+        let mut s = Server::new(ServerConfig::default());
+        let (mut target, mut client) = (Peer::new(&s), Peer::new(&s));
+        target.send(
+            &mut s,
+            "*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\n__redis__:invalidate\r\n",
+        );
+        let id = target.0.session_id().unwrap();
+        client.send(&mut s, "PING\r\n");
+        assert_eq!(
+            client.send(
+                &mut s,
+                &format!("CLIENT TRACKING on REDIRECT {id} NOLOOP\r\n")
+            ),
+            "OK\r\n"
+        );
+        client.send(&mut s, "GET a\r\nGET b\r\nSET a 1\r\n");
+        assert_eq!(target.take(&mut s), "", "NOLOOP: its own write");
+        let mut other = Peer::new(&s);
+        other.send(&mut s, "SET b 2\r\n");
+        assert_eq!(
+            target.take(&mut s),
+            "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(
+            client.send(&mut s, "CLIENT GETREDIR\r\n"),
+            format!("(integer) {id}\r\n")
+        );
+    }
+
+    #[test]
+    fn the_tracking_table_is_bounded() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut reader = Peer::new(&s);
+        reader.send(
+            &mut s,
+            "HELLO 3\r\nCLIENT TRACKING on\r\nCONFIG SET tracking-table-max-keys 10\r\n",
+        );
+        reader.take(&mut s);
+        let mut gets = String::new();
+        for i in 0..20 {
+            gets.push_str(&format!("GET k{i}\r\n"));
+        }
+        let out = reader.send(&mut s, &gets);
+        assert_eq!(out.matches("invalidate").count(), 10, "{out}");
+        assert_eq!(s.tracking.key_count(), 10);
     }
 }

@@ -286,7 +286,7 @@ impl Server {
         };
         let _ = write!(
             out,
-            "# Memory\nused_memory:{used}\nused_memory_human:{}\nused_memory_rss:{rss}\nused_memory_rss_human:{}\nused_memory_dataset:{}\nmaxmemory:{}\nmaxmemory_human:{}\nmaxmemory_policy:{}\nmem_allocator:{allocator}\n",
+            "# Memory\nused_memory:{used}\nused_memory_human:{}\nused_memory_rss:{rss}\nused_memory_rss_human:{}\nused_memory_dataset:{}\nmaxmemory:{}\nmaxmemory_human:{}\nmaxmemory_policy:{}\nmem_allocator:{allocator}\nmem_not_counted_for_evict:0\nlazyfree_pending_objects:0\n",
             human_bytes(used),
             human_bytes(rss),
             self.db.store().data_bytes(),

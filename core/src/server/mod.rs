@@ -8,12 +8,17 @@
 
 mod clients;
 mod conn;
+mod mail;
 pub mod memory;
+pub mod pubsub;
+pub mod tracking;
 mod tx;
 
 pub use clients::{ClientEntry, Clients};
 pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER};
+pub use mail::{Mailbox, Posted};
 pub use memory::MaxMemory;
+pub use pubsub::PubSubOp;
 pub use tx::{Transaction, TxOp, MAX_QUEUED};
 
 use crate::aof::{self, Journal, LogStatus, WriteOutcome};
@@ -21,10 +26,11 @@ use crate::auth::Password;
 use crate::codec::Limits;
 use crate::command::table::{Flags, Handler};
 use crate::command::{admit, Command};
+use crate::conn::OutputLimit;
 use crate::db::{Db, DumpStream, Effect};
 use crate::errors::{CommandError, ExecError};
-use crate::reply::{Reply, ReplyOut};
-use crate::session::{HostFacts, KillFilter, Local, Node, Role, Session};
+use crate::reply::{Proto, Reply, ReplyOut};
+use crate::session::{HostFacts, KillFilter, Local, Node, Role, Session, TrackingRequest};
 use crate::stats::CommandStats;
 use crate::time::Instant;
 use bytes::Bytes;
@@ -43,7 +49,19 @@ pub struct ServerConfig {
     /// The memory bound (`maxmemory` and its policy); changed at run
     /// time by `CONFIG SET`.
     pub maxmemory: MaxMemory,
+    /// How much output a client may hold: the bound of its mailbox (see
+    /// [`mail`]); the driver applies the rest. Zero: none.
+    pub output_limit: OutputLimit,
+    /// The same for a client with subscriptions (Redis's `pubsub` class).
+    pub pubsub_output_limit: OutputLimit,
 }
+
+/// Redis's limits for subscribers: 32 MiB, or 8 MiB for a minute.
+pub const PUBSUB_OUTPUT_LIMIT: OutputLimit = OutputLimit {
+    hard: 32 << 20,
+    soft: 8 << 20,
+    soft_for: std::time::Duration::from_secs(60),
+};
 
 /// Counters reported by `INFO`. The connection counters are kept by the
 /// driver, which is the one that sees connections come and go.
@@ -95,12 +113,19 @@ pub struct Server {
     abandoned: Vec<DumpStream>,
     /// Used memory, as the driver last read it (see [`memory`]).
     meter: memory::Meter,
+    /// Channels, patterns and their subscribers.
+    pubsub: pubsub::PubSub,
+    /// Who may have cached what (`CLIENT TRACKING`).
+    tracking: tracking::Tracking,
+    /// Messages for connections: published ones and invalidations.
+    mail: mail::Mailboxes,
 }
 
 impl Server {
     /// An empty server.
     pub fn new(config: ServerConfig) -> Self {
-        let mut db = Db::new(config.hash_seed);
+        let hash_seed = config.hash_seed;
+        let mut db = Db::new(hash_seed);
         db.set_policy(config.maxmemory.policy);
         Server {
             db,
@@ -114,6 +139,9 @@ impl Server {
             stopwatch: None,
             abandoned: Vec::new(),
             meter: memory::Meter::default(),
+            pubsub: pubsub::PubSub::default(),
+            tracking: tracking::Tracking::new(hash_seed),
+            mail: mail::Mailboxes::default(),
         }
     }
 
@@ -165,7 +193,7 @@ impl Server {
     /// used its whole budget, while eviction is under way, and while an
     /// abandoned reply is being released.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.evicting() || !self.abandoned.is_empty() {
+        if self.evicting() || !self.abandoned.is_empty() || self.tracking.over_limit() {
             return Some(self.db.now());
         }
         self.db.next_deadline()
@@ -188,6 +216,8 @@ impl Server {
         if let Some(journal) = &mut self.journal {
             self.db.take_changes().for_each(|c| journal.record(c));
         }
+        self.signal_changes(None);
+        self.make_tracking_room();
         n
     }
 
@@ -206,6 +236,65 @@ impl Server {
     pub fn end_session(&mut self, session: &mut Session) {
         tx::end(&mut self.db, session);
         self.clients.remove(session.id);
+        self.pubsub.remove_client(session.id);
+        if session.tracking {
+            self.tracking.disable(session.id);
+            self.db.signal_changes(self.tracking.client_count() > 0);
+        }
+        self.mail.remove(session.id);
+    }
+
+    /// The connections that have mail (published messages, invalidations)
+    /// since the last call: the driver wakes them. Sends the broadcast
+    /// invalidations collected since the last call first, as Redis sends
+    /// them before it sleeps.
+    pub fn take_woken(&mut self) -> Vec<u64> {
+        self.broadcast_invalidations();
+        self.mail.take_woken()
+    }
+
+    /// The mail waiting for connection `id`, taken (its connection moves it
+    /// into its output).
+    pub fn take_mail(&mut self, id: u64) -> Option<Mailbox> {
+        self.mail.take(id)
+    }
+
+    /// Bytes of mail waiting for connection `id`.
+    pub fn mail_bytes(&self, id: u64) -> usize {
+        self.mail.bytes(id)
+    }
+
+    /// Whether connection `id` has subscriptions (the driver holds it to
+    /// the subscribers' output limit, and does not time it out for idling,
+    /// as Redis does not).
+    pub fn is_subscriber(&self, id: u64) -> bool {
+        self.pubsub.is_subscriber(id)
+    }
+
+    /// A publish/subscribe message for `id`, in its protocol's form.
+    pub(crate) fn deliver(&mut self, id: u64, items: Vec<Reply>) {
+        let proto = self.clients.proto_of(id).unwrap_or(Proto::Resp2);
+        self.deliver_reply(id, pubsub::message(proto, items));
+    }
+
+    /// Leaves `message` in the mailbox of `id`; over its output limit the
+    /// client is disconnected, as Redis disconnects a subscriber that does
+    /// not read.
+    pub(crate) fn deliver_reply(&mut self, id: u64, message: Reply) {
+        if self.clients.is_killed(id) {
+            // Being closed: it reads nothing more.
+            return;
+        }
+        let limit = if self.pubsub.is_subscriber(id) {
+            self.config.pubsub_output_limit.hard
+        } else {
+            self.config.output_limit.hard
+        };
+        if self.mail.post(id, message, limit) == Posted::Overflowed
+            && self.clients.kill(|c, _| c == id) > 0
+        {
+            self.stats.output_limit_disconnections += 1;
+        }
     }
 
     /// Takes a streamed reply whose client went away: its snapshot is
@@ -287,6 +376,7 @@ impl Server {
         for undo in j.fail(error).into_iter().rev() {
             self.db.undo(undo.change);
         }
+        self.signal_changes(None);
     }
 
     /// The log works again (the driver rewrote it from the store): writes
@@ -329,6 +419,18 @@ impl Server {
     /// Counts the command; error replies are counted by the caller, which
     /// sees them in `out`.
     pub fn run(&mut self, session: &mut Session, cmd: &Command, out: &mut dyn ReplyOut) {
+        self.run_checked(session, cmd, out);
+        if session.tracking {
+            if cmd.spec().name != "client|caching" {
+                self.tracking.end_command(session.id);
+            }
+            if self.tracking.over_limit() {
+                self.make_tracking_room();
+            }
+        }
+    }
+
+    fn run_checked(&mut self, session: &mut Session, cmd: &Command, out: &mut dyn ReplyOut) {
         self.stats.commands += 1;
         let refusing = self.journal.as_ref().and_then(Journal::refusing);
         if let Err(reply) = admit(cmd, session, refusing) {
@@ -339,13 +441,35 @@ impl Server {
             return;
         }
         if self.config.maxmemory.bytes != 0 {
-            if let Err(reply) = self.check_memory(session, cmd) {
+            let checked = self.check_memory(session, cmd);
+            if self.db.has_signals() {
+                // Evicted before the command ran: the invalidations go out
+                // ahead of its reply, as Redis sends them.
+                self.signal_changes(None);
+                if let Some(mail) = self.mail.take(session.id) {
+                    mail.items.into_iter().for_each(|m| out.reply(m));
+                }
+            }
+            if let Err(reply) = checked {
                 self.stats.rejected += 1;
                 self.commands.rejected(cmd.spec());
                 tx::flag_error(session);
                 out.reply(reply);
                 return;
             }
+        }
+        if session.subscriptions > 0
+            && session.proto == Proto::Resp2
+            && !cmd.spec().flags.contains(Flags::SUBSCRIBED_OK)
+        {
+            self.stats.rejected += 1;
+            self.commands.rejected(cmd.spec());
+            tx::flag_error(session);
+            out.reply(Reply::error(format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                cmd.spec().name
+            )));
+            return;
         }
         if tx::queues(session, cmd) {
             out.reply(tx::queue(session, cmd));
@@ -372,6 +496,7 @@ impl Server {
     ) {
         match cmd.spec().handler {
             Handler::Tx(op) => tx::run(self, session, op, cmd, out),
+            Handler::PubSub(op) => pubsub::run(self, session, op, cmd, out),
             Handler::Data(handler) => {
                 if self.journal.is_some()
                     && cmd.spec().flags.contains(Flags::WRITE)
@@ -380,9 +505,24 @@ impl Server {
                     out.reply(ExecError::TooLargeForLog.into());
                     return;
                 }
+                // What eviction changed before the command is no change of
+                // this client's (NOLOOP does not hide it).
+                self.signal_changes(None);
                 handler(&mut self.db, cmd, out);
                 if let Some(journal) = &mut self.journal {
                     self.db.take_changes().for_each(|c| journal.record(c));
+                }
+                self.signal_changes(Some(session.id));
+                // Remembered after the command's own invalidations (a read
+                // may remove an expired key), as Redis does.
+                let spec = cmd.spec();
+                if session.tracking && spec.flags.contains(Flags::READONLY) && !spec.keys.is_none()
+                {
+                    let args = cmd.args();
+                    self.tracking.remember(
+                        session.id,
+                        spec.keys.positions(args.len()).map(|i| &args[i]),
+                    );
                 }
             }
             Handler::Local(handler) => {
@@ -398,6 +538,7 @@ impl Server {
                 // not per data command.
                 self.clients.refresh(session);
                 out.set_proto(session.proto);
+                out.set_muted(session.reply.muted());
                 out.reply(reply);
             }
             // Parsing goes down to a subcommand; a container's arity refuses
@@ -450,8 +591,10 @@ impl Node for Server {
         if sections.wants("clients") {
             let _ = write!(
                 info,
-                "# Clients\nconnected_clients:{}\nblocked_clients:0\n",
-                s.connections_current
+                "# Clients\nconnected_clients:{}\nblocked_clients:0\ntracking_clients:{}\npubsub_clients:{}\n",
+                s.connections_current,
+                self.tracking.client_count(),
+                self.pubsub.subscriber_count(),
             );
         }
         if sections.wants("memory") {
@@ -476,6 +619,19 @@ impl Node for Server {
                 s.errors,
                 s.connections_timed_out,
                 s.output_limit_disconnections,
+            );
+            let t = &self.tracking;
+            let _ = write!(
+                info,
+                "pubsub_channels:{}\npubsub_patterns:{}\npubsub_messages_delivered:{}\ntracking_total_keys:{}\ntracking_total_items:{}\ntracking_total_prefixes:{}\ntracking_invalidations_sent:{}\nmail_pending_bytes:{}\n",
+                self.pubsub.channel_count(),
+                self.pubsub.pattern_count(),
+                self.pubsub.delivered,
+                t.key_count(),
+                t.item_count(),
+                t.prefix_count(),
+                t.sent,
+                self.mail.total_bytes(),
             );
         }
         crate::session::replication_and_cpu(&mut info, sections, h);
@@ -538,13 +694,33 @@ impl Node for Server {
             ),
             ("proto-max-bulk-len", limits.max_value.to_string()),
             ("client-query-buffer-limit", limits.max_bulk().to_string()),
+            (
+                "tracking-table-max-keys",
+                self.tracking.max_keys.to_string(),
+            ),
         ]
     }
 
     fn config_set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        if name.eq_ignore_ascii_case("tracking-table-max-keys") {
+            return match crate::families::parse::int(value).and_then(|n| usize::try_from(n).ok()) {
+                Some(n) => {
+                    // Lowered, the table shrinks on the timer.
+                    self.tracking.max_keys = n;
+                    Ok(())
+                }
+                None => Err(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                )),
+            };
+        }
         match self.set_memory_param(name, value) {
             Some(result) => result,
             None => crate::session::default_config_set(&Node::config(self), name, value),
         }
+    }
+
+    fn tracking(&mut self, session: &mut Session, request: TrackingRequest) -> Reply {
+        self.tracking_request(session, request)
     }
 }

@@ -47,12 +47,20 @@ impl Allocated {
 }
 
 /// Rations the server's readings: at most one per millisecond of its
-/// clock, and only while a bound is set.
+/// clock, or sooner once the data grew or shrank by [`DATA_STEP`], and
+/// only while a bound is set.
 pub(crate) struct Meter {
     reader: Option<Allocated>,
     /// The server's time (unix ms) of the last reading.
     last_ms: Cell<u64>,
+    /// The store's data bytes at the last reading.
+    last_data: Cell<usize>,
 }
+
+/// A change of the data this large is read at once: one big write is
+/// enough to cross the bound, and the next command must see it (as
+/// Redis's does), not the one a millisecond later.
+const DATA_STEP: usize = 64 * 1024;
 
 impl Meter {
     /// A meter that has not read yet.
@@ -60,6 +68,7 @@ impl Meter {
         Meter {
             reader: Allocated::new(),
             last_ms: Cell::new(u64::MAX),
+            last_data: Cell::new(0),
         }
     }
 
@@ -71,8 +80,10 @@ impl Meter {
             return;
         }
         let now = server.now();
-        if now != self.last_ms.get() {
+        let data = server.store().data_bytes();
+        if now != self.last_ms.get() || data.abs_diff(self.last_data.get()) >= DATA_STEP {
             self.last_ms.set(now);
+            self.last_data.set(data);
             self.read_into(server);
         }
     }

@@ -13,7 +13,7 @@
 //! connections when they are stored. Connections without a pending write
 //! are served meanwhile.
 
-use crate::conn::{self, Conn, Wake};
+use crate::conn::{self, Conn, OutputProbe, Wake};
 use crate::metrics::Scrape;
 use crate::persist::{self, Log, PersistError, PersistOptions};
 use crate::runtime::clock::{self, Epoch};
@@ -25,13 +25,14 @@ use kv_core::{
     ConnConfig, End, Limits, OutputLimit, Owed, Server, ServerConfig, ServerConnection, Stall,
 };
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, Instrument};
 
 /// Settings of the server driver.
@@ -59,6 +60,8 @@ pub struct ServerOptions {
     pub metrics: Option<SocketAddr>,
     /// The memory bound (`--maxmemory` and its policy).
     pub maxmemory: kv_core::server::MaxMemory,
+    /// How much output a subscriber may hold.
+    pub pubsub_output_limit: OutputLimit,
 }
 
 impl Default for ServerOptions {
@@ -75,6 +78,7 @@ impl Default for ServerOptions {
             inline_replies: kv_core::server::InlineReplies::Human,
             metrics: None,
             maxmemory: kv_core::server::MaxMemory::default(),
+            pubsub_output_limit: kv_core::server::PUBSUB_OUTPUT_LIMIT,
         }
     }
 }
@@ -97,6 +101,8 @@ pub fn prepare(options: &ServerOptions) -> Result<Prepared, PersistError> {
         password: options.password.clone(),
         inline_replies: options.inline_replies,
         maxmemory: options.maxmemory,
+        output_limit: options.output_limit,
+        pubsub_output_limit: options.pubsub_output_limit,
     });
     server.set_stopwatch(clock::stopwatch);
     // Replay drops what has expired by now.
@@ -120,6 +126,26 @@ struct Shared {
     kills: watch::Sender<u64>,
     /// Reads the allocator's count of used memory for the server.
     meter: memory::Meter,
+    /// What wakes each connection when mail arrives for it, by session.
+    mailmen: RefCell<HashMap<u64, Rc<Notify>>>,
+    /// The output limit of subscribers.
+    pubsub_limit: OutputLimit,
+}
+
+impl Shared {
+    /// Wakes the connections that got mail (messages, invalidations).
+    fn wake(&self, server: &mut Server) {
+        let woken = server.take_woken();
+        if woken.is_empty() {
+            return;
+        }
+        let mailmen = self.mailmen.borrow();
+        for id in woken {
+            if let Some(news) = mailmen.get(&id) {
+                news.notify_one();
+            }
+        }
+    }
 }
 
 impl AcceptHooks for Shared {
@@ -163,6 +189,8 @@ pub async fn run_prepared(
         epoch: Epoch::new(),
         kills: watch::channel(0).0,
         meter: memory::Meter::new(),
+        mailmen: RefCell::new(HashMap::new()),
+        pubsub_limit: options.pubsub_output_limit,
     });
     {
         // Before the first client: INFO is right from the start.
@@ -235,6 +263,7 @@ async fn expire_keys(shared: Rc<Shared>, port: u16) {
         }
         let mut server = shared.server.borrow_mut();
         server.handle_timeout(clock::unix_millis());
+        shared.wake(&mut server);
         if let Some(log) = &shared.log {
             if server.journal().is_some_and(|j| j.has_pending()) {
                 log.request_flush();
@@ -259,6 +288,10 @@ struct ServerClient {
     released: Option<watch::Receiver<u64>>,
     /// Changes when clients were killed.
     kills: watch::Receiver<u64>,
+    /// Notified when mail arrives for the connection.
+    news: Rc<Notify>,
+    /// The session's number, once the connection is registered for mail.
+    registered: Option<u64>,
 }
 
 impl ServerClient {
@@ -278,6 +311,8 @@ impl ServerClient {
             released: shared.log.as_ref().map(Log::subscribe),
             shared,
             stream,
+            news: Rc::new(Notify::new()),
+            registered: None,
         }
     }
 }
@@ -285,6 +320,9 @@ impl ServerClient {
 /// Keeps `connections_current` right however the task ends.
 impl Drop for ServerClient {
     fn drop(&mut self) {
+        if let Some(id) = self.registered {
+            self.shared.mailmen.borrow_mut().remove(&id);
+        }
         if let Ok(mut server) = self.shared.server.try_borrow_mut() {
             self.conn.end(&mut server);
             let stats = server.stats_mut();
@@ -304,6 +342,16 @@ impl Conn for ServerClient {
         server.set_time(clock::unix_millis());
         self.shared.meter.refresh(&mut server);
         self.conn.process(&mut server);
+        if self.registered.is_none() {
+            if let Some(id) = self.conn.session_id() {
+                self.registered = Some(id);
+                self.shared
+                    .mailmen
+                    .borrow_mut()
+                    .insert(id, self.news.clone());
+            }
+        }
+        self.shared.wake(&mut server);
         if server.clients_mut().take_kill_signal() {
             self.shared.kills.send_modify(|n| *n += 1);
         }
@@ -330,7 +378,27 @@ impl Conn for ServerClient {
     }
 
     fn held(&self) -> usize {
-        self.conn.held_bytes()
+        let mail = self
+            .registered
+            .map_or(0, |id| self.shared.server.borrow().mail_bytes(id));
+        self.conn.held_bytes() + mail
+    }
+
+    /// Mail keeps arriving while a write waits: a subscriber that stops
+    /// reading is held to its limit meanwhile.
+    fn output_probe(&self) -> Option<OutputProbe> {
+        let id = self.registered?;
+        let shared = self.shared.clone();
+        Some(OutputProbe {
+            news: self.news.clone(),
+            held: Box::new(move || shared.server.borrow().mail_bytes(id)),
+        })
+    }
+
+    fn subscriber_limit(&self) -> Option<OutputLimit> {
+        self.conn
+            .is_subscribed()
+            .then_some(self.shared.pubsub_limit)
     }
 
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
@@ -342,6 +410,7 @@ impl Conn for ServerClient {
             // A streamed reply still sorting has work without output.
             () = crate::runtime::let_others_run(), if streaming => Ok(Wake::Session),
             Ok(()) = self.kills.changed() => Ok(Wake::Session),
+            () = self.news.notified() => Ok(Wake::Session),
             ready = self.stream.readable(), if reading => {
                 ready?;
                 let conn = &mut self.conn;
