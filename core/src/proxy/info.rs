@@ -10,8 +10,10 @@ use crate::errors::ProxyTrackingError;
 use crate::reply::{Proto, Reply};
 use crate::session::{
     replication_and_cpu, server_section, HostFacts, InfoSections, KillFilter, Node, Role, Session,
+    TrackingOptions, TrackingRequest,
 };
 use crate::stats::CommandStats;
+use bytes::Bytes;
 
 /// What the proxy says to the client commands it does not carry out: its
 /// clients are its drivers', and it keeps no list of them yet.
@@ -34,39 +36,36 @@ pub(super) struct View<'a> {
 }
 
 impl View<'_> {
-    /// The proxy's side of `CLIENT TRACKING ON|OFF` for the client of
-    /// `session`, with the name of an option it was given that the proxy
-    /// does not carry out, if any. Tracking is turned on only where the
-    /// proxy can deliver the invalidations: never an `OK` for tracking
-    /// that is not done.
-    // Reached from the tests only until the command table has
-    // `CLIENT TRACKING` (the server's side, on another branch): then it
-    // answers `Node::tracking`.
-    #[allow(dead_code)]
-    pub fn client_tracking(
+    /// `CLIENT TRACKING ON` for the client of `session`: turned on only
+    /// where the proxy can deliver the invalidations, never an `OK` for
+    /// tracking that is not done.
+    fn tracking_on(
         &mut self,
         session: &mut Session,
-        on: bool,
-        unsupported: Option<&'static str>,
-    ) -> Result<(), Reply> {
-        let id = super::clients::id_of(session);
-        if !on {
-            self.tracking.set(id, false);
-            return Ok(());
-        }
-        if let Some(option) = unsupported {
-            return Err(ProxyTrackingError::Unsupported(option).into());
+        opts: &TrackingOptions,
+    ) -> Result<(), ProxyTrackingError> {
+        let unsupported = [
+            (opts.redirect.is_some(), "REDIRECT"),
+            (opts.bcast, "BCAST"),
+            (!opts.prefixes.is_empty(), "PREFIX"),
+            (opts.optin, "OPTIN"),
+            (opts.optout, "OPTOUT"),
+            (opts.noloop, "NOLOOP"),
+        ];
+        if let Some((_, option)) = unsupported.into_iter().find(|(given, _)| *given) {
+            return Err(ProxyTrackingError::Unsupported(option));
         }
         if !self.config.tracking {
-            return Err(ProxyTrackingError::Off.into());
+            return Err(ProxyTrackingError::Off);
         }
         if let Some(why) = self.tracking_refused {
-            return Err(ProxyTrackingError::UpstreamRefused(why.to_owned()).into());
+            return Err(ProxyTrackingError::UpstreamRefused(why.to_owned()));
         }
         if session.proto != Proto::Resp3 {
-            return Err(ProxyTrackingError::NeedsResp3.into());
+            return Err(ProxyTrackingError::NeedsResp3);
         }
-        self.tracking.set(id, true);
+        self.tracking.set(super::clients::id_of(session), true);
+        session.tracking = true;
         Ok(())
     }
 
@@ -183,6 +182,37 @@ impl Node for View<'_> {
 
     fn password(&self) -> Option<&Password> {
         self.config.password.as_ref()
+    }
+
+    /// The proxy tracks for its clients in RESP3, with none of the
+    /// options: see `tracking.rs`.
+    fn tracking(&mut self, session: &mut Session, request: TrackingRequest) -> Reply {
+        let on = self.tracking.is_on(super::clients::id_of(session));
+        let text = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+        // Tracking at the proxy never redirects: 0 is "to itself".
+        let redirect = Reply::Integer(if on { 0 } else { -1 });
+        match request {
+            TrackingRequest::On(opts) => match self.tracking_on(session, &opts) {
+                Ok(()) => Reply::ok(),
+                Err(e) => e.into(),
+            },
+            TrackingRequest::Off => {
+                self.tracking.set(super::clients::id_of(session), false);
+                session.tracking = false;
+                Reply::ok()
+            }
+            // Without OPTIN or OPTOUT, Redis's answer.
+            TrackingRequest::Caching(_) => Reply::error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
+            TrackingRequest::GetRedir => redirect,
+            TrackingRequest::Info => Reply::Map(vec![
+                (
+                    text("flags"),
+                    Reply::Set(vec![text(if on { "on" } else { "off" })]),
+                ),
+                (text("redirect"), redirect),
+                (text("prefixes"), Reply::Array(Vec::new())),
+            ]),
+        }
     }
 
     fn config(&self) -> Vec<(&'static str, String)> {

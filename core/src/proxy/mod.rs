@@ -1166,6 +1166,7 @@ impl Proxy {
                         continue;
                     };
                     client.push_message(id, invalidation(None), now);
+                    client.session.tracking = false;
                     client.failed = true;
                     self.flush(id);
                 }
@@ -1603,32 +1604,6 @@ fn older_than_seen(
 }
 
 #[cfg(test)]
-impl Proxy {
-    /// `CLIENT TRACKING ON|OFF` from client `id`, as the command will reach
-    /// the proxy once the table has it.
-    fn client_tracking(&mut self, id: ClientId, on: bool) -> Result<(), Reply> {
-        let client_count = self.clients.len();
-        let Some(client) = self.clients.get_mut(id) else {
-            return Ok(());
-        };
-        let mut node = info::View {
-            config: &self.config,
-            cache: &self.cache,
-            stats: &self.stats,
-            upstream: self.upstream.state(),
-            upstream_in_flight: self.upstream.len(),
-            clients: client_count,
-            host: &self.host,
-            commands: &self.commands,
-            tracking: &mut self.tracking,
-            tracking_refused: self.tracking_refused.as_deref(),
-            lane_tracking: [self.upstream.tracking(), self.bulk.tracking()],
-        };
-        node.client_tracking(&mut client.session, on, None)
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1734,6 +1709,13 @@ mod tests {
     /// What Redis answers to it: HELLO's map (cut short), and OK.
     const TRACKING_ACCEPTED: &[u8] = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n+OK\r\n";
     const GET_K: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    const TRACKING_ON: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n";
+
+    /// What client `c` is answered to `CLIENT TRACKING ON`.
+    fn client_tracking_on(p: &mut Proxy, c: ClientId) -> String {
+        p.handle_client_input(c, TRACKING_ON, Instant::ZERO);
+        output(p, c)
+    }
 
     fn push_for(key: &str) -> Vec<u8> {
         format!(
@@ -2011,7 +1993,7 @@ mod tests {
             c
         });
         let _ = (output(&mut p, tracking), output(&mut p, other));
-        assert_eq!(p.client_tracking(tracking, true), Ok(()));
+        assert_eq!(client_tracking_on(&mut p, tracking), "+OK\r\n");
         // One reads k from the server, the other from the cache.
         read_k_into_cache(&mut p, other, "v", t(1));
         p.handle_client_input(tracking, GET_K, t(1));
@@ -2049,13 +2031,30 @@ mod tests {
     #[test]
     fn client_tracking_is_refused_where_the_proxy_cannot_deliver_it() {
         let t = Instant::from_millis;
-        let refused = |p: &mut Proxy, c| match p.client_tracking(c, true) {
-            Err(Reply::Error(e)) => String::from_utf8_lossy(&e).into_owned(),
-            other => panic!("{other:?}"),
+        let refused = |p: &mut Proxy, c| {
+            let reply = client_tracking_on(p, c);
+            assert!(reply.starts_with("-ERR "), "{reply}");
+            reply
         };
         let mut p = tracked(t);
         let c = p.add_client(ClientKind::Stream, t(0));
         assert!(refused(&mut p, c).contains("needs RESP3"));
+        p.handle_client_input(c, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(0));
+        let _ = output(&mut p, c);
+        p.handle_client_input(
+            c,
+            b"*4\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n$5\r\nBCAST\r\n",
+            t(0),
+        );
+        assert_eq!(
+            output(&mut p, c),
+            "-ERR the kv proxy does not support CLIENT TRACKING BCAST yet\r\n"
+        );
+        p.handle_client_input(c, b"*2\r\n$6\r\nCLIENT\r\n$8\r\nGETREDIR\r\n", t(0));
+        assert_eq!(output(&mut p, c), ":-1\r\n", "not tracking");
+        assert_eq!(client_tracking_on(&mut p, c), "+OK\r\n");
+        p.handle_client_input(c, b"*2\r\n$6\r\nCLIENT\r\n$8\r\nGETREDIR\r\n", t(0));
+        assert_eq!(output(&mut p, c), ":0\r\n", "tracking, to itself");
         let mut p = Proxy::new(ProxyConfig::default(), t(0));
         let c = p.add_client(ClientKind::Stream, t(0));
         assert!(refused(&mut p, c).contains("--tracking off"));
@@ -2069,7 +2068,7 @@ mod tests {
         let c = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(0));
         let _ = output(&mut p, c);
-        assert_eq!(p.client_tracking(c, true), Ok(()));
+        assert_eq!(client_tracking_on(&mut p, c), "+OK\r\n");
         p.handle_upstream_connected(Lane::Main, t(1));
         p.handle_upstream_input(
             Lane::Main,
@@ -2080,6 +2079,7 @@ mod tests {
         assert!(p.client_should_close(c));
         let d = p.add_client(ClientKind::Stream, t(3));
         p.handle_client_input(d, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(3));
+        let _ = output(&mut p, d);
         let why = refused(&mut p, d);
         assert!(why.contains("upstream refused client tracking (CLIENT TRACKING ON: ERR unknown subcommand 'TRACKING')"), "{why}");
     }
