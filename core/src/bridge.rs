@@ -176,6 +176,12 @@ pub enum WireReply {
         /// The text.
         value: String,
     },
+    /// Out-of-band data that answers no request (a tracking client's
+    /// invalidation): kept apart, so the page does not pair it with one.
+    Push {
+        /// The elements.
+        items: Vec<WireReply>,
+    },
 }
 
 fn text(b: &[u8]) -> String {
@@ -219,7 +225,10 @@ impl From<&Reply> for WireReply {
                     .flat_map(|(k, v)| [WireReply::from(k), WireReply::from(v)])
                     .collect(),
             },
-            Reply::Set(items) | Reply::Push(items) => WireReply::Array {
+            Reply::Set(items) => WireReply::Array {
+                items: items.iter().map(WireReply::from).collect(),
+            },
+            Reply::Push(items) => WireReply::Push {
                 items: items.iter().map(WireReply::from).collect(),
             },
             Reply::Boolean(b) => WireReply::Integer {
@@ -250,6 +259,9 @@ impl WireReply {
                 Reply::Pairs(pairs.iter().map(|(k, v)| (k.bytes(), v.bytes())).collect())
             }
             WireReply::Text { value } => Reply::Text(value.clone()),
+            WireReply::Push { items } => {
+                Reply::Push(items.iter().map(WireReply::to_reply).collect())
+            }
         }
     }
 
@@ -461,6 +473,10 @@ mod tests {
             Reply::Array(vec![Reply::Nil, Reply::Integer(1)]),
             Reply::Pairs(vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))]),
             Reply::Text("a:1\nb:2".into()),
+            Reply::Push(vec![
+                Reply::Bulk(Bytes::from_static(b"invalidate")),
+                Reply::Array(vec![Reply::Bulk(Bytes::from_static(b"k"))]),
+            ]),
         ];
         for r in replies {
             let a = AnnotatedReply {

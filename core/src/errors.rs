@@ -287,15 +287,7 @@ impl UpstreamError {
     /// rather than answers a request: `to_auth` says whether it answers
     /// the proxy's `AUTH`.
     pub fn refusal(line: &[u8], to_auth: bool) -> UpstreamError {
-        let mut text = String::from_utf8_lossy(line).trim().to_owned();
-        if text.len() > QUOTED_MAX {
-            let mut end = QUOTED_MAX;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
-        }
+        let text = quote_server_line(line);
         let lower = text.to_ascii_lowercase();
         if lower.contains("max number of clients") {
             UpstreamError::AtClientLimit(text)
@@ -324,6 +316,48 @@ impl UpstreamError {
         line.to_ascii_lowercase()
             .windows(b"max number of clients".len())
             .any(|w| w == b"max number of clients")
+    }
+}
+
+/// A server's error line as the proxy quotes it (in an [`UpstreamError`],
+/// `INFO`, a log line): trimmed, and cut short if long.
+pub fn quote_server_line(line: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(line).trim().to_owned();
+    if text.len() > QUOTED_MAX {
+        let mut end = QUOTED_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Why the proxy refuses a client's `CLIENT TRACKING ON`: it never answers
+/// `OK` for tracking it cannot deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProxyTrackingError {
+    /// The proxy was started with `--tracking off`.
+    #[error("ERR client tracking is off at this proxy (it was started with --tracking off)")]
+    Off,
+    /// The server refused to track the proxy's reads, so the proxy cannot
+    /// tell when a key changes.
+    #[error("ERR the proxy's upstream refused client tracking ({0}); the proxy caches by TTL only and cannot send invalidations")]
+    UpstreamRefused(String),
+    /// RESP2 carries invalidations only to another connection, subscribed
+    /// to `__redis__:invalidate` (`REDIRECT`), which the proxy does not
+    /// offer. Redis itself accepts and then sends nothing.
+    #[error("ERR client tracking at the kv proxy needs RESP3 (HELLO 3): RESP2 would need REDIRECT to a connection subscribed to __redis__:invalidate, which the proxy does not support yet")]
+    NeedsResp3,
+    /// An option of `CLIENT TRACKING` the proxy does not carry out.
+    #[error("ERR the kv proxy does not support CLIENT TRACKING {0} yet")]
+    Unsupported(&'static str),
+}
+
+impl From<ProxyTrackingError> for Reply {
+    fn from(e: ProxyTrackingError) -> Reply {
+        Reply::error(e)
     }
 }
 

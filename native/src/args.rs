@@ -296,6 +296,21 @@ pub struct CacheArgs {
     /// How long a request may wait for the server before it fails.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "5s")]
     pub request_timeout: Duration,
+    /// Server-assisted invalidation: `on` asks the server to track what the
+    /// proxy reads (`HELLO 3`, `CLIENT TRACKING ON`) and drops a cached key
+    /// as soon as the server says it changed; `off` caches by --cache-ttl
+    /// alone. A server that refuses gets TTL-only caching, with a warning.
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub tracking: TrackingArg,
+}
+
+/// `--tracking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrackingArg {
+    /// The server invalidates what the proxy caches.
+    On,
+    /// The cache's TTL alone.
+    Off,
 }
 
 impl CacheArgs {
@@ -311,6 +326,7 @@ impl CacheArgs {
             },
             request_timeout: self.request_timeout,
             hash_seed,
+            tracking: self.tracking == TrackingArg::On,
             ..ProxyConfig::default()
         }
     }
@@ -787,6 +803,7 @@ mod tests {
         let options = p.options(42);
         assert_eq!(options.proxy.hash_seed, 42);
         assert!(options.proxy.cache.negative);
+        assert!(options.proxy.tracking);
 
         let KvCommand::Server(s) = parse(&["server"]) else {
             panic!("not server")
@@ -1027,6 +1044,22 @@ mod tests {
         assert_eq!(p.conn.idle_timeout(), None);
         let s = server_with("[server]\nidle-timeout = 7\n", &[]);
         assert_eq!(s.conn.idle_timeout(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn tracking_is_turned_off_by_flag_or_file() {
+        let off = |p: ProxyArgs| !p.options(0).proxy.tracking;
+        assert!(off(proxy_with("", &["--tracking", "off"])));
+        assert!(off(proxy_with("[proxy]\ntracking = \"off\"\n", &[])));
+        assert!(!off(proxy_with(
+            "[proxy]\ntracking = \"off\"\n",
+            &["--tracking", "on"]
+        )));
+        let KvCommand::Up(up) = parse(&["up", "--tracking", "off"]) else {
+            panic!("not up")
+        };
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(!up.proxy_options(upstream, 0).proxy.tracking);
     }
 
     #[test]

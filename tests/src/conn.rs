@@ -277,6 +277,101 @@ impl Conn {
     }
 }
 
+/// One RESP2 or RESP3 value, as [`Conn::read_value`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `+…`.
+    Status(String),
+    /// `-…`.
+    Error(String),
+    /// `:…`.
+    Integer(i64),
+    /// `$…`, and `=…` (verbatim: its `txt:` prefix kept).
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1`, `_`.
+    Nil,
+    /// `*…`, and `~…` (sets).
+    Array(Vec<Value>),
+    /// `%…`: keys and values in order.
+    Map(Vec<(Value, Value)>),
+    /// `>…`: out of band, answering no request.
+    Push(Vec<Value>),
+    /// `,…`, `#…`, `(…`: their text.
+    Other(String),
+}
+
+impl Value {
+    /// A bulk string's text (lossily), or `None`.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl Conn {
+    /// Reads one RESP2 or RESP3 value (waiting up to [`IO_TIMEOUT`] for
+    /// each part).
+    ///
+    /// # Panics
+    ///
+    /// On EOF, an error, the deadline, or bytes that are not RESP.
+    pub fn read_value(&mut self) -> Value {
+        let line = self.read_line();
+        let (kind, body) = line.split_at(1.min(line.len()));
+        let count = |body: &str| -> i64 {
+            body.parse()
+                .unwrap_or_else(|_| panic!("not a RESP length: {line:?}"))
+        };
+        match kind {
+            "+" => Value::Status(body.to_owned()),
+            "-" => Value::Error(body.to_owned()),
+            ":" => Value::Integer(count(body)),
+            "_" => Value::Nil,
+            "," | "#" | "(" => Value::Other(body.to_owned()),
+            "$" | "=" => match count(body) {
+                -1 => Value::Nil,
+                n => {
+                    let mut bytes = self.read_bytes(n as usize + 2);
+                    bytes.truncate(n as usize);
+                    Value::Bulk(bytes)
+                }
+            },
+            "*" | "~" | ">" => match count(body) {
+                -1 => Value::Nil,
+                n => {
+                    let items = (0..n).map(|_| self.read_value()).collect();
+                    if kind == ">" {
+                        Value::Push(items)
+                    } else {
+                        Value::Array(items)
+                    }
+                }
+            },
+            "%" => Value::Map(
+                (0..count(body))
+                    .map(|_| (self.read_value(), self.read_value()))
+                    .collect(),
+            ),
+            _ => panic!("not RESP from {}: {line:?}", self.addr),
+        }
+    }
+
+    /// Sends one RESP command made of `args` and reads its reply, setting
+    /// aside the pushes that come before it (returned first).
+    pub fn call(&mut self, args: &[&[u8]]) -> (Vec<Value>, Value) {
+        self.send(&resp_command(args));
+        let mut pushes = Vec::new();
+        loop {
+            match self.read_value() {
+                Value::Push(items) => pushes.push(Value::Push(items)),
+                reply => return (pushes, reply),
+            }
+        }
+    }
+}
+
 /// The `N` of an inline multi-line reply header `(N pairs)`, `(N lines)`,
 /// `(N items)` (also singular), or `None` for a one-line reply.
 pub fn inline_header_count(line: &str) -> Option<usize> {

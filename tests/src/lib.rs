@@ -14,6 +14,8 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`] poll for an observable
 //!   condition instead of sleeping;
 //! - [`tools`]: [`require_tool`] finds external tools such as `redis-cli`;
+//! - [`redis`]: [`start_redis_server`] runs a real `redis-server` to put
+//!   behind the proxy;
 //! - [`clients`]: where the Redis client libraries that `cargo xtask setup`
 //!   installs live ([`venv_python`], [`node_modules`]);
 //! - [`rng`]: the one seeded generator, [`XorShift`].
@@ -27,6 +29,7 @@ pub mod clients;
 pub mod conn;
 pub mod http;
 pub mod process;
+pub mod redis;
 pub mod rng;
 pub mod tools;
 pub mod wait;
@@ -34,7 +37,7 @@ pub mod wait;
 pub use bin::{build_kv, kv_bin, workspace_root, KV_BIN_ENV};
 pub use clients::{clients_dir, node_modules, python_venv, venv_python};
 pub use conn::{
-    info_field, inline_header_count, play_seed_transcript, resp_command, Conn, ReadError,
+    info_field, inline_header_count, play_seed_transcript, resp_command, Conn, ReadError, Value,
     IO_TIMEOUT, SEED_TRANSCRIPT,
 };
 pub use http::{http_get, HttpResponse};
@@ -43,6 +46,7 @@ pub use process::{
     start_server, start_server_on, start_stack, try_free_port, up_args, vm_rss_bytes,
     AnnounceError, Announcer, KvProcess, Listening, Output, STARTUP_TIMEOUT,
 };
+pub use redis::{start_redis_server, RedisServer};
 pub use rng::XorShift;
 pub use tools::{raise_fd_limit, require_tool, which, ALLOW_MISSING_TOOLS_ENV};
 pub use wait::{wait_for, wait_until, POLL_INTERVAL};

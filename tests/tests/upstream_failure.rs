@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 fn proxy_errors_fast_serves_cache_and_recovers_when_server_restarts() {
     let mut server = start_server(&[]);
     let server_addr = server.server_addr();
+    // By TTL alone: with tracking, nothing cached outlives the connection
+    // (the next test).
     let proxy = start_proxy(
         server_addr,
-        &["--request-timeout", "1s", "--cache-ttl", "60s"],
+        &[
+            "--request-timeout",
+            "1s",
+            "--cache-ttl",
+            "60s",
+            "--tracking",
+            "off",
+        ],
     );
     let mut conn = Conn::connect(proxy.proxy_addr());
 
@@ -54,6 +63,39 @@ fn proxy_errors_fast_serves_cache_and_recovers_when_server_restarts() {
     // And the write really reached the new server.
     let mut direct = Conn::connect(server_addr);
     assert_eq!(direct.cmd("GET after"), "\"back\"");
+}
+
+#[test]
+fn with_tracking_nothing_cached_is_served_once_the_server_is_gone() {
+    let mut server = start_server(&[]);
+    let proxy = start_proxy(
+        server.server_addr(),
+        &["--request-timeout", "1s", "--cache-ttl", "60s"],
+    );
+    let mut conn = Conn::connect(proxy.proxy_addr());
+    wait_until(
+        Duration::from_secs(10),
+        "the server tracks the proxy's reads",
+        || {
+            conn.cmd("INFO tracking")
+                .contains("upstream_main_tracking:on")
+        },
+    );
+    assert_eq!(conn.cmd("PUT cached kept"), "OK");
+    assert_eq!(conn.cmd("GET cached"), "\"kept\"");
+    assert_eq!(conn.cmd("GET cached"), "\"kept\"");
+    assert!(info(proxy.proxy_addr(), "cache_hits") >= 1);
+    server.kill();
+    // Invalidations sent after the connection was lost would be lost too:
+    // the cache went with it, and the read fails rather than guess.
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy saw the connection go",
+        || info(proxy.proxy_addr(), "tracking_flushes") == 1,
+    );
+    let reply = conn.cmd("GET cached");
+    assert!(reply.starts_with("(error) ERR upstream "), "{reply}");
+    assert_eq!(info(proxy.proxy_addr(), "cache_entries"), 0);
 }
 
 /// `INFO`'s numeric field `key`, asked on a fresh connection.

@@ -168,6 +168,25 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
     ])
 }
 
+/// Appends what the proxy sends on a connection to have the server track
+/// the keys it reads there: `HELLO 3` (invalidations come as RESP3 pushes
+/// on the same connection), then `CLIENT TRACKING ON`. Two replies come
+/// back, in that order.
+pub fn encode_tracking_handshake(out: &mut bytes::BytesMut) {
+    crate::command::encode_resp_args(
+        &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
+        out,
+    );
+    crate::command::encode_resp_args(
+        &[
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"TRACKING"),
+            Bytes::from_static(b"ON"),
+        ],
+        out,
+    );
+}
+
 const AUTH: Spec = Spec::new(
     "auth",
     -2,

@@ -133,6 +133,18 @@ impl Client {
         Waiter { client: id, seq }
     }
 
+    /// Queues a RESP3 push (an invalidation) behind every reply owed: it
+    /// answers no request, and a reply read before the change it reports
+    /// must reach the client before it does, or the client would keep
+    /// that value as current (see the module docs of [`proxy`](super),
+    /// "Tracking").
+    pub fn push_message(&mut self, id: ClientId, reply: Reply, now: Instant) {
+        let _ = self.push_slot(id, Dialect::Resp, None, now);
+        if let Some(slot) = self.slots.back_mut() {
+            slot.done = Some((reply, Source::Proxy, now));
+        }
+    }
+
     /// Whether anything is left to hand to the driver.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || !self.messages.is_empty()
@@ -156,6 +168,12 @@ impl Client {
                 .front()
                 .is_some_and(|s| s.dialect == Dialect::Resp)
     }
+}
+
+/// The client whose session this is: sessions number clients from 1, as
+/// Redis does.
+pub(super) fn id_of(session: &Session) -> ClientId {
+    ClientId(session.id.saturating_sub(1))
 }
 
 /// The clients of one proxy.

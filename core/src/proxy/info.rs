@@ -2,13 +2,18 @@
 //! `AUTH` answer. A view of the proxy's parts other than its clients, so a
 //! client's session can be changed while the node is read.
 
-use super::{ProxyConfig, ProxyStats, UpstreamState};
+use super::tracking::Tracking;
+use super::{ProxyConfig, ProxyStats, UpstreamState, UpstreamTracking};
 use crate::auth::Password;
 use crate::cache::TtlCache;
+use crate::errors::ProxyTrackingError;
+use crate::reply::{Proto, Reply};
 use crate::session::{
     replication_and_cpu, server_section, HostFacts, InfoSections, KillFilter, Node, Role, Session,
+    TrackingOptions, TrackingRequest,
 };
 use crate::stats::CommandStats;
+use bytes::Bytes;
 
 /// What the proxy says to the client commands it does not carry out: its
 /// clients are its drivers', and it keeps no list of them yet.
@@ -24,6 +29,72 @@ pub(super) struct View<'a> {
     pub clients: usize,
     pub host: &'a HostFacts,
     pub commands: &'a CommandStats,
+    pub tracking: &'a mut Tracking,
+    pub tracking_refused: Option<&'a str>,
+    /// Per lane, in [`Lane::ALL`](super::Lane::ALL) order.
+    pub lane_tracking: [&'a UpstreamTracking; 2],
+}
+
+impl View<'_> {
+    /// `CLIENT TRACKING ON` for the client of `session`: turned on only
+    /// where the proxy can deliver the invalidations, never an `OK` for
+    /// tracking that is not done.
+    fn tracking_on(
+        &mut self,
+        session: &mut Session,
+        opts: &TrackingOptions,
+    ) -> Result<(), ProxyTrackingError> {
+        let unsupported = [
+            (opts.redirect.is_some(), "REDIRECT"),
+            (opts.bcast, "BCAST"),
+            (!opts.prefixes.is_empty(), "PREFIX"),
+            (opts.optin, "OPTIN"),
+            (opts.optout, "OPTOUT"),
+            (opts.noloop, "NOLOOP"),
+        ];
+        if let Some((_, option)) = unsupported.into_iter().find(|(given, _)| *given) {
+            return Err(ProxyTrackingError::Unsupported(option));
+        }
+        if !self.config.tracking {
+            return Err(ProxyTrackingError::Off);
+        }
+        if let Some(why) = self.tracking_refused {
+            return Err(ProxyTrackingError::UpstreamRefused(why.to_owned()));
+        }
+        if session.proto != Proto::Resp3 {
+            return Err(ProxyTrackingError::NeedsResp3);
+        }
+        self.tracking.set(super::clients::id_of(session), true);
+        session.tracking = true;
+        Ok(())
+    }
+
+    /// `INFO`'s `# Tracking` section.
+    fn tracking_section(&self, info: &mut String) {
+        use std::fmt::Write;
+        let s = self.stats;
+        let state = if !self.config.tracking {
+            "off"
+        } else if self.tracking_refused.is_some() {
+            "fallback"
+        } else {
+            "on"
+        };
+        let _ = write!(
+            info,
+            "# Tracking\ntracking:{state}\ntracking_fallback_reason:{}\ntracking_invalidations_received:{}\ntracking_keys_invalidated:{}\ntracking_flushes:{}\ntracking_clients:{}\ntracking_client_keys:{}\n",
+            // One line, whatever the server said.
+            self.tracking_refused.unwrap_or("").replace(['\r', '\n'], " "),
+            s.tracking_invalidations_received,
+            s.tracking_keys_invalidated,
+            s.tracking_flushes,
+            self.tracking.clients(),
+            self.tracking.pairs(),
+        );
+        for (lane, state) in super::Lane::ALL.iter().zip(self.lane_tracking) {
+            let _ = writeln!(info, "upstream_{}_tracking:{}", lane.name(), state.name());
+        }
+    }
 }
 
 impl Node for View<'_> {
@@ -51,6 +122,9 @@ impl Node for View<'_> {
             );
         }
         replication_and_cpu(&mut info, sections, h);
+        if sections.wants("tracking") {
+            self.tracking_section(&mut info);
+        }
         if sections.wants_extra("commandstats") {
             self.commands.info(&mut info);
         }
@@ -108,6 +182,37 @@ impl Node for View<'_> {
 
     fn password(&self) -> Option<&Password> {
         self.config.password.as_ref()
+    }
+
+    /// The proxy tracks for its clients in RESP3, with none of the
+    /// options: see `tracking.rs`.
+    fn tracking(&mut self, session: &mut Session, request: TrackingRequest) -> Reply {
+        let on = self.tracking.is_on(super::clients::id_of(session));
+        let text = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+        // Tracking at the proxy never redirects: 0 is "to itself".
+        let redirect = Reply::Integer(if on { 0 } else { -1 });
+        match request {
+            TrackingRequest::On(opts) => match self.tracking_on(session, &opts) {
+                Ok(()) => Reply::ok(),
+                Err(e) => e.into(),
+            },
+            TrackingRequest::Off => {
+                self.tracking.set(super::clients::id_of(session), false);
+                session.tracking = false;
+                Reply::ok()
+            }
+            // Without OPTIN or OPTOUT, Redis's answer.
+            TrackingRequest::Caching(_) => Reply::error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
+            TrackingRequest::GetRedir => redirect,
+            TrackingRequest::Info => Reply::Map(vec![
+                (
+                    text("flags"),
+                    Reply::Set(vec![text(if on { "on" } else { "off" })]),
+                ),
+                (text("redirect"), redirect),
+                (text("prefixes"), Reply::Array(Vec::new())),
+            ]),
+        }
     }
 
     fn config(&self) -> Vec<(&'static str, String)> {

@@ -28,11 +28,48 @@
 //!   what it did ([`Cache::WriteThrough`]) writes those effects through.
 //!   A lost write's keys leave the cache too: its effect is unknown.
 //!
+//! # Tracking
+//! With [`ProxyConfig::tracking`], the main lane's connection asks the
+//! server to track the keys read on it (`HELLO 3`, `CLIENT TRACKING ON`:
+//! see `upstream.rs`), and the server sends an `invalidate` push when one
+//! of them changes, whoever changed it, or a null one when every key may
+//! have (`FLUSHALL`). Each push drops its keys from the cache (null: every
+//! entry), so an entry is no longer only as fresh as its TTL, which stays
+//! as a safety net.
+//!
+//! Why a fill may be cached however its reply and the push interleave: on
+//! one ordered connection, the server sends a reply when it runs the
+//! request, and a push when the key changes. A fill reply that arrives
+//! after the invalidation of its key was computed after the write that
+//! caused it, so it is fresh; one that arrives before it is dropped by it.
+//! That holds only if pushes are applied in arrival order with the
+//! replies, so `Upstream::next_reply` hands each push on in its place
+//! and [`Proxy::handle_upstream_input`] applies it before the next reply,
+//! never batched after the replies of the same read.
+//!
+//! What it relies on, and keeps true:
+//! - Every cache entry was read on the current connection, so the server
+//!   tracks it: the cache is emptied when a connection is made, and at
+//!   once when the tracking one is lost or reset (invalidations sent
+//!   meanwhile are lost), not at the next connect.
+//! - No entry is written through from a write's effects: the server
+//!   tracks reads only, so such an entry would never be invalidated. A
+//!   write's keys just leave the cache.
+//!
+//! A server that refuses either request leaves that connection caching by
+//! TTL alone, as with tracking off ([`UpstreamTracking::Fallback`]).
+//!
+//! The proxy's own RESP3 clients may turn tracking on too (`tracking.rs`):
+//! the server's invalidations of the proxy's connection are fanned out to
+//! the clients that read each key, queued behind the replies they owe
+//! (`Client::push_message`) so that a value read before a change never
+//! reaches its client after the change's invalidation.
+//!
 //! # Driving it
 //! Inputs: [`Proxy::add_client`], [`Proxy::handle_client_input`],
 //! [`Proxy::remove_client`], [`Proxy::handle_upstream_connected`],
 //! [`Proxy::handle_upstream_input`], [`Proxy::handle_upstream_lost`],
-//! [`Proxy::handle_timeout`]. After any of them, drain in this order:
+//! [`Proxy::handle_upstream_closed`], [`Proxy::handle_timeout`]. After any of them, drain in this order:
 //! [`Proxy::poll_event`] until `None` (it names clients with new output and
 //! asks for upstream resets), each named client's
 //! [`Proxy::poll_client_transmit`] / [`Proxy::poll_client_reply`], then
@@ -51,6 +88,7 @@ mod clients;
 mod framer;
 mod info;
 mod route;
+mod tracking;
 mod upstream;
 
 use crate::auth::Password;
@@ -71,6 +109,7 @@ use clients::{Clients, Deferred, Streamed, Waiter};
 use route::{route, GetRoute, KeyState, Route};
 use std::collections::VecDeque;
 use std::time::Duration;
+use tracking::{invalidation, parse_invalidation, Tracking};
 use upstream::{InFlight, Incoming, Job, Upstream};
 
 /// Proxy settings.
@@ -103,6 +142,15 @@ pub struct ProxyConfig {
     pub output_limit: OutputLimit,
     /// How inline commands are answered.
     pub inline_replies: InlineReplies,
+    /// Whether the main lane asks the server to track what the proxy reads
+    /// and tell it of changes (see the module docs, "Tracking"). Off here
+    /// (the proxy then caches by TTL alone); `kv proxy` turns it on unless
+    /// told `--tracking off`.
+    pub tracking: bool,
+    /// Most pairs of key and client the proxy's tracking clients may hold
+    /// together; past it, the oldest keys are invalidated for their
+    /// readers to make room (Redis's `tracking-table-max-keys`).
+    pub tracking_max_keys: usize,
 }
 
 impl Default for ProxyConfig {
@@ -118,6 +166,8 @@ impl Default for ProxyConfig {
             upstream_password: None,
             output_limit: OutputLimit::default(),
             inline_replies: InlineReplies::Human,
+            tracking: false,
+            tracking_max_keys: 1_000_000,
         }
     }
 }
@@ -268,6 +318,33 @@ impl UpstreamState {
     }
 }
 
+/// Whether the server tracks the keys read on one lane's connection, and
+/// so invalidates what the proxy caches from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTracking {
+    /// Not asked for: tracking is off, or this is the bulk lane.
+    Off,
+    /// Asked for, not answered yet (or no connection is up).
+    Pending,
+    /// The server tracks this connection's reads.
+    On,
+    /// The server refused (its answer is quoted): this connection caches
+    /// by TTL only.
+    Fallback(String),
+}
+
+impl UpstreamTracking {
+    /// The state as `INFO` names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            UpstreamTracking::Off => "off",
+            UpstreamTracking::Pending => "pending",
+            UpstreamTracking::On => "on",
+            UpstreamTracking::Fallback(_) => "fallback",
+        }
+    }
+}
+
 /// What a driver asks about one client after each step, in one lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClientStatus {
@@ -329,6 +406,13 @@ pub struct ProxyStats {
     /// Clients cut off for holding more output than their limit (kept by
     /// the driver).
     pub output_limit_disconnections: u64,
+    /// Invalidation pushes received from the server.
+    pub tracking_invalidations_received: u64,
+    /// Cache entries those pushes dropped.
+    pub tracking_keys_invalidated: u64,
+    /// Times the whole cache was dropped for tracking: a null invalidation
+    /// (the server was flushed), or the loss of the tracking connection.
+    pub tracking_flushes: u64,
 }
 
 /// The key whose value a cacheable read ([`Cache::Value`]) returns: its
@@ -362,6 +446,11 @@ pub struct Proxy {
     /// The process facts `INFO` shows, refreshed by the driver.
     host: HostFacts,
     commands: CommandStats,
+    /// The proxy's clients' tracking (see `tracking.rs`).
+    tracking: Tracking,
+    /// Why the server last refused to track the main lane's reads, until
+    /// a connection where it accepts.
+    tracking_refused: Option<String>,
 }
 
 impl Proxy {
@@ -378,6 +467,7 @@ impl Proxy {
             bulk_reply: None,
             bulk_blocked_since: None,
             keys: KeyState::new(config.hash_seed),
+            tracking: Tracking::new(config.tracking_max_keys, config.hash_seed),
             config,
             clock,
             events: VecDeque::new(),
@@ -385,6 +475,7 @@ impl Proxy {
             effects: Vec::new(),
             host: HostFacts::default(),
             commands: CommandStats::default(),
+            tracking_refused: None,
         }
     }
 
@@ -491,6 +582,7 @@ impl Proxy {
         if self.holds_up_bulk(id) {
             self.unblock_bulk();
         }
+        self.tracking.set(id, false);
         self.clients.remove(id);
     }
 
@@ -693,6 +785,16 @@ impl Proxy {
                 client.throttled = true;
                 break;
             }
+            // Remembered as it is routed: an invalidation that comes before
+            // the reply is then queued behind it, which only costs the
+            // client a value it could have kept.
+            if self.tracking.any()
+                && matches!(routed, Route::CachedRead | Route::Forward { write: false })
+            {
+                for key in cmd.keys() {
+                    self.tracking.remember(id, key);
+                }
+            }
             match routed {
                 Route::Local(handler) => {
                     let waiter = client.push_slot(id, dialect, spec, now);
@@ -705,6 +807,9 @@ impl Proxy {
                         clients: client_count,
                         host: &self.host,
                         commands: &self.commands,
+                        tracking: &mut self.tracking,
+                        tracking_refused: self.tracking_refused.as_deref(),
+                        lane_tracking: [self.upstream.tracking(), self.bulk.tracking()],
                     };
                     let reply = handler(
                         &mut Local {
@@ -961,13 +1066,125 @@ impl Proxy {
         let now = self.clock.advance(now);
         let password = self.config.upstream_password.clone();
         if lane == Lane::Main {
+            self.tracking_lost(now);
             self.cache.clear();
             self.stats.upstream_connections += 1;
         }
-        self.lane_mut(lane).handle_connected(password.as_ref(), now);
+        let track = self.config.tracking && lane == Lane::Main;
+        self.lane_mut(lane)
+            .handle_connected(password.as_ref(), track, now);
         if lane == Lane::Bulk {
             self.pump_bulk(now);
         }
+    }
+
+    /// The lane's connection ended, whichever way, and the driver will
+    /// make another (it need not call this after a reset, which the proxy
+    /// asked for, nor after [`Proxy::handle_upstream_lost`]; calling it
+    /// again does nothing). With tracking, what is cached is dropped at
+    /// once, and the proxy's tracking clients are told to drop everything:
+    /// invalidations sent after the connection ended are lost, even for a
+    /// connection that the server closed while idle.
+    pub fn handle_upstream_closed(&mut self, lane: Lane, now: Instant) {
+        let now = self.clock.advance(now);
+        if lane == Lane::Main {
+            self.tracking_lost(now);
+        }
+    }
+
+    /// If the main lane's connection was tracked, its end empties the
+    /// cache and flushes the tracking clients.
+    fn tracking_lost(&mut self, now: Instant) {
+        if self.upstream.tracking_lost() {
+            self.stats.tracking_flushes += 1;
+            self.cache.clear();
+            self.tracking.flush();
+            self.tell_tracking_clients(now);
+        }
+    }
+
+    /// Queues the invalidations the tracking table has for clients.
+    fn tell_tracking_clients(&mut self, now: Instant) {
+        for (id, key) in self.tracking.take_notices() {
+            // A client back in RESP2 has no channel for them, as in Redis.
+            let Some(client) = self.clients.get_mut(id) else {
+                continue;
+            };
+            if client.kind == ClientKind::Stream
+                && client.session.proto != crate::reply::Proto::Resp3
+            {
+                continue;
+            }
+            client.push_message(id, invalidation(key), now);
+            self.flush(id);
+        }
+    }
+
+    /// An invalidation push on the main lane, applied in its place among
+    /// the replies (see the module docs, "Tracking").
+    fn handle_push(&mut self, lane: Lane, items: &[Reply], now: Instant) {
+        // Only the tracked main lane asked for pushes; another kind
+        // (pub/sub, a broken redirect) is no business of the cache's.
+        if lane != Lane::Main || *self.upstream.tracking() != UpstreamTracking::On {
+            return;
+        }
+        let Some(keys) = parse_invalidation(items) else {
+            return;
+        };
+        self.stats.tracking_invalidations_received += 1;
+        match keys {
+            Some(keys) => {
+                for key in keys {
+                    if self.cache.remove(&key) {
+                        self.stats.tracking_keys_invalidated += 1;
+                    }
+                    self.tracking.invalidate(&key);
+                }
+            }
+            None => {
+                self.stats.tracking_flushes += 1;
+                self.stats.tracking_keys_invalidated += self.cache.len() as u64;
+                self.cache.clear();
+                self.tracking.flush();
+            }
+        }
+        self.tell_tracking_clients(now);
+    }
+
+    /// The server answered on tracking for the main lane's connection.
+    /// Refused, it leaves the proxy unable to tell its tracking clients of
+    /// changes: they are told to drop everything and closed, so that they
+    /// reconnect and learn it from `CLIENT TRACKING ON`'s refusal rather
+    /// than keep values nobody will invalidate.
+    fn tracking_settled(&mut self, now: Instant) {
+        match self.upstream.tracking().clone() {
+            UpstreamTracking::On => self.tracking_refused = None,
+            UpstreamTracking::Fallback(why) => {
+                self.tracking_refused = Some(why);
+                for id in self.tracking.take_clients() {
+                    let Some(client) = self.clients.get_mut(id) else {
+                        continue;
+                    };
+                    client.push_message(id, invalidation(None), now);
+                    client.session.tracking = false;
+                    client.failed = true;
+                    self.flush(id);
+                }
+            }
+            UpstreamTracking::Off | UpstreamTracking::Pending => {}
+        }
+    }
+
+    /// Whether the server tracks the reads of the lane's connection.
+    pub fn upstream_tracking(&self, lane: Lane) -> &UpstreamTracking {
+        self.lane(lane).tracking()
+    }
+
+    /// Why the server last refused to track the main lane, until a
+    /// connection where it accepts; `None` if it did not (or tracking is
+    /// off).
+    pub fn tracking_refused(&self) -> Option<&str> {
+        self.tracking_refused.as_deref()
     }
 
     /// The driver is reconnecting (after [`ProxyEvent::ResetUpstream`] or a
@@ -1030,6 +1247,9 @@ impl Proxy {
         state: UpstreamState,
         now: Instant,
     ) {
+        if lane == Lane::Main {
+            self.tracking_lost(now);
+        }
         let (failed, counted) = self.lane_mut(lane).fail(state);
         if counted {
             self.stats.upstream_resets += 1;
@@ -1093,6 +1313,8 @@ impl Proxy {
                     }
                 }
                 Incoming::Chunk { bytes, last } => self.bulk_chunk(bytes, last, now),
+                Incoming::Push(items) => self.handle_push(lane, &items, now),
+                Incoming::TrackingSettled => self.tracking_settled(now),
                 Incoming::Ready => {}
                 Incoming::Fault(e) => {
                     self.reset_upstream(lane, e, now);
@@ -1213,6 +1435,10 @@ impl Proxy {
                 if let (false, Cache::WriteThrough(effects_of)) =
                     (reply.is_error(), cmd.spec().cache)
                 {
+                    // The server tracks what the proxy reads, not what it
+                    // writes: an entry written through would never be
+                    // invalidated.
+                    let through = *self.upstream.tracking() != UpstreamTracking::On;
                     effects_of(cmd, &reply, &mut self.effects);
                     for effect in self.effects.drain(..) {
                         // A later write of the key is in flight: its outcome
@@ -1225,13 +1451,21 @@ impl Proxy {
                                 key,
                                 value,
                                 deadline: None,
-                            } => self.cache.insert_at(&key, Some(&value), now, req.epoch),
-                            // The cache keeps one lifetime for all entries:
-                            // a key with its own deadline is not cached.
-                            Effect::Set { key, .. } | Effect::Expire { key, .. } => {
+                            } if through => {
+                                self.cache.insert_at(&key, Some(&value), now, req.epoch)
+                            }
+                            Effect::Del { key } if through => {
+                                self.cache.insert_at(&key, None, now, req.epoch)
+                            }
+                            // Not written through with tracking (above);
+                            // and as the cache keeps one lifetime for all
+                            // entries, a key with its own deadline is not
+                            // cached.
+                            Effect::Set { key, .. }
+                            | Effect::Expire { key, .. }
+                            | Effect::Del { key } => {
                                 self.cache.remove(&key);
                             }
-                            Effect::Del { key } => self.cache.insert_at(&key, None, now, req.epoch),
                             Effect::Flush => self.cache.clear(),
                         }
                     }
@@ -1467,5 +1701,386 @@ mod tests {
             "-ERR upstream is at its client limit (ERR max number of clients reached)\r\n"
         );
         assert!(!p.upstream_verified(Lane::Main));
+    }
+
+    /// The handshake of a tracking main lane without a password.
+    const TRACKING_HANDSHAKE: &[u8] =
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n";
+    /// What Redis answers to it: HELLO's map (cut short), and OK.
+    const TRACKING_ACCEPTED: &[u8] = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n+OK\r\n";
+    const GET_K: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    const TRACKING_ON: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n";
+
+    /// What client `c` is answered to `CLIENT TRACKING ON`.
+    fn client_tracking_on(p: &mut Proxy, c: ClientId) -> String {
+        p.handle_client_input(c, TRACKING_ON, Instant::ZERO);
+        output(p, c)
+    }
+
+    fn push_for(key: &str) -> Vec<u8> {
+        format!(
+            ">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{key}\r\n",
+            key.len()
+        )
+        .into_bytes()
+    }
+
+    /// What the server sends back for one cached `GET` of `value`.
+    fn fill_of(value: &str) -> Vec<u8> {
+        format!(
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n${}\r\n{value}\r\n:-1\r\n",
+            value.len()
+        )
+        .into_bytes()
+    }
+
+    /// A proxy whose main lane the server agreed to track.
+    fn tracked(t: impl Fn(u64) -> Instant) -> Proxy {
+        let config = ProxyConfig {
+            tracking: true,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(&sent[..], TRACKING_HANDSHAKE);
+        assert_eq!(p.upstream_tracking(Lane::Main), &UpstreamTracking::Pending);
+        p.handle_upstream_input(Lane::Main, TRACKING_ACCEPTED, t(0));
+        assert_eq!(p.upstream_tracking(Lane::Main), &UpstreamTracking::On);
+        p
+    }
+
+    /// Reads `k` through `c` so that the proxy caches `value` for it.
+    fn read_k_into_cache(p: &mut Proxy, c: ClientId, value: &str, now: Instant) {
+        p.handle_client_input(c, GET_K, now);
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, &fill_of(value), now);
+    }
+
+    fn info_of(p: &mut Proxy, c: ClientId, now: Instant) -> String {
+        p.handle_client_input(c, b"INFO tracking\r\n", now);
+        output(p, c)
+    }
+
+    #[test]
+    fn an_invalidation_push_drops_a_cached_key() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let c = p.add_client(ClientKind::Stream, t(0));
+        read_k_into_cache(&mut p, c, "v", t(1));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        p.handle_client_input(c, GET_K, t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n", "served from the cache");
+        p.handle_upstream_input(Lane::Main, &push_for("k"), t(3));
+        assert_eq!(p.cache_len(), 0);
+        assert_eq!(
+            output(&mut p, c),
+            "",
+            "a client that does not track is told nothing"
+        );
+        p.handle_client_input(c, GET_K, t(4));
+        assert_eq!(output(&mut p, c), "", "the next GET goes upstream");
+        assert_eq!(p.upstream_in_flight(), 1);
+        let s = p.stats();
+        assert_eq!(
+            (
+                s.tracking_invalidations_received,
+                s.tracking_keys_invalidated
+            ),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_null_invalidation_drops_every_entry() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let c = p.add_client(ClientKind::Stream, t(0));
+        for key in ["a", "b", "c"] {
+            p.handle_client_input(c, format!("GET {key}\r\n").as_bytes(), t(1));
+            let _ = p.poll_upstream_transmit(Lane::Main);
+            p.handle_upstream_input(Lane::Main, &fill_of(key), t(1));
+        }
+        assert_eq!(p.cache_len(), 3);
+        p.handle_upstream_input(Lane::Main, b">2\r\n$10\r\ninvalidate\r\n_\r\n", t(2));
+        assert_eq!(p.cache_len(), 0);
+        let s = p.stats();
+        assert_eq!(
+            (
+                s.tracking_invalidations_received,
+                s.tracking_keys_invalidated,
+                s.tracking_flushes
+            ),
+            (1, 3, 1)
+        );
+    }
+
+    #[test]
+    fn a_fill_after_its_keys_invalidation_is_cached_and_one_before_it_is_dropped() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let c = p.add_client(ClientKind::Stream, t(0));
+        // The push comes first: the server ran the GET after the write.
+        p.handle_client_input(c, GET_K, t(1));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        let mut wire = push_for("k");
+        wire.extend_from_slice(&fill_of("new"));
+        p.handle_upstream_input(Lane::Main, &wire, t(2));
+        assert_eq!(output(&mut p, c), "$3\r\nnew\r\n");
+        assert_eq!(p.cache_len(), 1, "fresh: cached");
+        p.handle_client_input(c, GET_K, t(3));
+        assert_eq!(output(&mut p, c), "$3\r\nnew\r\n");
+        // The reply comes first, in the same read as the push behind it:
+        // the push still applies after it, not before.
+        p.handle_upstream_input(Lane::Main, &push_for("k"), t(4));
+        p.handle_client_input(c, GET_K, t(5));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        let mut wire = fill_of("old");
+        wire.extend_from_slice(&push_for("k"));
+        p.handle_upstream_input(Lane::Main, &wire, t(6));
+        assert_eq!(output(&mut p, c), "$3\r\nold\r\n");
+        assert_eq!(
+            p.cache_len(),
+            0,
+            "older than the write: dropped by its push"
+        );
+        // The same with the push inside the fill's transaction replies.
+        p.handle_client_input(c, GET_K, t(7));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        let mut wire = b"+OK\r\n+QUEUED\r\n".to_vec();
+        wire.extend_from_slice(&push_for("k"));
+        wire.extend_from_slice(b"+QUEUED\r\n*2\r\n$5\r\nnewer\r\n:-1\r\n");
+        p.handle_upstream_input(Lane::Main, &wire, t(8));
+        assert_eq!(output(&mut p, c), "$5\r\nnewer\r\n");
+        assert_eq!(p.cache_len(), 1, "EXEC ran the GET after the write");
+    }
+
+    #[test]
+    fn with_tracking_a_write_is_not_written_through() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"SET k v\r\n", t(1));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(2));
+        assert_eq!(output(&mut p, c), "OK\r\n");
+        assert_eq!(
+            p.cache_len(),
+            0,
+            "the server tracks no key the proxy only wrote"
+        );
+    }
+
+    #[test]
+    fn losing_the_tracked_connection_empties_the_cache_at_once() {
+        let t = Instant::from_millis;
+        // Lost, reset (a timeout), or closed while idle: all the same.
+        for end in ["lost", "reset", "closed"] {
+            let mut p = tracked(t);
+            let c = p.add_client(ClientKind::Stream, t(0));
+            read_k_into_cache(&mut p, c, "v", t(1));
+            assert_eq!(p.cache_len(), 1);
+            match end {
+                "lost" => p.handle_upstream_lost(Lane::Main, t(2)),
+                "reset" => {
+                    p.handle_client_input(c, b"GET other\r\n", t(2));
+                    p.handle_timeout(t(2) + Duration::from_secs(5));
+                }
+                _ => p.handle_upstream_closed(Lane::Main, t(2)),
+            }
+            assert_eq!(p.cache_len(), 0, "{end}");
+            assert_eq!(p.stats().tracking_flushes, 1, "{end}");
+            assert_eq!(p.upstream_tracking(Lane::Main), &UpstreamTracking::Pending);
+            p.handle_upstream_closed(Lane::Main, t(3));
+            assert_eq!(p.stats().tracking_flushes, 1, "once per connection");
+        }
+        // Without tracking, as before: served while the server is away.
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        read_k_into_cache(&mut p, c, "v", t(1));
+        p.handle_upstream_lost(Lane::Main, t(2));
+        p.handle_upstream_closed(Lane::Main, t(2));
+        assert_eq!(p.cache_len(), 1);
+        assert_eq!(p.upstream_tracking(Lane::Main), &UpstreamTracking::Off);
+    }
+
+    #[test]
+    fn a_refused_tracking_falls_back_to_ttl_only_and_says_why() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            tracking: true,
+            ..ProxyConfig::default()
+        };
+        // Today's kv server: HELLO 3 yes, CLIENT TRACKING no. An old
+        // server: neither, and the connection stays in RESP2.
+        let cases: [(&[u8], &str); 2] = [
+            (
+                b"%1\r\n$6\r\nserver\r\n$2\r\nkv\r\n-ERR unknown subcommand 'TRACKING'\r\n",
+                "CLIENT TRACKING ON: ERR unknown subcommand 'TRACKING'",
+            ),
+            (
+                b"-ERR unknown command 'HELLO'\r\n-ERR Unknown subcommand or wrong number of arguments for 'TRACKING'\r\n",
+                "HELLO 3: ERR unknown command 'HELLO'",
+            ),
+        ];
+        for (answer, why) in cases {
+            let mut p = Proxy::new(config.clone(), t(0));
+            p.handle_upstream_connected(Lane::Main, t(0));
+            let c = p.add_client(ClientKind::Stream, t(0));
+            p.handle_client_input(c, b"SET k v\r\n", t(1));
+            let _ = p.poll_upstream_transmit(Lane::Main);
+            let mut wire = answer.to_vec();
+            wire.extend_from_slice(b"+OK\r\n");
+            p.handle_upstream_input(Lane::Main, &wire, t(2));
+            assert_eq!(
+                p.upstream_tracking(Lane::Main),
+                &UpstreamTracking::Fallback(why.to_owned())
+            );
+            assert_eq!(p.tracking_refused(), Some(why));
+            assert!(p.upstream_verified(Lane::Main));
+            // Working as with tracking off: the write went through, and
+            // into the cache.
+            assert_eq!(output(&mut p, c), "OK\r\n");
+            assert_eq!(p.cache_len(), 1);
+            p.handle_upstream_lost(Lane::Main, t(3));
+            assert_eq!(p.cache_len(), 1, "TTL only: kept while the server is away");
+            let info = info_of(&mut p, c, t(4));
+            assert!(info.contains("tracking:fallback\r\n"), "{info}");
+            assert!(
+                info.contains(&format!("tracking_fallback_reason:{why}\r\n")),
+                "{info}"
+            );
+            assert!(
+                info.contains("upstream_main_tracking:fallback\r\n"),
+                "{info}"
+            );
+            assert!(info.contains("upstream_bulk_tracking:off\r\n"), "{info}");
+            // The next connection that accepts ends the fallback.
+            p.handle_upstream_connecting(Lane::Main, t(5));
+            p.handle_upstream_connected(Lane::Main, t(5));
+            p.handle_upstream_input(Lane::Main, TRACKING_ACCEPTED, t(6));
+            assert_eq!(p.tracking_refused(), None);
+        }
+    }
+
+    #[test]
+    fn replies_in_resp3_reach_each_client_in_its_own_protocol() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let two = p.add_client(ClientKind::Stream, t(0));
+        let three = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(three, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(0));
+        let _ = output(&mut p, three);
+        for c in [two, three] {
+            p.handle_client_input(c, b"*2\r\n$4\r\nMGET\r\n$1\r\nx\r\n", t(1));
+        }
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        // RESP3's null, twice.
+        p.handle_upstream_input(Lane::Main, b"*1\r\n_\r\n*1\r\n_\r\n", t(2));
+        assert_eq!(output(&mut p, two), "*1\r\n$-1\r\n");
+        assert_eq!(output(&mut p, three), "*1\r\n_\r\n");
+    }
+
+    #[test]
+    fn a_tracking_client_gets_the_push_for_a_key_it_read_and_others_do_not() {
+        let t = Instant::from_millis;
+        let mut p = tracked(t);
+        let hello3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+        let [tracking, other] = [0, 1].map(|_| {
+            let c = p.add_client(ClientKind::Stream, t(0));
+            p.handle_client_input(c, hello3, t(0));
+            c
+        });
+        let _ = (output(&mut p, tracking), output(&mut p, other));
+        assert_eq!(client_tracking_on(&mut p, tracking), "+OK\r\n");
+        // One reads k from the server, the other from the cache.
+        read_k_into_cache(&mut p, other, "v", t(1));
+        p.handle_client_input(tracking, GET_K, t(1));
+        assert_eq!(output(&mut p, tracking), "$1\r\nv\r\n");
+        assert_eq!(output(&mut p, other), "$1\r\nv\r\n");
+        let invalidate_k = ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+        p.handle_upstream_input(Lane::Main, &push_for("k"), t(2));
+        assert_eq!(output(&mut p, tracking), invalidate_k);
+        assert_eq!(output(&mut p, other), "");
+        // Told once: forgotten until read again.
+        p.handle_upstream_input(Lane::Main, &push_for("k"), t(3));
+        assert_eq!(output(&mut p, tracking), "");
+        // A push comes behind the replies owed: the client reads the
+        // value, then learns it changed, never the other way round.
+        p.handle_client_input(tracking, GET_K, t(4));
+        p.handle_client_input(tracking, b"*2\r\n$3\r\nGET\r\n$1\r\nj\r\n", t(4));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, &fill_of("v2"), t(5));
+        assert_eq!(output(&mut p, tracking), "$2\r\nv2\r\n");
+        let mut wire = push_for("k");
+        wire.extend_from_slice(&fill_of("jv"));
+        p.handle_upstream_input(Lane::Main, &wire, t(6));
+        assert_eq!(
+            output(&mut p, tracking),
+            format!("$2\r\njv\r\n{invalidate_k}")
+        );
+        // The connection lost: every tracking client drops everything.
+        p.handle_upstream_lost(Lane::Main, t(7));
+        assert_eq!(output(&mut p, tracking), ">2\r\n$10\r\ninvalidate\r\n_\r\n");
+        assert_eq!(output(&mut p, other), "");
+        let info = info_of(&mut p, other, t(8));
+        assert!(info.contains("tracking_clients:1\r\n"), "{info}");
+    }
+
+    #[test]
+    fn client_tracking_is_refused_where_the_proxy_cannot_deliver_it() {
+        let t = Instant::from_millis;
+        let refused = |p: &mut Proxy, c| {
+            let reply = client_tracking_on(p, c);
+            assert!(reply.starts_with("-ERR "), "{reply}");
+            reply
+        };
+        let mut p = tracked(t);
+        let c = p.add_client(ClientKind::Stream, t(0));
+        assert!(refused(&mut p, c).contains("needs RESP3"));
+        p.handle_client_input(c, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(0));
+        let _ = output(&mut p, c);
+        p.handle_client_input(
+            c,
+            b"*4\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n$5\r\nBCAST\r\n",
+            t(0),
+        );
+        assert_eq!(
+            output(&mut p, c),
+            "-ERR the kv proxy does not support CLIENT TRACKING BCAST yet\r\n"
+        );
+        p.handle_client_input(c, b"*2\r\n$6\r\nCLIENT\r\n$8\r\nGETREDIR\r\n", t(0));
+        assert_eq!(output(&mut p, c), ":-1\r\n", "not tracking");
+        assert_eq!(client_tracking_on(&mut p, c), "+OK\r\n");
+        p.handle_client_input(c, b"*2\r\n$6\r\nCLIENT\r\n$8\r\nGETREDIR\r\n", t(0));
+        assert_eq!(output(&mut p, c), ":0\r\n", "tracking, to itself");
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        assert!(refused(&mut p, c).contains("--tracking off"));
+        // The upstream refused: RESP3 clients that tracked are told to
+        // drop everything and closed; new ones are refused.
+        let config = ProxyConfig {
+            tracking: true,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(0));
+        let _ = output(&mut p, c);
+        assert_eq!(client_tracking_on(&mut p, c), "+OK\r\n");
+        p.handle_upstream_connected(Lane::Main, t(1));
+        p.handle_upstream_input(
+            Lane::Main,
+            b"%1\r\n$6\r\nserver\r\n$2\r\nkv\r\n-ERR unknown subcommand 'TRACKING'\r\n",
+            t(2),
+        );
+        assert_eq!(output(&mut p, c), ">2\r\n$10\r\ninvalidate\r\n_\r\n");
+        assert!(p.client_should_close(c));
+        let d = p.add_client(ClientKind::Stream, t(3));
+        p.handle_client_input(d, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(3));
+        let _ = output(&mut p, d);
+        let why = refused(&mut p, d);
+        assert!(why.contains("upstream refused client tracking (CLIENT TRACKING ON: ERR unknown subcommand 'TRACKING')"), "{why}");
     }
 }

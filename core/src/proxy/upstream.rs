@@ -4,17 +4,31 @@
 //! Replies are paired with requests by order alone: the handshake's first,
 //! then the requests in the order they were written. [`Upstream::next_reply`]
 //! is the one place a decoded frame is classified, so that a RESP3 push
-//! (which answers no request) can be told from a reply there.
+//! (which answers no request) can be told from a reply there; a push is
+//! handed on as it comes, between the replies it arrived between, since
+//! the proxy's cache relies on that order (see the module docs of
+//! [`proxy`](super), "Tracking").
+//!
+//! # The handshake
+//! On each new connection the proxy sends, ahead of any request and
+//! without waiting for their answers: `AUTH <password>` if it has one for
+//! the server, then, on a lane that tracks, `HELLO 3` and
+//! `CLIENT TRACKING ON`. Only a refused `AUTH` (or the server's client-cap
+//! line) refuses the proxy. A refused `HELLO 3` or `CLIENT TRACKING ON`
+//! (a server too old for them, or one that does not track) leaves the
+//! connection working without tracking: in RESP2 if `HELLO 3` was refused,
+//! and then whatever the `CLIENT TRACKING ON` behind it answers does not
+//! matter, as a RESP2 connection gets no invalidations without a redirect.
 //!
 //! When to reconnect is the driver's to decide, by
 //! [`Reconnect`](crate::backoff::Reconnect).
 
 use super::clients::Waiter;
 use super::framer::Framer;
-use super::UpstreamState;
+use super::{UpstreamState, UpstreamTracking};
 use crate::auth::Password;
 use crate::command::{encode_resp_args, Command};
-use crate::errors::UpstreamError;
+use crate::errors::{quote_server_line, UpstreamError};
 use crate::reply::{Reply, ReplyDecoder, ReplyLimits};
 use crate::time::Instant;
 use bytes::{Bytes, BytesMut};
@@ -45,9 +59,21 @@ pub(super) struct InFlight {
     pub epoch: u64,
 }
 
+/// What a request of the handshake asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `AUTH <password>`.
+    Auth,
+    /// `HELLO 3`.
+    Hello,
+    /// `CLIENT TRACKING ON`.
+    Tracking,
+}
+
 /// A request the proxy makes of its own on a new connection.
 #[derive(Debug, Clone, Copy)]
 struct Handshake {
+    step: Step,
     deadline: Instant,
 }
 
@@ -56,8 +82,15 @@ struct Handshake {
 pub(super) enum Incoming {
     /// The reply to request `seq`.
     Reply(u64, InFlight, Reply),
-    /// The handshake is complete.
+    /// A request of the handshake was answered, and did not refuse the
+    /// proxy.
     Ready,
+    /// The answer on tracking came: [`Upstream::tracking`] is no longer
+    /// pending (once per connection that asked for it).
+    TrackingSettled,
+    /// A RESP3 push (say, `invalidate`): out-of-band data that answers no
+    /// request, in its place among the replies.
+    Push(Vec<Reply>),
     /// The pipe can no longer be trusted.
     Fault(UpstreamError),
     /// The next piece of a large reply to the oldest request, as it came
@@ -111,6 +144,8 @@ pub(super) struct Upstream {
     down_cause: UpstreamError,
     /// A pass-through lane's framing (`None`: replies are decoded).
     raw: Option<Raw>,
+    /// Whether the server tracks the keys read on this connection.
+    tracking: UpstreamTracking,
 }
 
 impl Upstream {
@@ -131,6 +166,7 @@ impl Upstream {
             fault: None,
             down_cause: UpstreamError::Unavailable,
             raw: None,
+            tracking: UpstreamTracking::Off,
         }
     }
 
@@ -244,8 +280,26 @@ impl Upstream {
         (self.state == UpstreamState::Up && !self.out.is_empty()).then(|| self.out.split())
     }
 
-    /// The driver connected: the handshake goes ahead of what was queued.
-    pub fn handle_connected(&mut self, password: Option<&Password>, now: Instant) {
+    /// Whether the server tracks the keys read on this connection.
+    pub fn tracking(&self) -> &UpstreamTracking {
+        &self.tracking
+    }
+
+    /// The connection whose reads the server tracked is gone (or going):
+    /// whether it was one. Tracking is pending again, until the next
+    /// connection's handshake says.
+    pub fn tracking_lost(&mut self) -> bool {
+        if self.tracking == UpstreamTracking::On {
+            self.tracking = UpstreamTracking::Pending;
+            return true;
+        }
+        false
+    }
+
+    /// The driver connected: the handshake (see the module docs) goes
+    /// ahead of what was queued; with `track`, it asks the server to
+    /// track what is read on the connection.
+    pub fn handle_connected(&mut self, password: Option<&Password>, track: bool, now: Instant) {
         self.state = UpstreamState::Up;
         self.decoder.reset();
         if let Some(raw) = &mut self.raw {
@@ -254,17 +308,32 @@ impl Upstream {
         self.verified = password.is_none();
         self.answered = false;
         self.fault = None;
+        self.tracking = if track {
+            UpstreamTracking::Pending
+        } else {
+            UpstreamTracking::Off
+        };
+        let mut out = BytesMut::new();
+        let deadline = now + self.request_timeout;
         if let Some(password) = password {
-            let mut out = BytesMut::new();
             encode_resp_args(
                 &[Bytes::from_static(b"AUTH"), password.expose().clone()],
                 &mut out,
             );
+            self.handshake.push_back(Handshake {
+                step: Step::Auth,
+                deadline,
+            });
+        }
+        if track {
+            crate::families::connection::encode_tracking_handshake(&mut out);
+            for step in [Step::Hello, Step::Tracking] {
+                self.handshake.push_back(Handshake { step, deadline });
+            }
+        }
+        if !out.is_empty() {
             out.unsplit(std::mem::take(&mut self.out));
             self.out = out;
-            self.handshake.push_back(Handshake {
-                deadline: now + self.request_timeout,
-            });
         }
     }
 
@@ -346,13 +415,13 @@ impl Upstream {
             Ok(None) => return None,
             Err(_) => return Some(Incoming::Fault(UpstreamError::Malformed)),
         };
-        if self.handshake.pop_front().is_some() {
-            if let Reply::Error(line) = &reply {
-                return Some(Incoming::Fault(UpstreamError::refusal(line, true)));
-            }
-            self.verified = true;
-            self.answered = true;
-            return Some(Incoming::Ready);
+        // Pushes first: one may come between any two replies, the fill's
+        // four included, and answers no request.
+        if let Reply::Push(items) = reply {
+            return Some(Incoming::Push(items));
+        }
+        if let Some(handshake) = self.handshake.pop_front() {
+            return Some(self.handshake_answered(handshake.step, reply));
         }
         let fill = match (self.in_flight.front(), &reply) {
             // A server at its client cap says so unasked and closes.
@@ -401,6 +470,45 @@ impl Upstream {
         let seq = self.head_seq;
         self.head_seq += 1;
         Some(Incoming::Reply(seq, req, reply))
+    }
+
+    /// What the answer to one request of the handshake means.
+    fn handshake_answered(&mut self, step: Step, reply: Reply) -> Incoming {
+        let refused = match reply {
+            Reply::Error(line) => {
+                // The client-cap line comes where the first answer would.
+                if step == Step::Auth
+                    || (!self.answered && UpstreamError::is_client_limit_line(&line))
+                {
+                    return Incoming::Fault(UpstreamError::refusal(&line, step == Step::Auth));
+                }
+                Some(line)
+            }
+            _ => None,
+        };
+        self.answered = true;
+        if step == Step::Auth {
+            self.verified = true;
+            return Incoming::Ready;
+        }
+        if self.tracking != UpstreamTracking::Pending {
+            // Settled already (`HELLO 3` was refused), or never asked.
+            return Incoming::Ready;
+        }
+        self.tracking = match (refused, step) {
+            (Some(line), _) => {
+                let asked = if step == Step::Hello {
+                    "HELLO 3"
+                } else {
+                    "CLIENT TRACKING ON"
+                };
+                UpstreamTracking::Fallback(format!("{asked}: {}", quote_server_line(&line)))
+            }
+            (None, Step::Tracking) => UpstreamTracking::On,
+            // `HELLO 3` accepted: the answer on tracking is next.
+            (None, _) => return Incoming::Ready,
+        };
+        Incoming::TrackingSettled
     }
 
     /// The pipe failed: hands back every request in flight, which will

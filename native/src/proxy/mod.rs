@@ -339,6 +339,29 @@ impl ProxyHandle {
         self.drain(None, false);
     }
 
+    /// See [`Proxy::handle_upstream_closed`].
+    fn handle_upstream_closed(&self, lane: Lane) {
+        let now = self.inner.epoch.now();
+        self.inner
+            .proxy
+            .borrow_mut()
+            .handle_upstream_closed(lane, now);
+        self.drain(None, false);
+    }
+
+    /// What the server last answered on tracking for the lane's
+    /// connection, if it answered and that differs from `last`.
+    fn tracking_news(
+        &self,
+        lane: Lane,
+        last: Option<&kv_core::UpstreamTracking>,
+    ) -> Option<kv_core::UpstreamTracking> {
+        use kv_core::UpstreamTracking as T;
+        let proxy = self.inner.proxy.borrow();
+        let now = proxy.upstream_tracking(lane);
+        (matches!(now, T::On | T::Fallback(_)) && Some(now) != last).then(|| now.clone())
+    }
+
     fn handle_upstream_lost(&self, lane: Lane) {
         let now = self.inner.epoch.now();
         self.inner

@@ -9,7 +9,7 @@
 use super::ProxyHandle;
 use bytes::BytesMut;
 use kv_core::backoff::Lost;
-use kv_core::{Lane, Reconnect, UpstreamError};
+use kv_core::{Lane, Reconnect, UpstreamError, UpstreamTracking};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,11 +42,27 @@ fn report_failure(reconnect: &mut Reconnect, cause: &str) {
     }
 }
 
+/// Logs what the server answered on tracking, when it is news: a warning
+/// for a refusal (or another cause of one), a line when it tracks again.
+fn report_tracking(handle: &ProxyHandle, lane: Lane, last: &mut Option<UpstreamTracking>) {
+    let Some(now) = handle.tracking_news(lane, last.as_ref()) else {
+        return;
+    };
+    match &now {
+        UpstreamTracking::Fallback(why) => warn!(
+            "upstream refused client tracking ({why}); caching by --cache-ttl only on this connection"
+        ),
+        _ => info!("upstream tracks what the proxy reads: cached keys are dropped as they change"),
+    }
+    *last = Some(now);
+}
+
 /// Runs the lane's connection forever.
 pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
     let epoch = handle.epoch();
     let connect_timeout = Reconnect::connect_timeout(handle.request_timeout());
     let mut reconnect = Reconnect::new(handle.reconnect_seed());
+    let mut tracking = None;
     loop {
         if lane == Lane::Bulk {
             // The bulk lane connects once the server has accepted the main
@@ -75,7 +91,10 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
                     // No handshake to wait for.
                     handle.wake(Lane::Bulk).main_verified.notify_one();
                 }
-                let end = connection(&handle, stream, &mut reconnect, lane).await;
+                let end = connection(&handle, stream, &mut reconnect, &mut tracking, lane).await;
+                // Whatever comes next, what was cached through a tracked
+                // connection goes now: its invalidations stopped with it.
+                handle.handle_upstream_closed(lane);
                 // With no handshake, a connection that ends without a
                 // refusal counts as accepted (idle ones are closed unread).
                 if handle.upstream_verified(lane) {
@@ -139,6 +158,7 @@ async fn connection(
     handle: &ProxyHandle,
     mut stream: TcpStream,
     reconnect: &mut Reconnect,
+    tracking: &mut Option<UpstreamTracking>,
     lane: Lane,
 ) -> End {
     let (mut rd, mut wr) = stream.split();
@@ -155,6 +175,7 @@ async fn connection(
                 Ok(_) => {
                     handle.handle_upstream_input(lane, &buf);
                     buf.clear();
+                    report_tracking(handle, lane, tracking);
                     // Only a server that answered properly ends the backoff:
                     // one that accepts and then refuses is still failing.
                     if !verified && handle.upstream_verified(lane) {
