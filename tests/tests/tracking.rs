@@ -375,3 +375,43 @@ fn with_tracking_off_the_proxy_asks_nothing_of_the_server() {
     assert_eq!(call(&mut direct, &["SET", "k", "v2"]), ok());
     assert_eq!(call(&mut c, &["GET", "k"]), bulk("v1"), "cached by TTL");
 }
+
+/// The server restarts on an empty data directory: what proxy B cached
+/// before is never served again, neither while the server is away nor once
+/// B has reconnected (the old value is gone from the server, and B's cache
+/// was emptied when its tracked connection went).
+#[test]
+fn after_a_server_restart_on_an_empty_data_directory_no_old_value_is_served() {
+    let dir = kv_tests::scratch_dir("tracking-restart");
+    let mut server = kv_tests::start_server_on(&dir, &[]);
+    let addr = server.server_addr();
+    let b = tracking_proxy(addr);
+    let mut via_b = Conn::connect(b.addr());
+    let mut direct = Conn::connect(addr);
+    assert_eq!(call(&mut direct, &["SET", "k", "old"]), ok());
+    assert_eq!(call(&mut via_b, &["GET", "k"]), bulk("old"));
+    assert_eq!(call(&mut via_b, &["GET", "k"]), bulk("old"), "cached");
+    server.kill();
+    std::fs::remove_dir_all(&dir).expect("the data directory is removed");
+    // While the server is away: an error, never the cached value.
+    let away = call(&mut via_b, &["GET", "k"]);
+    assert!(
+        matches!(away, Value::Error(_)),
+        "with the server gone: {away:?}"
+    );
+    let addr_arg = addr.to_string();
+    let dir_arg = dir.to_str().expect("utf-8 temp path").to_owned();
+    let _server = KvProcess::spawn(["server", "--listen", &addr_arg, "--data-dir", &dir_arg]);
+    let mut info = Conn::connect(b.addr());
+    wait_until(
+        Duration::from_secs(20),
+        "proxy B is tracked again on the new server",
+        || tracking_info(&mut info).contains("upstream_main_tracking:on"),
+    );
+    assert_eq!(
+        call(&mut via_b, &["GET", "k"]),
+        Value::Nil,
+        "the new server's answer"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use kv_core::{
     ConnConfig, End, Limits, OutputLimit, Owed, Server, ServerConfig, ServerConnection, Stall,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -130,9 +130,25 @@ struct Shared {
     mailmen: RefCell<HashMap<u64, Rc<Notify>>>,
     /// The output limit of subscribers.
     pubsub_limit: OutputLimit,
+    /// When the expiry task plans to wake next (unix ms), and what wakes
+    /// it sooner: a command that set an earlier deadline.
+    expiry_at: Cell<u64>,
+    expiry_wake: Notify,
 }
 
 impl Shared {
+    /// Wakes the expiry task if the server has work before it planned to
+    /// wake (a key set to expire in 5 ms expires then, not at the next
+    /// housekeeping tick).
+    fn schedule_expiry(&self, server: &Server) {
+        if server
+            .poll_timeout()
+            .is_some_and(|due| due < self.expiry_at.get())
+        {
+            self.expiry_wake.notify_one();
+        }
+    }
+
     /// Wakes the connections that got mail (messages, invalidations).
     fn wake(&self, server: &mut Server) {
         let woken = server.take_woken();
@@ -191,6 +207,8 @@ pub async fn run_prepared(
         meter: memory::Meter::new(),
         mailmen: RefCell::new(HashMap::new()),
         pubsub_limit: options.pubsub_output_limit,
+        expiry_at: Cell::new(0),
+        expiry_wake: Notify::new(),
     });
     {
         // Before the first client: INFO is right from the start.
@@ -259,7 +277,12 @@ async fn expire_keys(shared: Rc<Shared>, port: u16) {
         if wait.is_zero() {
             crate::runtime::let_others_run().await;
         } else {
-            tokio::time::sleep(wait).await;
+            shared.expiry_at.set(now + wait.as_millis() as u64);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shared.expiry_wake.notified() => {}
+            }
+            shared.expiry_at.set(0);
         }
         let mut server = shared.server.borrow_mut();
         server.handle_timeout(clock::unix_millis());
@@ -352,6 +375,7 @@ impl Conn for ServerClient {
             }
         }
         self.shared.wake(&mut server);
+        self.shared.schedule_expiry(&server);
         if server.clients_mut().take_kill_signal() {
             self.shared.kills.send_modify(|n| *n += 1);
         }
