@@ -193,32 +193,50 @@ fn ioredis_against_server_and_proxy() {
     check_library(&IOREDIS);
 }
 
-/// redis-py's own client-side cache (`protocol=3, cache_config=…`), which
-/// rests on the node's `CLIENT TRACKING`: the second read of a key is
-/// answered by redis-py without a request, and a write from another
-/// connection reaches it as an invalidation.
+/// The libraries' own client-side caches, which rest on the node's
+/// `CLIENT TRACKING`: redis-py's (`protocol=3, cache_config=…`) and
+/// node-redis's (`RESP: 3, clientSideCache`). The second read of a key is
+/// answered by the library without a request, and a write from another
+/// connection reaches it as an invalidation: from the server itself, and
+/// through the proxy (whose clients get invalidations for what they read
+/// through it).
 const REDIS_PY_CACHE: Library = Library {
     name: "redis-py client-side cache",
     script: "redis_py_cache.py",
     runtime: Runtime::Python,
 };
 
-#[test]
-fn redis_py_client_side_cache_against_the_server() {
-    let Some(command) = REDIS_PY_CACHE.command() else {
+const NODE_REDIS_CACHE: Library = Library {
+    name: "node-redis client-side cache",
+    script: "node_redis_cache.mjs",
+    runtime: Runtime::Node { package: "redis" },
+};
+
+fn check_client_side_cache(lib: &Library) {
+    let Some(command) = lib.command() else {
         return;
     };
-    let (server, _proxy) = start_stack(&[], &[]);
-    let addr = server.server_addr();
-    let result = run_script(
-        &REDIS_PY_CACHE,
-        &command,
-        &addr.ip().to_string(),
-        addr.port(),
-        true,
-        "kv server",
-    );
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
+    let (server, proxy) = start_stack(&[], &[]);
+    let runs = [
+        (server.server_addr(), "kv server"),
+        (proxy.proxy_addr(), "kv proxy"),
+    ];
+    let failures: Vec<String> = runs
+        .iter()
+        .filter_map(|&(addr, against)| {
+            let host = addr.ip().to_string();
+            run_script(lib, &command, &host, addr.port(), true, against).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn redis_py_client_side_cache_against_server_and_proxy() {
+    check_client_side_cache(&REDIS_PY_CACHE);
+}
+
+#[test]
+fn node_redis_client_side_cache_against_server_and_proxy() {
+    check_client_side_cache(&NODE_REDIS_CACHE);
 }
