@@ -242,6 +242,47 @@ impl Scrape {
             "Used memory as --maxmemory counts it (the allocator's count of allocated bytes)",
             to_i64(server.used_memory()),
         );
+        let p = server.push_stats();
+        m.gauge(
+            "kv_pubsub_channels",
+            "Channels with subscribers",
+            to_i64(p.channels),
+        );
+        m.gauge(
+            "kv_pubsub_patterns",
+            "Patterns with subscribers",
+            to_i64(p.patterns),
+        );
+        m.gauge(
+            "kv_pubsub_subscribers",
+            "Connections with subscriptions",
+            to_i64(p.subscribers),
+        );
+        m.counter(
+            "kv_pubsub_messages_delivered",
+            "Published messages delivered, one per recipient",
+            p.messages_delivered,
+        );
+        m.gauge(
+            "kv_tracking_clients",
+            "Connections with CLIENT TRACKING on",
+            to_i64(p.tracking_clients),
+        );
+        m.gauge(
+            "kv_tracking_keys",
+            "Keys in the tracking table",
+            to_i64(p.tracked_keys),
+        );
+        m.counter(
+            "kv_tracking_invalidations_sent",
+            "Invalidation messages sent to tracking clients",
+            p.invalidations_sent,
+        );
+        m.gauge(
+            "kv_mail_pending_bytes",
+            "Bytes of messages and invalidations waiting for their connections",
+            to_i64(p.mail_bytes),
+        );
         m.gauge(
             "kv_maxmemory_bytes",
             "The memory bound (0: none)",
@@ -319,6 +360,26 @@ impl Scrape {
             "kv_cache_entries",
             "Entries in the cache",
             to_i64(proxy.cache_len()),
+        );
+        m.counter(
+            "kv_tracking_invalidations_received",
+            "Invalidation pushes received from the upstream server",
+            s.tracking_invalidations_received,
+        );
+        m.counter(
+            "kv_tracking_keys_invalidated",
+            "Cache entries dropped by the upstream's invalidations",
+            s.tracking_keys_invalidated,
+        );
+        m.counter(
+            "kv_tracking_flushes",
+            "Times the whole cache was dropped (null invalidations, lost tracked connections)",
+            s.tracking_flushes,
+        );
+        m.gauge(
+            "kv_tracking_fallback",
+            "1 while the upstream refuses tracking and the cache relies on its TTL alone",
+            i64::from(u8::from(proxy.tracking_refused().is_some())),
         );
         m.gauge(
             "kv_cache_bytes",

@@ -24,6 +24,20 @@ pub struct ClientEntry {
     watch: usize,
 }
 
+/// What other parts of the server know of a client, for its line: its
+/// subscriptions and tracking.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFacts {
+    /// Redis's flags letters (`N` when none apply).
+    pub flags: String,
+    /// Channels subscribed to.
+    pub sub: usize,
+    /// Patterns subscribed to.
+    pub psub: usize,
+    /// The client tracking invalidations go to (-1: tracking off).
+    pub redir: i64,
+}
+
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Clients {
@@ -122,7 +136,12 @@ impl Clients {
     }
 
     /// Every client's line, as `CLIENT LIST` shows them.
-    pub fn lines(&self, now_ms: u64, current: &Session) -> String {
+    pub fn lines(
+        &self,
+        now_ms: u64,
+        current: &Session,
+        facts: &dyn Fn(u64) -> ClientFacts,
+    ) -> String {
         let mut out = String::new();
         for (&id, e) in &self.by_id {
             let session = if id == current.id {
@@ -130,33 +149,32 @@ impl Clients {
             } else {
                 e.session.as_ref()
             };
-            line(&mut out, id, e, session, now_ms);
+            line(&mut out, id, e, session, now_ms, &facts(id));
             out.push('\n');
         }
         out
     }
 
     /// One client's line (`CLIENT INFO`).
-    pub fn line_of(&self, session: &Session, now_ms: u64) -> String {
+    pub fn line_of(&self, session: &Session, now_ms: u64, facts: &ClientFacts) -> String {
         let mut out = String::new();
-        if let Some(e) = self.by_id.get(&session.id) {
-            line(&mut out, session.id, e, Some(session), now_ms);
-        } else {
-            line(
-                &mut out,
-                session.id,
-                &ClientEntry::default(),
-                Some(session),
-                now_ms,
-            );
-        }
+        let none = ClientEntry::default();
+        let e = self.by_id.get(&session.id).unwrap_or(&none);
+        line(&mut out, session.id, e, Some(session), now_ms, facts);
         out.push('\n');
         out
     }
 }
 
 /// Redis's fields, those kv has.
-fn line(out: &mut String, id: u64, e: &ClientEntry, s: Option<&Session>, now_ms: u64) {
+fn line(
+    out: &mut String,
+    id: u64,
+    e: &ClientEntry,
+    s: Option<&Session>,
+    now_ms: u64,
+    facts: &ClientFacts,
+) {
     let names = s.and_then(Session::names);
     let text = |b: Option<&bytes::Bytes>| {
         b.map(|b| String::from_utf8_lossy(b).into_owned())
@@ -172,11 +190,15 @@ fn line(out: &mut String, id: u64, e: &ClientEntry, s: Option<&Session>, now_ms:
     });
     let _ = write!(
         out,
-        "id={id} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={multi} watch={watch} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client user=default redir=-1 resp={resp} lib-name={} lib-ver={}",
+        "id={id} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub=0 multi={multi} watch={watch} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client user=default redir={} resp={resp} lib-name={} lib-ver={}",
         e.addr,
         e.laddr,
         text(names.and_then(|n| n.name.as_ref())),
         now_ms.saturating_sub(e.since_ms) / 1000,
+        facts.flags,
+        facts.sub,
+        facts.psub,
+        facts.redir,
         text(names.and_then(|n| n.lib_name.as_ref())),
         text(names.and_then(|n| n.lib_ver.as_ref())),
     );

@@ -15,7 +15,7 @@ pub mod pubsub;
 pub mod tracking;
 mod tx;
 
-pub use clients::{ClientEntry, Clients};
+pub use clients::{ClientEntry, ClientFacts, Clients};
 pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER};
 pub use mail::{Mailbox, Posted};
 pub use memory::MaxMemory;
@@ -55,6 +55,28 @@ pub struct ServerConfig {
     pub output_limit: OutputLimit,
     /// The same for a client with subscriptions (Redis's `pubsub` class).
     pub pubsub_output_limit: OutputLimit,
+}
+
+/// What publish/subscribe and tracking hold and have sent, for the
+/// metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushStats {
+    /// Channels with subscribers.
+    pub channels: usize,
+    /// Patterns with subscribers.
+    pub patterns: usize,
+    /// Connections with subscriptions.
+    pub subscribers: usize,
+    /// Published messages delivered (one per recipient).
+    pub messages_delivered: u64,
+    /// Connections with tracking on.
+    pub tracking_clients: usize,
+    /// Keys in the tracking table.
+    pub tracked_keys: usize,
+    /// Invalidation messages sent.
+    pub invalidations_sent: u64,
+    /// Bytes of messages waiting for their connections.
+    pub mail_bytes: usize,
 }
 
 /// Redis's limits for subscribers: 32 MiB, or 8 MiB for a minute.
@@ -274,6 +296,45 @@ impl Server {
     /// as Redis does not).
     pub fn is_subscriber(&self, id: u64) -> bool {
         self.pubsub.is_subscriber(id)
+    }
+
+    /// What publish/subscribe and tracking hold and have sent.
+    pub fn push_stats(&self) -> PushStats {
+        PushStats {
+            channels: self.pubsub.channel_count(),
+            patterns: self.pubsub.pattern_count(),
+            subscribers: self.pubsub.subscriber_count(),
+            messages_delivered: self.pubsub.delivered,
+            tracking_clients: self.tracking.client_count(),
+            tracked_keys: self.tracking.key_count(),
+            invalidations_sent: self.tracking.sent,
+            mail_bytes: self.mail.total_bytes(),
+        }
+    }
+
+    /// What `CLIENT LIST` shows of a client's subscriptions and tracking.
+    fn client_facts(&self, id: u64) -> ClientFacts {
+        let (sub, psub) = self.pubsub.counts(id);
+        let mut flags = String::new();
+        if sub + psub > 0 {
+            flags.push('P');
+        }
+        let redir = match self.tracking.mode_letters(id) {
+            Some((letters, redirect)) => {
+                flags.push_str(&letters);
+                redirect
+            }
+            None => -1,
+        };
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        ClientFacts {
+            flags,
+            sub,
+            psub,
+            redir,
+        }
     }
 
     /// A publish/subscribe message for `id`, in its protocol's form.
@@ -662,11 +723,14 @@ impl Node for Server {
     }
 
     fn client_list(&self, current: &Session) -> Result<String, String> {
-        Ok(self.clients.lines(self.db.now(), current))
+        Ok(self
+            .clients
+            .lines(self.db.now(), current, &|id| self.client_facts(id)))
     }
 
     fn client_info(&self, current: &Session) -> String {
-        self.clients.line_of(current, self.db.now())
+        self.clients
+            .line_of(current, self.db.now(), &self.client_facts(current.id))
     }
 
     fn client_kill(&mut self, filter: &KillFilter, current: &Session) -> Result<usize, String> {

@@ -93,6 +93,13 @@ impl PubSub {
         self.clients.get(&id).map_or(0, Subscriptions::count)
     }
 
+    /// How many channels and patterns `id` is subscribed to, apart.
+    pub fn counts(&self, id: u64) -> (usize, usize) {
+        self.clients
+            .get(&id)
+            .map_or((0, 0), |s| (s.channels.len(), s.patterns.len()))
+    }
+
     /// Whether `id` has a subscription (Redis's `CLIENT_PUBSUB`).
     pub fn is_subscriber(&self, id: u64) -> bool {
         !self.clients.is_empty() && self.clients.contains_key(&id)

@@ -122,6 +122,21 @@ impl Tracking {
         !self.clients.is_empty() && self.clients.contains_key(&id)
     }
 
+    /// For `CLIENT LIST`: Redis's flag letters of a tracking client (`t`,
+    /// `R` for a broken redirect, `B` for broadcasting) and its redirect
+    /// (0: none); `None` with tracking off.
+    pub fn mode_letters(&self, id: u64) -> Option<(String, i64)> {
+        let c = self.clients.get(&id)?;
+        let mut letters = String::from("t");
+        if c.broken {
+            letters.push('R');
+        }
+        if c.bcast {
+            letters.push('B');
+        }
+        Some((letters, c.redirect as i64))
+    }
+
     /// Turns tracking on for `id` with `opts`, or explains (in Redis's
     /// words) why the options do not go together, or with its mode.
     fn enable(&mut self, id: u64, opts: &TrackingOptions) -> Result<(), String> {
