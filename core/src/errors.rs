@@ -225,6 +225,9 @@ pub enum ExecError {
     /// which the proxy does not give (yet).
     #[error("ERR '{0}' is not available through the kv proxy: it needs a dedicated connection to the server (connect to the server directly)")]
     NeedsDedicatedConnection(String),
+    /// Every dedicated upstream connection the proxy allows is taken.
+    #[error("ERR the kv proxy's {0} dedicated upstream connections (for subscriptions and transactions) are all in use: try again later, or connect to the server directly")]
+    DedicatedLimit(usize),
     /// `CLIENT SETNAME` with spaces or control characters.
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,

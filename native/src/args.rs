@@ -302,6 +302,13 @@ pub struct CacheArgs {
     /// alone. A server that refuses gets TTL-only caching, with a warning.
     #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
     pub tracking: TrackingArg,
+    /// Most dedicated upstream connections at once: a client that
+    /// subscribes, starts a transaction, watches keys or turns replies off
+    /// gets a connection to the server of its own for as long as it stays
+    /// (its reads then bypass the cache); past the bound such a command is
+    /// refused, naming it. 0: always refused.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_dedicated: usize,
 }
 
 /// `--tracking`.
@@ -327,6 +334,7 @@ impl CacheArgs {
             request_timeout: self.request_timeout,
             hash_seed,
             tracking: self.tracking == TrackingArg::On,
+            max_dedicated: self.max_dedicated,
             ..ProxyConfig::default()
         }
     }

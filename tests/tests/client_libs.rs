@@ -5,11 +5,12 @@
 //! what applications meet, not what `redis-cli` gets away with.
 //!
 //! Each script checks, with exact values, `SET … EX`, `GET`, `MGET` with a
-//! missing key, `INCR`, `EXPIRE`/`TTL`, `PEXPIRE`/`PTTL` and a pipeline, and,
-//! against the server, a `WATCH`/`MULTI`/`EXEC` that commits and one that
-//! another connection makes fail; it stops at the first mismatch, naming it.
-//! The proxy run leaves out transactions (`--no-transactions`): the proxy
-//! does not relay them.
+//! missing key, `INCR`, `EXPIRE`/`TTL`, `PEXPIRE`/`PTTL`, a pipeline, and a
+//! `WATCH`/`MULTI`/`EXEC` that commits and one that another connection
+//! makes fail; it stops at the first mismatch, naming it.
+//! Through the proxy the transactions run on a dedicated upstream
+//! connection of the client's own (`--no-transactions` leaves them out, for
+//! a proxy started with `--max-dedicated 0`).
 //!
 //! `cargo xtask setup` installs the libraries into `tests/clients/.venv` and
 //! `tests/clients/node_modules`; a test whose library is missing fails and
@@ -165,7 +166,7 @@ fn check_library(lib: &Library) {
             let (server, proxy) = start_stack(&[], &[]);
             let runs = [
                 (server.server_addr(), true, "kv server"),
-                (proxy.proxy_addr(), false, "kv proxy"),
+                (proxy.proxy_addr(), true, "kv proxy"),
             ];
             runs.iter()
                 .filter_map(|&(addr, transactions, against)| {

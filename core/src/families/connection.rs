@@ -168,6 +168,36 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
     ])
 }
 
+/// Appends `HELLO 3`, which a connection the proxy opens for a RESP3
+/// client starts with (one reply).
+pub fn encode_hello3(out: &mut bytes::BytesMut) {
+    crate::command::encode_resp_args(
+        &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
+        out,
+    );
+}
+
+/// The protocol `cmd` switches its connection to, if it is a `HELLO` that
+/// names one (for the proxy, which relays it on a client's own
+/// connection and must write what comes back in it).
+pub fn hello_switches_to(cmd: &Command) -> Option<Proto> {
+    if cmd.spec().name != HELLO.name {
+        return None;
+    }
+    match cmd.args().get(1).map(|v| v.as_ref()) {
+        Some(b"2") => Some(Proto::Resp2),
+        Some(b"3") => Some(Proto::Resp3),
+        _ => None,
+    }
+}
+
+/// Whether `cmd` is `AUTH` (which the proxy answers itself even for a
+/// client on a connection of its own: the client authenticates with the
+/// proxy, and the proxy with the server).
+pub fn is_auth(cmd: &Command) -> bool {
+    cmd.spec().name == AUTH.name
+}
+
 /// Appends what the proxy sends on a connection to have the server track
 /// the keys it reads there: `HELLO 3` (invalidations come as RESP3 pushes
 /// on the same connection), then `CLIENT TRACKING ON`. Two replies come

@@ -93,6 +93,11 @@ pub(super) struct Client {
     /// an entry stored from a request sent before that read's answer may
     /// be older than a value the read showed it.
     pub min_epoch: u64,
+    /// Its dedicated upstream connection, once pinned (see `tunnel.rs`),
+    /// and the dialect of its last request, which what arrives is written
+    /// in.
+    pub tunnel: Option<super::tunnel::Tunnel>,
+    pub tunnel_dialect: Dialect,
 }
 
 impl Client {
@@ -223,6 +228,8 @@ impl Clients {
                 parked: None,
                 cut: false,
                 min_epoch: 0,
+                tunnel: None,
+                tunnel_dialect: Dialect::Resp,
             },
         );
         id

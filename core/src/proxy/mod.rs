@@ -89,17 +89,21 @@ mod framer;
 mod info;
 mod route;
 mod tracking;
+mod tunnel;
+
+pub use tunnel::TunnelState;
 mod upstream;
 
 use crate::auth::Password;
 use crate::cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 use crate::codec::{Dialect, Limits};
 use crate::command::table::Cache;
-use crate::command::{admit, Command};
+use crate::command::table::Flags;
+use crate::command::{admit, encode_resp_args, Command};
 use crate::conn::{OutputLimit, Owed};
 use crate::db::Effect;
 use crate::errors::{rejected_message, ExecError, UpstreamError};
-use crate::reply::{encode_value_proto, Reply};
+use crate::reply::{encode_value_proto, Proto, Reply};
 use crate::server::{reply_dialect, InlineReplies};
 use crate::session::{HostFacts, Local};
 use crate::stats::CommandStats;
@@ -151,6 +155,12 @@ pub struct ProxyConfig {
     /// together; past it, the oldest keys are invalidated for their
     /// readers to make room (Redis's `tracking-table-max-keys`).
     pub tracking_max_keys: usize,
+    /// Most dedicated upstream connections at once (see `tunnel.rs`): a
+    /// client that needs connection state at the server (a subscription,
+    /// a transaction) gets one of its own; past the bound its command is
+    /// refused, naming the bound. 0: never (the command is refused, as
+    /// the shared pipe cannot carry it). `kv proxy` allows 256.
+    pub max_dedicated: usize,
 }
 
 impl Default for ProxyConfig {
@@ -168,6 +178,7 @@ impl Default for ProxyConfig {
             inline_replies: InlineReplies::Human,
             tracking: false,
             tracking_max_keys: 1_000_000,
+            max_dedicated: 0,
         }
     }
 }
@@ -360,6 +371,11 @@ pub struct ClientStatus {
     pub held: usize,
     /// The proxy cut the client off for its output (and counted it).
     pub cut: bool,
+    /// The client's dedicated upstream connection (see `tunnel.rs`): the
+    /// driver opens it when [`TunnelState::Wanted`], then carries bytes
+    /// with [`Proxy::poll_tunnel_transmit`] and
+    /// [`Proxy::handle_tunnel_input`].
+    pub tunnel: TunnelState,
 }
 
 impl ClientStatus {
@@ -413,6 +429,12 @@ pub struct ProxyStats {
     /// Times the whole cache was dropped for tracking: a null invalidation
     /// (the server was flushed), or the loss of the tracking connection.
     pub tracking_flushes: u64,
+    /// Dedicated upstream connections open or being opened now.
+    pub dedicated: u64,
+    /// Dedicated upstream connections asked for since start.
+    pub dedicated_opened: u64,
+    /// Commands refused because every dedicated connection was taken.
+    pub dedicated_refused: u64,
 }
 
 /// The key whose value a cacheable read ([`Cache::Value`]) returns: its
@@ -583,6 +605,9 @@ impl Proxy {
             self.unblock_bulk();
         }
         self.tracking.set(id, false);
+        if self.clients.get(id).is_some_and(|c| c.tunnel.is_some()) {
+            self.stats.dedicated -= 1;
+        }
         self.clients.remove(id);
     }
 
@@ -595,7 +620,12 @@ impl Proxy {
                 ..ClientStatus::default()
             };
         };
-        let room = !c.closing() && c.pending() < self.config.max_pending_per_client;
+        // A pinned client is not read while its connection's writes lag.
+        let tunnel_room = c
+            .tunnel
+            .as_ref()
+            .is_none_or(|t| t.out.len() < BULK_HIGH_WATER);
+        let room = !c.closing() && c.pending() < self.config.max_pending_per_client && tunnel_room;
         // A parked request waits for replies, not for room.
         let parked = c
             .parked
@@ -608,6 +638,7 @@ impl Proxy {
             finished: c.closing() && c.pending() == 0 && !c.has_output(),
             held: c.out.len(),
             cut: c.cut,
+            tunnel: c.tunnel.as_ref().map_or(TunnelState::None, |t| t.state),
         }
     }
 
@@ -780,6 +811,62 @@ impl Proxy {
             };
             let spec = Some(cmd.spec());
             let routed = route(cmd.spec());
+            if let Some(tunnel) = &mut client.tunnel {
+                // Pinned: everything goes to its own connection, in order
+                // (AUTH excepted: the client authenticates with the proxy,
+                // which authenticated the connection itself).
+                if !crate::families::connection::is_auth(&cmd) {
+                    encode_resp_args(cmd.args(), &mut tunnel.out);
+                    client.tunnel_dialect = dialect;
+                    if let Some(proto) = crate::families::connection::hello_switches_to(&cmd) {
+                        // What comes back from now on is in that protocol.
+                        client.session.proto = proto;
+                    }
+                    if cmd.spec().flags.contains(Flags::WRITE) {
+                        for key in cmd.keys() {
+                            self.cache.remove(key);
+                        }
+                    }
+                    self.commands.record(cmd.spec(), false, Duration::ZERO);
+                    self.events.push_back(ProxyEvent::ClientReady(id));
+                    continue;
+                }
+            }
+            if matches!(routed, Route::Refused)
+                && self.config.max_dedicated > 0
+                && client.kind == ClientKind::Stream
+            {
+                if client.pending() > 0 {
+                    // Its replies so far come first: the new connection's
+                    // would overtake them.
+                    client.parked = Some((cmd, dialect));
+                    client.throttled = true;
+                    break;
+                }
+                if self.stats.dedicated >= self.config.max_dedicated as u64 {
+                    self.stats.dedicated_refused += 1;
+                    let waiter = client.push_slot(id, dialect, spec, now);
+                    let reply = ExecError::DedicatedLimit(self.config.max_dedicated).into();
+                    self.complete(waiter, reply, Source::Proxy, now);
+                    continue;
+                }
+                let proto = client.session.proto;
+                let mut tunnel = tunnel::Tunnel::new(
+                    tunnel_handshake(&self.config, proto),
+                    handshake_replies(&self.config, proto),
+                );
+                encode_resp_args(cmd.args(), &mut tunnel.out);
+                client.tunnel_dialect = dialect;
+                client.tunnel = Some(tunnel);
+                self.stats.dedicated += 1;
+                self.stats.dedicated_opened += 1;
+                // Its invalidations now come from the server directly, if
+                // it asks there.
+                self.tracking.set(id, false);
+                self.commands.record(cmd.spec(), false, Duration::ZERO);
+                self.events.push_back(ProxyEvent::ClientReady(id));
+                continue;
+            }
             if client.must_wait(&cmd, routed) {
                 client.parked = Some((cmd, dialect));
                 client.throttled = true;
@@ -1571,9 +1658,93 @@ fn request_lane(cmd: &Command, route: Route) -> Option<Lane> {
 }
 
 impl clients::Client {
-    /// Whether a request routed so must wait (see [`Lane`]).
+    /// Whether a request routed so must wait (see [`Lane`]); one that may
+    /// pin the client to a connection of its own waits for every reply
+    /// owed (see `tunnel.rs`).
     fn must_wait(&self, cmd: &Command, route: Route) -> bool {
+        if matches!(route, Route::Refused) {
+            return self.tunnel.is_none() && self.pending() > 0;
+        }
         request_lane(cmd, route).is_some_and(|lane| self.must_wait_for(lane))
+    }
+}
+
+/// How many replies a dedicated connection's handshake gets.
+fn handshake_replies(config: &ProxyConfig, proto: Proto) -> usize {
+    usize::from(config.upstream_password.is_some()) + usize::from(proto == Proto::Resp3)
+}
+
+/// The requests a dedicated connection starts with: the proxy's own
+/// password, and the client's protocol (see `tunnel.rs`).
+fn tunnel_handshake(config: &ProxyConfig, proto: Proto) -> BytesMut {
+    let mut out = BytesMut::new();
+    if let Some(password) = &config.upstream_password {
+        encode_resp_args(
+            &[Bytes::from_static(b"AUTH"), password.expose().clone()],
+            &mut out,
+        );
+    }
+    if proto == Proto::Resp3 {
+        crate::families::connection::encode_hello3(&mut out);
+    }
+    out
+}
+
+impl Proxy {
+    /// The driver connected the client's dedicated connection.
+    pub fn handle_tunnel_connected(&mut self, id: ClientId, now: Instant) {
+        self.clock.advance(now);
+        if let Some(t) = self.clients.get_mut(id).and_then(|c| c.tunnel.as_mut()) {
+            t.state = TunnelState::Up;
+        }
+    }
+
+    /// What is to be written on the client's dedicated connection, once it
+    /// is up.
+    pub fn poll_tunnel_transmit(&mut self, id: ClientId) -> Option<BytesMut> {
+        let t = self.clients.get_mut(id)?.tunnel.as_mut()?;
+        (t.state == TunnelState::Up && !t.out.is_empty()).then(|| t.out.split())
+    }
+
+    /// Whether the driver should read the client's dedicated connection:
+    /// not while the client holds a reply's worth of output it has not
+    /// taken (TCP then holds the server back).
+    pub fn tunnel_wants_input(&self, id: ClientId) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|c| !c.closing() && c.out.len() < BULK_HIGH_WATER)
+    }
+
+    /// Bytes from the client's dedicated connection: they go to the client
+    /// in its dialect. Unreadable ones close both.
+    pub fn handle_tunnel_input(&mut self, id: ClientId, data: &[u8], now: Instant) {
+        self.clock.advance(now);
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        let (dialect, proto) = (c.tunnel_dialect, c.session.proto);
+        let Some(t) = c.tunnel.as_mut() else {
+            return;
+        };
+        if t.take_input(data, dialect, proto, &mut c.out).is_err() {
+            // Nothing after it can be paired or trusted: as if the
+            // connection broke.
+            c.failed = true;
+        }
+        self.events.push_back(ProxyEvent::ClientReady(id));
+    }
+
+    /// The client's dedicated connection closed, or could not be opened:
+    /// the client is closed once its output is written, as a client of the
+    /// server would see its connection end.
+    pub fn handle_tunnel_closed(&mut self, id: ClientId, now: Instant) {
+        self.clock.advance(now);
+        if let Some(c) = self.clients.get_mut(id) {
+            if c.tunnel.is_some() {
+                c.failed = true;
+                self.events.push_back(ProxyEvent::ClientReady(id));
+            }
+        }
     }
 }
 
@@ -1617,6 +1788,57 @@ mod tests {
             s.push_str(&String::from_utf8_lossy(&b));
         }
         s
+    }
+
+    #[test]
+    fn a_subscription_pins_its_client_to_a_dedicated_connection_within_the_bound() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            max_dedicated: 1,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        // A GET in flight first: the subscription waits for its reply.
+        p.handle_client_input(
+            c,
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n",
+            t(1),
+        );
+        assert_eq!(p.client_status(c).tunnel, TunnelState::None);
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, FILL_V, t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        p.handle_client_resume(c, t(2));
+        assert_eq!(p.client_status(c).tunnel, TunnelState::Wanted);
+        assert_eq!(p.poll_tunnel_transmit(c), None, "not before it is up");
+        p.handle_tunnel_connected(c, t(3));
+        let sent = p.poll_tunnel_transmit(c).unwrap();
+        assert_eq!(&sent[..], b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n");
+        // Whatever the server sends goes to the client, in order; what the
+        // client sends next goes to its connection, the cache bypassed.
+        p.handle_tunnel_input(c, b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n", t(4));
+        assert_eq!(
+            output(&mut p, c),
+            "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        );
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(5));
+        assert_eq!(
+            &p.poll_tunnel_transmit(c).unwrap()[..],
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
+        assert_eq!(p.upstream_in_flight(), 0, "nothing on the shared pipe");
+        // The bound: a second client is refused, and carries on.
+        let d = p.add_client(ClientKind::Stream, t(6));
+        p.handle_client_input(d, b"*1\r\n$5\r\nMULTI\r\n", t(6));
+        assert!(output(&mut p, d).starts_with("-ERR the kv proxy's 1 dedicated"));
+        assert_eq!(p.stats().dedicated_refused, 1);
+        // The connection ends: so does the client, once its output is out.
+        p.handle_tunnel_closed(c, t(7));
+        assert!(p.client_should_close(c));
+        p.remove_client(c);
+        assert_eq!(p.stats().dedicated, 0);
     }
 
     #[test]

@@ -226,6 +226,43 @@ impl ProxyHandle {
         out
     }
 
+    /// See [`Proxy::handle_tunnel_connected`].
+    pub fn handle_tunnel_connected(&self, id: ClientId) {
+        let now = self.inner.epoch.now();
+        self.inner
+            .proxy
+            .borrow_mut()
+            .handle_tunnel_connected(id, now);
+    }
+
+    /// See [`Proxy::poll_tunnel_transmit`].
+    pub fn poll_tunnel_transmit(&self, id: ClientId) -> Option<BytesMut> {
+        self.inner.proxy.borrow_mut().poll_tunnel_transmit(id)
+    }
+
+    /// See [`Proxy::tunnel_wants_input`].
+    pub fn tunnel_wants_input(&self, id: ClientId) -> bool {
+        self.inner.proxy.borrow().tunnel_wants_input(id)
+    }
+
+    /// Bytes from the client's dedicated connection; like input, the
+    /// caller takes the output.
+    pub fn handle_tunnel_input(&self, id: ClientId, data: &[u8]) {
+        let now = self.inner.epoch.now();
+        self.inner
+            .proxy
+            .borrow_mut()
+            .handle_tunnel_input(id, data, now);
+        self.drain(Some(id), false);
+    }
+
+    /// The client's dedicated connection closed or could not be opened.
+    pub fn handle_tunnel_closed(&self, id: ClientId) {
+        let now = self.inner.epoch.now();
+        self.inner.proxy.borrow_mut().handle_tunnel_closed(id, now);
+        self.drain(Some(id), false);
+    }
+
     /// [`ProxyHandle::drain`], if the proxy has events for the driver.
     fn drain_if_events(&self, caller: Option<ClientId>) {
         if self.inner.proxy.borrow().has_events() {
