@@ -202,6 +202,14 @@ impl Console {
                 while let Some(ev) = self.client.poll_event() {
                     out.push(self.entry_for(ev, Some(&m)));
                 }
+                // A push (a tracking client's invalidation) answers no
+                // command: shown as it arrives, apart from the replies.
+                while self.client.poll_push().is_some() {
+                    out.push(LogEntry::note(
+                        EntryKind::Note,
+                        format!("(push) {}", m.display),
+                    ));
+                }
                 out
             }
             Err(e) => vec![LogEntry::note(
@@ -355,6 +363,28 @@ mod tests {
             t(21),
         );
         assert_eq!(log[0].badge.as_deref(), Some("MISS"));
+    }
+
+    #[test]
+    fn a_push_is_shown_as_it_arrives_and_pairs_with_no_command() {
+        let mut c = Console::new(t(0));
+        c.handle_connected(t(0));
+        c.submit("GET k", t(1));
+        let log = c.handle_message(
+            r#"{"reply":{"type":"push","items":[{"type":"bulk","value":"invalidate"},{"type":"array","items":[{"type":"bulk","value":"k"}]}]},"display":"invalidate k","source":"server","proxy_us":0}"#,
+            t(2),
+        );
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].kind, EntryKind::Note);
+        assert_eq!(log[0].text, "(push) invalidate k");
+        let log = c.handle_message(
+            r#"{"reply":{"type":"nil"},"display":"(nil)","source":"server","proxy_us":3}"#,
+            t(3),
+        );
+        assert_eq!(
+            log[0].text, "(nil)",
+            "the GET's own reply still pairs with it"
+        );
     }
 
     #[test]
