@@ -656,3 +656,60 @@ fn without_the_wasm_the_page_says_how_to_build_it() {
     drop(up);
     let _ = std::fs::remove_dir_all(&www);
 }
+
+/// A console that tracks (`HELLO 3`, `CLIENT TRACKING ON` at the proxy)
+/// shows the invalidation of a key it read, pushed when another client
+/// changes it, as a row of its own that pairs with no command.
+#[test]
+fn the_console_shows_a_tracking_push_as_it_arrives() {
+    let Some(browser) = Browser::open() else {
+        return;
+    };
+    let www = workspace_root().join("www");
+    let www_arg = www.to_string_lossy().into_owned();
+    let up = KvProcess::spawn(up_args(&["--www", &www_arg]));
+    let page = browser.page();
+    browser.goto(up.console_addr());
+    wait_until(FIRST_LOAD, "#state says connected", || {
+        page.state().0 == "connected"
+    });
+    let input = browser.find("#command");
+    for line in ["HELLO 3", "CLIENT TRACKING ON", "GET watched"] {
+        page.submit(&input, line);
+    }
+    let answered = |rows: &[Row]| {
+        rows.iter().any(|r| r.text == "GET watched")
+            && rows.last().is_some_and(|r| r.text == "(nil)")
+    };
+    let shown = |rows: &[Row]| {
+        rows.iter().any(|r| {
+            r.class.starts_with("entry note")
+                && r.text.starts_with("(push)")
+                && r.text.contains("watched")
+        })
+    };
+    let rows_until = |what: &str, done: &dyn Fn(&[Row]) -> bool| {
+        let deadline = std::time::Instant::now() + PAGE_REACTS;
+        loop {
+            let rows = page.rows();
+            if done(&rows) {
+                return rows;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within {PAGE_REACTS:?}: {rows:#?}"
+            );
+            std::thread::sleep(kv_tests::POLL_INTERVAL);
+        }
+    };
+    let rows = rows_until("the GET is answered", &answered);
+    assert!(
+        rows.iter().any(|r| r.text == "OK"),
+        "CLIENT TRACKING ON is accepted: {rows:#?}"
+    );
+    let mut other = Conn::connect(up.proxy_addr());
+    assert_eq!(other.cmd("SET watched v"), "OK");
+    rows_until("the push is shown", &shown);
+    browser.screenshot("console-push.png");
+    browser.close();
+}
