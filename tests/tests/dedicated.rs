@@ -88,7 +88,15 @@ fn pub_sub_and_transactions_work_through_the_proxy() {
         call(&mut tx, &["EXEC"]),
         Value::Array(vec![Value::Integer(3)])
     );
-    assert_eq!(proxy_info(&mut other, "dedicated_connections"), 2);
+    // The transactions are over: that client is back on the shared pipe;
+    // the subscriber keeps its connection.
+    wait_until(
+        Duration::from_secs(5),
+        "the transaction's connection is given back",
+        || proxy_info(&mut other, "dedicated_connections") == 1,
+    );
+    assert_eq!(proxy_info(&mut other, "dedicated_connections_released"), 2);
+    assert_eq!(call(&mut tx, &["GET", "n"]), bulk("3"));
 
     // A telnet client keeps its readable replies on its own connection.
     let mut telnet = Conn::connect(proxy.addr());

@@ -132,7 +132,7 @@ impl Node for View<'_> {
             return info;
         }
         info + &format!(
-            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\ndedicated_connections:{}\ndedicated_connections_max:{}\ndedicated_connections_opened:{}\ndedicated_connections_refused:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
+            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\ndedicated_connections:{}\ndedicated_connections_max:{}\ndedicated_connections_opened:{}\ndedicated_connections_refused:{}\ndedicated_connections_released:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
             self.upstream.name(),
             self.upstream_in_flight,
             self.clients,
@@ -140,6 +140,7 @@ impl Node for View<'_> {
             self.config.max_dedicated,
             s.dedicated_opened,
             s.dedicated_refused,
+            s.dedicated_released,
             self.cache.config().ttl.as_millis(),
             self.cache.len(),
             self.cache.bytes(),

@@ -435,6 +435,8 @@ pub struct ProxyStats {
     pub dedicated_opened: u64,
     /// Commands refused because every dedicated connection was taken.
     pub dedicated_refused: u64,
+    /// Dedicated connections given back once their transaction was over.
+    pub dedicated_released: u64,
 }
 
 /// The key whose value a cacheable read ([`Cache::Value`]) returns: its
@@ -817,6 +819,7 @@ impl Proxy {
                 // which authenticated the connection itself).
                 if !crate::families::connection::is_auth(&cmd) {
                     encode_resp_args(cmd.args(), &mut tunnel.out);
+                    tunnel.sent(&cmd);
                     client.tunnel_dialect = dialect;
                     if let Some(proto) = crate::families::connection::hello_switches_to(&cmd) {
                         // What comes back from now on is in that protocol.
@@ -856,6 +859,7 @@ impl Proxy {
                     handshake_replies(&self.config, proto),
                 );
                 encode_resp_args(cmd.args(), &mut tunnel.out);
+                tunnel.sent(&cmd);
                 client.tunnel_dialect = dialect;
                 client.tunnel = Some(tunnel);
                 self.stats.dedicated += 1;
@@ -1730,6 +1734,12 @@ impl Proxy {
             // Nothing after it can be paired or trusted: as if the
             // connection broke.
             c.failed = true;
+        } else if t.releasable() {
+            // Its transaction is over: back to the shared pipe, and the
+            // driver closes the connection (see `tunnel.rs`).
+            c.tunnel = None;
+            self.stats.dedicated -= 1;
+            self.stats.dedicated_released += 1;
         }
         self.events.push_back(ProxyEvent::ClientReady(id));
     }
@@ -1839,6 +1849,34 @@ mod tests {
         assert!(p.client_should_close(c));
         p.remove_client(c);
         assert_eq!(p.stats().dedicated, 0);
+    }
+
+    #[test]
+    fn a_client_pinned_for_a_transaction_goes_back_to_the_shared_pipe_after_it() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            max_dedicated: 4,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(
+            c,
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$4\r\nEXEC\r\n",
+            t(1),
+        );
+        p.handle_tunnel_connected(c, t(1));
+        let _ = p.poll_tunnel_transmit(c);
+        // Two of the three replies: still pinned.
+        p.handle_tunnel_input(c, b"+OK\r\n+QUEUED\r\n", t(2));
+        assert_eq!(p.client_status(c).tunnel, TunnelState::Up);
+        p.handle_tunnel_input(c, b"*1\r\n+OK\r\n", t(3));
+        assert_eq!(output(&mut p, c), "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+        assert_eq!(p.client_status(c).tunnel, TunnelState::None, "given back");
+        assert_eq!((p.stats().dedicated, p.stats().dedicated_released), (0, 1));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(4));
+        assert_eq!(p.upstream_in_flight(), 1, "on the shared pipe again");
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //! client may read a value older than the write for up to the cache's TTL,
 //! as with a write made at the server directly).
 //!
+//! A client pinned for a transaction alone is given back to the shared
+//! pipe once the transaction is over: no `MULTI` open, no key watched, and
+//! every request answered (each request of a transaction-only connection
+//! has exactly one reply, the server's pushes aside). Anything else that
+//! holds state at the server (a subscription, `CLIENT REPLY`, tracking, a
+//! protocol switch) keeps the connection for as long as the client stays.
+//!
 //! The connection is the driver's to open and carry bytes on
 //! ([`ClientStatus::tunnel`](super::ClientStatus::tunnel)); the proxy says
 //! what to send and takes what arrives. The handshake (the upstream
@@ -23,7 +30,10 @@
 //! [`ProxyConfig::max_dedicated`]: super::ProxyConfig::max_dedicated
 
 use crate::codec::Dialect;
+use crate::command::table::Handler;
+use crate::command::Command;
 use crate::reply::{Proto, Reply, ReplyDecoder, ReplyLimits};
+use crate::server::TxOp;
 use bytes::BytesMut;
 
 /// Where a dedicated connection stands, as the driver sees it.
@@ -51,6 +61,15 @@ pub(super) struct Tunnel {
     handshake: usize,
     /// The first error the handshake got, if any.
     pub refused: Option<Reply>,
+    /// Requests sent, and their replies received (pushes aside).
+    sent: u64,
+    received: u64,
+    /// A `MULTI` is open; keys are watched.
+    in_multi: bool,
+    watching: bool,
+    /// Something besides a transaction holds state on the connection: it
+    /// stays the client's.
+    sticky: bool,
 }
 
 impl Tunnel {
@@ -63,7 +82,41 @@ impl Tunnel {
             decoder: ReplyDecoder::new(ReplyLimits::default()),
             handshake: replies,
             refused: None,
+            sent: 0,
+            received: 0,
+            in_multi: false,
+            watching: false,
+            sticky: false,
         }
+    }
+
+    /// Notes a request sent on the connection: what it does to the
+    /// connection's state.
+    pub fn sent(&mut self, cmd: &Command) {
+        self.sent += 1;
+        match cmd.spec().handler {
+            Handler::Data(_) => {}
+            Handler::Tx(TxOp::Multi) => self.in_multi = true,
+            Handler::Tx(TxOp::Exec | TxOp::Discard) => {
+                self.in_multi = false;
+                self.watching = false;
+            }
+            Handler::Tx(TxOp::Watch) => self.watching = true,
+            Handler::Tx(TxOp::Unwatch) => self.watching = false,
+            // Subscriptions, connection settings (CLIENT REPLY, TRACKING,
+            // HELLO …): state the server keeps for the connection.
+            _ => self.sticky = true,
+        }
+    }
+
+    /// Whether the client can go back to the shared pipe: its transaction
+    /// is over and answered, and nothing else holds state here.
+    pub fn releasable(&self) -> bool {
+        !self.sticky
+            && !self.in_multi
+            && !self.watching
+            && self.handshake == 0
+            && self.sent == self.received
     }
 
     /// Takes bytes from the server and writes what they hold for the client
@@ -83,6 +136,9 @@ impl Tunnel {
                     self.refused = Some(reply);
                 }
                 continue;
+            }
+            if !matches!(reply, Reply::Push(_)) {
+                self.received += 1;
             }
             reply.encode_as(dialect, proto, out);
         }

@@ -105,6 +105,13 @@ impl TcpClient {
     /// it has for it as far as the socket takes it now.
     fn pump_tunnel(&mut self) {
         let t = &mut self.tunnel;
+        if t.stream.is_some() && self.handle.client_status(self.id).tunnel == TunnelState::None {
+            // Given back (its transaction is over): the connection goes.
+            debug!("dedicated upstream connection given back");
+            t.stream = None;
+            t.out.clear();
+            return;
+        }
         if t.stream.is_none() {
             if t.connecting.is_none()
                 && self.handle.client_status(self.id).tunnel == TunnelState::Wanted
