@@ -23,7 +23,7 @@ const CLIENTS: u32 = 50;
 
 /// Below this rate a `redis-benchmark` run is taken to hang and is killed
 /// (with 30 s to spare): in memory, anything slower is broken, not slow.
-const SLOWEST_RPS: u64 = 2_000;
+pub(super) const SLOWEST_RPS: u64 = 2_000;
 
 /// Proxy cache counters over the measured GETs.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +128,7 @@ pub(super) fn throughput(
         (Target::KvProxy, Some((service, ..))) => Ok(service.addr),
         (Target::Null, Some((_, _, null, ..))) => Ok(null.addr()),
         (Target::KvProxyMetrics, Some((.., scraped, _))) => Ok(scraped.addr),
-        (target, None) => bail!("{target:?} was not started"),
+        (target, _) => bail!("{target:?} was not started"),
     };
 
     let mut cases = Vec::new();
@@ -266,7 +266,7 @@ pub(super) fn calibrate(
 
 /// Requests for a run of about `seconds` at `rps`, at least `floor`, in
 /// whole thousands.
-fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
+pub(super) fn requests_for(rps: f64, seconds: f64, floor: u64) -> u64 {
     ((rps * seconds) as u64)
         .clamp(floor, 50_000_000)
         .div_ceil(1000)
@@ -317,7 +317,7 @@ pub(super) fn measure_rounds(
 }
 
 /// The index ranges of consecutive cases of the same test.
-fn test_groups(cases: &[Case]) -> Vec<Range<usize>> {
+pub(super) fn test_groups(cases: &[Case]) -> Vec<Range<usize>> {
     let mut groups = Vec::new();
     let mut start = 0;
     while start < cases.len() {
@@ -336,7 +336,7 @@ fn test_groups(cases: &[Case]) -> Vec<Range<usize>> {
 /// balanced Latin square (Williams design). Over `len` rounds (`2 * len`
 /// for an odd `len`), each target runs once in each place and once right
 /// after each other target.
-fn order(len: usize, round: usize) -> Vec<usize> {
+pub(super) fn order(len: usize, round: usize) -> Vec<usize> {
     if len == 0 {
         return Vec::new();
     }
@@ -359,7 +359,7 @@ fn order(len: usize, round: usize) -> Vec<usize> {
 
 /// One `redis-benchmark` run against `addr`, killed if it runs slower than
 /// `slowest_rps` (plus 30 s).
-fn redis_benchmark(
+pub(super) fn redis_benchmark(
     addr: SocketAddr,
     workload: Workload,
     pipeline: u32,

@@ -1,5 +1,6 @@
 //! Step 5: what a key costs in memory, kv against Redis, without a TTL and
-//! with one.
+//! with one; and (step 7) what the tracking table costs per key it
+//! remembers.
 
 use std::fs;
 use std::path::Path;
@@ -7,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::load::{key, load_expiring};
+use super::load::{get_all, key, load, load_expiring};
 use super::processes::Processes;
-use super::report::Memory;
+use super::report::{Memory, TrackedMemory};
 use super::resp::{info_field, info_number, Conn};
-use super::VALUE_LEN;
+use super::tracking::{proxy_args, PROXIES};
+use super::{KEYSPACE, VALUE_LEN};
 
 /// Keys loaded for the memory comparison.
 const MEMORY_KEYS: u64 = 1_000_000;
@@ -113,6 +115,94 @@ pub(super) fn memory(
         redis_used_memory: used1.saturating_sub(used0),
         redis_rss: redis_rss1.saturating_sub(redis_rss0),
     })
+}
+
+/// `used_memory`, `tracking_total_keys` and `tracking_total_items`, read
+/// on one connection kept open throughout (a new one would allocate its
+/// own buffers in the server between two readings).
+fn tracking_reading(conn: &mut Conn) -> Result<(u64, u64, u64)> {
+    // kv reads its allocator's count at most once per millisecond of its
+    // clock: the next millisecond's reading comes after every read before.
+    std::thread::sleep(Duration::from_millis(5));
+    let used = info_number(&conn.info(Some("memory"))?, "used_memory")?;
+    let stats = conn.info(Some("stats"))?;
+    Ok((
+        used,
+        info_number(&stats, "tracking_total_keys")?,
+        info_number(&stats, "tracking_total_items")?,
+    ))
+}
+
+/// Loads [`KEYSPACE`] keys into a fresh Redis and kv server, and measures
+/// what each server's `used_memory` grows by while one tracking proxy, then
+/// a second one, reads every key: the first read of a key adds it to the
+/// tracking table with one client, the second adds only a client.
+pub(super) fn tracking_memory(
+    kv: &Path,
+    server_args: &[String],
+    out: &Path,
+) -> Result<Vec<TrackedMemory>> {
+    let mut procs = Processes::default();
+    let mut measured = Vec::new();
+    for server_name in ["redis", "kv server"] {
+        let name = format!("{}-tracking-memory", server_name.replace(' ', "-"));
+        let redis = server_name == "redis";
+        let server = if redis {
+            procs.redis(out, &name)?
+        } else {
+            procs.kv(kv, server_args, out, &name)?
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        eprintln!("xtask bench: tracking table memory, {server_name}");
+        load(server.addr, 0..KEYSPACE, deadline)?;
+        let mut conn = Conn::connect(server.addr, deadline)?;
+        if !redis {
+            // With a memory bound (this one is never reached) kv reads its
+            // allocator before every batch of input, once per millisecond,
+            // instead of every 100 ms: `INFO` is then current.
+            conn.command(&[b"CONFIG", b"SET", b"maxmemory", b"1099511627776"])?;
+        }
+        let mut proxies = Vec::new();
+        for i in 1..=PROXIES {
+            let proxy = procs.kv(
+                kv,
+                &proxy_args(server.addr, true),
+                out,
+                &format!("{name}-proxy-{i}"),
+            )?;
+            // The proxy's tracked connection, and what the server holds for
+            // it, exist before the first reading: one read of a key that is
+            // not loaded (tracked too, which the counts below take out).
+            Conn::connect(proxy.addr, deadline)?.command(&[b"GET", b"bench:connect"])?;
+            proxies.push(proxy);
+        }
+        let before = tracking_reading(&mut conn)?;
+        get_all(proxies[0].addr, 0..KEYSPACE, deadline)?;
+        let first = tracking_reading(&mut conn)?;
+        get_all(proxies[1].addr, 0..KEYSPACE, deadline)?;
+        let second = tracking_reading(&mut conn)?;
+        let keys = first.1 - before.1;
+        let items = (first.2 - before.2, second.2 - first.2);
+        ensure!(
+            keys == KEYSPACE && items == (KEYSPACE, KEYSPACE) && second.1 == first.1,
+            "{server_name}: tracking_total_keys went {} → {} → {}, tracking_total_items {} → {} → {}, \
+             while two proxies read {KEYSPACE} keys",
+            before.1,
+            first.1,
+            second.1,
+            before.2,
+            first.2,
+            second.2
+        );
+        measured.push(TrackedMemory {
+            server: server_name,
+            keys,
+            first_reader: first.0.saturating_sub(before.0),
+            second_reader: second.0.saturating_sub(first.0),
+        });
+    }
+    drop(procs);
+    Ok(measured)
 }
 
 #[cfg(test)]

@@ -17,7 +17,12 @@
 //!    Redis with `appendonly yes` and that `appendfsync`, and `kv server`
 //!    with that `--fsync`, each on a fresh data directory, driven with SETs
 //!    (pipeline 1 and 16) the same interleaved way as in step 4.
-//! 7. Writes `artifacts/bench/report.md`, `chart.svg` and
+//! 7. SETs with tracking proxies: a kv server (and a Redis) with two
+//!    `kv proxy --tracking on` in front that have read every key, against
+//!    the same with two `--tracking off` proxies, interleaved; then the
+//!    memory each server's tracking table needs per key, and
+//!    `PUBLISH` to 1,000 subscribers on Redis and kv server, interleaved.
+//! 8. Writes `artifacts/bench/report.md`, `chart.svg` and
 //!    `durable-chart.svg`, and the same tables and the first chart into
 //!    `BENCHMARKS.md` and `docs/bench-chart.svg`.
 //!
@@ -41,8 +46,10 @@
 //!   keys loaded into them;
 //! - [`measure`] (steps 2 to 4): `redis-benchmark` runs, calibrated and
 //!   interleaved;
-//! - [`memory`](mod@memory) (step 5) and [`durable`](mod@durable) (step 6);
-//! - [`report`] (step 7); [`resp`]: the RESP client and the null server.
+//! - [`memory`](mod@memory) (step 5, and the tracking table's share of
+//!   step 7) and [`durable`](mod@durable) (step 6);
+//! - [`tracking`](mod@tracking) and [`pubsub`](mod@pubsub) (step 7);
+//! - [`report`] (step 8); [`resp`]: the RESP client and the null server.
 
 mod codec;
 mod durable;
@@ -51,8 +58,10 @@ mod machine;
 mod measure;
 mod memory;
 mod processes;
+mod pubsub;
 mod report;
 mod resp;
+mod tracking;
 
 use std::fs;
 use std::path::PathBuf;
@@ -66,8 +75,10 @@ use durable::durable;
 use load::kv_server_args;
 use machine::{load_average, machine};
 use measure::{throughput, Throughput};
-use memory::memory;
+use memory::{memory, tracking_memory};
+use pubsub::pubsub;
 use report::Report;
+use tracking::tracking;
 
 /// Where the report, the chart and the logs of the servers go.
 const ARTIFACTS: &str = "artifacts/bench";
@@ -137,6 +148,17 @@ pub enum Target {
     KvProxyMetrics,
     /// The null server: the ceiling of machine and load generator.
     Null,
+    /// `kv server` with two `kv proxy --tracking on` in front of it that
+    /// have read every key: a SET of a key they read sends each of them an
+    /// invalidation.
+    KvServerTracked,
+    /// `kv server` with two `kv proxy --tracking off` in front of it that
+    /// have read every key: nothing is tracked.
+    KvServerUntracked,
+    /// Redis with two tracking proxies in front, as [`Target::KvServerTracked`].
+    RedisTracked,
+    /// Redis with two `--tracking off` proxies in front.
+    RedisUntracked,
 }
 
 /// The order targets run in within a round: Redis and kv alternate.
@@ -246,16 +268,26 @@ pub enum Part {
     MemoryTtl,
     /// Durable writes under each fsync policy.
     Durable,
+    /// SET on servers with two tracking proxies in front, against the same
+    /// without tracking.
+    Tracking,
+    /// Bytes per key and per key–client pair of the tracking table.
+    TrackingMemory,
+    /// PUBLISH to 1,000 subscribers.
+    Pubsub,
 }
 
 /// Every part, in the order they run.
-pub const PARTS: [Part; 6] = [
+pub const PARTS: [Part; 9] = [
     Part::Codec,
     Part::GetSet,
     Part::Commands,
     Part::Memory,
     Part::MemoryTtl,
     Part::Durable,
+    Part::Tracking,
+    Part::TrackingMemory,
+    Part::Pubsub,
 ];
 
 /// One run's figures, as `redis-benchmark --csv` reports them.
@@ -368,6 +400,21 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         Vec::new()
     };
+    let tracking = if options.runs(Part::Tracking) {
+        Some(tracking(&kv, &server_args, options, &out)?)
+    } else {
+        None
+    };
+    let tracking_memory = if options.runs(Part::TrackingMemory) {
+        Some(tracking_memory(&kv, &server_args, &out)?)
+    } else {
+        None
+    };
+    let pubsub = if options.runs(Part::Pubsub) {
+        Some(pubsub(&kv, &server_args, options, &out)?)
+    } else {
+        None
+    };
 
     let report = Report {
         options: options.clone(),
@@ -384,6 +431,9 @@ pub fn run(options: &Options) -> Result<()> {
         memory: plain,
         memory_ttl,
         durable,
+        tracking,
+        tracking_memory,
+        pubsub,
         codec,
     };
     report::write(&report, &out)?;

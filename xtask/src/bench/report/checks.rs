@@ -134,5 +134,22 @@ pub(super) fn checks(r: &Report) -> Vec<Check> {
             limit: 1.0,
         });
     }
+    for p in PIPELINES {
+        let tracked = |target| {
+            r.tracking
+                .as_ref()
+                .and_then(|t| find(&t.cases, target, Workload::Set, p))
+        };
+        v.push(at_least(
+            format!("kv server SET P{p} with 2 tracking proxies vs untracked"),
+            "≥ 0.90×",
+            paired(
+                tracked(Target::KvServerTracked),
+                tracked(Target::KvServerUntracked),
+                rps_of,
+            ),
+            0.9,
+        ));
+    }
     v
 }

@@ -4,8 +4,13 @@
 use std::fmt::Write as _;
 
 use super::checks::checks;
-use super::{find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, Report};
-use crate::bench::{Case, Part, Target, Workload, COMMANDS, GET_SET, MULTI_KEYS, PIPELINES};
+use super::{
+    find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, PubSubCase,
+    PubSubSample, Report, RunCosts,
+};
+use crate::bench::{
+    median, Case, Part, Target, Workload, COMMANDS, GET_SET, KEYSPACE, MULTI_KEYS, PIPELINES,
+};
 
 /// `v` formatted by `f`, or `–` for a figure that is missing, so that a
 /// table keeps its columns.
@@ -54,6 +59,9 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
     s.push_str(&memory_section(r));
 
     s.push_str(&durable_section(r, durable_chart));
+    s.push_str(&tracking_section(r));
+    s.push_str(&tracking_memory_section(r));
+    s.push_str(&pubsub_section(r));
 
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(
@@ -470,4 +478,286 @@ fn durable_table(durable: &[Durable]) -> String {
         }
     }
     s
+}
+
+/// SETs with tracking proxies: how they ran, and a table with each server
+/// untracked and tracked side by side.
+fn tracking_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## SET with tracking proxies\n");
+    let Some(t) = &r.tracking else {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "What client tracking costs writes. `redis-benchmark -h 127.0.0.1 -p PORT -t set -c 50 \
+         -P 1|16 -d 64 -r 100000 -n N --csv` straight at the server, N calibrated as above, on \
+         four servers started for this part, each with the {keys} keys loaded and two `kv proxy` \
+         in front of it that have read every key: for kv server and for Redis, one whose proxies \
+         run `--tracking on` (their upstream connection did `HELLO 3` and `CLIENT TRACKING ON`, \
+         so the server remembers every key for both, and a SET of a key still remembered sends \
+         each of them an `invalidate` push), and one whose proxies run `--tracking off` \
+         (nothing is tracked; their caches keep the keys by `--cache-ttl 600s`). The four run \
+         back to back for each pipeline depth, in an order that changes each round.\n",
+        keys = thousands(KEYSPACE as f64),
+    );
+    let _ = writeln!(
+        s,
+        "A key is tracked only until it is invalidated: after the first SET of a key the \
+         server forgets it until a proxy reads it again. So before every run (of either \
+         kind, for the same history) every proxy reads every key again, which leaves the \
+         tracked server remembering {keys} keys, {pairs} key–client pairs (checked each \
+         time); and throughout, a background reader per proxy (eight in all) reads every key \
+         in turn at {rate} GETs/s in pipelined batches of 50 (the slowest reached {reached}), \
+         as the proxies' clients would, which re-reads part of what was invalidated (the \
+         untracked proxies answer it from their caches). `redis-benchmark` draws keys at \
+         random, so the longer a run, the more of its SETs write a key already invalidated; \
+         the second table counts the invalidations really sent.\n",
+        keys = thousands(KEYSPACE as f64),
+        pairs = thousands((crate::bench::tracking::PROXIES * KEYSPACE) as f64),
+        rate = thousands(crate::bench::tracking::READ_RATE as f64),
+        reached = thousands(t.read_rate),
+    );
+    let _ = writeln!(s, "The servers and proxies, on free loopback ports:\n");
+    for command in &t.servers {
+        let _ = writeln!(s, "    {command}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| Server | Pipeline | untracked req/s | tracked req/s | tracked / untracked \
+         | untracked p50 ms | tracked p50 ms | untracked p99 ms | tracked p99 ms |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut costs = String::new();
+    let _ = writeln!(
+        costs,
+        "| Server | Pipeline | invalidations per SET | forwarded reads per SET \
+         | server CPU µs/SET untracked | tracked | tracked / untracked \
+         | proxies' CPU µs/SET untracked | tracked |"
+    );
+    let _ = writeln!(costs, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (server, untracked, tracked) in TRACKING_PAIRS {
+        for pipeline in PIPELINES {
+            let a = find(&t.cases, tracked, Workload::Set, pipeline);
+            let b = find(&t.cases, untracked, Workload::Set, pipeline);
+            if a.is_none() && b.is_none() {
+                continue;
+            }
+            let ms = |v: Option<f64>| opt(v, |v| format!("{v:.3}"));
+            let _ = writeln!(
+                s,
+                "| {server} | {pipeline} | {} | {} | {} | {} | {} | {} | {} |",
+                rps_with_spread(b),
+                rps_with_spread(a),
+                opt(paired(a, b, rps_of), |v| format!("{v:.2}×")),
+                ms(b.and_then(Case::p50)),
+                ms(a.and_then(Case::p50)),
+                ms(b.and_then(Case::p99)),
+                ms(a.and_then(Case::p99)),
+            );
+            let cost = |target| {
+                t.costs
+                    .iter()
+                    .find(|c| c.target == target && c.pipeline == pipeline)
+            };
+            let (ca, cb) = (cost(tracked), cost(untracked));
+            let server_cpu = |c: Option<&RunCosts>| c.and_then(|c| c.micros_per_set(c.server_cpu));
+            let proxies_cpu =
+                |c: Option<&RunCosts>| c.and_then(|c| c.micros_per_set(c.proxies_cpu));
+            let us = |v: Option<f64>| opt(v, |v| format!("{v:.2}"));
+            let _ = writeln!(
+                costs,
+                "| {server} | {pipeline} | {} | {} | {} | {} | {} | {} | {} |",
+                opt(ca.and_then(RunCosts::per_set), |v| format!("{v:.2}")),
+                opt(ca.and_then(RunCosts::misses_per_set), |v| format!("{v:.3}")),
+                us(server_cpu(cb)),
+                us(server_cpu(ca)),
+                opt(ratio(server_cpu(ca), server_cpu(cb)), |v| format!(
+                    "{v:.2}×"
+                )),
+                us(proxies_cpu(cb)),
+                us(proxies_cpu(ca)),
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`tracked / untracked` is the median of per-round ratios of req/s, as `vs Redis` \
+         above; `spread` as above. The target is at least 0.90× for kv server.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Where the difference goes, over the same measured runs: invalidations per SET are \
+         the keys the two proxies were told to drop over the SETs sent (2.00 would be every \
+         SET invalidating both); forwarded reads are the background readers' cache misses \
+         at the tracked proxies (each a `MULTI`, `GET`, `PTTL`, `EXEC` at the server), per SET; CPU is user and system time from `/proc/PID/stat` (10 ms \
+         ticks) over the runs, per SET sent, for the server and for its two proxies \
+         together. On this machine the proxies run on the same two cores as the server and \
+         `redis-benchmark`, so what they spend reading invalidations (and forwarding the \
+         readers' misses to the server) is taken from those two.\n"
+    );
+    s.push_str(&costs);
+    let _ = writeln!(s);
+    s
+}
+
+/// The tracking section's rows: a server's name, its untracked and its
+/// tracked target.
+const TRACKING_PAIRS: [(&str, Target, Target); 2] = [
+    (
+        "kv server",
+        Target::KvServerUntracked,
+        Target::KvServerTracked,
+    ),
+    ("redis", Target::RedisUntracked, Target::RedisTracked),
+];
+
+/// `req/s ±spread` of a case, or `–`.
+fn rps_with_spread(c: Option<&Case>) -> String {
+    c.map_or("–".into(), |c| match spread(c) {
+        Some(spread) => format!("{} {spread}", thousands(c.rps())),
+        None => thousands(c.rps()),
+    })
+}
+
+/// The tracking table's bytes per key and per key–client pair.
+fn tracking_memory_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Memory of the tracking table\n");
+    let Some(measured) = &r.tracking_memory else {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "A fresh Redis and a fresh kv server, each with the {} keys loaded and two \
+         `kv proxy --tracking on` in front of it (each proxy connected by one GET of a key not \
+         loaded, so that its connection exists before the first reading). `used_memory` \
+         (`INFO memory`: Redis's own count of allocated bytes; kv's is jemalloc's \
+         `stats.allocated`, read fresh for `INFO`) is read on one connection kept open \
+         throughout: before, after the first proxy read every key (each key enters the table \
+         with one client), and after the second did (one more client per key). \
+         `tracking_total_keys` and `tracking_total_items` are checked at each step. Bytes are \
+         the growth divided by the number of keys read.\n",
+        thousands(KEYSPACE as f64)
+    );
+    let _ = writeln!(
+        s,
+        "| Server | Keys | Bytes per tracked key (1 client) | vs Redis | Bytes per further client of a key | vs Redis |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let redis = measured.iter().find(|m| m.server == "redis");
+    for m in measured {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {} | {:.1} | {} |",
+            m.server,
+            thousands(m.keys as f64),
+            m.per_key(),
+            opt(
+                ratio(Some(m.per_key()), redis.map(|r| r.per_key())),
+                |v| format!("{v:.2}×")
+            ),
+            m.per_pair(),
+            opt(
+                ratio(Some(m.per_pair()), redis.map(|r| r.per_pair())),
+                |v| format!("{v:.2}×")
+            ),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe growth includes whatever else the servers allocated meanwhile (buffers of the \
+         proxies' connections for 1,000-GET batches), a few bytes per key at most.\n"
+    );
+    s
+}
+
+/// `PUBLISH` to 1,000 subscribers: how it ran, and a table of both servers.
+fn pubsub_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## PUBLISH to 1,000 subscribers\n");
+    let Some(p) = &r.pubsub else {
+        let _ = writeln!(s, "{NOT_RUN}\n");
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "{subs} connections subscribed to one channel on each of a fresh Redis and kv server, \
+         and one publisher connection sending `PUBLISH bench:channel <{len} bytes>`: one at a \
+         time (pipeline 1) or 16 per batch (a batch written once the previous one's replies \
+         are in), M messages per run, calibrated so that a run lasts about {secs:.0} s, the \
+         two servers back to back in an order that changes each round. The load tool is \
+         `cargo xtask`'s own (`redis-benchmark` cannot subscribe): the subscribers are served \
+         by one thread (a single-threaded tokio runtime), each counting the messages it \
+         reads; the publisher checks that every reply counts {subs} receivers. \
+         `deliveries/s` is M × {subs} over the time from the first `PUBLISH` written to the \
+         last message read by the last subscriber; `PUBLISH/s` counts replies; latency runs \
+         from a batch's write to the read that completed each reply, as `redis-benchmark` \
+         counts it. Server, subscribers' thread and publisher share this machine's two cores, \
+         the same for both servers; every subscriber stayed connected and received every \
+         message (checked).\n",
+        subs = thousands(p.subscribers as f64),
+        len = p.message_len,
+        secs = r.options.run_seconds(),
+    );
+    let _ = writeln!(s, "The servers, on free loopback ports:\n");
+    for command in &p.servers {
+        let _ = writeln!(s, "    {command}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| Server | Pipeline | Messages per run | deliveries/s | spread | vs Redis | PUBLISH/s | p50 ms | p99 ms |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let find = |target, pipeline| {
+        p.cases
+            .iter()
+            .find(|c| c.target == target && c.pipeline == pipeline)
+    };
+    for pipeline in PIPELINES {
+        let redis = find(Target::Redis, pipeline);
+        for target in [Target::Redis, Target::KvServer] {
+            let Some(c) = find(target, pipeline) else {
+                continue;
+            };
+            let delivered = |x: &PubSubSample| x.delivered_per_s;
+            let vs_redis =
+                redis.and_then(|r| {
+                    median(c.samples.iter().zip(&r.samples).filter_map(|(a, b)| {
+                        ratio(Some(a.delivered_per_s), Some(b.delivered_per_s))
+                    }))
+                });
+            let _ = writeln!(
+                s,
+                "| {} | {pipeline} | {} | {} | {} | {} | {} | {} | {} |",
+                label(target, Workload::Set),
+                thousands(c.messages as f64),
+                opt(c.median(delivered), thousands),
+                pubsub_spread(c).unwrap_or_else(|| "–".into()),
+                opt(vs_redis, |v| format!("{v:.2}×")),
+                opt(c.median(|x| x.published_per_s), thousands),
+                opt(c.median(|x| x.p50_ms), |v| format!("{v:.3}")),
+                opt(c.median(|x| x.p99_ms), |v| format!("{v:.3}")),
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`vs Redis` is the median of per-round ratios of deliveries/s; `spread` is half the \
+         range of the rounds' deliveries/s, relative to the median.\n"
+    );
+    s
+}
+
+/// [`spread`] of a pub/sub case's deliveries per second.
+fn pubsub_spread(c: &PubSubCase) -> Option<String> {
+    let mid = c.median(|x| x.delivered_per_s)?;
+    let (lo, hi) = c.samples.iter().fold((f64::MAX, 0.0f64), |(lo, hi), x| {
+        (lo.min(x.delivered_per_s), hi.max(x.delivered_per_s))
+    });
+    (c.samples.len() > 1 && mid > 0.0).then(|| format!("±{:.0} %", 50.0 * (hi - lo) / mid))
 }

@@ -57,6 +57,12 @@ pub struct Report {
     /// Durable writes, one entry per fsync policy (none if kv has no log,
     /// or the part did not run).
     pub durable: Vec<Durable>,
+    /// SETs with tracking proxies and without, if that part ran.
+    pub tracking: Option<TrackingSets>,
+    /// The tracking table's memory, Redis's then kv's, if that part ran.
+    pub tracking_memory: Option<Vec<TrackedMemory>>,
+    /// `PUBLISH` to 1,000 subscribers, if that part ran.
+    pub pubsub: Option<PubSubRun>,
     /// The codec micro-benchmarks.
     pub codec: Vec<CodecFigure>,
 }
@@ -103,6 +109,130 @@ pub struct Durable {
     pub cases: Vec<Case>,
     /// Log rewrites (compactions) since the servers started: Redis's, kv's.
     pub rewrites: (Option<u64>, Option<u64>),
+}
+
+/// SETs straight at servers with two tracking proxies in front, against
+/// the same with two proxies that do not track.
+pub struct TrackingSets {
+    /// How the servers and proxies were started.
+    pub servers: Vec<String>,
+    /// SET cases of [`Target::RedisUntracked`], [`Target::RedisTracked`],
+    /// [`Target::KvServerUntracked`] and [`Target::KvServerTracked`].
+    pub cases: Vec<Case>,
+    /// What the runs of each case cost, in the order of `cases`.
+    pub costs: Vec<RunCosts>,
+    /// GETs per second the slowest background reader reached.
+    pub read_rate: f64,
+}
+
+/// What the measured runs of one case cost, beyond their req/s.
+pub struct RunCosts {
+    /// The case's target.
+    pub target: Target,
+    /// The case's pipeline depth.
+    pub pipeline: u32,
+    /// SETs the runs sent.
+    pub sets: u64,
+    /// Keys the proxies were told to drop (both together).
+    pub invalidated: u64,
+    /// Reads the proxies forwarded to the server (cache misses), both
+    /// together: the background readers' reads of invalidated keys.
+    pub misses: u64,
+    /// CPU time (user and system) the server used during the runs, in
+    /// seconds.
+    pub server_cpu: f64,
+    /// CPU time both proxies used during the runs, in seconds.
+    pub proxies_cpu: f64,
+}
+
+impl RunCosts {
+    /// Invalidations per SET: 2 if every SET wrote a key both proxies
+    /// had read since it was last written.
+    pub fn per_set(&self) -> Option<f64> {
+        (self.sets > 0).then(|| self.invalidated as f64 / self.sets as f64)
+    }
+
+    /// Forwarded reads per SET.
+    pub fn misses_per_set(&self) -> Option<f64> {
+        (self.sets > 0).then(|| self.misses as f64 / self.sets as f64)
+    }
+
+    /// `seconds` of CPU per SET, in microseconds.
+    pub fn micros_per_set(&self, seconds: f64) -> Option<f64> {
+        (self.sets > 0).then(|| seconds * 1e6 / self.sets as f64)
+    }
+}
+
+/// What a server's `used_memory` grew by while two tracking proxies read
+/// every key, one after the other.
+pub struct TrackedMemory {
+    /// `redis` or `kv server`.
+    pub server: &'static str,
+    /// Keys each proxy read, and so keys (and key–client pairs) each
+    /// added to the table.
+    pub keys: u64,
+    /// Growth while the first proxy read every key: a new key with one
+    /// client each.
+    pub first_reader: u64,
+    /// Growth while the second proxy read them: one more client per key.
+    pub second_reader: u64,
+}
+
+impl TrackedMemory {
+    /// Bytes per key tracked for one client.
+    fn per_key(&self) -> f64 {
+        self.first_reader as f64 / self.keys as f64
+    }
+
+    /// Bytes per further client of a tracked key.
+    fn per_pair(&self) -> f64 {
+        self.second_reader as f64 / self.keys as f64
+    }
+}
+
+/// `PUBLISH` to many subscribers of one channel, Redis and kv server.
+pub struct PubSubRun {
+    /// Subscriber connections per server.
+    pub subscribers: u64,
+    /// Bytes per message.
+    pub message_len: usize,
+    /// How the servers were started.
+    pub servers: Vec<String>,
+    /// One case per server and pipeline depth.
+    pub cases: Vec<PubSubCase>,
+}
+
+/// One server at one pipeline depth of the publisher.
+pub struct PubSubCase {
+    /// [`Target::Redis`] or [`Target::KvServer`].
+    pub target: Target,
+    /// `PUBLISH`es per batch.
+    pub pipeline: u32,
+    /// Messages per run, calibrated like `redis-benchmark`'s `-n`.
+    pub messages: u64,
+    /// One sample per round.
+    pub samples: Vec<PubSubSample>,
+}
+
+/// One run of [`PubSubCase`].
+#[derive(Debug, Clone, Copy)]
+pub struct PubSubSample {
+    /// Messages × subscribers over the time from the first `PUBLISH` to
+    /// the last message received.
+    pub delivered_per_s: f64,
+    /// `PUBLISH` replies per second.
+    pub published_per_s: f64,
+    /// Median `PUBLISH` latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile `PUBLISH` latency, in milliseconds.
+    pub p99_ms: f64,
+}
+
+impl PubSubCase {
+    /// The median of `metric` over the rounds.
+    fn median(&self, metric: fn(&PubSubSample) -> f64) -> Option<f64> {
+        median(self.samples.iter().map(metric))
+    }
 }
 
 /// One codec micro-benchmark, with both of its throughput figures.
@@ -216,6 +346,10 @@ pub(super) fn label(target: Target, workload: Workload) -> &'static str {
         (Target::KvProxy, _) => "kv proxy (forwarded)",
         (Target::KvProxyMetrics, _) => "kv proxy (cache hit, /metrics scraped 1/s)",
         (Target::Null, _) => "null (ceiling)",
+        (Target::KvServerTracked, _) => "kv server, 2 tracking proxies",
+        (Target::KvServerUntracked, _) => "kv server, 2 untracked proxies",
+        (Target::RedisTracked, _) => "redis, 2 tracking proxies",
+        (Target::RedisUntracked, _) => "redis, 2 untracked proxies",
     }
 }
 
@@ -337,6 +471,9 @@ mod tests {
             }),
             memory_ttl: None,
             durable,
+            tracking: None,
+            tracking_memory: None,
+            pubsub: None,
             codec: Vec::new(),
         }
     }
@@ -442,9 +579,116 @@ mod tests {
         assert!(!r.options.complete());
         assert_eq!(
             text.matches("Not measured in this run").count(),
-            4,
+            7,
             "{text}"
         );
+    }
+
+    #[test]
+    fn tracking_and_pubsub_side_by_side() {
+        let mut r = report(Vec::new());
+        let set = |target, pipeline, rps: &[f64]| case_of(target, Workload::Set, pipeline, rps);
+        r.tracking = Some(TrackingSets {
+            servers: vec!["kv proxy --tracking on".into()],
+            cases: vec![
+                set(Target::KvServerUntracked, 1, &[50_000.0, 40_000.0]),
+                set(Target::KvServerTracked, 1, &[45_000.0, 38_000.0]),
+            ],
+            costs: vec![
+                RunCosts {
+                    target: Target::KvServerTracked,
+                    pipeline: 1,
+                    sets: 200_000,
+                    invalidated: 300_000,
+                    misses: 2_000,
+                    server_cpu: 3.0,
+                    proxies_cpu: 1.0,
+                },
+                RunCosts {
+                    target: Target::KvServerUntracked,
+                    pipeline: 1,
+                    sets: 200_000,
+                    invalidated: 0,
+                    misses: 0,
+                    server_cpu: 2.0,
+                    proxies_cpu: 0.1,
+                },
+            ],
+            read_rate: 4_990.0,
+        });
+        r.tracking_memory = Some(vec![
+            TrackedMemory {
+                server: "redis",
+                keys: 1000,
+                first_reader: 100_000,
+                second_reader: 70_000,
+            },
+            TrackedMemory {
+                server: "kv server",
+                keys: 1000,
+                first_reader: 110_000,
+                second_reader: 35_000,
+            },
+        ]);
+        let sample = |d: f64| PubSubSample {
+            delivered_per_s: d,
+            published_per_s: d / 1000.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+        };
+        r.pubsub = Some(PubSubRun {
+            subscribers: 1000,
+            message_len: 64,
+            servers: Vec::new(),
+            cases: vec![
+                PubSubCase {
+                    target: Target::Redis,
+                    pipeline: 1,
+                    messages: 200,
+                    samples: vec![sample(40_000.0), sample(50_000.0)],
+                },
+                PubSubCase {
+                    target: Target::KvServer,
+                    pipeline: 1,
+                    messages: 200,
+                    samples: vec![sample(60_000.0), sample(50_000.0)],
+                },
+            ],
+        });
+        let text = body(&r, "chart.svg", None);
+        // Per-round ratios 0.90 and 0.95 have the median 0.925.
+        assert!(
+            text.contains(
+                "| kv server | 1 | 45,000 ±11 % | 41,500 ±8 % | 0.93× | 0.500 | 0.500 | 4.500 | 4.150 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| kv server | 1 | 1.50 | 0.010 | 10.00 | 15.00 | 1.50× | 0.50 | 5.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("(the slowest reached 4,990)"), "{text}");
+        assert!(text.contains("| kv server | 1,000 | 110.0 | 1.10× | 35.0 | 0.50× |"));
+        // Per-round ratios 1.5 and 1.0: the median 1.25.
+        assert!(
+            text.contains("| kv server | 1 | 200 | 55,000 | ±9 % | 1.25× | 55 | 1.000 | 2.000 |"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "| kv server SET P1 with 2 tracking proxies vs untracked | ≥ 0.90× | 0.93 | pass |"
+        ));
+        assert!(text.contains(
+            "| kv server SET P16 with 2 tracking proxies vs untracked | ≥ 0.90× | – | n/a |"
+        ));
+        let none = report(Vec::new());
+        let text = body(&none, "chart.svg", None);
+        for section in [
+            "## SET with tracking proxies\n\nNot measured",
+            "## Memory of the tracking table\n\nNot measured",
+            "## PUBLISH to 1,000 subscribers\n\nNot measured",
+        ] {
+            assert!(text.contains(section), "{section}");
+        }
     }
 
     #[test]
