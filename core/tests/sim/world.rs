@@ -445,8 +445,9 @@ struct Req {
     issued_tick: u64,
     /// Issued after everything healed: must succeed.
     probe: bool,
-    /// A probe read with no write anywhere and every cache expired: must
-    /// read exactly the server's current value.
+    /// A probe read with no write anywhere and every cache expired (or,
+    /// with tracking, every invalidation taken): must read exactly the
+    /// server's current value.
     exact: bool,
 }
 
@@ -470,6 +471,14 @@ struct ClientNode {
     writes: Vec<(usize, Why)>,
     /// Per key: the newest position this session read.
     reads: Vec<(usize, Why)>,
+    /// Per key: the newest position a bulk read (`DUMP`) through a proxy
+    /// returned, and on which connection (`conn_gen`). It binds that
+    /// connection's later reads only: a proxy keeps a client from reading
+    /// a cache entry older than its bulk read by the client's own bulk
+    /// epoch (the bulk lane touches no entry), which a new connection
+    /// starts afresh. (A `GET` or `MGET` read binds every later read, as
+    /// its reply replaces or drops the proxy's entry.)
+    bulk_reads: Vec<(usize, Why, u64)>,
     /// The client reads none of its replies, and gives up on none of its
     /// requests, until then (a slow reader).
     reads_paused_until: Instant,
@@ -622,6 +631,7 @@ impl World {
                 reqs: VecDeque::new(),
                 writes: vec![(0, Why::Wrote(None)); setup.keys],
                 reads: vec![(0, Why::Read(None)); setup.keys],
+                bulk_reads: vec![(0, Why::Read(None), 0); setup.keys],
                 reads_paused_until: now,
                 probe_failed: None,
                 script: VecDeque::new(),
@@ -1386,7 +1396,7 @@ impl World {
         if moved > 0 {
             trace!(
                 self,
-                "BUG: {moved} invalidation(s) to p{pi} overtake the replies before them"
+                "BUG: invalidations to p{pi} overtake replies queued before them ({moved} moves)"
             );
         }
     }
@@ -2056,6 +2066,9 @@ impl World {
         // than the request timeout (the proxy gives up on a request after
         // that); an upstream reply, possibly a `GET` this request joined,
         // was executed less than a request timeout before it arrived.
+        // (With tracking these windows still hold, the TTL being the
+        // safety net, but they are a minute wide: what binds a tracking
+        // proxy's reads is what it knew, the floors below.)
         let (lo, hi, from) = if req.exact {
             (req.issued_at, self.now, "a probe (exact)")
         } else if forwarded {
@@ -2122,7 +2135,11 @@ impl World {
         // acknowledged (the proxy sends a read behind a pending write to
         // its key) and reads, pipelined ones included (replies come in
         // order, so those are the requests issued before this one).
-        let read = c.reads[key];
+        let mut read = c.reads[key];
+        let bulk = c.bulk_reads[key];
+        if bulk.2 == c.conn_gen && bulk.0 > read.0 {
+            read = (bulk.0, bulk.1);
+        }
         let (session_floor, why) = if read.0 > c.writes[key].0 {
             read
         } else {
@@ -2159,7 +2176,15 @@ impl World {
             .check_read(key, value, (lo, hi), floor, expired_by)
         {
             Ok(pos) => {
-                self.raise_floor(ci, key, pos, Why::Read(value));
+                let c = &mut self.clients[ci];
+                if forwarded && c.via != Via::Direct {
+                    let b = &mut c.bulk_reads[key];
+                    if b.2 != c.conn_gen || pos > b.0 {
+                        *b = (pos, Why::Read(value), c.conn_gen);
+                    }
+                } else {
+                    self.raise_floor(ci, key, pos, Why::Read(value));
+                }
                 Ok(())
             }
             Err(ReadError::Unknown(m)) => violation("reply", format!("{what}: {m}")),
