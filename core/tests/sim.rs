@@ -1,8 +1,15 @@
-//! Deterministic whole-system simulation: many clients, one or two proxies
-//! and a server, all real `kv_core` state machines, wired through a
+//! Deterministic whole-system simulation: many clients, one to three
+//! proxies and a server, all real `kv_core` state machines, wired through a
 //! simulated network and stepped by one seeded random stream. No sockets,
 //! no threads inside a run, no sleeps, no real time: a seed is a run, and
 //! the same seed replays it exactly.
+//!
+//! Most seeds run their proxies with tracking (`ProxyConfig::tracking`, as
+//! `kv proxy` does by default), two or three of them, and a cache TTL of a
+//! minute, so that what they serve is fresh because the server's
+//! invalidations reach them, not because entries die young; the others
+//! cache by TTL alone (`--tracking off`). Clients pick a proxy or the
+//! server itself.
 //!
 //! The workload: `GET`, `PUT`, `SET … PX`, `DEL`, `PEXPIRE`, `PERSIST`,
 //! `PTTL`, `MGET`, `MSET`, `PING`, and transactions (`WATCH` of a key or
@@ -21,11 +28,18 @@
 //! stream with latency, see [`net`]); the clock moves a little; or a fault
 //! happens: a connection drops (bytes already sent may still arrive, even
 //! after the sender reconnected), a proxy restarts with an empty cache, the
-//! server restarts, latency spikes past the timeouts, or the clock jumps to
-//! just before, at or just after a TTL or a timeout, sometimes with the
-//! driver waking late. Every timer fires when `poll_timeout` says it is
-//! due. At the end, faults stop, everything drains and every client probes
-//! the system.
+//! server restarts, latency spikes past the timeouts, one direction of one
+//! connection is held up while the others go on (congestion), or the clock
+//! jumps to just before, at or just after a TTL or a timeout, sometimes
+//! with the driver waking late. Each proxy's upstream link keeps its own
+//! pace too. So what different connections carry is delayed and reordered
+//! against each other by any amount, never within one: an invalidation
+//! may reach one proxy long after another proxy's write was acknowledged.
+//! The server's driver wakes the connections that got mail (the
+//! invalidations another connection's command or expiry caused), as the
+//! native one does. Every timer fires when `poll_timeout` says it is due.
+//! At the end, faults stop, everything drains and every client probes the
+//! system.
 //!
 //! # Invariants
 //! Checked as every outcome arrives and after every step (see [`world`]
@@ -69,7 +83,25 @@
 //!   counters, as its clock sees them) always equals the model, timers
 //!   (active expiry included) stop being due once handled, and after
 //!   healing every client reads the server's current values and its own
-//!   fresh writes.
+//!   fresh writes;
+//! - tracking: the server sends each tracking connection exactly the
+//!   invalidations Redis's rule owes it (the model knows which key each
+//!   connection read since its last invalidation; `tracking`), and each
+//!   push is tagged with the change it tells of. Once a proxy has taken
+//!   the invalidation of a change, no read issued through it afterwards
+//!   returns a value older than that change (`invalidation`); once its
+//!   main lane has connected anew, none returns a value older than the
+//!   server held then (`reconnect`, tracking or not: the cache is emptied
+//!   on connecting). "Afterwards" is in the order of the run's events,
+//!   not of time, which many events share. These floors bind every client
+//!   of the proxy, on top of the session's own, which is where tracking
+//!   promises more than the TTL windows above (a minute wide with
+//!   tracking);
+//! - tracking: nothing stays cached while a proxy's main lane is not
+//!   connected, nor is an entry stored on a connection served once that
+//!   connection has ended (`cache-after-loss`: its invalidations ended
+//!   with it); and once everything has drained, every cache is exact, so
+//!   the end-of-run probes need not wait out the TTL (`coherence`).
 //!
 //! # Running
 //! - `fixed_seeds`: the CI run.
@@ -200,17 +232,43 @@ fn planted_bug_is_found() {
         assert!(e.report.contains("trace of the shrunk run"));
         assert!(e.shrunk.steps <= p.steps);
         assert!(!e.report.contains("WARNING"), "{}", e.report);
-        let expected: &[&str] = match bug {
-            Bug::ReorderReplies => &["reply", "monotonic-reads", "read-your-writes", "stale-read"],
-            Bug::SkipUpstreamLost => &[
-                "reply",
-                "server",
-                "stale-read",
-                "cache-staleness",
-                "monotonic-reads",
-                "read-your-writes",
-            ],
-            Bug::StaleRestart => &["durability"],
+        // Which checks may report each bug first; and for tracking's bugs,
+        // the tracking checks, one of which must catch the bug within the
+        // seed budget (another may be first: a push that overtakes the
+        // fill of a value with no deadline, when it told of a deadline
+        // given to it, makes the proxy serve a value past its key's
+        // expiry).
+        let (expected, tracking_checks): (&[&str], &[&str]) = match bug {
+            Bug::ReorderReplies => (
+                &["reply", "monotonic-reads", "read-your-writes", "stale-read"],
+                &[],
+            ),
+            Bug::SkipUpstreamLost => (
+                &[
+                    "reply",
+                    "server",
+                    "stale-read",
+                    "cache-staleness",
+                    "monotonic-reads",
+                    "read-your-writes",
+                ],
+                &[],
+            ),
+            Bug::StaleRestart => (&["durability"], &[]),
+            Bug::InvalidationIgnored => (&["invalidation", "coherence"], &["invalidation"]),
+            Bug::CacheAfterInvalidation => (
+                &["invalidation", "coherence", "expired-read"],
+                &["invalidation"],
+            ),
+            Bug::NoFlushOnReconnect => (
+                &[
+                    "cache-after-loss",
+                    "reconnect",
+                    "cache-across-reconnect",
+                    "coherence",
+                ],
+                &["cache-after-loss", "reconnect", "coherence"],
+            ),
         };
         assert!(
             expected.contains(&e.failure.kind.as_str()),
@@ -218,6 +276,25 @@ fn planted_bug_is_found() {
             bug.name(),
             e.failure.kind
         );
+        if !tracking_checks.is_empty() {
+            let caught = (0..50).find_map(|seed| {
+                let q = Params {
+                    seed,
+                    ..template.clone()
+                };
+                run(&q, false)
+                    .failure
+                    .filter(|g| tracking_checks.contains(&g.kind.as_str()))
+                    .map(|g| (seed, g.kind))
+            });
+            let Some((seed, kind)) = caught else {
+                panic!(
+                    "planted bug {} was caught by none of {tracking_checks:?} in 50 seeds",
+                    bug.name()
+                );
+            };
+            println!("planted bug {}: seed {seed} fails {kind}", bug.name());
+        }
         // The printed command replays the shrunk failure exactly.
         let command = e
             .report

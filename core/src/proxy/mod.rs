@@ -2131,6 +2131,47 @@ mod tests {
         );
     }
 
+    /// Found by the simulation: a connection replaced while idle (the
+    /// driver tells the proxy nothing, `Lost::Replace`) with its handshake
+    /// unanswered left the handshake behind, so the next connection's
+    /// handshake took the first requests' replies, and the clients got
+    /// the wrong ones (a `GET` answered `QUEUED`).
+    #[test]
+    fn a_replaced_connection_leaves_no_unanswered_handshake_behind() {
+        let t = Instant::from_millis;
+        for written in [true, false] {
+            let config = ProxyConfig {
+                tracking: true,
+                ..ProxyConfig::default()
+            };
+            let mut p = Proxy::new(config, t(0));
+            p.handle_upstream_connected(Lane::Main, t(0));
+            if written {
+                let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+                assert_eq!(&sent[..], TRACKING_HANDSHAKE);
+            }
+            // The connection ends unanswered, and is replaced; a request
+            // queued meanwhile goes on the new one.
+            p.handle_upstream_closed(Lane::Main, t(1));
+            let c = p.add_client(ClientKind::Stream, t(1));
+            p.handle_client_input(c, GET_K, t(1));
+            p.handle_upstream_connected(Lane::Main, t(2));
+            let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+            let rest = sent
+                .strip_prefix(TRACKING_HANDSHAKE)
+                .expect("the handshake first");
+            assert!(
+                rest.starts_with(b"*1\r\n$5\r\nMULTI"),
+                "{rest:?} (written: {written})"
+            );
+            let mut answers = TRACKING_ACCEPTED.to_vec();
+            answers.extend_from_slice(&fill_of("v"));
+            p.handle_upstream_input(Lane::Main, &answers, t(3));
+            assert_eq!(output(&mut p, c), "$1\r\nv\r\n", "written: {written}");
+            assert_eq!(p.upstream_tracking(Lane::Main), &UpstreamTracking::On);
+        }
+    }
+
     #[test]
     fn losing_the_tracked_connection_empties_the_cache_at_once() {
         let t = Instant::from_millis;

@@ -124,6 +124,9 @@ pub(super) struct Upstream {
     out: BytesMut,
     decoder: ReplyDecoder,
     handshake: VecDeque<Handshake>,
+    /// Bytes at the front of `out` that are the current connection's
+    /// handshake, not written yet.
+    handshake_unsent: usize,
     /// Requests sent (or queued to send), in pipe order.
     in_flight: VecDeque<InFlight>,
     /// Sequence number of `in_flight[0]`.
@@ -157,6 +160,7 @@ impl Upstream {
             out: BytesMut::new(),
             decoder: ReplyDecoder::new(ReplyLimits::default()),
             handshake: VecDeque::new(),
+            handshake_unsent: 0,
             in_flight: VecDeque::new(),
             head_seq: 0,
             fill_read: 0,
@@ -277,7 +281,10 @@ impl Upstream {
 
     /// Bytes to write, once connected.
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
-        (self.state == UpstreamState::Up && !self.out.is_empty()).then(|| self.out.split())
+        (self.state == UpstreamState::Up && !self.out.is_empty()).then(|| {
+            self.handshake_unsent = 0;
+            self.out.split()
+        })
     }
 
     /// Whether the server tracks the keys read on this connection.
@@ -301,6 +308,17 @@ impl Upstream {
     /// track what is read on the connection.
     pub fn handle_connected(&mut self, password: Option<&Password>, track: bool, now: Instant) {
         self.state = UpstreamState::Up;
+        // The connection this one replaces may have ended with its
+        // handshake unanswered, without the proxy being told (the driver
+        // replaces an idle connection without a word, see
+        // `Lost::Replace`, and the handshake is no request in flight): its
+        // answers will never come, and what of it was not written yet is
+        // not to be. Left, the old handshake would take the first answers
+        // of this one's, and this one's the replies of the first requests.
+        self.handshake.clear();
+        let _ = self
+            .out
+            .split_to(std::mem::take(&mut self.handshake_unsent));
         self.decoder.reset();
         if let Some(raw) = &mut self.raw {
             *raw = Raw::default();
@@ -332,6 +350,7 @@ impl Upstream {
             }
         }
         if !out.is_empty() {
+            self.handshake_unsent = out.len();
             out.unsplit(std::mem::take(&mut self.out));
             self.out = out;
         }
@@ -518,6 +537,7 @@ impl Upstream {
     pub fn fail(&mut self, state: UpstreamState) -> (Vec<InFlight>, bool) {
         let counted = !self.in_flight.is_empty() || self.state == UpstreamState::Up;
         self.out.clear();
+        self.handshake_unsent = 0;
         self.decoder.reset();
         if let Some(raw) = &mut self.raw {
             *raw = Raw::default();

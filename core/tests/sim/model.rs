@@ -20,10 +20,24 @@
 //! give to each command in its apply order, transactions included (each
 //! connection's `MULTI` queue and `WATCH`ed keys are a [`TxState`]), so
 //! every reply the server sends is checked as it leaves the server.
+//!
+//! It also knows what the server owes each tracking connection (`HELLO 3`,
+//! `CLIENT TRACKING ON`: the proxies' main lanes), by Redis's rule: a key
+//! that a read-only command named on the connection is remembered for it,
+//! and its next change (a write, a removal, a new deadline, expiry) owes
+//! the connection one invalidation and forgets the key until it is read
+//! again. Each invalidation is owed with the position of the change that
+//! caused it, so that when one reaches a proxy the checker knows which
+//! version the proxy can no longer serve anything older than. The model
+//! owes an expiry's invalidation from the deadline on, the server sends it
+//! when it removes the key (later, or on the access that finds it
+//! expired): so the model may owe one before the server sends it, never
+//! after, and the position it gives is never newer than the server's state
+//! when the push goes out.
 
 use bytes::Bytes;
 use kv_core::{Command, ExecError, Instant, Reply};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -127,13 +141,38 @@ pub struct Counter {
     changes: u64,
 }
 
-/// A connection's transaction state, as the server keeps it.
+/// A connection's state, as the server keeps it: its transaction, and
+/// what tracking needs to know of it.
 #[derive(Debug, Default)]
 pub struct TxState {
+    /// The connection's number in the model (its tracker's, if it tracks).
+    pub conn: u64,
     /// The commands queued since `MULTI`; `None`: not in `MULTI`.
     queue: Option<Vec<Command>>,
     /// Keys watched: the key's change count then, and whether it existed.
     watched: Vec<(Key, u64, bool)>,
+    /// The connection said `HELLO 3`: invalidations reach it as pushes.
+    resp3: bool,
+}
+
+impl TxState {
+    /// The state of a new connection, number `conn` in the model.
+    pub fn new(conn: u64) -> Self {
+        TxState {
+            conn,
+            ..TxState::default()
+        }
+    }
+}
+
+/// What the server owes one tracking connection.
+#[derive(Debug)]
+struct Tracker {
+    /// Per value key: read since its last invalidation (remembered).
+    reading: Vec<bool>,
+    /// Per value key: the positions of the changes whose invalidations the
+    /// server owes the connection, oldest first.
+    due: Vec<VecDeque<usize>>,
 }
 
 /// Why a read is not explained by the history.
@@ -163,6 +202,8 @@ pub struct Model {
     /// Transactions run and aborted by a watched key at the server.
     pub execs: u64,
     pub exec_aborts: u64,
+    /// Tracking connections, by their number ([`TxState::conn`]).
+    trackers: HashMap<u64, Tracker>,
 }
 
 fn status(s: &'static str) -> Reply {
@@ -194,7 +235,39 @@ impl Model {
             expired: 0,
             execs: 0,
             exec_aborts: 0,
+            trackers: HashMap::new(),
         }
+    }
+
+    /// Key `key` changed (its version `pos` began): every tracking
+    /// connection that read it since its last invalidation is owed one,
+    /// and forgets it.
+    fn changed(&mut self, key: usize, pos: usize) {
+        for t in self.trackers.values_mut() {
+            if std::mem::take(&mut t.reading[key]) {
+                t.due[key].push_back(pos);
+            }
+        }
+    }
+
+    /// Connection `conn` read `key`: remembered, if it tracks.
+    fn remember(&mut self, conn: u64, key: Key) {
+        if let (Some(t), Key::Val(k)) = (self.trackers.get_mut(&conn), key) {
+            t.reading[k] = true;
+        }
+    }
+
+    /// The connection ended (or turned tracking off): the server owes it
+    /// nothing more.
+    pub fn untrack(&mut self, conn: u64) {
+        self.trackers.remove(&conn);
+    }
+
+    /// The server sent `conn` an invalidation of value key `key`: the
+    /// position of the change it was owed for, oldest first; `None` if the
+    /// model owes none (the server sent one it should not have).
+    pub fn take_due(&mut self, conn: u64, key: usize) -> Option<usize> {
+        self.trackers.get_mut(&conn)?.due[key].pop_front()
     }
 
     pub fn current(&self, key: usize) -> Option<u64> {
@@ -241,7 +314,9 @@ impl Model {
             lost: false,
         });
         h.changes += 1;
-        h.versions.len() - 1
+        let pos = h.versions.len() - 1;
+        self.changed(key, pos);
+        pos
     }
 
     /// Every key whose deadline is not after `now` expires, at its
@@ -249,7 +324,8 @@ impl Model {
     /// the server removes such keys whenever it likes, but no command can
     /// see them from their deadline on.
     pub fn expire_until(&mut self, now: Instant) {
-        for h in &mut self.keys {
+        for key in 0..self.keys.len() {
+            let h = &mut self.keys[key];
             let Some(last) = h.versions.last_mut() else {
                 continue;
             };
@@ -271,6 +347,8 @@ impl Model {
             });
             h.changes += 1;
             self.expired += 1;
+            let pos = h.versions.len() - 1;
+            self.changed(key, pos);
         }
     }
 
@@ -408,7 +486,11 @@ impl Model {
                 queue.push(cmd.clone());
                 return Ok(status("QUEUED"));
             }
-            return self.apply(cmd, now);
+            return match name {
+                "hello" => self.hello(tx, cmd),
+                "client|tracking" => self.client_tracking(tx, cmd),
+                _ => self.apply(cmd, tx.conn, now),
+            };
         }
         Ok(match name {
             "multi" if tx.queue.is_some() => ExecError::NestedMulti.into(),
@@ -430,7 +512,7 @@ impl Model {
                 }
                 let mut replies = Vec::with_capacity(queue.len());
                 for cmd in &queue {
-                    replies.push(self.apply(cmd, now)?);
+                    replies.push(self.apply(cmd, tx.conn, now)?);
                 }
                 Reply::Array(replies)
             }
@@ -457,6 +539,41 @@ impl Model {
         })
     }
 
+    /// `HELLO 3`, the first half of a proxy's tracking handshake. Its
+    /// reply (the server's facts, its connection number) is not the
+    /// model's to predict: an empty map stands for "a map", which is what
+    /// the driver checks the server's against.
+    fn hello(&mut self, tx: &mut TxState, cmd: &Command) -> Result<Reply, String> {
+        match cmd.args() {
+            [_, v] if &v[..] == b"3" => {
+                tx.resp3 = true;
+                Ok(Reply::Map(Vec::new()))
+            }
+            other => Err(format!("HELLO with {:?}", &other[1..])),
+        }
+    }
+
+    /// `CLIENT TRACKING ON`, the second half: from now on the server owes
+    /// the connection invalidations (as pushes: it said `HELLO 3`, which
+    /// is the only way the simulation turns tracking on).
+    fn client_tracking(&mut self, tx: &mut TxState, cmd: &Command) -> Result<Reply, String> {
+        match cmd.args() {
+            [_, _, on] if on.eq_ignore_ascii_case(b"on") && tx.resp3 => {
+                let keys = self.keys.len();
+                self.trackers.entry(tx.conn).or_insert_with(|| Tracker {
+                    reading: vec![false; keys],
+                    due: vec![VecDeque::new(); keys],
+                });
+                Ok(Reply::ok())
+            }
+            other => Err(format!(
+                "CLIENT TRACKING with {:?} (RESP3: {})",
+                &other[2..],
+                tx.resp3
+            )),
+        }
+    }
+
     fn key_arg(&self, arg: &[u8]) -> Result<Key, String> {
         self.key(arg)
             .ok_or_else(|| format!("a command named the unknown key {arg:?}"))
@@ -480,15 +597,25 @@ impl Model {
         }
     }
 
-    fn apply(&mut self, cmd: &Command, now: Instant) -> Result<Reply, String> {
+    /// Runs a data command for connection `conn`. The reads (`GET`,
+    /// `MGET`, `PTTL`: the read-only commands with keys the simulation
+    /// sends) are remembered for it if it tracks, after the command ran,
+    /// as the server remembers them.
+    fn apply(&mut self, cmd: &Command, conn: u64, now: Instant) -> Result<Reply, String> {
         let t = unix_ms(now);
         let args = cmd.args();
         Ok(match cmd.name() {
-            "get" => self.value_reply(self.key_arg(cmd.arg(1))?),
+            "get" => {
+                let key = self.key_arg(cmd.arg(1))?;
+                self.remember(conn, key);
+                self.value_reply(key)
+            }
             "mget" => {
                 let mut values = Vec::with_capacity(args.len() - 1);
                 for arg in &args[1..] {
-                    values.push(self.value_reply(self.key_arg(arg)?));
+                    let key = self.key_arg(arg)?;
+                    self.remember(conn, key);
+                    values.push(self.value_reply(key));
                 }
                 Reply::Array(values)
             }
@@ -567,11 +694,15 @@ impl Model {
                 self.apply_deadline(k, None, now);
                 Reply::Integer(1)
             }
-            "pttl" => Reply::Integer(match self.key_arg(cmd.arg(1))? {
-                Key::Val(k) if self.current(k).is_none() => -2,
-                Key::Val(k) => self.deadline(k).map_or(-1, |d| d.saturating_sub(t) as i64),
-                Key::Ctr(n) => self.counters[n].value.map_or(-2, |_| -1),
-            }),
+            "pttl" => {
+                let key = self.key_arg(cmd.arg(1))?;
+                self.remember(conn, key);
+                Reply::Integer(match key {
+                    Key::Val(k) if self.current(k).is_none() => -2,
+                    Key::Val(k) => self.deadline(k).map_or(-1, |d| d.saturating_sub(t) as i64),
+                    Key::Ctr(n) => self.counters[n].value.map_or(-2, |_| -1),
+                })
+            }
             "incr" => match self.key_arg(cmd.arg(1))? {
                 Key::Ctr(n) => {
                     let c = &mut self.counters[n];

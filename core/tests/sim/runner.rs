@@ -167,12 +167,14 @@ pub fn shrink(p: &Params, f: &Failure) -> (Params, Failure, usize) {
                 break;
             }
         }
-        if Setup::new(&best.0).proxies > 1 {
+        let proxies = Setup::new(&best.0).proxies;
+        for n in 1..proxies {
             let mut q = best.0.clone();
-            q.proxies = Some(1);
+            q.proxies = Some(n);
             if let Some(g) = attempt(&q) {
                 best = (q, g);
                 progress = true;
+                break;
             }
         }
         if !progress {
@@ -231,7 +233,8 @@ impl Summary {
             "sim: {} seeds, {} steps in {:.2} s: {:.0} steps/s ({} requests: {} replies, \
              {} failed by faults; {} cache hits, {} of them checked against their age; \
              {} faults; {} keys expired, {} by active expiry; {} EXECs, {} aborted by a \
-             watched key; {} transaction commands refused by proxies)",
+             watched key; {} transaction commands refused by proxies; {} invalidations taken \
+             by proxies, {} reads bound by one or by a reconnection)",
             self.seeds,
             self.steps,
             self.seconds,
@@ -246,7 +249,9 @@ impl Summary {
             s.active_expired,
             s.execs,
             s.exec_aborts,
-            s.tx_refused
+            s.tx_refused,
+            s.invalidations,
+            s.tracked_reads
         )
     }
 }
@@ -309,4 +314,6 @@ fn add(total: &mut Stats, s: &Stats) {
     total.execs += s.execs;
     total.exec_aborts += s.exec_aborts;
     total.tx_refused += s.tx_refused;
+    total.invalidations += s.invalidations;
+    total.tracked_reads += s.tracked_reads;
 }

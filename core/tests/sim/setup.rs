@@ -17,6 +17,7 @@ pub const FAULTS: &[(u32, &str)] = &[
     (GHOST, "ghost"),
     (LATENCY_SPIKE, "latency-spike"),
     (SLOW_READER, "slow-reader"),
+    (CONGESTION, "congestion"),
 ];
 /// Client connections (to a proxy or to the server) drop.
 pub const CLIENT_DROP: u32 = 1;
@@ -36,7 +37,11 @@ pub const LATENCY_SPIKE: u32 = 64;
 /// A client stops reading its replies for a while (the connection
 /// policies' stalled-output cut-off is for it).
 pub const SLOW_READER: u32 = 128;
-pub const ALL_FAULTS: u32 = 255;
+/// One direction of one connection delivers nothing for a while (a
+/// congested path), while every other goes on: what one connection carries
+/// is delayed against the others, never reordered within it.
+pub const CONGESTION: u32 = 256;
+pub const ALL_FAULTS: u32 = 511;
 
 /// Bugs that can be planted to show that the checker catches them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +56,31 @@ pub enum Bug {
     /// A server restart restores the store from a snapshot taken at the
     /// previous restart, losing acknowledged writes.
     StaleRestart,
+    /// One proxy (the first client's that uses one) does not act on
+    /// invalidations: the driver strips the `invalidate` pushes from the
+    /// bytes it hands that proxy (the checker counts them as delivered).
+    InvalidationIgnored,
+    /// A reply is cached after its invalidation: the network moves an
+    /// invalidation push ahead of the reply queued before it on the same
+    /// connection, so a value read before the change arrives after the push
+    /// that should have dropped it.
+    CacheAfterInvalidation,
+    /// The tracked connection is lost while idle and the driver replaces it
+    /// without telling the proxy (neither `handle_upstream_closed` nor
+    /// `handle_upstream_connected`), sending the tracking handshake itself
+    /// and swallowing its replies: the proxy keeps a cache that nothing on
+    /// the new connection tracks.
+    NoFlushOnReconnect,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 6] = [
         Bug::ReorderReplies,
         Bug::SkipUpstreamLost,
         Bug::StaleRestart,
+        Bug::InvalidationIgnored,
+        Bug::CacheAfterInvalidation,
+        Bug::NoFlushOnReconnect,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,7 +88,19 @@ impl Bug {
             Bug::ReorderReplies => "reorder-replies",
             Bug::SkipUpstreamLost => "skip-upstream-lost",
             Bug::StaleRestart => "stale-restart",
+            Bug::InvalidationIgnored => "invalidation-ignored",
+            Bug::CacheAfterInvalidation => "cache-after-invalidation",
+            Bug::NoFlushOnReconnect => "no-flush-on-reconnect",
         }
+    }
+
+    /// Whether the bug is one of tracking's: a seed planting it runs with
+    /// tracking on, whatever it would draw.
+    pub fn needs_tracking(self) -> bool {
+        matches!(
+            self,
+            Bug::InvalidationIgnored | Bug::CacheAfterInvalidation | Bug::NoFlushOnReconnect
+        )
     }
 
     pub fn parse(s: &str) -> Option<Bug> {
@@ -202,6 +237,11 @@ impl Params {
     }
 }
 
+/// The cache TTL of proxies that track: long against everything else in a
+/// run, so that a stale value served is the invalidations' failure, not
+/// something the TTL excuses.
+pub const TRACKING_TTL: Duration = Duration::from_secs(60);
+
 /// How a client reaches the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -220,6 +260,11 @@ pub enum Via {
 #[derive(Debug, Clone)]
 pub struct Setup {
     pub proxies: usize,
+    /// The proxies keep their caches coherent by the server's
+    /// invalidations (`ProxyConfig::tracking`), with a cache TTL of
+    /// [`TRACKING_TTL`], so that what they serve is fresh because of the
+    /// invalidations, not the TTL. Off, they cache by TTL alone.
+    pub tracking: bool,
     /// Each client's transport and proxy.
     pub clients: Vec<(Via, usize)>,
     pub keys: usize,
@@ -231,6 +276,8 @@ pub struct Setup {
     pub px: Vec<u64>,
     pub proxy: ProxyConfig,
     pub client_timeout: Duration,
+    /// Per mille of requests that are `GET`s on top of the usual mix.
+    pub extra_reads: u64,
     /// Most requests a simulated client keeps in flight.
     pub max_in_flight: usize,
     /// Most one-way latency outside latency spikes.
@@ -250,7 +297,7 @@ pub struct Setup {
 impl Setup {
     pub fn new(p: &Params) -> Setup {
         let mut r = Rng::fork(p.seed, 1);
-        let proxies = r.range(1, 2) as usize;
+        let proxies = r.range(1, 3) as usize;
         let n = r.range(2, 7) as usize;
         let clients: Vec<(Via, usize)> = (0..n)
             .map(|_| {
@@ -293,9 +340,32 @@ impl Setup {
             kv_core::OutputLimit::DEFAULT,
         );
         let window = r.pick(&[64, 256, 4_096, 1 << 20]);
+        // Most seeds track, as `kv proxy` does by default; the rest keep
+        // the TTL-only mode (`--tracking off`) covered.
+        let tracking = r.chance(750) || p.bug.is_some_and(Bug::needs_tracking);
+        // Some seeds read more: a key is then read twice through a proxy
+        // between writes often enough for caches to serve it, and stale
+        // entries to show.
+        let extra_reads = r.pick(&[0, 300, 600, 800]);
+        let mut proxy = proxy;
+        if tracking {
+            proxy.tracking = true;
+            proxy.cache.ttl = TRACKING_TTL;
+        }
+        let ttl = proxy.cache.ttl;
+        let mut clients = clients;
+        let mut proxies = proxies;
+        if tracking {
+            // Invalidations are about other nodes' writes: at least two
+            // proxies (direct clients write too), and the first clients
+            // spread over them, so that each serves someone.
+            proxies = proxies.max(2);
+            for (i, c) in clients.iter_mut().take(proxies).enumerate() {
+                c.1 = i;
+            }
+        }
 
         let proxies = p.proxies.map_or(proxies, |n| n.clamp(1, proxies));
-        let mut clients = clients;
         if let Some(n) = p.clients {
             clients.truncate(n.max(1));
         }
@@ -318,12 +388,14 @@ impl Setup {
         }
         Setup {
             proxies,
+            tracking,
             clients,
             keys,
             counters: 2,
             px,
             proxy,
             client_timeout,
+            extra_reads,
             max_in_flight,
             latency,
             fault_rate,
@@ -350,12 +422,18 @@ impl Setup {
             .collect();
         let c = &self.proxy.cache;
         format!(
-            "{} prox{}, {} key{}; clients: {}; cache ttl {:?}, {} entries, negative {}; \
+            "{} prox{}{}, {} key{}; clients: {}; cache ttl {:?}, {} entries, negative {}; \
              proxy request timeout {:?}, max pending {}, max upstream {}; \
-             client timeout {:?}, in flight {}; latency <= {:?}; fault rate {}/1000; \
+             client timeout {:?}, in flight {}, extra reads {}/1000; latency <= {:?}; \
+             fault rate {}/1000; \
              idle timeout {:?}, window {} bytes; PX {:?} ms",
             self.proxies,
             if self.proxies == 1 { "y" } else { "ies" },
+            if self.tracking {
+                " (tracking)"
+            } else {
+                " (TTL only)"
+            },
             self.keys,
             if self.keys == 1 { "" } else { "s" },
             clients.join(", "),
@@ -367,6 +445,7 @@ impl Setup {
             self.proxy.max_upstream_in_flight,
             self.client_timeout,
             self.max_in_flight,
+            self.extra_reads,
             self.latency,
             self.fault_rate,
             self.conn.idle_timeout,

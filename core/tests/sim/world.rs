@@ -7,9 +7,23 @@
 //! `poll_timeout` is due, and reports connection changes the way sockets
 //! would. It sets the server's clock (unix milliseconds, from the simulated
 //! clock) before every input the server reads, and runs the server's active
-//! expiry by its `poll_timeout`, now and then late. Everything else
-//! (latency, chunking, drops, restarts, clock jumps) is the network's and
+//! expiry by its `poll_timeout`, now and then late. It wakes the server
+//! connections that got mail (`Server::take_woken`), tells a proxy when its
+//! upstream connection ends (`handle_upstream_closed`, then
+//! `handle_upstream_lost` unless the core's `Reconnect` says to replace an
+//! idle one quietly), as the native driver does. Everything else (latency,
+//! chunking, drops, congestion, restarts, clock jumps) is the network's and
 //! the operator's doing, chosen by the random stream.
+//!
+//! # Following invalidations
+//! The driver reads the server's output a frame at a time (it compares
+//! each reply with the model's anyway), so it sees each invalidation push
+//! leave the server and checks it against what the model owes the
+//! connection, which also gives the change it tells of. It reads what each
+//! proxy reads the same way, so it knows the moment a proxy has taken each
+//! push (the proxy applies one as it reads it): from then on, the proxy's
+//! reads of that key may not be older than the change (a [`Floor`]). The
+//! planted tracking bugs act on these same bytes.
 
 use super::model::{
     counter_name, fmt_t, fmt_value, instant_of, key_name, minus, parse_value, unix_ms, value_bytes,
@@ -18,8 +32,8 @@ use super::model::{
 use super::net::Pipe;
 use super::rng::Rng;
 use super::setup::{
-    Bug, Params, Setup, Via, CLIENT_DROP, CLOCK_JUMP, GHOST, LATENCY_SPIKE, PROXY_RESTART,
-    SERVER_RESTART, SLOW_READER, UPSTREAM_DROP,
+    Bug, Params, Setup, Via, CLIENT_DROP, CLOCK_JUMP, CONGESTION, GHOST, LATENCY_SPIKE,
+    PROXY_RESTART, SERVER_RESTART, SLOW_READER, UPSTREAM_DROP,
 };
 use bytes::{Bytes, BytesMut};
 use kv_core::backoff::Lost;
@@ -28,7 +42,7 @@ use kv_core::{
     AnnotatedReply, Client, ClientConfig, ClientEvent, ClientId, ClientKind, Command, ConnConfig,
     ConnPolicy, Decoder, End, Failure, Instant, Lane, Owed, Proxy, ProxyEvent, Reconnect, Reply,
     ReplyDecoder, ReplyLimits, RequestId, Server, ServerConfig, ServerConnection, Source, Stall,
-    UpstreamState,
+    UpstreamState, UpstreamTracking,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -93,14 +107,83 @@ fn note_writes(
 struct ServerSide {
     conn: ServerConnection,
     mirror: Decoder,
-    /// The connection's transaction state, as the model keeps it.
+    /// The connection's state, as the model keeps it (its number there
+    /// included).
     tx: TxState,
-    /// Reads the server's replies back, to compare them with the model's.
-    replies: ReplyDecoder,
+    /// Reads the server's output back, a frame at a time, to compare the
+    /// replies with the model's and tag each invalidation.
+    replies: Frames,
     policy: ConnPolicy,
     /// More than the window is on its way to the reader: the server's
     /// writes are blocked.
     blocked: bool,
+}
+
+/// One frame the server wrote on a connection: a reply, or (`invalidated`
+/// set) an invalidation push, with the key and model position of each
+/// change it tells of.
+#[derive(Debug)]
+struct Piece {
+    bytes: Bytes,
+    invalidated: Option<Vec<(usize, usize)>>,
+}
+
+/// Splits a byte stream of replies into whole frames, each with its bytes
+/// and its decoded value.
+#[derive(Debug)]
+struct Frames {
+    decoder: ReplyDecoder,
+    /// The bytes since the end of the last whole frame: the decoder's
+    /// unconsumed input is always a suffix of them.
+    tail: BytesMut,
+}
+
+impl Frames {
+    fn new() -> Self {
+        Frames {
+            decoder: ReplyDecoder::new(ReplyLimits::default()),
+            tail: BytesMut::new(),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.decoder.feed(data);
+        self.tail.extend_from_slice(data);
+    }
+
+    fn next(&mut self) -> Result<Option<(Bytes, Reply)>, String> {
+        match self.decoder.next_reply() {
+            Ok(Some(reply)) => {
+                let used = self.tail.len() - self.decoder.buffered();
+                Ok(Some((self.tail.split_to(used).freeze(), reply)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// No part of a frame is waiting for the rest.
+    fn is_clear(&self) -> bool {
+        self.tail.is_empty()
+    }
+}
+
+/// The keys of an `invalidate` push (`None`: not one).
+fn invalidated_keys(reply: &Reply) -> Option<Vec<Bytes>> {
+    let Reply::Push(items) = reply else {
+        return None;
+    };
+    match &items[..] {
+        [Reply::Bulk(kind), Reply::Array(keys)] if &kind[..] == b"invalidate" => Some(
+            keys.iter()
+                .filter_map(|k| match k {
+                    Reply::Bulk(k) => Some(k.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 #[derive(Debug)]
@@ -108,6 +191,39 @@ struct UpLink {
     to_server: Pipe<Bytes>,
     to_proxy: Pipe<Bytes>,
     side: ServerSide,
+    /// The invalidations on their way to the proxy, in order: the key and
+    /// model position of each change each one tells of.
+    pushes: VecDeque<Vec<(usize, usize)>>,
+    /// Reads what the proxy has read of `to_proxy`, to know when it has
+    /// taken each invalidation.
+    seen: Frames,
+    /// This link's latencies are this many times the usual: links to
+    /// different proxies keep different paces.
+    pace: u32,
+    /// Replies the driver asked for itself and swallows (the planted
+    /// no-flush-on-reconnect bug's handshake).
+    swallow: usize,
+}
+
+/// Why a proxy may not serve a key's value older than a position to a
+/// read issued after a point of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloorWhy {
+    /// The proxy had taken the invalidation of the change at that
+    /// position.
+    Invalidated,
+    /// The proxy's main lane had connected when the server held that
+    /// position: nothing cached before may be served.
+    Reconnected,
+}
+
+/// A proxy's floor for one key from a point of the run on: reads issued
+/// after `tick` ([`World::tick`]) may not be older than `pos`.
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    tick: u64,
+    pos: usize,
+    why: FloorWhy,
 }
 
 /// The driver's view of a proxy's upstream connection.
@@ -144,6 +260,33 @@ struct ProxyNode {
     bulk: Option<ServerConnection>,
     /// Client connections: (proxy's id, client index).
     attached: Vec<(ClientId, usize)>,
+    /// Per key, the floors the proxy's reads must keep (see [`Floor`]),
+    /// newest last, their positions rising: kept across the proxy's
+    /// restarts, as the server's history they stand on stays.
+    floors: Vec<Vec<Floor>>,
+    /// When the proxy's main-lane connections ended: with tracking, nothing
+    /// cached on one may be served once it is gone.
+    losses: Vec<Instant>,
+    /// The connection being made replaces a lost one without the proxy
+    /// being told (the planted no-flush-on-reconnect bug).
+    transparent: bool,
+}
+
+impl ProxyNode {
+    /// Reads issued from `tick` on may not be older than `pos`.
+    fn raise_floor(&mut self, key: usize, tick: u64, pos: usize, why: FloorWhy) {
+        let floors = &mut self.floors[key];
+        if floors.last().is_none_or(|f| f.pos < pos) {
+            floors.push(Floor { tick, pos, why });
+        }
+    }
+
+    /// The floor of `key` for a read issued at `tick`, if any.
+    fn floor(&self, key: usize, tick: u64) -> Option<Floor> {
+        let floors = &self.floors[key];
+        let n = floors.partition_point(|f| f.tick < tick);
+        n.checked_sub(1).map(|i| floors[i])
+    }
 }
 
 #[derive(Debug)]
@@ -297,10 +440,14 @@ struct Req {
     issued_at: Instant,
     /// The server's apply clock when the request was issued.
     issued_apply: u64,
+    /// [`World::tick`] when it was issued: it reached its proxy after
+    /// everything the proxy did before.
+    issued_tick: u64,
     /// Issued after everything healed: must succeed.
     probe: bool,
-    /// A probe read with no write anywhere and every cache expired: must
-    /// read exactly the server's current value.
+    /// A probe read with no write anywhere and every cache expired (or,
+    /// with tracking, every invalidation taken): must read exactly the
+    /// server's current value.
     exact: bool,
 }
 
@@ -324,6 +471,14 @@ struct ClientNode {
     writes: Vec<(usize, Why)>,
     /// Per key: the newest position this session read.
     reads: Vec<(usize, Why)>,
+    /// Per key: the newest position a bulk read (`DUMP`) through a proxy
+    /// returned, and on which connection (`conn_gen`). It binds that
+    /// connection's later reads only: a proxy keeps a client from reading
+    /// a cache entry older than its bulk read by the client's own bulk
+    /// epoch (the bulk lane touches no entry), which a new connection
+    /// starts afresh. (A `GET` or `MGET` read binds every later read, as
+    /// its reply replaces or drops the proxy's entry.)
+    bulk_reads: Vec<(usize, Why, u64)>,
     /// The client reads none of its replies, and gives up on none of its
     /// requests, until then (a slow reader).
     reads_paused_until: Instant,
@@ -368,6 +523,11 @@ pub struct Stats {
     pub execs: u64,
     pub exec_aborts: u64,
     pub tx_refused: u64,
+    /// Invalidations the proxies took, and reads through a proxy that
+    /// what it knew (an invalidation taken, a connection made) bound
+    /// more tightly than their own session did.
+    pub invalidations: u64,
+    pub tracked_reads: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -423,6 +583,15 @@ pub struct World {
     pub trace: Option<Vec<String>>,
     /// What the server ran in the last input, for the trace.
     ran: Vec<String>,
+    /// Counts the events the tracking checks order: requests issued,
+    /// invalidations taken by proxies, main lanes connected. Simulated
+    /// time cannot order them, many happen at one instant.
+    tick: u64,
+    /// Numbers the server connections for the model.
+    next_conn: u64,
+    /// The proxy the planted invalidation-ignored bug makes deaf: the
+    /// first client's that goes through one, so that it serves someone.
+    deaf: Option<usize>,
 }
 
 impl World {
@@ -442,6 +611,9 @@ impl World {
                 connected_at: None,
                 bulk: None,
                 attached: Vec::new(),
+                floors: vec![Vec::new(); setup.keys],
+                losses: Vec::new(),
+                transparent: false,
             })
             .collect();
         let client_config = ClientConfig {
@@ -459,6 +631,7 @@ impl World {
                 reqs: VecDeque::new(),
                 writes: vec![(0, Why::Wrote(None)); setup.keys],
                 reads: vec![(0, Why::Read(None)); setup.keys],
+                bulk_reads: vec![(0, Why::Read(None), 0); setup.keys],
                 reads_paused_until: now,
                 probe_failed: None,
                 script: VecDeque::new(),
@@ -466,6 +639,11 @@ impl World {
                 conn_gen: 0,
             })
             .collect();
+        let deaf = setup
+            .clients
+            .iter()
+            .find(|(via, _)| *via != Via::Direct)
+            .map(|&(_, pi)| pi);
         World {
             model: Model::new(setup.keys, setup.counters, now),
             setup,
@@ -490,8 +668,23 @@ impl World {
             stats: Stats::default(),
             trace: trace.then(Vec::new),
             ran: Vec::new(),
+            tick: 0,
+            next_conn: 0,
+            deaf,
             p,
         }
+    }
+
+    /// The next [`World::tick`].
+    fn tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// A number for a new server connection.
+    fn conn_id(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn
     }
 
     /// Runs every step, then heals the system and probes it.
@@ -527,7 +720,8 @@ impl World {
         match roll {
             0..=279 => self.act_request(1)?,
             280..=599 => self.act_deliver()?,
-            600..=799 => self.act_tick()?,
+            600..=779 => self.act_tick()?,
+            780..=799 if fault(self, CONGESTION) => self.act_congestion()?,
             800..=839 => {
                 let n = self.rng.range(2, 6) as usize;
                 self.act_request(n)?;
@@ -663,6 +857,9 @@ impl World {
 
     fn random_intent(&mut self, ci: usize) -> Intent {
         let keys = self.setup.keys;
+        if self.rng.chance(self.setup.extra_reads) {
+            return Intent::Get(self.random_key());
+        }
         match self.rng.below(1000) {
             0..=339 => Intent::Get(self.random_key()),
             340..=559 => {
@@ -795,16 +992,80 @@ impl World {
             Conn::Down { .. } => return violation("driver", "issued on a closed connection"),
         }
         let text = intent.text();
+        self.tick += 1;
         c.reqs.push_back(Req {
             id,
             intent,
             issued_at: now,
             issued_apply: self.model.applied,
+            issued_tick: self.tick,
             probe,
             exact,
         });
         self.stats.requests += 1;
         trace!(self, "c{ci} -> {text} (request {})", id.0);
+        Ok(())
+    }
+
+    /// One direction of one connection stops delivering for up to one and
+    /// a half request timeouts (past one, the proxy gives up on what it
+    /// waits for on it), the others going on: a proxy may take an
+    /// invalidation long after another proxy's write was acknowledged, or
+    /// its clients' replies long after their requests were answered.
+    fn act_congestion(&mut self) -> Check {
+        let mut pipes = Vec::new();
+        for (ci, c) in self.clients.iter().enumerate() {
+            if !matches!(c.conn, Conn::Down { .. }) {
+                pipes.extend([PipeRef::Up(ci), PipeRef::Down(ci)]);
+            }
+        }
+        for (pi, p) in self.proxies.iter().enumerate() {
+            if matches!(p.upstream, Upstream::Up(_)) {
+                pipes.extend([PipeRef::ToServer(pi), PipeRef::ToProxy(pi)]);
+            }
+        }
+        if pipes.is_empty() {
+            return self.act_tick();
+        }
+        let pick = pipes[self.rng.index(pipes.len())];
+        let rt = self.setup.proxy.request_timeout.as_nanos() as u64;
+        let until = self.now + Duration::from_nanos(self.rng.below(rt * 3 / 2 + 1));
+        self.stats.faults += 1;
+        let what = match pick {
+            PipeRef::Up(ci) | PipeRef::Down(ci) => {
+                let (up, down, messages) = match &mut self.clients[ci].conn {
+                    Conn::Proxy {
+                        up, down, messages, ..
+                    } => (up, down, Some(messages)),
+                    Conn::Direct { up, down, .. } => (up, down, None),
+                    Conn::Down { .. } => return Ok(()),
+                };
+                if let PipeRef::Up(_) = pick {
+                    up.hold(until);
+                    format!("c{ci}'s requests")
+                } else {
+                    down.hold(until);
+                    if let Some(m) = messages {
+                        m.hold(until);
+                    }
+                    format!("c{ci}'s replies")
+                }
+            }
+            PipeRef::ToServer(pi) | PipeRef::ToProxy(pi) => {
+                let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+                    return Ok(());
+                };
+                if let PipeRef::ToServer(_) = pick {
+                    link.to_server.hold(until);
+                    format!("p{pi}'s requests upstream")
+                } else {
+                    link.to_proxy.hold(until);
+                    format!("what the server sends p{pi}")
+                }
+            }
+            PipeRef::Zombie(_) => return Ok(()),
+        };
+        trace!(self, "FAULT congestion: {what} held until {}", fmt_t(until));
         Ok(())
     }
 
@@ -822,13 +1083,21 @@ impl World {
     /// late and fires every timer only at the end of the jump.
     fn act_jump(&mut self) -> Check {
         let cfg = &self.setup.proxy;
+        let tracking = self.setup.tracking;
         let base = match self.rng.below(5) {
             0 => cfg.cache.ttl,
             1 => cfg.request_timeout,
             2 => self.setup.client_timeout,
+            // Past every cache entry's life: with tracking's long TTL that
+            // would be minutes of timers firing for nothing new, so a few
+            // request timeouts instead (the TTL's edge is the case above).
+            3 if tracking => cfg.request_timeout * 3,
             3 => cfg.cache.ttl * 3 + cfg.request_timeout,
             _ => Duration::ZERO,
         };
+        // Tracking's TTL is a minute: a driver that wakes for every timer
+        // on the way costs more than it finds, so that jump wakes late.
+        let long = tracking && base == cfg.cache.ttl;
         let target = if base.is_zero() {
             self.next_timer().unwrap_or(self.now)
         } else {
@@ -839,7 +1108,7 @@ impl World {
             1 => target,
             _ => target + Duration::from_nanos(1),
         };
-        let exact = self.rng.chance(700);
+        let exact = self.rng.chance(700) && !long;
         trace!(
             self,
             "clock jumps to {}{}",
@@ -963,6 +1232,7 @@ impl World {
                         side.policy.handle_input(now);
                         let log = self.trace.is_some().then_some(&mut self.ran);
                         let out = side.feed(&mut self.server, &mut self.model, &data, now, log)?;
+                        let out = joined(out);
                         if !out.is_empty() {
                             down.send(now + lat, out);
                         }
@@ -1013,7 +1283,6 @@ impl World {
                 }
             }
             PipeRef::ToServer(pi) => {
-                let lat = self.latency();
                 let ready = match &self.proxies[pi].upstream {
                     Upstream::Up(link) => link.to_server.ready_bytes(now),
                     _ => return Ok(()),
@@ -1028,39 +1297,20 @@ impl World {
                 let out = link
                     .side
                     .feed(&mut self.server, &mut self.model, &data, now, log)?;
-                if !out.is_empty() {
-                    link.to_proxy.send(now + lat, out);
-                }
-                link.side
-                    .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
                 trace!(self, "p{pi} => server: {} bytes", data.len());
                 self.trace_ran(&format!("p{pi}"));
+                self.send_to_proxy(pi, out);
             }
-            PipeRef::ToProxy(pi) => {
-                let ready = match &self.proxies[pi].upstream {
-                    Upstream::Up(link) => link.to_proxy.ready_bytes(now),
-                    _ => return Ok(()),
-                };
-                let n = if all { ready } else { self.chunk(ready) };
-                let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
-                    return Ok(());
-                };
-                let data = link.to_proxy.recv_bytes(now, n);
-                link.side
-                    .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
-                trace!(self, "server => p{pi}: {} bytes", data.len());
-                if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
-                    proxy.handle_upstream_input(Lane::Main, &data, now);
-                }
-                self.pump_proxy(pi)?;
-            }
+            PipeRef::ToProxy(pi) => self.deliver_to_proxy(pi, all)?,
             PipeRef::Zombie(zi) => {
                 let ready = self.zombies[zi].pipe.ready_bytes(now);
                 let n = if all { ready } else { self.chunk(ready) };
                 let z = &mut self.zombies[zi];
                 let data = z.pipe.recv_bytes(now, n);
                 let log = self.trace.is_some().then_some(&mut self.ran);
-                z.side
+                // Its replies (and invalidations) go nowhere.
+                let _ = z
+                    .side
                     .feed(&mut self.server, &mut self.model, &data, now, log)?;
                 trace!(
                     self,
@@ -1069,8 +1319,8 @@ impl World {
                 );
                 self.trace_ran("dead connection");
                 if self.zombies[zi].pipe.is_empty() {
-                    let mut z = self.zombies.swap_remove(zi);
-                    z.side.conn.end(&mut self.server);
+                    let z = self.zombies.swap_remove(zi);
+                    z.side.end(&mut self.server, &mut self.model);
                 }
             }
         }
@@ -1082,6 +1332,175 @@ impl World {
         for line in std::mem::take(&mut self.ran) {
             trace!(self, "  server runs for {who}: {line}");
         }
+    }
+
+    /// One-way latency on proxy `pi`'s upstream link, at its pace (once
+    /// healing, at the usual one).
+    fn link_latency(&mut self, pi: usize) -> Duration {
+        let lat = self.latency();
+        match &self.proxies[pi].upstream {
+            Upstream::Up(link) if !self.healing => lat * link.pace,
+            _ => lat,
+        }
+    }
+
+    /// How many times slower than usual a new upstream link is: at most
+    /// as slow as lets a round trip on it take a quarter of the request
+    /// timeout, so that its proxy still gets answers.
+    fn draw_pace(&mut self) -> u32 {
+        let pace = self.rng.pick(&[1, 1, 2, 5]);
+        let rt = self.setup.proxy.request_timeout.as_nanos();
+        let lat = self.setup.latency.as_nanos().max(1);
+        let most = (rt / (8 * lat)).clamp(1, 5) as u32;
+        pace.min(most)
+    }
+
+    /// What the server wrote on proxy `pi`'s main lane goes on its way:
+    /// replies as one write, each invalidation as a write of its own (as
+    /// the server's driver writes mail it was woken for), its tags queued
+    /// for when the proxy takes it.
+    fn send_to_proxy(&mut self, pi: usize, pieces: Vec<Piece>) {
+        if pieces.is_empty() {
+            return;
+        }
+        let (now, window) = (self.now, self.setup.window);
+        let lat = self.link_latency(pi);
+        let reorder = self.p.bug == Some(Bug::CacheAfterInvalidation);
+        let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+            return;
+        };
+        let mut replies = BytesMut::new();
+        let mut moved = 0;
+        for piece in pieces {
+            match piece.invalidated {
+                None if link.swallow > 0 => link.swallow -= 1,
+                None => replies.extend_from_slice(&piece.bytes),
+                Some(tags) => {
+                    if !replies.is_empty() {
+                        link.to_proxy.send(now + lat, replies.split().freeze());
+                    }
+                    link.to_proxy.send(now + lat, piece.bytes);
+                    link.pushes.push_back(tags);
+                    // The planted bug: the push overtakes the replies
+                    // queued before it, unread.
+                    while reorder && link.to_proxy.move_ahead(|b| b.first() != Some(&b'>')) {
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        if !replies.is_empty() {
+            link.to_proxy.send(now + lat, replies.freeze());
+        }
+        link.side.wrote(link.to_proxy.total_bytes(), window, now);
+        if moved > 0 {
+            trace!(
+                self,
+                "BUG: invalidations to p{pi} overtake replies queued before them ({moved} moves)"
+            );
+        }
+    }
+
+    /// A chunk of what the server wrote reaches proxy `pi`. The driver
+    /// reads the same bytes a frame at a time, to learn when the proxy
+    /// has taken each invalidation (it applies each as it reads it): the
+    /// proxy's reads issued from then on are bound by it.
+    fn deliver_to_proxy(&mut self, pi: usize, all: bool) -> Check {
+        let now = self.now;
+        let ready = match &self.proxies[pi].upstream {
+            Upstream::Up(link) => link.to_proxy.ready_bytes(now),
+            _ => return Ok(()),
+        };
+        let n = if all { ready } else { self.chunk(ready) };
+        let strip = self.p.bug == Some(Bug::InvalidationIgnored) && Some(pi) == self.deaf;
+        let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+            return Ok(());
+        };
+        let data = link.to_proxy.recv_bytes(now, n);
+        link.side
+            .wrote(link.to_proxy.total_bytes(), self.setup.window, now);
+        link.seen.feed(&data);
+        let mut taken = Vec::new();
+        // With the planted bug, the proxy is handed whole frames, the
+        // invalidations left out.
+        let mut kept = BytesMut::new();
+        loop {
+            let (bytes, reply) = match link.seen.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    return violation("driver", format!("p{pi} was sent garbage: {e}"));
+                }
+            };
+            if invalidated_keys(&reply).is_some() {
+                let Some(tags) = link.pushes.pop_front() else {
+                    return violation(
+                        "driver",
+                        format!("p{pi} read an invalidation the server never sent"),
+                    );
+                };
+                taken.push(tags);
+                if strip {
+                    continue;
+                }
+            }
+            if strip {
+                kept.extend_from_slice(&bytes);
+            }
+        }
+        let data = if strip { kept.freeze() } else { data };
+        trace!(self, "server => p{pi}: {} bytes", data.len());
+        if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+            proxy.handle_upstream_input(Lane::Main, &data, now);
+        }
+        for tags in taken {
+            self.stats.invalidations += 1;
+            let tick = self.tick();
+            for (k, pos) in tags {
+                trace!(
+                    self,
+                    "p{pi} takes the invalidation of k{k} (position {pos}){}",
+                    if strip {
+                        " (BUG: not handed to it)"
+                    } else {
+                        ""
+                    }
+                );
+                self.proxies[pi].raise_floor(k, tick, pos, FloorWhy::Invalidated);
+            }
+        }
+        self.pump_proxy(pi)
+    }
+
+    /// The server's driver wakes the connections that got mail (the
+    /// invalidations another connection's command, or expiry, caused):
+    /// each writes it out, behind what it wrote before.
+    fn wake_server(&mut self) -> Check {
+        let woken = self.server.take_woken();
+        if woken.is_empty() {
+            return Ok(());
+        }
+        let now = self.now;
+        for id in woken {
+            for pi in 0..self.proxies.len() {
+                let Upstream::Up(link) = &mut self.proxies[pi].upstream else {
+                    continue;
+                };
+                if link.side.conn.session_id() != Some(id) {
+                    continue;
+                }
+                let log = self.trace.is_some().then_some(&mut self.ran);
+                let out = link
+                    .side
+                    .feed(&mut self.server, &mut self.model, &[], now, log)?;
+                trace!(self, "server wakes p{pi}'s connection for its mail");
+                self.trace_ran(&format!("p{pi}"));
+                self.send_to_proxy(pi, out);
+            }
+            // A dead connection's mail goes nowhere; the next bytes it
+            // reads carry it out (and the model checks it then).
+        }
+        Ok(())
     }
 
     /// Client `ci` read from its connection: the writer at the other end
@@ -1184,9 +1603,12 @@ impl World {
     /// Drains every proxy in the documented order, then lets the
     /// connection policies see the result.
     fn pump(&mut self) -> Check {
+        self.wake_server()?;
         for pi in 0..self.proxies.len() {
             self.pump_proxy(pi)?;
         }
+        // The bulk lanes' reads ran at the server meanwhile.
+        self.wake_server()?;
         self.check_conns()
     }
 
@@ -1206,13 +1628,15 @@ impl World {
                     ProxyEvent::UpstreamReadable(_) => {}
                 }
             }
-            let lat = self.latency();
+            let lat = self.link_latency(pi);
             let node = &mut self.proxies[pi];
             let Some(proxy) = node.proxy.as_mut() else {
                 return Ok(());
             };
             if let Some(conn) = node.bulk.as_mut() {
                 if let Some(bytes) = proxy.poll_upstream_transmit(Lane::Bulk) {
+                    // As before any input: the server's clock first.
+                    self.server.set_time(unix_ms(now));
                     conn.handle_input(&mut self.server, &bytes);
                     let replies = conn.transmit_all(&mut self.server);
                     proxy.handle_upstream_input(Lane::Bulk, &replies, now);
@@ -1343,14 +1767,13 @@ impl World {
                     if req.probe && reason == Failure::Disconnected {
                         self.clients[ci].probe_failed = Some("its connection closed".into());
                     }
+                    // Timed out: allowed only if a connection policy cut
+                    // a connection meanwhile (the server may cut a proxy's
+                    // idle upstream link as the probe leaves, and the
+                    // proxy's reconnection wait can outlast a short client
+                    // timeout), as `probe` checks.
                     if req.probe && reason == Failure::TimedOut {
-                        return violation(
-                            "liveness",
-                            format!(
-                                "c{ci}: probe {} timed out after the system healed",
-                                req.intent.text()
-                            ),
-                        );
+                        self.clients[ci].probe_failed = Some("it timed out".into());
                     }
                 }
             }
@@ -1408,6 +1831,7 @@ impl World {
                     intent: c.plain(),
                     issued_at: req.issued_at,
                     issued_apply: req.issued_apply,
+                    issued_tick: req.issued_tick,
                     probe: req.probe,
                     exact: req.exact,
                 };
@@ -1642,6 +2066,9 @@ impl World {
         // than the request timeout (the proxy gives up on a request after
         // that); an upstream reply, possibly a `GET` this request joined,
         // was executed less than a request timeout before it arrived.
+        // (With tracking these windows still hold, the TTL being the
+        // safety net, but they are a minute wide: what binds a tracking
+        // proxy's reads is what it knew, the floors below.)
         let (lo, hi, from) = if req.exact {
             (req.issued_at, self.now, "a probe (exact)")
         } else if forwarded {
@@ -1657,10 +2084,29 @@ impl World {
                             format!("{what} from the cache at age {age:?}, TTL {ttl:?}"),
                         );
                     }
+                    let stored_at = minus(ready_at, age);
+                    // With tracking, an entry is fresh only while the
+                    // connection it was read on lives to say otherwise: one
+                    // stored before that connection ended must not be
+                    // served after. (Strictly after: at the same instant,
+                    // the hit may have come first.)
+                    let losses = &self.proxies[c.proxy].losses;
+                    let after = losses.partition_point(|l| *l <= stored_at);
+                    if self.setup.tracking && losses.get(after).is_some_and(|l| *l < ready_at) {
+                        return violation(
+                            "cache-after-loss",
+                            format!(
+                                "{what} from a cache entry stored at {} though p{}'s tracked \
+                                 connection ended at {}",
+                                fmt_t(stored_at),
+                                c.proxy,
+                                fmt_t(losses[after])
+                            ),
+                        );
+                    }
                     // The server behind a reconnection may have restarted
                     // with less: an entry stored before it must not be
                     // served after it.
-                    let stored_at = minus(ready_at, age);
                     if let Some(at) = self.proxies[c.proxy].connected_at {
                         if stored_at < at && at <= ready_at {
                             return violation(
@@ -1689,12 +2135,31 @@ impl World {
         // acknowledged (the proxy sends a read behind a pending write to
         // its key) and reads, pipelined ones included (replies come in
         // order, so those are the requests issued before this one).
-        let read = c.reads[key];
-        let (floor, why) = if read.0 > c.writes[key].0 {
+        let mut read = c.reads[key];
+        let bulk = c.bulk_reads[key];
+        if bulk.2 == c.conn_gen && bulk.0 > read.0 {
+            read = (bulk.0, bulk.1);
+        }
+        let (session_floor, why) = if read.0 > c.writes[key].0 {
             read
         } else {
             c.writes[key]
         };
+        // What the proxy knew binds it too, for every client of it: a read
+        // issued after the proxy took the invalidation of a change, or
+        // after its main lane connected anew, may not be older than that
+        // change, or than what the server then held. This is what
+        // tracking promises where the TTL windows above say little (the
+        // cache TTL is long with tracking); it holds without tracking too
+        // for reconnections, as the cache is emptied on connecting.
+        let proxy_floor = match c.via {
+            Via::Direct => None,
+            _ => self.proxies[c.proxy].floor(key, req.issued_tick),
+        };
+        let floor = session_floor.max(proxy_floor.map_or(0, |f| f.pos));
+        if floor > session_floor {
+            self.stats.tracked_reads += 1;
+        }
         // A value whose key had expired before the read was sent may not be
         // read from the cache: the proxy caches a value only for as long as
         // the key lives. A read answered upstream may have joined a `GET`
@@ -1711,12 +2176,24 @@ impl World {
             .check_read(key, value, (lo, hi), floor, expired_by)
         {
             Ok(pos) => {
-                self.raise_floor(ci, key, pos, Why::Read(value));
+                let c = &mut self.clients[ci];
+                if forwarded && c.via != Via::Direct {
+                    let b = &mut c.bulk_reads[key];
+                    if b.2 != c.conn_gen || pos > b.0 {
+                        *b = (pos, Why::Read(value), c.conn_gen);
+                    }
+                } else {
+                    self.raise_floor(ci, key, pos, Why::Read(value));
+                }
                 Ok(())
             }
             Err(ReadError::Unknown(m)) => violation("reply", format!("{what}: {m}")),
             Err(ReadError::Stale(m)) => violation(
-                if from == "the cache" {
+                if req.exact && self.setup.tracking {
+                    // A probe of a drained system: every invalidation has
+                    // been taken, so no cache may be stale, TTL or not.
+                    "coherence"
+                } else if from == "the cache" {
                     "cache-staleness"
                 } else {
                     "stale-read"
@@ -1736,6 +2213,35 @@ impl World {
                 ),
             ),
             Err(ReadError::BelowFloor { got }) => {
+                if let Some(f) = proxy_floor.filter(|f| got < f.pos) {
+                    let value = fmt_value(self.model.keys[key].versions[f.pos].value);
+                    let (kind, because) = match f.why {
+                        FloorWhy::Invalidated => (
+                            "invalidation",
+                            format!(
+                                "p{} had taken the invalidation of the change to {value} \
+                                 (position {}) before the read was issued",
+                                c.proxy, f.pos
+                            ),
+                        ),
+                        FloorWhy::Reconnected => (
+                            "reconnect",
+                            format!(
+                                "p{}'s main lane had connected anew, when the server held \
+                                 {value} (position {}), before the read was issued",
+                                c.proxy, f.pos
+                            ),
+                        ),
+                    };
+                    return violation(
+                        kind,
+                        format!(
+                            "{what} (position {got}) from {from}, but {because}\n    {}",
+                            self.model.describe(key, f.pos)
+                        ),
+                    );
+                }
+                let floor = session_floor;
                 let (kind, because) = match why {
                     Why::Wrote(v) => (
                         "read-your-writes",
@@ -1822,8 +2328,7 @@ impl World {
                         side: *side,
                     });
                 } else {
-                    let mut side = side;
-                    side.conn.end(&mut self.server);
+                    side.end(&mut self.server, &mut self.model);
                 }
             }
             Conn::Down { .. } => return Ok(()),
@@ -1834,13 +2339,14 @@ impl World {
 
     fn reconnect_client(&mut self, ci: usize) -> Check {
         let now = self.now;
+        let id = self.conn_id();
         let c = &self.clients[ci];
         let pi = c.proxy;
         let conn = match c.via {
             Via::Direct if now >= self.server_back_at => Conn::Direct {
                 up: Pipe::default(),
                 down: Pipe::default(),
-                side: Box::new(ServerSide::new(&self.server, self.setup.conn, now)),
+                side: Box::new(ServerSide::new(&self.server, self.setup.conn, now, id)),
             },
             Via::Stream | Via::Messages => {
                 let node = &mut self.proxies[pi];
@@ -1887,7 +2393,7 @@ impl World {
     fn bury(&mut self, link: UpLink) {
         let UpLink {
             mut to_server,
-            mut side,
+            side,
             ..
         } = link;
         let keep = self.ghost_bytes(to_server.total_bytes());
@@ -1898,7 +2404,7 @@ impl World {
                 side,
             });
         } else {
-            side.conn.end(&mut self.server);
+            side.end(&mut self.server, &mut self.model);
         }
     }
 
@@ -1919,6 +2425,39 @@ impl World {
         self.bulk_lost(pi);
         let now = self.now;
         let connect_in = Duration::from_micros(self.rng.below(20_000));
+        let was_up = matches!(self.proxies[pi].upstream, Upstream::Up(_));
+        if was_up {
+            self.proxies[pi].losses.push(now);
+        }
+        if was_up && self.p.bug == Some(Bug::NoFlushOnReconnect) && self.replaceable(pi) {
+            // The planted bug: the proxy is told nothing, and its cache
+            // outlives the connection that tracked it.
+            let next = Upstream::Connecting {
+                done_at: now + connect_in,
+            };
+            let old = std::mem::replace(&mut self.proxies[pi].upstream, next);
+            self.proxies[pi].transparent = true;
+            if let Upstream::Up(link) = old {
+                if ghosts {
+                    self.bury(*link);
+                } else {
+                    link.side.end(&mut self.server, &mut self.model);
+                }
+            }
+            trace!(
+                self,
+                "BUG: p{pi}: idle upstream closed; replacing it without telling the proxy"
+            );
+            return self.pump_proxy(pi);
+        }
+        if was_up {
+            // Whatever comes next, what was cached through a tracked
+            // connection goes now: its invalidations ended with it (the
+            // native driver says so on every connection's end).
+            if let Some(proxy) = self.proxies[pi].proxy.as_mut() {
+                proxy.handle_upstream_closed(Lane::Main, now);
+            }
+        }
         let node = &mut self.proxies[pi];
         let idle = node
             .proxy
@@ -1942,11 +2481,11 @@ impl World {
             Lost::Replace(retry_at) | Lost::Retry(retry_at) => Upstream::Down { retry_at },
         };
         let old = std::mem::replace(&mut self.proxies[pi].upstream, next);
-        if let Upstream::Up(mut link) = old {
+        if let Upstream::Up(link) = old {
             if ghosts {
                 self.bury(*link);
             } else {
-                link.side.conn.end(&mut self.server);
+                link.side.end(&mut self.server, &mut self.model);
             }
         }
         match decision {
@@ -1969,6 +2508,23 @@ impl World {
         self.pump_proxy(pi)
     }
 
+    /// Whether proxy `pi`'s tracked main lane can be swapped for another
+    /// without the proxy noticing (the planted no-flush-on-reconnect bug):
+    /// nothing in flight, no part of a frame read, the handshake answered.
+    fn replaceable(&self, pi: usize) -> bool {
+        let node = &self.proxies[pi];
+        let Upstream::Up(link) = &node.upstream else {
+            return false;
+        };
+        link.seen.is_clear()
+            && link.swallow == 0
+            && node.proxy.as_ref().is_some_and(|p| {
+                p.upstream_in_flight() == 0
+                    && p.upstream_state() == UpstreamState::Up
+                    && *p.upstream_tracking(Lane::Main) == UpstreamTracking::On
+            })
+    }
+
     /// The proxy asked for a reset: drop the connection, and reconnect when
     /// the core's [`Reconnect`] policy says (the proxy queues meanwhile).
     fn upstream_reset(&mut self, pi: usize) -> Check {
@@ -1985,6 +2541,7 @@ impl World {
         let retry_at = node.reconnect.handle_reset(now);
         let old = std::mem::replace(&mut self.proxies[pi].upstream, Upstream::Down { retry_at });
         if let Upstream::Up(link) = old {
+            self.proxies[pi].losses.push(now);
             self.bury(*link);
         }
         trace!(
@@ -2007,6 +2564,7 @@ impl World {
             self.stats.proxy_hits += p.cache_stats().hits;
         }
         node.back_at = self.now + down_for;
+        node.transparent = false;
         let old = std::mem::replace(&mut node.upstream, Upstream::Down { retry_at: FOREVER });
         if let Upstream::Up(link) = old {
             self.bury(*link);
@@ -2024,8 +2582,8 @@ impl World {
         let down_for = Duration::from_micros(self.rng.below(500_000));
         trace!(self, "FAULT server restarts (down for {down_for:?})");
         // The process dies: bytes in flight to it are gone.
-        for mut z in std::mem::take(&mut self.zombies) {
-            z.side.conn.end(&mut self.server);
+        for z in std::mem::take(&mut self.zombies) {
+            z.side.end(&mut self.server, &mut self.model);
         }
         for pi in 0..self.proxies.len() {
             if matches!(self.proxies[pi].upstream, Upstream::Up(_)) {
@@ -2325,24 +2883,10 @@ impl World {
                 Upstream::Connecting { done_at } if done_at <= now => {
                     fired = true;
                     if now >= self.server_back_at {
-                        self.proxies[pi].upstream = Upstream::Up(Box::new(UpLink {
-                            to_server: Pipe::default(),
-                            to_proxy: Pipe::default(),
-                            side: ServerSide::new(&self.server, self.setup.conn, now),
-                        }));
-                        self.proxies[pi].reconnect.handle_connected(now);
-                        self.proxies[pi].connected_at = Some(now);
-                        if let Some(p) = self.proxies[pi].proxy.as_mut() {
-                            p.handle_upstream_connected(Lane::Main, now);
-                            p.handle_upstream_connecting(Lane::Bulk, now);
-                            p.handle_upstream_connected(Lane::Bulk, now);
-                            let limits = self.server.config().limits;
-                            self.proxies[pi].bulk = Some(ServerConnection::new(limits));
-                        }
-                        trace!(self, "p{pi}: upstream connected");
-                        self.pump_proxy(pi)?;
+                        self.upstream_connected(pi)?;
                     } else {
                         trace!(self, "p{pi}: upstream connection refused");
+                        self.proxies[pi].transparent = false;
                         self.upstream_lost(pi, false)?;
                     }
                 }
@@ -2385,6 +2929,68 @@ impl World {
         Ok(fired)
     }
 
+    /// Proxy `pi`'s upstream connection is made. From now on, whatever
+    /// the proxy serves comes from what the server runs on it: reads
+    /// issued after this may not be older than what the server holds now
+    /// (the proxy empties its cache on connecting).
+    fn upstream_connected(&mut self, pi: usize) -> Check {
+        let now = self.now;
+        let id = self.conn_id();
+        let pace = self.draw_pace();
+        let transparent = std::mem::take(&mut self.proxies[pi].transparent);
+        let mut link = UpLink {
+            to_server: Pipe::default(),
+            to_proxy: Pipe::default(),
+            side: ServerSide::new(&self.server, self.setup.conn, now, id),
+            pushes: VecDeque::new(),
+            seen: Frames::new(),
+            pace,
+            swallow: 0,
+        };
+        if transparent {
+            // The planted no-flush-on-reconnect bug: the driver asks for
+            // tracking itself, so that the proxy, told nothing, goes on as
+            // on its old connection.
+            let mut handshake = BytesMut::new();
+            for words in [&["HELLO", "3"][..], &["CLIENT", "TRACKING", "ON"]] {
+                Command::build(words)
+                    .expect("a valid command")
+                    .encode_resp(&mut handshake);
+            }
+            let lat = self.latency() * pace;
+            link.to_server.send(now + lat, handshake.freeze());
+            link.swallow = 2;
+        }
+        self.proxies[pi].upstream = Upstream::Up(Box::new(link));
+        self.proxies[pi].reconnect.handle_connected(now);
+        self.proxies[pi].connected_at = Some(now);
+        if let Some(p) = self.proxies[pi].proxy.as_mut() {
+            if !transparent {
+                p.handle_upstream_connected(Lane::Main, now);
+            }
+            p.handle_upstream_connecting(Lane::Bulk, now);
+            p.handle_upstream_connected(Lane::Bulk, now);
+            let limits = self.server.config().limits;
+            self.proxies[pi].bulk = Some(ServerConnection::new(limits));
+        }
+        self.model.expire_until(now);
+        let tick = self.tick();
+        for k in 0..self.setup.keys {
+            let pos = self.model.keys[k].versions.len() - 1;
+            self.proxies[pi].raise_floor(k, tick, pos, FloorWhy::Reconnected);
+        }
+        trace!(
+            self,
+            "p{pi}: upstream connected{}",
+            if transparent {
+                " (BUG: the proxy is not told)"
+            } else {
+                ""
+            }
+        );
+        self.pump_proxy(pi)
+    }
+
     // ----- checks and the end of the run ------------------------------------
 
     fn check_step(&self) -> Check {
@@ -2397,6 +3003,21 @@ impl World {
                             "p{pi} has {} clients, the driver {}",
                             p.client_count(),
                             node.attached.len()
+                        ),
+                    );
+                }
+                // With tracking, nothing may stay cached while no
+                // connection tracks it: from a loss to the next
+                // connection the cache is empty.
+                if self.setup.tracking
+                    && !matches!(node.upstream, Upstream::Up(_))
+                    && p.cache_len() > 0
+                {
+                    return violation(
+                        "cache-after-loss",
+                        format!(
+                            "p{pi} holds {} cache entries while its main lane is not connected",
+                            p.cache_len()
                         ),
                     );
                 }
@@ -2477,15 +3098,42 @@ impl World {
         self.spike_until = self.now;
         for c in &mut self.clients {
             c.reads_paused_until = self.now;
+            match &mut c.conn {
+                Conn::Proxy {
+                    up, down, messages, ..
+                } => {
+                    up.release();
+                    down.release();
+                    messages.release();
+                }
+                Conn::Direct { up, down, .. } => {
+                    up.release();
+                    down.release();
+                }
+                Conn::Down { .. } => {}
+            }
+        }
+        for p in &mut self.proxies {
+            if let Upstream::Up(link) = &mut p.upstream {
+                link.to_server.release();
+                link.to_proxy.release();
+            }
         }
         self.settle("draining")?;
         self.finish_scripts()?;
-        let cfg = &self.setup.proxy;
-        let expire = cfg.cache.ttl + cfg.request_timeout + Duration::from_millis(1);
-        self.advance_to(self.now + expire, true)?;
+        // Without tracking, caches are only as fresh as their TTL: wait it
+        // out. With tracking, the system is drained: every invalidation
+        // has reached its proxy, so every cache is exact already, which
+        // the probes check (as "coherence").
+        if !self.setup.tracking {
+            let cfg = &self.setup.proxy;
+            let expire = cfg.cache.ttl + cfg.request_timeout + Duration::from_millis(1);
+            self.advance_to(self.now + expire, true)?;
+        }
         trace!(self, "quiesce: probing");
-        // Reads first, while nothing writes: every cache has expired, so
-        // each read must return exactly the server's value.
+        // Reads first, while nothing writes: every cache is exact (expired,
+        // or kept coherent), so each read must return exactly the server's
+        // value.
         for ci in 0..self.clients.len() {
             for k in 0..self.setup.keys {
                 self.probe(ci, |_| Intent::Get(k), true, "probe read")?;
@@ -2577,16 +3225,24 @@ impl World {
 }
 
 impl ServerSide {
-    fn new(server: &Server, policy: ConnConfig, now: Instant) -> Self {
+    /// The server's end of a new connection, number `id` in the model.
+    fn new(server: &Server, policy: ConnConfig, now: Instant, id: u64) -> Self {
         let limits = server.config().limits;
         ServerSide {
             conn: ServerConnection::new(limits),
             mirror: Decoder::new(limits),
-            tx: TxState::default(),
-            replies: ReplyDecoder::new(ReplyLimits::default()),
+            tx: TxState::new(id),
+            replies: Frames::new(),
             policy: ConnPolicy::new(policy, now),
             blocked: false,
         }
+    }
+
+    /// The connection ends: the server forgets its session (its tracking
+    /// included), and so does the model.
+    fn end(mut self, server: &mut Server, model: &mut Model) {
+        self.conn.end(server);
+        model.untrack(self.tx.conn);
     }
 
     /// `queued` bytes are on their way to the reader.
@@ -2607,8 +3263,10 @@ impl ServerSide {
     /// The server reads `data` at `now` (its clock set from the simulated
     /// one first, as a driver does before each input): the model executes
     /// the same commands in the same order, each reply the server sends
-    /// must be the model's, and the store must agree with the model
-    /// afterwards.
+    /// must be the model's, each invalidation one the model owes the
+    /// connection, and the store must agree with the model afterwards.
+    /// With no data, the connection was woken for its mail. Returns what
+    /// the server wrote, a frame at a time.
     fn feed(
         &mut self,
         server: &mut Server,
@@ -2616,7 +3274,7 @@ impl ServerSide {
         data: &[u8],
         now: Instant,
         mut log: Option<&mut Vec<String>>,
-    ) -> Result<Bytes, Violation> {
+    ) -> Result<Vec<Piece>, Violation> {
         let t = unix_ms(now);
         server.set_time(t);
         model.expire_until(now);
@@ -2656,12 +3314,52 @@ impl ServerSide {
             );
         }
         self.replies.feed(&out);
+        let mut pieces = Vec::new();
         loop {
-            let got = match self.replies.next_reply() {
-                Ok(Some(reply)) => reply,
+            let (bytes, got) = match self.replies.next() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => return violation("server", format!("the server sent garbage: {e}")),
             };
+            if let Reply::Push(_) = got {
+                let Some(keys) = invalidated_keys(&got) else {
+                    return violation("server", format!("the server pushed {got:?}"));
+                };
+                let mut invalidated = Vec::with_capacity(keys.len());
+                for name in keys {
+                    let pos = match model.key(&name) {
+                        Some(Key::Val(k)) => model.take_due(self.tx.conn, k).map(|pos| (k, pos)),
+                        _ => None,
+                    };
+                    let Some((k, pos)) = pos else {
+                        return violation(
+                            "tracking",
+                            format!(
+                                "the server invalidated {} for a connection it owed no \
+                                 invalidation of it",
+                                String::from_utf8_lossy(&name)
+                            ),
+                        );
+                    };
+                    if let Some(log) = log.as_mut() {
+                        let value = model.keys[k].versions[pos].value;
+                        log.push(format!(
+                            "invalidates k{k} (changed to {} at position {pos})",
+                            fmt_value(value)
+                        ));
+                    }
+                    invalidated.push((k, pos));
+                }
+                pieces.push(Piece {
+                    bytes,
+                    invalidated: Some(invalidated),
+                });
+                continue;
+            }
+            pieces.push(Piece {
+                bytes,
+                invalidated: None,
+            });
             let Some((cmd, want)) = expected.pop_front() else {
                 return violation("server", format!("the server sent {} unasked", short(&got)));
             };
@@ -2676,7 +3374,10 @@ impl ServerSide {
             if let Some(log) = log.as_mut() {
                 log.push(format!("{} = {}", words(), short(&got)));
             }
-            if got != want {
+            // `HELLO`'s facts are the server's own: only their shape is
+            // the model's (see `Model::execute`).
+            let hello = cmd.name() == "hello" && matches!(got, Reply::Map(_));
+            if got != want && !hello {
                 let keys: Vec<String> = cmd
                     .keys()
                     .filter_map(|k| match model.key(k) {
@@ -2707,7 +3408,22 @@ impl ServerSide {
             );
         }
         check_store(server, model, t)?;
-        Ok(out.freeze())
+        Ok(pieces)
+    }
+}
+
+/// What the server wrote, as one chunk.
+fn joined(pieces: Vec<Piece>) -> Bytes {
+    match &pieces[..] {
+        [] => Bytes::new(),
+        [one] => one.bytes.clone(),
+        _ => {
+            let mut out = BytesMut::new();
+            for p in pieces {
+                out.extend_from_slice(&p.bytes);
+            }
+            out.freeze()
+        }
     }
 }
 
