@@ -358,6 +358,22 @@ impl Conn {
         }
     }
 
+    /// Sends one RESP command made of the words `args` on a RESP2
+    /// connection, which gets no pushes, and reads its reply.
+    ///
+    /// # Panics
+    ///
+    /// If a push comes before the reply.
+    pub fn call_resp2(&mut self, args: &[&str]) -> Value {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (pushes, reply) = self.call(&args);
+        assert!(
+            pushes.is_empty(),
+            "a RESP2 connection got pushes: {pushes:?}"
+        );
+        reply
+    }
+
     /// Sends one RESP command made of `args` and reads its reply, setting
     /// aside the pushes that come before it (returned first).
     pub fn call(&mut self, args: &[&[u8]]) -> (Vec<Value>, Value) {

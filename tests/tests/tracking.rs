@@ -17,13 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn call(c: &mut Conn, args: &[&str]) -> Value {
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    let (pushes, reply) = c.call(&args);
-    assert!(
-        pushes.is_empty(),
-        "a RESP2 connection got pushes: {pushes:?}"
-    );
-    reply
+    c.call_resp2(args)
 }
 
 fn bulk(s: &str) -> Value {

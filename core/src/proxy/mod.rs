@@ -91,6 +91,7 @@ mod route;
 mod tracking;
 mod tunnel;
 
+pub use tracking::parse_invalidation;
 pub use tunnel::TunnelState;
 mod upstream;
 
@@ -113,7 +114,7 @@ use clients::{Clients, Deferred, Streamed, Waiter};
 use route::{route, GetRoute, KeyState, Route};
 use std::collections::VecDeque;
 use std::time::Duration;
-use tracking::{invalidation, parse_invalidation, Tracking};
+use tracking::{invalidation, Tracking};
 use upstream::{InFlight, Incoming, Job, Upstream};
 
 /// Proxy settings.

@@ -175,9 +175,9 @@ pub(super) fn invalidation(key: Option<Bytes>) -> Reply {
     Reply::Push(vec![Reply::Bulk(Bytes::from_static(b"invalidate")), keys])
 }
 
-/// What an upstream push says, if it is an invalidation: the keys, or
-/// `None` for every key.
-pub(super) fn parse_invalidation(items: &[Reply]) -> Option<Option<Vec<Bytes>>> {
+/// What a push says, if it is an invalidation: the keys, or `None` for
+/// every key.
+pub fn parse_invalidation(items: &[Reply]) -> Option<Option<Vec<Bytes>>> {
     let [Reply::Bulk(kind), keys] = items else {
         return None;
     };

@@ -173,17 +173,7 @@ fn invalidated_keys(reply: &Reply) -> Option<Vec<Bytes>> {
     let Reply::Push(items) = reply else {
         return None;
     };
-    match &items[..] {
-        [Reply::Bulk(kind), Reply::Array(keys)] if &kind[..] == b"invalidate" => Some(
-            keys.iter()
-                .filter_map(|k| match k {
-                    Reply::Bulk(k) => Some(k.clone()),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
+    kv_core::proxy::parse_invalidation(items).flatten()
 }
 
 #[derive(Debug)]
