@@ -97,6 +97,10 @@
 //!   of the proxy, on top of the session's own, which is where tracking
 //!   promises more than the TTL windows above (a minute wide with
 //!   tracking);
+//! - tracking: a value a proxy serves was read on a connection the server
+//!   tracks it for, so if it had been overwritten before the read was
+//!   issued, one of the proxy's connections was owed the invalidation of
+//!   that change (`untracked`: else it came from an entry nothing tracked);
 //! - tracking: nothing stays cached while a proxy's main lane is not
 //!   connected, nor is an entry stored on a connection served once that
 //!   connection has ended (`cache-after-loss`: its invalidations ended
@@ -263,11 +267,12 @@ fn planted_bug_is_found() {
             Bug::NoFlushOnReconnect => (
                 &[
                     "cache-after-loss",
+                    "untracked",
                     "reconnect",
                     "cache-across-reconnect",
                     "coherence",
                 ],
-                &["cache-after-loss", "reconnect", "coherence"],
+                &["cache-after-loss", "untracked", "reconnect", "coherence"],
             ),
         };
         assert!(

@@ -153,6 +153,9 @@ pub struct TxState {
     watched: Vec<(Key, u64, bool)>,
     /// The connection said `HELLO 3`: invalidations reach it as pushes.
     resp3: bool,
+    /// The proxy whose main lane this is, if it is one: what the server
+    /// owes its connections is kept per proxy (see [`Model::owed`]).
+    pub group: Option<usize>,
 }
 
 impl TxState {
@@ -173,6 +176,8 @@ struct Tracker {
     /// Per value key: the positions of the changes whose invalidations the
     /// server owes the connection, oldest first.
     due: Vec<VecDeque<usize>>,
+    /// Its proxy ([`TxState::group`]).
+    group: Option<usize>,
 }
 
 /// Why a read is not explained by the history.
@@ -204,6 +209,9 @@ pub struct Model {
     pub exec_aborts: u64,
     /// Tracking connections, by their number ([`TxState::conn`]).
     trackers: HashMap<u64, Tracker>,
+    /// Per proxy, per value key: the positions of every change whose
+    /// invalidation one of the proxy's connections was owed, rising.
+    owed: HashMap<usize, Vec<Vec<usize>>>,
 }
 
 fn status(s: &'static str) -> Reply {
@@ -236,6 +244,7 @@ impl Model {
             execs: 0,
             exec_aborts: 0,
             trackers: HashMap::new(),
+            owed: HashMap::new(),
         }
     }
 
@@ -243,11 +252,27 @@ impl Model {
     /// connection that read it since its last invalidation is owed one,
     /// and forgets it.
     fn changed(&mut self, key: usize, pos: usize) {
+        let keys = self.keys.len();
         for t in self.trackers.values_mut() {
             if std::mem::take(&mut t.reading[key]) {
                 t.due[key].push_back(pos);
+                if let Some(g) = t.group {
+                    let owed =
+                        &mut self.owed.entry(g).or_insert_with(|| vec![Vec::new(); keys])[key];
+                    if owed.last() != Some(&pos) {
+                        owed.push(pos);
+                    }
+                }
             }
         }
+    }
+
+    /// Whether one of proxy `group`'s connections was ever owed the
+    /// invalidation of the change that began version `pos` of `key`.
+    pub fn owed(&self, group: usize, key: usize, pos: usize) -> bool {
+        self.owed
+            .get(&group)
+            .is_some_and(|o| o[key].binary_search(&pos).is_ok())
     }
 
     /// Connection `conn` read `key`: remembered, if it tracks.
@@ -560,9 +585,11 @@ impl Model {
         match cmd.args() {
             [_, _, on] if on.eq_ignore_ascii_case(b"on") && tx.resp3 => {
                 let keys = self.keys.len();
+                let group = tx.group;
                 self.trackers.entry(tx.conn).or_insert_with(|| Tracker {
                     reading: vec![false; keys],
                     due: vec![VecDeque::new(); keys],
+                    group,
                 });
                 Ok(Reply::ok())
             }

@@ -2142,10 +2142,8 @@ impl World {
         // tracking promises where the TTL windows above say little (the
         // cache TTL is long with tracking); it holds without tracking too
         // for reconnections, as the cache is emptied on connecting.
-        let proxy_floor = match c.via {
-            Via::Direct => None,
-            _ => self.proxies[c.proxy].floor(key, req.issued_tick),
-        };
+        let proxy_of = (c.via != Via::Direct).then_some(c.proxy);
+        let proxy_floor = proxy_of.and_then(|pi| self.proxies[pi].floor(key, req.issued_tick));
         let floor = session_floor.max(proxy_floor.map_or(0, |f| f.pos));
         if floor > session_floor {
             self.stats.tracked_reads += 1;
@@ -2161,10 +2159,13 @@ impl World {
             }
             _ => minus(req.issued_at, rt),
         };
-        match self
+        let checked = self
             .model
-            .check_read(key, value, (lo, hi), floor, expired_by)
-        {
+            .check_read(key, value, (lo, hi), floor, expired_by);
+        if let (Ok(_), true, Some(pi)) = (&checked, self.setup.tracking, proxy_of) {
+            self.check_tracked(pi, req, key, value, (floor, hi), &what, from)?;
+        }
+        match checked {
             Ok(pos) => {
                 let c = &mut self.clients[ci];
                 if forwarded && c.via != Via::Direct {
@@ -2252,6 +2253,59 @@ impl World {
                 )
             }
         }
+    }
+
+    /// With tracking, what a proxy serves was read on a connection the
+    /// server tracks it for, until the next change of its key: so a value
+    /// overwritten before the read was even issued was served from an
+    /// entry whose invalidation one of the proxy's connections was owed
+    /// (it may not have arrived yet: that is the staleness tracking
+    /// allows). If none was, the proxy served what no connection tracked:
+    /// an entry kept from a connection that is gone, or never read on one.
+    /// Every version holding the value may be the one read (a new deadline
+    /// keeps the value; missing is one value): the read is fine if one of
+    /// them passes.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tracked(
+        &self,
+        pi: usize,
+        req: &Req,
+        key: usize,
+        value: Option<u64>,
+        (floor, hi): (usize, Instant),
+        what: &str,
+        from: &str,
+    ) -> Check {
+        let versions = &self.model.keys[key].versions;
+        let mut judged = None;
+        // Below the floor, no version can be the one read.
+        for q in (floor..versions.len()).rev() {
+            if versions[q].value != value || versions[q].start > hi {
+                continue;
+            }
+            let next = q + 1;
+            if next >= versions.len()
+                || versions[next].start >= req.issued_at
+                || versions[next].lost
+                || self.model.owed(pi, key, next)
+            {
+                return Ok(());
+            }
+            judged = Some(next);
+        }
+        let Some(next) = judged else {
+            return Ok(());
+        };
+        violation(
+            "untracked",
+            format!(
+                "{what} from {from} through p{pi}, though the change to {} (position {next}) \
+                 had been made before the read was issued, and no connection of p{pi} was owed \
+                 its invalidation: the value came from an entry no connection tracked\n    {}",
+                fmt_value(versions[next].value),
+                self.model.describe(key, next)
+            ),
+        )
     }
 
     // ----- connections -----------------------------------------------------
@@ -2928,10 +2982,12 @@ impl World {
         let id = self.conn_id();
         let pace = self.draw_pace();
         let transparent = std::mem::take(&mut self.proxies[pi].transparent);
+        let mut side = ServerSide::new(&self.server, self.setup.conn, now, id);
+        side.tx.group = Some(pi);
         let mut link = UpLink {
             to_server: Pipe::default(),
             to_proxy: Pipe::default(),
-            side: ServerSide::new(&self.server, self.setup.conn, now, id),
+            side,
             pushes: VecDeque::new(),
             seen: Frames::new(),
             pace,
