@@ -409,3 +409,27 @@ fn after_a_server_restart_on_an_empty_data_directory_no_old_value_is_served() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tracking connection waits for invalidations, as a subscriber waits for
+/// messages: the server's idle timeout spares it (a proxy's tracked
+/// connection is quiet while its cache answers, and losing it would empty
+/// that cache), while an idle plain client is closed.
+#[test]
+fn the_servers_idle_timeout_spares_tracking_connections() {
+    let server = start_server(&["--in-memory", "--idle-timeout", "1s"]);
+    let mut tracking = Conn::connect(server.server_addr());
+    let (_, hello) = tracking.call(&[b"HELLO", b"3"]);
+    assert!(matches!(hello, Value::Map(_)), "HELLO 3 answered {hello:?}");
+    assert_eq!(
+        tracking.call(&[b"CLIENT", b"TRACKING", b"ON"]),
+        (vec![], ok())
+    );
+    let mut plain = Conn::connect(server.server_addr());
+    assert_eq!(call(&mut plain, &["PING"]), Value::Status("PONG".into()));
+    plain.expect_closed_within(Duration::from_secs(10));
+    assert_eq!(
+        tracking.call(&[b"PING"]),
+        (vec![], Value::Status("PONG".into())),
+        "the tracking connection outlived the idle plain one"
+    );
+}

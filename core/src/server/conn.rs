@@ -354,6 +354,12 @@ impl ServerConnection {
         self.session.as_ref().is_some_and(|s| s.subscriptions > 0)
     }
 
+    /// Whether the connection has tracking on: it waits for invalidations
+    /// (a proxy's tracked connection is idle whenever its cache answers).
+    pub fn is_tracking(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.tracking)
+    }
+
     /// Writes the next piece of a streamed reply, once every reply before
     /// it is out of the held buffer; whether no stream is left.
     fn advance_stream(&mut self, server: &Server) -> bool {

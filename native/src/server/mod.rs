@@ -419,10 +419,18 @@ impl Conn for ServerClient {
         })
     }
 
+    /// Subscribers, and tracking clients (a proxy's tracked connection is
+    /// quiet while its cache answers, and cutting it would empty that
+    /// cache), wait for messages: never idle. Only subscribers are held
+    /// to the pubsub class's limit.
     fn subscriber_limit(&self) -> Option<OutputLimit> {
-        self.conn
-            .is_subscribed()
-            .then_some(self.shared.pubsub_limit)
+        if self.conn.is_subscribed() {
+            Some(self.shared.pubsub_limit)
+        } else if self.conn.is_tracking() {
+            Some(self.shared.policy.output_limit)
+        } else {
+            None
+        }
     }
 
     async fn wait(&mut self, reading: bool) -> io::Result<Wake> {
