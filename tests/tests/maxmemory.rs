@@ -126,8 +126,10 @@ fn noeviction_refuses_writes_past_the_bound_and_reads_go_on() {
         "a 100 MiB bound holds more than 50,000 KiB values: {}",
         w.ok
     );
+    // Refused only once at the bound: read after the burst, used memory
+    // may be a little under it again (the burst's buffers given back).
     assert!(
-        used >= 100 * MIB,
+        used >= 99 * MIB,
         "refused only once over: {:.1} MiB",
         mib(used)
     );
