@@ -57,10 +57,9 @@ pub(super) struct Tunnel {
     pub out: BytesMut,
     decoder: ReplyDecoder,
     /// Replies of the handshake still to come (dropped: they are the
-    /// proxy's).
+    /// proxy's; a refused password shows in the server's answers to the
+    /// client's own requests).
     handshake: usize,
-    /// The first error the handshake got, if any.
-    pub refused: Option<Reply>,
     /// Requests sent, and their replies received (pushes aside).
     sent: u64,
     received: u64,
@@ -81,7 +80,6 @@ impl Tunnel {
             out: handshake,
             decoder: ReplyDecoder::new(ReplyLimits::default()),
             handshake: replies,
-            refused: None,
             sent: 0,
             received: 0,
             in_multi: false,
@@ -132,9 +130,6 @@ impl Tunnel {
         while let Some(reply) = self.decoder.next_reply()? {
             if self.handshake > 0 {
                 self.handshake -= 1;
-                if reply.is_error() && self.refused.is_none() {
-                    self.refused = Some(reply);
-                }
                 continue;
             }
             if !matches!(reply, Reply::Push(_)) {
