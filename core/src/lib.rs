@@ -34,6 +34,7 @@ pub mod auth;
 pub mod backoff;
 pub mod bridge;
 pub mod cache;
+pub mod cluster;
 pub mod client;
 pub mod codec;
 pub mod command;

@@ -55,11 +55,20 @@ pub fn run_proxy(args: &ProxyArgs) -> Result<(), AppError> {
 /// `kv up`: a server, and a proxy forwarding to the server's actual address.
 pub fn run_up(args: &UpArgs) -> Result<(), AppError> {
     let waiter = SignalWaiter::new()?;
-    let mut server = start_server(args.server_options(rand::random()))?;
-    let mut proxy = match start_proxy(args.proxy_options(server.local_addr(), rand::random())) {
+    // In front of a cluster there is no server of kv's to start.
+    let mut server = match args.upstream_cluster.first() {
+        Some(_) => None,
+        None => Some(start_server(args.server_options(rand::random()))?),
+    };
+    let upstream = server
+        .as_ref()
+        .map_or_else(|| args.upstream_cluster[0], Service::local_addr);
+    let mut proxy = match start_proxy(args.proxy_options(upstream, rand::random())) {
         Ok(p) => p,
         Err(e) => {
-            let _ = finish(server);
+            if let Some(server) = server {
+                let _ = finish(server);
+            }
             return Err(e);
         }
     };
@@ -78,11 +87,14 @@ pub fn run_up(args: &UpArgs) -> Result<(), AppError> {
     announce(&format!(
         "connect with: telnet {host} {port}\n          or: {redis_cli}\n          or: {kv_cli}"
     ));
-    let stopped = waiter.wait(&mut [&mut server, &mut proxy]);
+    let stopped = match &mut server {
+        Some(server) => waiter.wait(&mut [server, &mut proxy]),
+        None => waiter.wait(&mut [&mut proxy]),
+    };
     // The proxy first, so that requests it forwards can still be answered
     // while it drains its clients.
     let proxy_done = finish(proxy);
-    let server_done = finish(server);
+    let server_done = server.map_or(Ok(()), finish);
     proxy_done?;
     server_done?;
     stopped
@@ -116,7 +128,10 @@ fn start_server(options: ServerOptions) -> Result<Service, AppError> {
 
 fn start_proxy(mut options: ProxyOptions) -> Result<Service, AppError> {
     crate::runtime::net::raise_nofile_limit();
-    let upstream = options.upstream;
+    let upstream = match &options.upstream_cluster {
+        Some(seeds) => format!("cluster {}", seeds.join(",")),
+        None => options.upstream.to_string(),
+    };
     // Bound here, before the service thread starts, so that its address
     // can be announced with the proxy's.
     let http = match options.http.take() {

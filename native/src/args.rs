@@ -507,6 +507,11 @@ pub struct ProxyArgs {
     /// Address of the server to forward to.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr, default_value = "127.0.0.1:7070")]
     pub upstream: SocketAddr,
+    /// Forward to a Redis Cluster instead of one server: some of its
+    /// nodes, comma-separated; the slot map is read from them, and each
+    /// command goes to its keys' master.
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_delimiter = ',', value_parser = parse_addr)]
+    pub upstream_cluster: Vec<SocketAddr>,
     /// Serve the browser console and its WebSocket on this address (off
     /// unless given).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -545,9 +550,12 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// The proxy driver's settings.
     pub fn options(&self, hash_seed: u64) -> ProxyOptions {
-        ProxyOptions {
+        let cluster = (!self.upstream_cluster.is_empty())
+            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let mut options = ProxyOptions {
             listen: self.listen,
             upstream: self.upstream,
+            upstream_cluster: cluster,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             output_limit: self.conn.client_output_buffer_limit,
@@ -564,7 +572,13 @@ impl ProxyArgs {
             },
             http: self.http.map(|addr| self.web.options(addr, &self.conn)),
             metrics: self.metrics,
+        };
+        if options.upstream_cluster.is_some() {
+            // A dedicated connection goes to one server, and through a
+            // cluster there is none to name: such commands are refused.
+            options.proxy.max_dedicated = 0;
         }
+        options
     }
 }
 
@@ -609,6 +623,11 @@ pub struct UpArgs {
     /// proxy's are at the console's `/metrics`).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub server_metrics: Option<SocketAddr>,
+    /// Start no server: put the proxy and the console in front of this
+    /// Redis Cluster (some of its nodes, comma-separated), as
+    /// `kv proxy --upstream-cluster` does.
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_delimiter = ',', value_parser = parse_addr)]
+    pub upstream_cluster: Vec<SocketAddr>,
 }
 
 impl UpArgs {
@@ -635,9 +654,12 @@ impl UpArgs {
     /// The proxy's settings, forwarding to `upstream` (the server's actual
     /// address).
     pub fn proxy_options(&self, upstream: SocketAddr, hash_seed: u64) -> ProxyOptions {
-        ProxyOptions {
+        let cluster = (!self.upstream_cluster.is_empty())
+            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let mut options = ProxyOptions {
             listen: self.proxy_listen,
             upstream,
+            upstream_cluster: cluster,
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             output_limit: self.conn.client_output_buffer_limit,
@@ -650,7 +672,13 @@ impl UpArgs {
             },
             http: (!self.no_http).then(|| self.web.options(self.http, &self.conn)),
             metrics: None,
+        };
+        if options.upstream_cluster.is_some() {
+            // The password guards the proxy; the cluster is not kv's own.
+            options.proxy.upstream_password = None;
+            options.proxy.max_dedicated = 0;
         }
+        options
     }
 }
 

@@ -18,6 +18,7 @@
 //! pending upstream bytes wake the upstream task, and an earlier deadline
 //! wakes the timer.
 
+mod cluster;
 mod tcp;
 mod timer;
 mod upstream;
@@ -46,6 +47,9 @@ pub struct ProxyOptions {
     pub listen: SocketAddr,
     /// The server to forward to.
     pub upstream: SocketAddr,
+    /// A Redis Cluster to forward to instead, by some of its nodes'
+    /// addresses (`host:port`).
+    pub upstream_cluster: Option<Vec<String>>,
     /// Most concurrent client connections; the next ones are refused.
     pub max_clients: usize,
     /// Close clients that send nothing for this long (`None`: never).
@@ -66,6 +70,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             upstream: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            upstream_cluster: None,
             max_clients: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             output_limit: kv_core::OutputLimit::DEFAULT,
@@ -515,6 +520,14 @@ async fn refresh_host_facts(handle: ProxyHandle, port: u16) {
 fn start(options: &ProxyOptions) -> ProxyHandle {
     let handle = ProxyHandle::new(options.proxy.clone(), Epoch::new());
     for lane in Lane::ALL {
+        if let Some(seeds) = &options.upstream_cluster {
+            let span = tracing::info_span!("cluster", seeds = %seeds.join(","), lane = lane.name());
+            tokio::task::spawn_local(tracing::Instrument::instrument(
+                cluster::run(handle.clone(), seeds.clone(), lane),
+                span,
+            ));
+            continue;
+        }
         let span = tracing::info_span!("upstream", addr = %options.upstream, lane = lane.name());
         tokio::task::spawn_local(tracing::Instrument::instrument(
             upstream::run(handle.clone(), options.upstream, lane),
