@@ -577,6 +577,7 @@ impl ProxyArgs {
             // A dedicated connection goes to one server, and through a
             // cluster there is none to name: such commands are refused.
             options.proxy.max_dedicated = 0;
+            options.proxy.upstream_cluster = true;
         }
         options
     }
@@ -677,6 +678,7 @@ impl UpArgs {
             // The password guards the proxy; the cluster is not kv's own.
             options.proxy.upstream_password = None;
             options.proxy.max_dedicated = 0;
+            options.proxy.upstream_cluster = true;
         }
         options
     }

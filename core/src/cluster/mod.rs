@@ -142,7 +142,7 @@ pub struct ClusterStats {
 }
 
 /// Redis's reply to keys in more than one slot.
-const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// What a node's reply answers.
 #[derive(Debug, Clone, Copy)]

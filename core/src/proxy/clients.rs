@@ -98,6 +98,19 @@ pub(super) struct Client {
     /// in.
     pub tunnel: Option<super::tunnel::Tunnel>,
     pub tunnel_dialect: Dialect,
+    /// A transaction being queued at the proxy, with
+    /// [`ProxyConfig::batch_transactions`](super::ProxyConfig).
+    pub tx: Option<Batch>,
+}
+
+/// A client's transaction while it is queued (`MULTI` … `EXEC`).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    pub cmds: Vec<Command>,
+    /// A command was refused as it was queued: `EXEC` aborts.
+    pub failed: bool,
+    /// The hash slot of its keys so far, in front of a cluster.
+    pub slot: Option<u16>,
 }
 
 impl Client {
@@ -230,6 +243,7 @@ impl Clients {
                 min_epoch: 0,
                 tunnel: None,
                 tunnel_dialect: Dialect::Resp,
+                tx: None,
             },
         );
         id

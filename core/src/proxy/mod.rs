@@ -162,6 +162,14 @@ pub struct ProxyConfig {
     /// refused, naming the bound. 0: never (the command is refused, as
     /// the shared pipe cannot carry it). `kv proxy` allows 256.
     pub max_dedicated: usize,
+    /// The upstream is a Redis Cluster, through the cluster pipe
+    /// ([`crate::cluster`]). A client's transaction is then queued at the
+    /// proxy (`MULTI` and each `QUEUED` answered here, a command whose
+    /// keys are in another slot than the transaction's so far refused
+    /// with `CROSSSLOT`, as a cluster node does) and sent whole at its
+    /// `EXEC`, on the shared pipe, which sends it to the slot's master:
+    /// no dedicated connection is needed. `WATCH` is refused.
+    pub upstream_cluster: bool,
 }
 
 impl Default for ProxyConfig {
@@ -180,6 +188,7 @@ impl Default for ProxyConfig {
             tracking: false,
             tracking_max_keys: 1_000_000,
             max_dedicated: 0,
+            upstream_cluster: false,
         }
     }
 }
@@ -814,6 +823,38 @@ impl Proxy {
             };
             let spec = Some(cmd.spec());
             let routed = route(cmd.spec());
+            let cmd = match self.config.upstream_cluster && client.tunnel.is_none() {
+                false => cmd,
+                true => match batch_step(client, cmd) {
+                    Batched::Pass(cmd) => cmd,
+                    Batched::Answered(reply) => {
+                        let waiter = client.push_slot(id, dialect, spec, now);
+                        self.complete(waiter, reply, Source::Proxy, now);
+                        continue;
+                    }
+                    Batched::Exec(cmd) => {
+                        // Behind the client's requests on the bulk lane, as
+                        // any forwarded request.
+                        if client.must_wait_for(Lane::Main) {
+                            client.parked = Some((cmd, dialect));
+                            client.throttled = true;
+                            break;
+                        }
+                        let batch = client.tx.take().unwrap_or_default();
+                        let waiter = client.push_slot(id, dialect, spec, now);
+                        self.commands.record(cmd.spec(), false, Duration::ZERO);
+                        if batch.failed {
+                            let reply = Reply::error(
+                                "EXECABORT Transaction discarded because of previous errors.",
+                            );
+                            self.complete(waiter, reply, Source::Proxy, now);
+                        } else {
+                            self.send(Lane::Main, Job::Tx { cmds: batch.cmds }, waiter, now);
+                        }
+                        continue;
+                    }
+                },
+            };
             if let Some(tunnel) = &mut client.tunnel {
                 // Pinned: everything goes to its own connection, in order
                 // (AUTH excepted: the client authenticates with the proxy,
@@ -1048,10 +1089,18 @@ impl Proxy {
             self.pump_bulk(now);
             return None;
         }
-        if let Job::Forward { cmd, write } = &job {
-            for key in cmd.keys() {
-                self.keys.begin(key, *write);
+        match &job {
+            Job::Forward { cmd, write } => {
+                for key in cmd.keys() {
+                    self.keys.begin(key, *write);
+                }
             }
+            Job::Tx { cmds } => {
+                for key in cmds.iter().flat_map(Command::keys) {
+                    self.keys.begin(key, true);
+                }
+            }
+            Job::Fill { .. } => {}
         }
         self.stats.upstream_requests += 1;
         let seq = self.upstream.push(job, waiter, now);
@@ -1375,13 +1424,22 @@ impl Proxy {
     fn fail_requests(&mut self, failed: Vec<InFlight>, error: UpstreamError, now: Instant) {
         self.keys.forget_gets();
         for req in failed {
-            if let Job::Forward { cmd, write } = &req.job {
-                for key in cmd.keys() {
-                    self.keys.end(key, *write);
-                    if *write {
+            match &req.job {
+                Job::Forward { cmd, write } => {
+                    for key in cmd.keys() {
+                        self.keys.end(key, *write);
+                        if *write {
+                            self.cache.remove(key);
+                        }
+                    }
+                }
+                Job::Tx { cmds } => {
+                    for key in cmds.iter().flat_map(Command::keys) {
+                        self.keys.end(key, true);
                         self.cache.remove(key);
                     }
                 }
+                Job::Fill { .. } => {}
             }
             for w in req.waiters {
                 self.complete(w, error.clone().into(), Source::Proxy, now);
@@ -1564,6 +1622,17 @@ impl Proxy {
                 }
                 reply = cmd.spec().shape.restore(reply);
             }
+            Job::Tx { cmds } => {
+                for key in cmds.iter().flat_map(Command::keys) {
+                    self.keys.end(key, true);
+                    self.cache.remove(key);
+                }
+                if let Reply::Array(replies) = &mut reply {
+                    for (r, cmd) in replies.iter_mut().zip(cmds) {
+                        *r = cmd.spec().shape.restore(std::mem::replace(r, Reply::Nil));
+                    }
+                }
+            }
         }
         // Clone for all but the last waiter: most requests have only one.
         if let Some((last, rest)) = req.waiters.split_last() {
@@ -1650,6 +1719,64 @@ impl Proxy {
             }
         }
     }
+}
+
+/// What becomes of a request in front of a cluster, where transactions
+/// are queued at the proxy (see [`ProxyConfig::upstream_cluster`]).
+enum Batched {
+    /// Not part of a transaction: routed as any request.
+    Pass(Command),
+    /// Answered at once: `MULTI`'s `OK`, `QUEUED`, or why not.
+    Answered(Reply),
+    /// The `EXEC` of a transaction: it goes upstream whole.
+    Exec(Command),
+}
+
+/// Queues `cmd` in the client's transaction, opens or closes one, or
+/// passes it on, as a cluster node would answer each.
+fn batch_step(client: &mut clients::Client, cmd: Command) -> Batched {
+    let name = cmd.spec().name;
+    let Some(batch) = &mut client.tx else {
+        return match name {
+            "multi" => {
+                client.tx = Some(clients::Batch::default());
+                Batched::Answered(Reply::ok())
+            }
+            "exec" => Batched::Answered(Reply::error("ERR EXEC without MULTI")),
+            "discard" => Batched::Answered(Reply::error("ERR DISCARD without MULTI")),
+            "watch" | "unwatch" => Batched::Answered(
+                ExecError::NeedsDedicatedConnection(name.to_ascii_uppercase()).into(),
+            ),
+            _ => Batched::Pass(cmd),
+        };
+    };
+    let reply = match name {
+        "exec" => return Batched::Exec(cmd),
+        "discard" => {
+            client.tx = None;
+            return Batched::Answered(Reply::ok());
+        }
+        "multi" => return Batched::Answered(Reply::error("ERR MULTI calls can not be nested")),
+        "watch" => Reply::error("ERR WATCH inside MULTI is not allowed"),
+        _ if matches!(route(cmd.spec()), Route::Refused | Route::Local(_)) => {
+            // Connection commands act on the proxy's session, not in the
+            // transaction at the server.
+            let name = cmd.spec().name.replace('|', " ").to_ascii_uppercase();
+            ExecError::NeedsDedicatedConnection(name).into()
+        }
+        _ => {
+            let slots: Vec<u16> = cmd.keys().map(|k| crate::cluster::key_slot(k)).collect();
+            let first = batch.slot.or_else(|| slots.first().copied());
+            if slots.iter().all(|s| Some(*s) == first) {
+                batch.slot = first;
+                batch.cmds.push(cmd);
+                return Batched::Answered(Reply::Status(Bytes::from_static(b"QUEUED")));
+            }
+            Reply::error(crate::cluster::CROSSSLOT)
+        }
+    };
+    batch.failed = true;
+    Batched::Answered(reply)
 }
 
 /// The lane a request goes to if it may go upstream (see [`Lane`]); none

@@ -43,6 +43,22 @@ pub(super) enum Job {
     Fill { cmd: Command },
     /// A forwarded command.
     Forward { cmd: Command, write: bool },
+    /// A client's transaction, answered by the proxy as it was queued and
+    /// sent whole at its `EXEC`: `MULTI`, these, `EXEC`; the reply is
+    /// `EXEC`'s.
+    Tx { cmds: Vec<Command> },
+}
+
+impl Job {
+    /// How many replies the job's requests get (`MULTI` … `EXEC` for a
+    /// fill or a transaction), if more than one.
+    fn batch(&self) -> Option<usize> {
+        match self {
+            Job::Fill { .. } => Some(4),
+            Job::Tx { cmds } => Some(cmds.len() + 2),
+            Job::Forward { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +150,7 @@ pub(super) struct Upstream {
     /// How many replies of the fill at the head were read (a fill is four
     /// requests: `MULTI`, `GET`, `PTTL`, `EXEC`), and the first error among
     /// them, if any.
-    fill_read: u8,
+    fill_read: usize,
     fill_error: Option<Reply>,
     /// Whether the server accepted the proxy on this connection: it
     /// answered the handshake, or there is none to answer.
@@ -250,6 +266,13 @@ impl Upstream {
                 crate::families::keyspace::encode_value_and_ttl_query(cmd, &mut self.out);
             }
             Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
+            Job::Tx { cmds } => {
+                encode_resp_args(&[Bytes::from_static(b"MULTI")], &mut self.out);
+                for cmd in cmds {
+                    cmd.encode_resp(&mut self.out);
+                }
+                encode_resp_args(&[Bytes::from_static(b"EXEC")], &mut self.out);
+            }
         }
         let seq = self.head_seq + self.in_flight.len() as u64;
         self.in_flight.push_back(InFlight {
@@ -442,7 +465,7 @@ impl Upstream {
         if let Some(handshake) = self.handshake.pop_front() {
             return Some(self.handshake_answered(handshake.step, reply));
         }
-        let fill = match (self.in_flight.front(), &reply) {
+        let batch = match (self.in_flight.front(), &reply) {
             // A server at its client cap says so unasked and closes.
             (None, Reply::Error(line)) => {
                 return Some(Incoming::Fault(UpstreamError::refusal(line, false)))
@@ -456,21 +479,39 @@ impl Upstream {
             {
                 return Some(Incoming::Fault(UpstreamError::refusal(line, false)));
             }
-            (Some(req), _) => matches!(req.job, Job::Fill { .. }),
+            (Some(req), _) => req.job.batch(),
         };
+        let fill = batch;
         self.answered = true;
-        let (reply, ttl_ms) = if fill {
-            // MULTI's OK and the two QUEUED come first; EXEC's array holds
-            // the value and the time to live.
+        let is_fill = matches!(
+            self.in_flight.front().map(|r| &r.job),
+            Some(Job::Fill { .. })
+        );
+        let (reply, ttl_ms) = if let Some(batch) = fill {
+            // MULTI's OK and each QUEUED come first; EXEC's array holds a
+            // fill's value and time to live, or a transaction's replies.
             self.fill_read += 1;
-            if self.fill_read < 4 {
+            if self.fill_read < batch {
                 if reply.is_error() && self.fill_error.is_none() {
                     self.fill_error = Some(reply);
                 }
                 return self.next_decoded();
             }
             self.fill_read = 0;
-            match (self.fill_error.take(), reply) {
+            let queue_error = self.fill_error.take();
+            if !is_fill {
+                // The client was told QUEUED by the proxy: an EXECABORT
+                // says which command the server refused, and why.
+                match (queue_error, reply) {
+                    (Some(Reply::Error(why)), Reply::Error(abort)) if abort.starts_with(b"EXECABORT") => {
+                        let why = String::from_utf8_lossy(&why);
+                        let text = format!("EXECABORT Transaction discarded because of previous errors: {why}");
+                        (Reply::Error(Bytes::from(text)), None)
+                    }
+                    (_, reply) => (reply, None),
+                }
+            } else {
+                match (queue_error, reply) {
                 (Some(error), _) => (error, None),
                 (None, Reply::Array(mut pair)) if pair.len() == 2 => {
                     let ttl = match pair.pop() {
@@ -480,6 +521,7 @@ impl Upstream {
                     (pair.pop().unwrap_or(Reply::Nil), ttl)
                 }
                 (None, other) => (other, None),
+                }
             }
         } else {
             (reply, None)
