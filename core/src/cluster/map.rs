@@ -15,6 +15,8 @@ pub struct SlotMap {
     masters: Vec<String>,
     /// Per slot, an index into `masters`, or [`UNSERVED`].
     owners: Box<[u16]>,
+    /// How many slots have a master.
+    served: usize,
 }
 
 /// Why a reply could not be read as a slot map.
@@ -98,7 +100,12 @@ impl SlotMap {
                 owners[usize::from(slot)] = index;
             }
         }
-        Ok(SlotMap { masters, owners })
+        let served = owners.iter().filter(|o| **o != UNSERVED).count();
+        Ok(SlotMap {
+            masters,
+            owners,
+            served,
+        })
     }
 
     /// Reads a `CLUSTER SHARDS` reply that came from the node at `asked`.
@@ -190,7 +197,7 @@ impl SlotMap {
 
     /// How many slots have a master.
     pub fn served(&self) -> usize {
-        self.owners.iter().filter(|o| **o != UNSERVED).count()
+        self.served
     }
 
     /// Records what a `MOVED` redirect says: `slot` is served by `addr` now.
@@ -205,6 +212,9 @@ impl SlotMap {
                 self.masters.len() - 1
             }
         };
+        if *owner == UNSERVED {
+            self.served += 1;
+        }
         *owner = index as u16;
     }
 }

@@ -141,6 +141,21 @@ pub struct ClusterStats {
     pub nodes_lost: u64,
 }
 
+/// What `INFO` shows of a cluster pipe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// Masters in the slot map.
+    pub masters: usize,
+    /// Slots with a master.
+    pub slots_served: usize,
+    /// Node connections up.
+    pub nodes_up: usize,
+    /// Why the map could not be read last time, if it could not.
+    pub map_error: Option<String>,
+    /// The counters.
+    pub stats: ClusterStats,
+}
+
 /// Redis's reply to keys in more than one slot.
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
@@ -338,6 +353,17 @@ impl Cluster {
     /// The counters.
     pub fn stats(&self) -> &ClusterStats {
         &self.stats
+    }
+
+    /// What `INFO` shows.
+    pub fn facts(&self) -> ClusterFacts {
+        ClusterFacts {
+            masters: self.map.as_ref().map_or(0, |m| m.masters().len()),
+            slots_served: self.map.as_ref().map_or(0, SlotMap::served),
+            nodes_up: self.nodes_up(),
+            map_error: self.map_error.clone(),
+            stats: self.stats.clone(),
+        }
     }
 
     /// The address of a node connection.
@@ -1112,7 +1138,9 @@ impl Cluster {
                 self.requests.get(index)?.parts[usize::from(*part)].retry_at
             })
             .min();
-        let deadline = self.requests.iter().filter(|r| !r.complete()).map(|r| r.deadline).min();
+        // Deadlines grow with arrival, and answered requests at the front
+        // are passed on at once: the front's is the earliest.
+        let deadline = self.requests.front().map(|r| r.deadline);
         let down = self
             .nodes
             .iter()
@@ -1154,7 +1182,7 @@ impl Cluster {
         let timeout = self.config.request_timeout;
         for request in &mut self.requests {
             if request.deadline > now {
-                continue;
+                break;
             }
             for p in &mut request.parts {
                 if p.done {

@@ -33,6 +33,8 @@ pub(super) struct View<'a> {
     pub tracking_refused: Option<&'a str>,
     /// Per lane, in [`Lane::ALL`](super::Lane::ALL) order.
     pub lane_tracking: [&'a UpstreamTracking; 2],
+    /// The main lane's cluster pipe, in front of a cluster.
+    pub cluster: Option<&'a crate::cluster::ClusterFacts>,
 }
 
 impl View<'_> {
@@ -130,6 +132,24 @@ impl Node for View<'_> {
         }
         if !(sections.wants("proxy") || sections.wants("stats")) {
             return info;
+        }
+        if let Some(f) = self.cluster {
+            let s = &f.stats;
+            let _ = write!(
+                info,
+                "# Upstream cluster\nupstream_cluster_masters:{}\nupstream_cluster_slots_served:{}\nupstream_cluster_nodes_up:{}\nupstream_cluster_map_error:{}\nupstream_cluster_map_reads:{}\nupstream_cluster_moved:{}\nupstream_cluster_asked:{}\nupstream_cluster_retries:{}\nupstream_cluster_split:{}\nupstream_cluster_crossslot:{}\nupstream_cluster_nodes_lost:{}\n",
+                f.masters,
+                f.slots_served,
+                f.nodes_up,
+                f.map_error.as_deref().unwrap_or(""),
+                s.map_reads,
+                s.moved,
+                s.asked,
+                s.retries,
+                s.split,
+                s.crossslot,
+                s.nodes_lost,
+            );
         }
         info + &format!(
             "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\ndedicated_connections:{}\ndedicated_connections_max:{}\ndedicated_connections_opened:{}\ndedicated_connections_refused:{}\ndedicated_connections_released:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",

@@ -485,6 +485,8 @@ pub struct Proxy {
     /// Why the server last refused to track the main lane's reads, until
     /// a connection where it accepts.
     tracking_refused: Option<String>,
+    /// The main lane's cluster pipe, as the driver last said.
+    cluster: Option<crate::cluster::ClusterFacts>,
 }
 
 impl Proxy {
@@ -510,7 +512,14 @@ impl Proxy {
             host: HostFacts::default(),
             commands: CommandStats::default(),
             tracking_refused: None,
+            cluster: None,
         }
+    }
+
+    /// What `INFO` shows of the main lane's cluster pipe, kept by the
+    /// driver that runs it.
+    pub fn set_cluster_facts(&mut self, facts: crate::cluster::ClusterFacts) {
+        self.cluster = Some(facts);
     }
 
     /// The settings in force.
@@ -943,6 +952,7 @@ impl Proxy {
                         tracking: &mut self.tracking,
                         tracking_refused: self.tracking_refused.as_deref(),
                         lane_tracking: [self.upstream.tracking(), self.bulk.tracking()],
+                        cluster: self.cluster.as_ref(),
                     };
                     let reply = handler(
                         &mut Local {
@@ -1977,6 +1987,57 @@ mod tests {
         assert!(p.client_should_close(c));
         p.remove_client(c);
         assert_eq!(p.stats().dedicated, 0);
+    }
+
+    #[test]
+    fn in_front_of_a_cluster_a_transaction_is_queued_here_and_sent_whole_at_exec() {
+        let t = Instant::from_millis;
+        let resp = |lines: &[&str]| -> Vec<u8> {
+            let mut out = BytesMut::new();
+            for line in lines {
+                let args: Vec<Bytes> = line.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+                encode_resp_args(&args, &mut out);
+            }
+            out.to_vec()
+        };
+        let config = ProxyConfig {
+            upstream_cluster: true,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        let other = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, &resp(&["MULTI", "SET {u}a 1", "INCR {u}a"]), t(1));
+        assert_eq!(output(&mut p, c), "+OK\r\n+QUEUED\r\n+QUEUED\r\n");
+        assert_eq!(p.poll_upstream_transmit(Lane::Main), None, "nothing sent yet");
+        // Another client's request goes on meanwhile, outside the
+        // transaction.
+        p.handle_client_input(other, &resp(&["SET b 2"]), t(2));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(&sent[..], b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        p.handle_client_input(c, &resp(&["EXEC"]), t(3));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&sent),
+            "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$4\r\n{u}a\r\n$1\r\n1\r\n\
+             *2\r\n$4\r\nINCR\r\n$4\r\n{u}a\r\n*1\r\n$4\r\nEXEC\r\n"
+        );
+        p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(4));
+        assert_eq!(output(&mut p, other), "+OK\r\n");
+        p.handle_upstream_input(Lane::Main, b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n", t(5));
+        assert_eq!(output(&mut p, c), "*2\r\n+OK\r\n:2\r\n");
+        // Keys of two slots: refused as queued, and EXEC aborts unsent.
+        p.handle_client_input(c, &resp(&["MULTI", "SET x 1", "SET y 1", "EXEC"]), t(6));
+        assert_eq!(
+            output(&mut p, c),
+            "+OK\r\n+QUEUED\r\n-CROSSSLOT Keys in request don't hash to the same slot\r\n\
+             -EXECABORT Transaction discarded because of previous errors.\r\n"
+        );
+        assert_eq!(p.poll_upstream_transmit(Lane::Main), None);
+        p.handle_client_input(c, &resp(&["EXEC", "WATCH x"]), t(7));
+        let out = output(&mut p, c);
+        assert!(out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"), "{out}");
     }
 
     #[test]

@@ -115,6 +115,9 @@ fn pump(handle: &ProxyHandle, shared: &Rc<Shared>, lane: Lane) {
         for (_, writer) in shared.nodes.borrow().values() {
             writer.notify_one();
         }
+        if lane == Lane::Main {
+            handle.set_cluster_facts(shared.cluster.borrow().facts());
+        }
         if !moved {
             return;
         }

@@ -335,6 +335,11 @@ impl ProxyHandle {
         self.inner.proxy.borrow().upstream_verified(lane)
     }
 
+    /// See [`Proxy::set_cluster_facts`].
+    fn set_cluster_facts(&self, facts: kv_core::cluster::ClusterFacts) {
+        self.inner.proxy.borrow_mut().set_cluster_facts(facts);
+    }
+
     /// See [`Proxy::upstream_fault`].
     fn upstream_fault(&self, lane: Lane) -> Option<kv_core::UpstreamError> {
         self.inner.proxy.borrow().upstream_fault(lane).cloned()
