@@ -26,6 +26,7 @@
 
 pub mod bin;
 pub mod clients;
+pub mod cluster;
 pub mod conn;
 pub mod http;
 pub mod process;
@@ -36,6 +37,7 @@ pub mod wait;
 
 pub use bin::{build_kv, kv_bin, workspace_root, KV_BIN_ENV};
 pub use clients::{clients_dir, node_modules, python_venv, venv_python};
+pub use cluster::{RedisCluster, ReshardJob};
 pub use conn::{
     info_field, inline_header_count, play_seed_transcript, resp_command, Conn, ReadError, Value,
     IO_TIMEOUT, SEED_TRANSCRIPT,
