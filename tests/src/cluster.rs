@@ -515,6 +515,14 @@ impl RedisCluster {
     /// If `addr` is not a master with a replica, or no replica takes over
     /// within 30 s.
     pub fn kill_master(&mut self, addr: SocketAddr) -> SocketAddr {
+        self.kill_master_then(addr, || {})
+    }
+
+    /// [`RedisCluster::kill_master`], calling `killed` as soon as the
+    /// process is gone, before waiting for the failover (a test's load
+    /// held until then runs through the failover, with nothing written
+    /// between the test's last check and the kill).
+    pub fn kill_master_then(&mut self, addr: SocketAddr, killed: impl FnOnce()) -> SocketAddr {
         let view = self.view();
         let master = self.master_entry(&view, addr).clone();
         let candidates: Vec<SocketAddr> = view.replicas_of(&master.id).map(|r| r.addr).collect();
@@ -534,6 +542,7 @@ impl RedisCluster {
         let _ = node.child.kill();
         let _ = node.child.wait();
         node.killed = true;
+        killed();
 
         self.settle(
             FAILOVER_TIMEOUT,

@@ -8,7 +8,7 @@
 //! master, a resharding of 1,000 slots under load, and a master killed
 //! under load. Each phase prints what it measured.
 
-use kv_tests::cluster::RedisCluster;
+use kv_tests::RedisCluster;
 use kv_tests::{info_field, resp_command, start_proxy, wait_until, Conn, KvProcess, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -264,6 +264,8 @@ struct Seen {
     /// A read that returned something other than the value its client had
     /// just written and had acknowledged.
     stale: Vec<String>,
+    /// The longest a request took.
+    slowest: Duration,
 }
 
 /// Clients that each write their own keys and read each back right
@@ -307,8 +309,14 @@ impl Load {
                             }
                             let key = format!("load:{client}:{k}");
                             let value = format!("{round}");
+                            let sent = Instant::now();
                             let set = c.call_resp2(&["SET", &key, &value]);
+                            let took = sent.elapsed();
                             ops.fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                seen.slowest = seen.slowest.max(took);
+                            }
                             if set != ok() {
                                 seen.lock().unwrap().errors.push((started.elapsed(), format!("SET {key}: {set:?}")));
                                 continue;
@@ -394,8 +402,9 @@ fn failover_under_load(cluster: &mut RedisCluster, proxy: &KvProcess) {
     let victim = cluster.masters()[2];
     // Redis replicates asynchronously: a write acknowledged a moment
     // before the kill may not have reached the replica, and is lost by
-    // Redis itself. The load is held while the replica catches up, so
-    // what is checked is the proxy's part.
+    // Redis itself. The load is held from before the replica is caught
+    // up until the master is gone, so what is checked is the proxy's
+    // part; it runs through the whole failover.
     load.hold(clients as u64);
     assert!(matches!(
         Conn::connect(victim).call_resp2(&["WAIT", "1", "5000"]),
@@ -403,8 +412,7 @@ fn failover_under_load(cluster: &mut RedisCluster, proxy: &KvProcess) {
     ));
     let killed_at = load.started.elapsed();
     let kill = Instant::now();
-    load.resume();
-    let promoted = cluster.kill_master(victim);
+    let promoted = cluster.kill_master_then(victim, || load.resume());
     let failover = kill.elapsed();
     load.wait_for_ops(4_000);
     let (seen, ops, _) = load.stop();
@@ -422,9 +430,10 @@ fn failover_under_load(cluster: &mut RedisCluster, proxy: &KvProcess) {
     assert_eq!(call(&mut c, &["SET", "after", "failover"]), ok());
     assert_eq!(call(&mut c, &["GET", "after"]), bulk("failover"));
     println!(
-        "master {victim} killed, {promoted} promoted in {:.1} s; {} errors within {:.2} s, no wrong read, {ops} requests",
+        "master {victim} killed, {promoted} promoted in {:.1} s; {} errors within {:.2} s, the slowest write {:.2} s, no wrong read, {ops} requests",
         failover.as_secs_f64(),
         seen.errors.len(),
-        window.as_secs_f64()
+        window.as_secs_f64(),
+        seen.slowest.as_secs_f64()
     );
 }
