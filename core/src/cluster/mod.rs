@@ -576,9 +576,15 @@ impl Cluster {
                     parts.len() - 1
                 }
             };
+            let Some(group) = cmd.args().get(at..at + step) else {
+                // `MSET k v k`: a key without its value.
+                let name = cmd.spec().name;
+                let e = format!("ERR wrong number of arguments for '{name}' command");
+                return self.local(vec![error(e)], now);
+            };
             let args = &mut parts[index].1;
             places.push((index as u16, ((args.len() - 1) / step) as u32));
-            args.extend(cmd.args()[at..at + step].iter().cloned());
+            args.extend(group.iter().cloned());
         }
         let merge = match merge {
             Merge::Values(_) => Merge::Values(places),
@@ -1388,6 +1394,14 @@ mod tests {
         assert_eq!(replies(&mut c), "", "held behind foo's");
         c.handle_node_input(NodeId(1), b"$3\r\nFOO\r\n", t(12));
         assert_eq!(replies(&mut c), "$3\r\nFOO\r\n$3\r\nBAR\r\n");
+    }
+
+    #[test]
+    fn a_split_command_missing_a_value_is_refused_without_sending() {
+        let mut c = mapped();
+        c.handle_proxy_input(&resp(&["MSET", "foo", "1", "bar"]), t(10));
+        assert_eq!(replies(&mut c), "-ERR wrong number of arguments for 'mset' command\r\n");
+        assert_eq!(sent(&mut c, 0) + &sent(&mut c, 1), "");
     }
 
     #[test]
