@@ -54,8 +54,10 @@
 //! every reply that master sent before it, so that a value read before a
 //! change reaches the proxy before the change's invalidation, as on one
 //! connection. When a tracking master's connection is lost, its
-//! invalidations are lost with it, so a null invalidation (every key) is
-//! passed on, behind that master's replies.
+//! invalidations are lost with it, so the pipe passes on an invalidation
+//! of every key read through that connection (it keeps them, dropping
+//! those the master invalidates), behind that master's replies: what was
+//! cached through other masters stays.
 
 mod map;
 mod slot;
@@ -68,7 +70,8 @@ use crate::command::{encode_resp_args, table::Flags, Command};
 use crate::reply::{Proto, Reply, ReplyDecoder, ReplyLimits};
 use crate::time::Instant;
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use crate::db::Hasher;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Settings of the cluster pipe.
@@ -90,6 +93,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// Limits on the replies the masters send.
     pub reply_limits: ReplyLimits,
+    /// Seed for hash functions; the driver passes a random one.
+    pub hash_seed: u64,
 }
 
 impl Default for ClusterConfig {
@@ -101,6 +106,7 @@ impl Default for ClusterConfig {
             max_redirects: 5,
             limits: Limits::default(),
             reply_limits: ReplyLimits::default(),
+            hash_seed: 0,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct ClusterStats {
     pub crossslot: u64,
     /// Node connections lost.
     pub nodes_lost: u64,
+    /// Keys invalidated because the node they were read through was lost.
+    pub keys_invalidated_on_loss: u64,
 }
 
 /// What `INFO` shows of a cluster pipe.
@@ -193,6 +201,10 @@ struct Node {
     waiting: VecDeque<(u64, u16)>,
     /// The request the node's last reply answered, for where its pushes go.
     last_answered: Option<u64>,
+    /// With tracking, the keys read on this connection and not
+    /// invalidated since: what the node would invalidate, and so what to
+    /// invalidate if the connection is lost.
+    read: HashSet<Bytes, Hasher>,
 }
 
 /// Where a part goes.
@@ -211,6 +223,8 @@ enum Target {
 #[derive(Debug)]
 struct Part {
     cmds: Vec<Vec<Bytes>>,
+    /// The keys its read-only commands read (the node tracks them).
+    reads: Vec<Bytes>,
     target: Target,
     replies: Vec<Reply>,
     done: bool,
@@ -267,7 +281,7 @@ pub struct Cluster {
     seeds: Vec<String>,
     next_seed: usize,
     nodes: Vec<Node>,
-    by_addr: HashMap<String, NodeId>,
+    by_addr: BTreeMap<String, NodeId>,
     map: Option<SlotMap>,
     /// Requests in the order they came, from `head` on.
     requests: VecDeque<Request>,
@@ -319,7 +333,7 @@ impl Cluster {
             seeds,
             next_seed: 0,
             nodes: Vec::new(),
-            by_addr: HashMap::new(),
+            by_addr: BTreeMap::new(),
             map: None,
             requests: VecDeque::new(),
             head: 0,
@@ -402,6 +416,7 @@ impl Cluster {
             sent: VecDeque::new(),
             waiting: VecDeque::new(),
             last_answered: None,
+            read: HashSet::with_hasher(Hasher::with_seed(self.config.hash_seed)),
         });
         self.by_addr.insert(addr.to_owned(), id);
         self.events
@@ -472,6 +487,8 @@ impl Cluster {
         self.parked.clear();
         for node in &mut self.nodes {
             node.waiting.clear();
+            // The pipe's user empties its cache on a new start.
+            node.read.clear();
         }
         self.decoder = Decoder::new(self.config.limits);
         self.tx = None;
@@ -505,6 +522,7 @@ impl Cluster {
     fn part(cmds: Vec<Vec<Bytes>>, target: Target, readonly: bool) -> Part {
         Part {
             cmds,
+            reads: Vec::new(),
             target,
             replies: Vec::new(),
             done: false,
@@ -548,7 +566,10 @@ impl Cluster {
         let slots: Vec<u16> = cmd.keys().map(|k| key_slot(k)).collect();
         let first = slots[0];
         if slots.iter().all(|s| *s == first) {
-            let part = Self::part(vec![args_of(&cmd)], Target::Slot(first), readonly);
+            let mut part = Self::part(vec![args_of(&cmd)], Target::Slot(first), readonly);
+            if readonly && self.tracking {
+                part.reads = cmd.keys().cloned().collect();
+            }
             return self.single(vec![part], Merge::One, now);
         }
         let step = cmd.spec().keys.step.max(1);
@@ -590,9 +611,20 @@ impl Cluster {
             Merge::Values(_) => Merge::Values(places),
             other => other,
         };
+        let tracked = readonly && self.tracking;
         let parts = parts
             .into_iter()
-            .map(|(slot, args)| Self::part(vec![args], Target::Slot(slot), readonly))
+            .map(|(slot, args)| {
+                let reads = if tracked {
+                    args.iter().skip(1).step_by(step).cloned().collect()
+                } else {
+                    Vec::new()
+                };
+                Part {
+                    reads,
+                    ..Self::part(vec![args], Target::Slot(slot), readonly)
+                }
+            })
             .collect();
         self.single(parts, merge, now)
     }
@@ -708,7 +740,14 @@ impl Cluster {
         });
         let target = slots.first().map_or(Target::Any, |s| Target::Slot(*s));
         let cmds = tx.iter().map(args_of).collect();
-        let part = Self::part(cmds, target, readonly);
+        let mut part = Self::part(cmds, target, readonly);
+        if self.tracking {
+            part.reads = tx
+                .iter()
+                .filter(|c| c.spec().flags.contains(Flags::READONLY))
+                .flat_map(|c| c.keys().cloned())
+                .collect();
+        }
         self.single(vec![part], Merge::Each, now)
     }
 
@@ -969,11 +1008,20 @@ impl Cluster {
         let waiting = std::mem::take(&mut node.waiting);
         let addr = node.addr.clone();
         let last = node.last_answered.take();
+        let read: Vec<Bytes> = node.read.drain().collect();
         if was_up {
             self.stats.nodes_lost += 1;
-            if self.tracking {
-                // Its invalidations are lost: every key may have changed.
-                let push = Reply::Push(vec![Reply::Bulk(Bytes::from_static(b"invalidate")), Reply::Nil]);
+        }
+        if self.tracking && !read.is_empty() {
+            // Its invalidations are lost with it: what was read through it
+            // may change unseen, and only that.
+            self.stats.keys_invalidated_on_loss += read.len() as u64;
+            for keys in read.chunks(1024) {
+                let keys = keys.iter().cloned().map(Reply::Bulk).collect();
+                let push = Reply::Push(vec![
+                    Reply::Bulk(Bytes::from_static(b"invalidate")),
+                    Reply::Array(keys),
+                ]);
                 self.place_push(last, push);
             }
         }
@@ -1037,7 +1085,16 @@ impl Cluster {
                     return;
                 }
             };
-            if let Reply::Push(_) = reply {
+            if let Reply::Push(items) = &reply {
+                match crate::proxy::parse_invalidation(items) {
+                    Some(Some(keys)) => {
+                        for key in keys {
+                            node.read.remove(&key);
+                        }
+                    }
+                    Some(None) => node.read.clear(),
+                    None => {}
+                }
                 let last = node.last_answered;
                 self.place_push(last, reply);
                 continue;
@@ -1059,7 +1116,7 @@ impl Cluster {
                 Sent::Discover { slots } => self.discovered(id, slots, reply, now),
                 Sent::Part { req, part, cmd } => {
                     self.nodes[id.0 as usize].last_answered = Some(req);
-                    self.answered(req, part, cmd, reply, now);
+                    self.answered(id, req, part, cmd, reply, now);
                 }
             }
         }
@@ -1076,7 +1133,7 @@ impl Cluster {
         push.encode_proto(Proto::Resp3, &mut self.out);
     }
 
-    fn answered(&mut self, seq: u64, part: u16, cmd: u32, reply: Reply, now: Instant) {
+    fn answered(&mut self, id: NodeId, seq: u64, part: u16, cmd: u32, reply: Reply, now: Instant) {
         let max_redirects = self.config.max_redirects;
         let Some(request) = self.request_mut(seq) else {
             return;
@@ -1128,7 +1185,13 @@ impl Cluster {
                 p.last_error = Some(last);
                 self.park(seq, part, now);
             }
-            _ => p.done = true,
+            _ => {
+                p.done = true;
+                let reads = std::mem::take(&mut p.reads);
+                // Copied: the request's buffers are not to be pinned.
+                let read = &mut self.nodes[id.0 as usize].read;
+                read.extend(reads.iter().map(|k| Bytes::copy_from_slice(k)));
+            }
         }
     }
 
@@ -1510,14 +1573,40 @@ mod tests {
         let _ = sent(&mut c, 0);
         c.handle_node_lost(NodeId(0), "connection reset", t(5));
         let out = replies(&mut c);
-        assert!(out.starts_with(">2\r\n$10\r\ninvalidate\r\n_\r\n"), "{out}");
         assert!(out.contains("may or may not have been applied"), "{out}");
+        assert!(!out.contains("invalidate"), "nothing was read through A: {out}");
         // The read waits for A to come back, and is answered then.
         c.handle_timeout(t(200));
         assert_eq!(c.poll_event(), Some(ClusterEvent::Connect(NodeId(0), A.into())));
         c.handle_node_connected(NodeId(0), t(201));
         let again = sent(&mut c, 0);
         assert!(again.contains("HELLO") && again.contains("TRACKING") && again.contains("GET"), "{again}");
+    }
+
+    #[test]
+    fn a_lost_master_invalidates_what_was_read_through_it_and_nothing_else() {
+        let mut c = Cluster::new(vec![A.into()], ClusterConfig::default(), t(0));
+        let _ = c.poll_event();
+        c.handle_proxy_input(&[resp(&["HELLO", "3"]), resp(&["CLIENT", "TRACKING", "ON"])].concat(), t(0));
+        c.handle_node_connected(NodeId(0), t(1));
+        let _ = sent(&mut c, 0);
+        c.handle_node_input(NodeId(0), b"%0\r\n+OK\r\n-ERR unknown subcommand\r\n", t(2));
+        let _ = sent(&mut c, 0);
+        c.handle_node_input(NodeId(0), &two_masters(), t(3));
+        // bar and bar2 read through A (bar2 then invalidated by A), foo through B.
+        c.handle_proxy_input(&[resp(&["GET", "bar"]), resp(&["GET", "foo"]), resp(&["MGET", "bar2"])].concat(), t(4));
+        let _ = c.poll_event();
+        c.handle_node_connected(NodeId(1), t(5));
+        c.handle_node_input(NodeId(0), b"$1\r\na\r\n*1\r\n$1\r\nb\r\n", t(6));
+        assert!(sent(&mut c, 1).starts_with("*2\r\n$5\r\nHELLO"), "B's state first");
+        c.handle_node_input(NodeId(1), b"%0\r\n+OK\r\n$1\r\nf\r\n", t(6));
+        c.handle_node_input(NodeId(0), b">2\r\n$10\r\ninvalidate\r\n*1\r\n$4\r\nbar2\r\n", t(7));
+        let _ = replies(&mut c);
+        c.handle_node_lost(NodeId(0), "connection reset", t(8));
+        assert_eq!(replies(&mut c), ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nbar\r\n");
+        assert_eq!(c.stats().keys_invalidated_on_loss, 1);
+        c.handle_node_lost(NodeId(1), "connection reset", t(9));
+        assert_eq!(replies(&mut c), ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nfoo\r\n");
     }
 
     #[test]
