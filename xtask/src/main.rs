@@ -111,8 +111,8 @@ enum Part {
     Toolchain,
     /// The wasm32-unknown-unknown target and wasm-bindgen-cli.
     Wasm,
-    /// Debian packages: Redis, Chromium and ChromeDriver, Node.js and npm,
-    /// Python's venv, g++.
+    /// Debian packages: Redis, twemproxy (nutcracker), Chromium and
+    /// ChromeDriver, Node.js and npm, Python's venv, g++.
     System,
     /// The Redis client libraries the end-to-end tests drive: redis-py in a
     /// virtual environment, node-redis and ioredis with npm (tests/clients/).
