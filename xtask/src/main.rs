@@ -4,8 +4,8 @@
 //! - `build-wasm`: builds the wasm client into `www/pkg`.
 //! - `test`: every check and test, in the order CI runs them.
 //! - `up`: builds the wasm client and starts `kv up`.
-//! - `bench`: kv side by side with Redis; writes `artifacts/bench/` and
-//!   `BENCHMARKS.md`.
+//! - `bench`: kv side by side with Redis (and its proxy with twemproxy);
+//!   writes `artifacts/bench/` and `BENCHMARKS.md`.
 //! - `sim`: many seeds of the deterministic simulation, in release.
 //! - `fuzz`: every cargo-fuzz target in `fuzz/` for a while.
 //!
@@ -64,8 +64,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Benchmark kv server and proxy side by side with Redis and a null
-    /// server; writes artifacts/bench/ and BENCHMARKS.md.
+    /// Benchmark kv server and proxy side by side with Redis, twemproxy
+    /// and a null server; writes artifacts/bench/ and BENCHMARKS.md.
     Bench {
         /// Repeat every measurement this many times and report medians
         /// [default: 3, or 1 with --quick].
@@ -111,8 +111,8 @@ enum Part {
     Toolchain,
     /// The wasm32-unknown-unknown target and wasm-bindgen-cli.
     Wasm,
-    /// Debian packages: Redis, Chromium and ChromeDriver, Node.js and npm,
-    /// Python's venv, g++.
+    /// Debian packages: Redis, twemproxy (nutcracker), Chromium and
+    /// ChromeDriver, Node.js and npm, Python's venv, g++.
     System,
     /// The Redis client libraries the end-to-end tests drive: redis-py in a
     /// virtual environment, node-redis and ioredis with npm (tests/clients/).
@@ -459,6 +459,11 @@ mod tests {
             }
             _ => panic!("parsed as another task"),
         }
+        let cli = Cli::try_parse_from(["xtask", "bench", "--only", "proxies"]).unwrap();
+        assert!(matches!(
+            cli.task,
+            Task::Bench { ref only, .. } if only == &[bench::Part::Proxies]
+        ));
         assert!(Cli::try_parse_from(["xtask", "bench", "--only", "nothing"]).is_err());
     }
 

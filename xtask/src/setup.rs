@@ -18,7 +18,8 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 
 /// Debian packages needed by the tests: a Redis server and client to compare
-/// against, a headless Chromium with its WebDriver for browser tests, Node.js
+/// against, twemproxy (`nutcracker`) for the benchmark to compare the proxy
+/// with, a headless Chromium with its WebDriver for browser tests, Node.js
 /// for the wasm unit tests (`wasm-bindgen-test-runner` runs them in Node) and
 /// the Node.js client libraries, Python's `venv` for redis-py's virtual
 /// environment, a C++ compiler for libFuzzer, which the fuzz targets'
@@ -27,6 +28,7 @@ const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
+    "nutcracker",
     "chromium",
     "chromium-driver",
     "nodejs",
@@ -41,6 +43,14 @@ const NPM_PACKAGE: &str = "npm";
 
 /// Debian's hook that maintainer scripts ask before starting a service.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Packages of [`DEBIAN_PACKAGES`] whose maintainer scripts start a
+/// system-wide service on install: Redis on port 6379, and twemproxy (whose
+/// unit comes up only once someone writes /etc/nutcracker/nutcracker.yml,
+/// but whose scripts ask all the same). The tests and the benchmark start
+/// their own on free ports; a system one would only hold a port and a share
+/// of the CPU.
+const SERVICE_PACKAGES: &[&str] = &["redis-server", "nutcracker"];
 
 /// The wasm-bindgen command-line tools matching the `wasm-bindgen` crate in
 /// `Cargo.lock`.
@@ -171,10 +181,10 @@ pub fn system_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .arg("update")
         .run()?;
-    // The redis-server package would start a system-wide Redis on port 6379
-    // right away; the tests run their own servers, so keep services off while
+    // The redis-server and nutcracker packages would start system-wide
+    // services right away (see SERVICE_PACKAGES); keep services off while
     // apt-get installs, unless the machine already has a policy of its own.
-    let _guard = if missing.contains(&"redis-server") {
+    let _guard = if missing.iter().any(|name| SERVICE_PACKAGES.contains(name)) {
         Some(NoServiceStart::install(&privilege)?)
     } else {
         None
@@ -478,8 +488,8 @@ fn dpkg_installed(name: &str) -> Result<bool> {
         .output()
         .context(
             "dpkg-query not found: `setup` installs system packages on Debian \
-             only; elsewhere install Redis, Chromium and ChromeDriver by hand \
-             and use `cargo xtask setup --only wasm`",
+             only; elsewhere install Redis, twemproxy, Chromium and ChromeDriver \
+             by hand and use `cargo xtask setup --only wasm`",
         )?;
     // dpkg-query exits non-zero for packages it has never heard of, which
     // simply means "not installed"; a removed package reports another status.
@@ -592,8 +602,8 @@ fn is_root() -> Result<bool> {
 }
 
 /// While alive, a `policy-rc.d` that denies every service start, so that
-/// installing redis-server does not also start it. Removed on drop, also
-/// when the install fails.
+/// installing redis-server or nutcracker does not also start it. Removed on
+/// drop, also when the install fails.
 struct NoServiceStart<'a> {
     /// Set when this guard wrote the policy file and must remove it.
     privilege: Option<&'a Privilege>,

@@ -288,17 +288,43 @@ pub(super) fn measure_rounds(
     options: &Options,
     what: &str,
 ) -> Result<()> {
+    measure_rounds_observed(cases, addr, slowest_rps, options, what, |_, _| Ok(()))
+}
+
+/// Where a run is when [`measure_rounds_observed`] calls its observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Right before `redis-benchmark` starts.
+    Before,
+    /// Right after it ended (the sample is not in the case yet).
+    After,
+}
+
+/// [`measure_rounds`], calling `observe` with the case right before and
+/// right after each run: what a run cost beyond its req/s (CPU time,
+/// counters) is read there, so that nothing else falls between.
+pub(super) fn measure_rounds_observed(
+    cases: &mut [Case],
+    addr: impl Fn(Target) -> Result<SocketAddr>,
+    slowest_rps: u64,
+    options: &Options,
+    what: &str,
+    mut observe: impl FnMut(&Case, Stage) -> Result<()>,
+) -> Result<()> {
     for round in 1..=options.rounds {
         for group in test_groups(cases) {
             for i in order(group.len(), round - 1) {
                 let case = &mut cases[group.start + i];
+                let addr = addr(case.target)?;
+                observe(case, Stage::Before)?;
                 let sample = redis_benchmark(
-                    addr(case.target)?,
+                    addr,
                     case.workload,
                     case.pipeline,
                     case.requests,
                     slowest_rps,
                 )?;
+                observe(case, Stage::After)?;
                 eprintln!(
                     "xtask bench: {what}round {round}/{}: {} {} P{}: {:.0} req/s, p50 {} ms, p99 {} ms",
                     options.rounds,

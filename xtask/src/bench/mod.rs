@@ -22,7 +22,12 @@
 //!    the same with two `--tracking off` proxies, interleaved; then the
 //!    memory each server's tracking table needs per key, and
 //!    `PUBLISH` to 1,000 subscribers on Redis and kv server, interleaved.
-//! 8. Writes `artifacts/bench/report.md`, `chart.svg` and
+//! 8. Proxies side by side: one Redis, and in front of it `kv proxy` with
+//!    its cache off, a `kv proxy` that has every key cached, and twemproxy
+//!    (`nutcracker`), driven with GET and SET (pipeline 1 and 16) the same
+//!    interleaved way, Redis directly too; skipped, saying so, where
+//!    twemproxy is not installed.
+//! 9. Writes `artifacts/bench/report.md`, `chart.svg` and
 //!    `durable-chart.svg`, and the same tables and the first chart into
 //!    `BENCHMARKS.md` and `docs/bench-chart.svg`.
 //!
@@ -49,7 +54,8 @@
 //! - [`memory`](mod@memory) (step 5, and the tracking table's share of
 //!   step 7) and [`durable`](mod@durable) (step 6);
 //! - [`tracking`](mod@tracking) and [`pubsub`](mod@pubsub) (step 7);
-//! - [`report`] (step 8); [`resp`]: the RESP client and the null server.
+//! - [`proxies`](mod@proxies) (step 8);
+//! - [`report`] (step 9); [`resp`]: the RESP client and the null server.
 
 mod codec;
 mod durable;
@@ -58,6 +64,7 @@ mod machine;
 mod measure;
 mod memory;
 mod processes;
+mod proxies;
 mod pubsub;
 mod report;
 mod resp;
@@ -76,6 +83,7 @@ use load::kv_server_args;
 use machine::{load_average, machine};
 use measure::{throughput, Throughput};
 use memory::{memory, tracking_memory};
+use proxies::proxies;
 use pubsub::pubsub;
 use report::Report;
 use tracking::tracking;
@@ -159,6 +167,12 @@ pub enum Target {
     RedisTracked,
     /// Redis with two `--tracking off` proxies in front.
     RedisUntracked,
+    /// `kv proxy --cache-ttl 0` in front of Redis: every request forwarded.
+    KvProxyUncached,
+    /// `kv proxy` in front of Redis that has every key cached.
+    KvProxyCached,
+    /// twemproxy (`nutcracker`) in front of Redis.
+    Twemproxy,
 }
 
 /// The order targets run in within a round: Redis and kv alternate.
@@ -275,10 +289,12 @@ pub enum Part {
     TrackingMemory,
     /// PUBLISH to 1,000 subscribers.
     Pubsub,
+    /// GET and SET through kv proxy and twemproxy in front of one Redis.
+    Proxies,
 }
 
 /// Every part, in the order they run.
-pub const PARTS: [Part; 9] = [
+pub const PARTS: [Part; 10] = [
     Part::Codec,
     Part::GetSet,
     Part::Commands,
@@ -288,6 +304,7 @@ pub const PARTS: [Part; 9] = [
     Part::Tracking,
     Part::TrackingMemory,
     Part::Pubsub,
+    Part::Proxies,
 ];
 
 /// One run's figures, as `redis-benchmark --csv` reports them.
@@ -415,6 +432,11 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         None
     };
+    let proxies = if options.runs(Part::Proxies) {
+        Some(proxies(&kv, options, &out)?)
+    } else {
+        None
+    };
 
     let report = Report {
         options: options.clone(),
@@ -434,6 +456,7 @@ pub fn run(options: &Options) -> Result<()> {
         tracking,
         tracking_memory,
         pubsub,
+        proxies,
         codec,
     };
     report::write(&report, &out)?;

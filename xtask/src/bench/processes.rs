@@ -93,6 +93,51 @@ impl Processes {
         Ok(Service { addr, pid, command })
     }
 
+    /// Starts twemproxy (`nutcracker`) with the configuration file `config`
+    /// (checked first with `nutcracker -t`), logging to `logs/NAME.log`, and
+    /// waits until it answers `PING` at `listen`, the address the file names.
+    /// Its stats port, which it would otherwise open on every interface at
+    /// 22222, is put on a free loopback port.
+    pub(super) fn nutcracker(
+        &mut self,
+        out: &Path,
+        name: &str,
+        config: &Path,
+        listen: SocketAddr,
+    ) -> Result<Service> {
+        let test = Cmd::new("nutcracker").arg("-t").arg("-c").arg(config);
+        let checked = test.output()?;
+        ensure!(
+            checked.status.success(),
+            "`{test}` rejects the configuration: {}{}",
+            String::from_utf8_lossy(&checked.stdout).trim(),
+            String::from_utf8_lossy(&checked.stderr).trim()
+        );
+        let stats = try_free_port().context("could not find a free port")?;
+        let log = log_file(out, name)?;
+        // Debian's build logs to /var/log/nutcracker/ unless told otherwise.
+        let cmd = Cmd::new("nutcracker")
+            .arg("-c")
+            .arg(config)
+            .args(["-a", "127.0.0.1", "-s", &stats.to_string()])
+            .args(["-o", &log_path(out, name)]);
+        let command = cmd.to_string();
+        let child = cmd.spawn(Stdio::from(log.try_clone()?), Stdio::from(log))?;
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut conn = Conn::connect(listen, deadline)
+            .with_context(|| format!("{name} did not start; see {}", log_path(out, name)))?;
+        let pong = conn.command(&[b"PING"])?;
+        ensure!(pong == "PONG", "{name} answered PING with {pong:?}");
+        eprintln!("xtask bench: {name} (pid {pid}) listening on {listen}");
+        Ok(Service {
+            addr: listen,
+            pid,
+            command,
+        })
+    }
+
     /// An empty directory at `path` (anything left there by an earlier run
     /// is removed first), removed again when `self` is dropped.
     pub(super) fn fresh_dir(&mut self, path: PathBuf) -> Result<PathBuf> {
@@ -185,6 +230,25 @@ fn remove_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// User and system CPU time process `pid` has used, in seconds, from
+/// `/proc/PID/stat` (in clock ticks of `USER_HZ`, 100 on Linux whatever the
+/// kernel's own tick rate).
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu(&stat).with_context(|| format!("{path} has no CPU times: {stat:?}"))
+}
+
+/// The CPU seconds of a `/proc/PID/stat` line: its 14th and 15th fields,
+/// counted after the command name (which may hold spaces and parentheses).
+fn parse_cpu(stat: &str) -> Option<f64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // `after` starts at field 3 (the state): utime is field 14, stime 15.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 /// Where the server called `name` logs, as the error messages name it.
 fn log_path(out: &Path, name: &str) -> String {
     out.join("logs")
@@ -217,5 +281,14 @@ mod tests {
         drop(procs);
         assert!(!path.exists());
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn reads_cpu_times() {
+        let stat = "4242 (kv (proxy) x) S 1 4242 4242 0 -1 4194560 600 0 0 0 \
+                    250 50 0 0 20 0 3 0 1234 1000000 500 18446744073709551615";
+        assert_eq!(parse_cpu(stat), Some(3.0));
+        assert_eq!(parse_cpu("4242 (kv) S 1"), None);
+        assert!(cpu_seconds(std::process::id()).is_ok());
     }
 }

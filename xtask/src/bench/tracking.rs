@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 
 use super::load::{get_all, key, load};
 use super::measure::{calibrate, order, redis_benchmark, test_groups, Calibration, SLOWEST_RPS};
-use super::processes::{Processes, Service};
+use super::processes::{cpu_seconds, Processes, Service};
 use super::report::{self, RunCosts, TrackingSets};
 use super::resp::{self, info_field, info_number, Conn};
 use super::{Case, Options, Target, Workload, KEYSPACE, PIPELINES};
@@ -310,25 +310,6 @@ pub(super) fn tracking(
     })
 }
 
-/// User and system CPU time process `pid` has used, in seconds, from
-/// `/proc/PID/stat` (in clock ticks of `USER_HZ`, 100 on Linux whatever the
-/// kernel's own tick rate).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_cpu(&stat).with_context(|| format!("{path} has no CPU times: {stat:?}"))
-}
-
-/// The CPU seconds of a `/proc/PID/stat` line: its 14th and 15th fields,
-/// counted after the command name (which may hold spaces and parentheses).
-fn parse_cpu(stat: &str) -> Option<f64> {
-    let (_, after) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    // `after` starts at field 3 (the state): utime is field 14, stime 15.
-    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
-}
-
 /// Where `target`'s setup is in `setups`.
 fn index(setups: &[Setup], target: Target) -> Result<usize> {
     setups
@@ -411,18 +392,4 @@ fn read_loop(addr: SocketAddr, first: u64, stop: &AtomicBool) -> Result<f64> {
         }
     }
     Ok(sent as f64 / started.elapsed().as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_cpu_times() {
-        let stat = "4242 (kv (proxy) x) S 1 4242 4242 0 -1 4194560 600 0 0 0 \
-                    250 50 0 0 20 0 3 0 1234 1000000 500 18446744073709551615";
-        assert_eq!(parse_cpu(stat), Some(3.0));
-        assert_eq!(parse_cpu("4242 (kv) S 1"), None);
-        assert!(cpu_seconds(std::process::id()).is_ok());
-    }
 }

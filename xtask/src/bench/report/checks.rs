@@ -1,7 +1,7 @@
 //! The project's performance targets, evaluated on one run: reported,
 //! never asserted, since a miss is a finding rather than a failure.
 
-use super::{find, p99_of, paired, ratio, rps_of, Report};
+use super::{find, p99_of, paired, ratio, rps_of, ProxyComparison, Report};
 use crate::bench::{Target, Workload, COMMANDS, PIPELINES};
 
 /// A performance target of the project, and whether it was met.
@@ -149,6 +149,40 @@ pub(super) fn checks(r: &Report) -> Vec<Check> {
                 rps_of,
             ),
             0.9,
+        ));
+    }
+    let proxies = match &r.proxies {
+        Some(ProxyComparison::Measured(p)) => Some(&p.cases[..]),
+        _ => None,
+    };
+    let vs_twemproxy = |kv, workload, p| {
+        proxies.and_then(|cases| {
+            paired(
+                find(cases, kv, workload, p),
+                find(cases, Target::Twemproxy, workload, p),
+                rps_of,
+            )
+        })
+    };
+    for workload in [Workload::Get, Workload::Set] {
+        for p in PIPELINES {
+            v.push(at_least(
+                format!(
+                    "kv proxy (cache off) {} P{p} req/s vs twemproxy",
+                    workload.test()
+                ),
+                "≥ 1.00×",
+                vs_twemproxy(Target::KvProxyUncached, workload, p),
+                1.0,
+            ));
+        }
+    }
+    for p in PIPELINES {
+        v.push(at_least(
+            format!("kv proxy cache-hit GET P{p} req/s vs twemproxy GET"),
+            "≥ 1.50×",
+            vs_twemproxy(Target::KvProxyCached, Workload::Get, p),
+            1.5,
         ));
     }
     v

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::checks::checks;
 use super::{
-    find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, PubSubCase,
-    PubSubSample, Report, RunCosts,
+    find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, ProxyComparison,
+    ProxyCost, PubSubCase, PubSubSample, Report, RunCosts,
 };
 use crate::bench::{
     median, Case, Part, Target, Workload, COMMANDS, GET_SET, KEYSPACE, MULTI_KEYS, PIPELINES,
@@ -62,6 +62,7 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
     s.push_str(&tracking_section(r));
     s.push_str(&tracking_memory_section(r));
     s.push_str(&pubsub_section(r));
+    s.push_str(&proxies_section(r));
 
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(
@@ -760,4 +761,143 @@ fn pubsub_spread(c: &PubSubCase) -> Option<String> {
         (lo.min(x.delivered_per_s), hi.max(x.delivered_per_s))
     });
     (c.samples.len() > 1 && mid > 0.0).then(|| format!("±{:.0} %", 50.0 * (hi - lo) / mid))
+}
+
+/// kv proxy and twemproxy in front of one Redis: how they ran, a table
+/// with kv, twemproxy and Redis side by side, and what each run cost.
+fn proxies_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## kv proxy vs twemproxy\n");
+    let p = match &r.proxies {
+        None => {
+            let _ = writeln!(s, "{NOT_RUN}\n");
+            return s;
+        }
+        Some(ProxyComparison::Missing(why)) => {
+            let _ = writeln!(s, "Not measured: {why}.\n");
+            return s;
+        }
+        Some(ProxyComparison::Measured(p)) => p,
+    };
+    let _ = writeln!(
+        s,
+        "Measured {date} (load average, 1 min, before / after this part: {before} / {after}). \
+         One `redis-server` with persistence off and the {keys} keys loaded, and in front of \
+         it, each with one connection to it: `kv proxy (cache off)`, `--cache-ttl 0`, which \
+         turns its cache off, so that every request is forwarded; `kv proxy (cache hit)`, \
+         which has read every key before the runs and answers GETs from its cache; and \
+         twemproxy (`{version}`) with a pool of that one server. \
+         `redis-benchmark -h 127.0.0.1 -p PORT -t get|set -c 50 -P 1|16 -d 64 -r 100000 -n N \
+         --csv` against each of them and against Redis itself, N calibrated per case so that \
+         a run lasts about {secs:.0} s: the same clients, keys and 64-byte values for every \
+         peer, the peers of a test back to back in an order that changes each round, on the \
+         same two cores as the load generator.\n",
+        date = p.date,
+        before = opt(p.load.0, |v| format!("{v:.2}")),
+        after = opt(p.load.1, |v| format!("{v:.2}")),
+        keys = thousands(KEYSPACE as f64),
+        version = p.nutcracker,
+        secs = r.options.run_seconds(),
+    );
+    let _ = writeln!(
+        s,
+        "A GET the cache-off proxy forwards is the read it makes of any value it may cache: \
+         `MULTI`, `GET`, `PTTL`, `EXEC` in one write (the value and its time to live from one \
+         moment), so Redis runs four commands for it where twemproxy's GET is one; its SETs \
+         are forwarded as they are. Both kv proxies run `--tracking off`: with the cache off \
+         there is nothing to invalidate, and the caching proxy would otherwise be told of \
+         every SET measured through the other peers (they write values of the same length) \
+         and miss its next GET of the key. Over the measured runs the caching proxy counted \
+         {hits} cache hits and {misses} misses; the cache-off proxy {off_hits} hits.\n",
+        hits = thousands(p.cached_cache.hits as f64),
+        misses = thousands(p.cached_cache.misses as f64),
+        off_hits = thousands(p.uncached_cache.hits as f64),
+    );
+    let _ = writeln!(
+        s,
+        "twemproxy's configuration:\n\n```yaml\n{}```\n",
+        p.config
+    );
+    let _ = writeln!(s, "The peers, on free loopback ports:\n");
+    for command in &p.servers {
+        let _ = writeln!(s, "    {command}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| Command | Pipeline | kv proxy | kv req/s | twemproxy req/s | kv / twemproxy \
+         | redis req/s | kv p50 ms | twemproxy p50 ms | redis p50 ms | kv p99 ms \
+         | twemproxy p99 ms | redis p99 ms |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let ms = |v: Option<f64>| opt(v, |v| format!("{v:.3}"));
+    for workload in [Workload::Get, Workload::Set] {
+        for pipeline in PIPELINES {
+            let twemproxy = find(&p.cases, Target::Twemproxy, workload, pipeline);
+            let redis = find(&p.cases, Target::Redis, workload, pipeline);
+            for (kv, mode) in [
+                (Target::KvProxyUncached, "cache off"),
+                (Target::KvProxyCached, "cache hit"),
+            ] {
+                let Some(case) = find(&p.cases, kv, workload, pipeline) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {pipeline} | {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    workload.test(),
+                    rps_with_spread(Some(case)),
+                    rps_with_spread(twemproxy),
+                    opt(paired(Some(case), twemproxy, rps_of), |v| format!(
+                        "{v:.2}×"
+                    )),
+                    rps_with_spread(redis),
+                    ms(case.p50()),
+                    ms(twemproxy.and_then(Case::p50)),
+                    ms(redis.and_then(Case::p50)),
+                    ms(case.p99()),
+                    ms(twemproxy.and_then(Case::p99)),
+                    ms(redis.and_then(Case::p99)),
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`kv / twemproxy` is the median of per-round ratios of req/s, as `vs Redis` above; \
+         `spread` as above. The targets: at least 1.00× with the cache off, 1.50× for cache \
+         hits.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Where the time goes, over the same measured runs: CPU is user and system time from \
+         `/proc/PID/stat` (10 ms ticks) of the proxy and of Redis, per request sent; Redis's \
+         commands are `total_commands_processed` from `INFO stats`, per request sent.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Target | Command | Pipeline | proxy CPU µs/request | Redis CPU µs/request \
+         | Redis commands per request |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    let us = |v: Option<f64>| opt(v, |v| format!("{v:.2}"));
+    for cost in &p.costs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            label(cost.target, cost.workload),
+            cost.workload.test(),
+            cost.pipeline,
+            us(cost.proxy_cpu.and_then(|c| cost.micros_per_request(c))),
+            us(cost.micros_per_request(cost.redis_cpu)),
+            opt(ProxyCost::redis_commands_per_request(cost), |v| format!(
+                "{v:.2}"
+            )),
+        );
+    }
+    let _ = writeln!(s);
+    s
 }

@@ -63,6 +63,8 @@ pub struct Report {
     pub tracking_memory: Option<Vec<TrackedMemory>>,
     /// `PUBLISH` to 1,000 subscribers, if that part ran.
     pub pubsub: Option<PubSubRun>,
+    /// kv proxy and twemproxy in front of one Redis, if that part ran.
+    pub proxies: Option<ProxyComparison>,
     /// The codec micro-benchmarks.
     pub codec: Vec<CodecFigure>,
 }
@@ -235,6 +237,70 @@ impl PubSubCase {
     }
 }
 
+/// The proxies part: measured, or skipped for want of twemproxy.
+pub enum ProxyComparison {
+    /// `nutcracker` could not be run; why, for the report.
+    Missing(String),
+    /// What was measured.
+    Measured(ProxiesRun),
+}
+
+/// GET and SET through `kv proxy` and through twemproxy in front of the
+/// same Redis, and straight at that Redis.
+pub struct ProxiesRun {
+    /// When this part started, as `date -u` printed it.
+    pub date: String,
+    /// twemproxy's version, as `nutcracker -V` printed it.
+    pub nutcracker: String,
+    /// How Redis and the proxies were started.
+    pub servers: Vec<String>,
+    /// twemproxy's configuration file, as written.
+    pub config: String,
+    /// GET cases of [`Target::Redis`], [`Target::KvProxyUncached`],
+    /// [`Target::KvProxyCached`] and [`Target::Twemproxy`]; SET cases of
+    /// all but the caching proxy.
+    pub cases: Vec<Case>,
+    /// What the measured runs of each case cost, in the order of `cases`.
+    pub costs: Vec<ProxyCost>,
+    /// The cache-off proxy's cache counters over the measured runs.
+    pub uncached_cache: CacheCounts,
+    /// The caching proxy's cache counters over the measured runs.
+    pub cached_cache: CacheCounts,
+    /// The 1-minute load average before and after this part.
+    pub load: (Option<f64>, Option<f64>),
+}
+
+/// What the measured runs of one case of the proxies part cost.
+pub struct ProxyCost {
+    /// The case's target.
+    pub target: Target,
+    /// The case's workload.
+    pub workload: Workload,
+    /// The case's pipeline depth.
+    pub pipeline: u32,
+    /// Requests the runs sent.
+    pub requests: u64,
+    /// CPU time (user and system) the proxy used during the runs, in
+    /// seconds; `None` for Redis measured directly.
+    pub proxy_cpu: Option<f64>,
+    /// CPU time Redis used during the runs, in seconds.
+    pub redis_cpu: f64,
+    /// Commands Redis ran during the runs.
+    pub redis_commands: u64,
+}
+
+impl ProxyCost {
+    /// `seconds` of CPU per request, in microseconds.
+    pub fn micros_per_request(&self, seconds: f64) -> Option<f64> {
+        (self.requests > 0).then(|| seconds * 1e6 / self.requests as f64)
+    }
+
+    /// Commands Redis ran per request sent.
+    pub fn redis_commands_per_request(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.redis_commands as f64 / self.requests as f64)
+    }
+}
+
 /// One codec micro-benchmark, with both of its throughput figures.
 pub struct CodecFigure {
     /// Criterion group: `parse`, `encode_reply` or `encode_command`.
@@ -350,6 +416,9 @@ pub(super) fn label(target: Target, workload: Workload) -> &'static str {
         (Target::KvServerUntracked, _) => "kv server, 2 untracked proxies",
         (Target::RedisTracked, _) => "redis, 2 tracking proxies",
         (Target::RedisUntracked, _) => "redis, 2 untracked proxies",
+        (Target::KvProxyUncached, _) => "kv proxy (cache off)",
+        (Target::KvProxyCached, _) => "kv proxy (cache hit)",
+        (Target::Twemproxy, _) => "twemproxy",
     }
 }
 
@@ -474,6 +543,7 @@ mod tests {
             tracking: None,
             tracking_memory: None,
             pubsub: None,
+            proxies: None,
             codec: Vec::new(),
         }
     }
@@ -579,7 +649,7 @@ mod tests {
         assert!(!r.options.complete());
         assert_eq!(
             text.matches("Not measured in this run").count(),
-            7,
+            8,
             "{text}"
         );
     }
@@ -689,6 +759,86 @@ mod tests {
         ] {
             assert!(text.contains(section), "{section}");
         }
+    }
+
+    #[test]
+    fn proxies_side_by_side() {
+        let mut r = report(Vec::new());
+        let text = body(&r, "chart.svg", None);
+        assert!(text.contains("## kv proxy vs twemproxy\n\nNot measured"));
+        assert!(text
+            .contains("| kv proxy cache-hit GET P1 req/s vs twemproxy GET | ≥ 1.50× | – | n/a |"));
+
+        r.proxies = Some(ProxyComparison::Missing("no nutcracker".into()));
+        let text = body(&r, "chart.svg", None);
+        assert!(text.contains("## kv proxy vs twemproxy\n\nNot measured: no nutcracker.\n"));
+
+        let get = |target, pipeline, rps: &[f64]| case_of(target, Workload::Get, pipeline, rps);
+        let set = |target, pipeline, rps: &[f64]| case_of(target, Workload::Set, pipeline, rps);
+        let cost = |target, workload| ProxyCost {
+            target,
+            workload,
+            pipeline: 1,
+            requests: 100_000,
+            proxy_cpu: (target != Target::Redis).then_some(1.5),
+            redis_cpu: 2.0,
+            redis_commands: 400_000,
+        };
+        r.proxies = Some(ProxyComparison::Measured(ProxiesRun {
+            date: "tonight".into(),
+            nutcracker: "nutcracker-0.5.0".into(),
+            servers: vec!["nutcracker -c nutcracker.yml".into()],
+            config: "kv_bench:\n  redis: true\n".into(),
+            cases: vec![
+                get(Target::Redis, 1, &[30_000.0, 30_000.0]),
+                get(Target::KvProxyUncached, 1, &[20_000.0, 18_000.0]),
+                get(Target::KvProxyCached, 1, &[40_000.0, 36_000.0]),
+                get(Target::Twemproxy, 1, &[20_000.0, 20_000.0]),
+                set(Target::Redis, 16, &[200_000.0, 200_000.0]),
+                set(Target::KvProxyUncached, 16, &[100_000.0, 100_000.0]),
+                set(Target::Twemproxy, 16, &[80_000.0, 120_000.0]),
+            ],
+            costs: vec![
+                cost(Target::KvProxyUncached, Workload::Get),
+                cost(Target::Redis, Workload::Get),
+            ],
+            uncached_cache: CacheCounts { hits: 0, misses: 5 },
+            cached_cache: CacheCounts {
+                hits: 1_234_567,
+                misses: 3,
+            },
+            load: (Some(1.5), None),
+        }));
+        let text = body(&r, "chart.svg", None);
+        assert!(
+            text.contains("before / after this part: 1.50 / –"),
+            "{text}"
+        );
+        assert!(text.contains("1,234,567 cache hits and 3 misses; the cache-off proxy 0 hits"));
+        assert!(text.contains("```yaml\nkv_bench:\n  redis: true\n```\n"));
+        // Per-round ratios 1.00 and 0.90: the median 0.95.
+        assert!(
+            text.contains(
+                "| GET | 1 | cache off | 19,000 ±5 % | 20,000 ±0 % | 0.95× | 30,000 ±0 % \
+                 | 0.500 | 0.500 | 0.500 | 1.900 | 2.000 | 3.000 |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| GET | 1 | cache hit | 38,000 ±5 % | 20,000 ±0 % | 1.90× |"));
+        // Per-round ratios 1.25 and 0.83: the median 1.04.
+        assert!(text.contains("| SET | 16 | cache off | 100,000 ±0 % | 100,000 ±20 % | 1.04× |"));
+        assert!(!text.contains("| SET | 16 | cache hit |"));
+        assert!(text.contains("| kv proxy (cache off) | GET | 1 | 15.00 | 20.00 | 4.00 |"));
+        assert!(text.contains("| redis | GET | 1 | – | 20.00 | 4.00 |"));
+        assert!(text.contains(
+            "| kv proxy (cache off) GET P1 req/s vs twemproxy | ≥ 1.00× | 0.95 | **miss** |"
+        ));
+        assert!(text.contains(
+            "| kv proxy cache-hit GET P1 req/s vs twemproxy GET | ≥ 1.50× | 1.90 | pass |"
+        ));
+        assert!(text.contains(
+            "| kv proxy (cache off) SET P16 req/s vs twemproxy | ≥ 1.00× | 1.04 | pass |"
+        ));
     }
 
     #[test]
