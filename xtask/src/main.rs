@@ -4,8 +4,9 @@
 //! - `build-wasm`: builds the wasm client into `www/pkg`.
 //! - `test`: every check and test, in the order CI runs them.
 //! - `up`: builds the wasm client and starts `kv up`.
-//! - `bench`: kv side by side with Redis (and its proxy with twemproxy);
-//!   writes `artifacts/bench/` and `BENCHMARKS.md`.
+//! - `bench`: kv side by side with Redis (and its proxy with twemproxy, and
+//!   in front of a Redis Cluster beside a direct cluster client); writes
+//!   `artifacts/bench/` and `BENCHMARKS.md`.
 //! - `sim`: many seeds of the deterministic simulation, in release.
 //! - `fuzz`: every cargo-fuzz target in `fuzz/` for a while.
 //!
@@ -65,7 +66,8 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Benchmark kv server and proxy side by side with Redis, twemproxy
-    /// and a null server; writes artifacts/bench/ and BENCHMARKS.md.
+    /// and a null server, and the proxy in front of a Redis Cluster beside
+    /// a direct cluster client; writes artifacts/bench/ and BENCHMARKS.md.
     Bench {
         /// Repeat every measurement this many times and report medians
         /// [default: 3, or 1 with --quick].
@@ -463,6 +465,11 @@ mod tests {
         assert!(matches!(
             cli.task,
             Task::Bench { ref only, .. } if only == &[bench::Part::Proxies]
+        ));
+        let cli = Cli::try_parse_from(["xtask", "bench", "--only", "cluster"]).unwrap();
+        assert!(matches!(
+            cli.task,
+            Task::Bench { ref only, .. } if only == &[bench::Part::Cluster]
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "--only", "nothing"]).is_err());
     }

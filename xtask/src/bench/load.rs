@@ -21,7 +21,16 @@ const LOAD_BATCH: u64 = 1000;
 /// The key `redis-benchmark` makes of `__rand_int__` = `i`: `key:` and 12
 /// digits, so every key is 16 bytes.
 pub(super) fn key(i: u64) -> String {
-    format!("key:{i:012}")
+    prefixed(KEY_PREFIX, i)
+}
+
+/// What comes before the number in [`key`].
+const KEY_PREFIX: &str = "key:";
+
+/// `prefix` and `i` in 12 digits: the key `redis-benchmark` makes of
+/// `__rand_int__` = `i` in a key that starts with `prefix`.
+fn prefixed(prefix: &str, i: u64) -> String {
+    format!("{prefix}{i:012}")
 }
 
 /// A 64-byte value that differs per key (no server can share them).
@@ -41,6 +50,27 @@ pub(super) fn load_expiring(
     ttl: Option<u64>,
     deadline: Instant,
 ) -> Result<()> {
+    load_keys(addr, KEY_PREFIX, keys, ttl, deadline)
+}
+
+/// [`load`] of the keys that start with `prefix` instead of `key:`, as
+/// `redis-benchmark --cluster` names them (`key:{TAG}:` and 12 digits).
+pub(super) fn load_prefixed(
+    addr: SocketAddr,
+    prefix: &str,
+    keys: Range<u64>,
+    deadline: Instant,
+) -> Result<()> {
+    load_keys(addr, prefix, keys, None, deadline)
+}
+
+fn load_keys(
+    addr: SocketAddr,
+    prefix: &str,
+    keys: Range<u64>,
+    ttl: Option<u64>,
+    deadline: Instant,
+) -> Result<()> {
     let ttl = ttl.map(|t| t.to_string());
     let mut conn = Conn::connect(addr, deadline)?;
     let mut batch = Vec::new();
@@ -53,7 +83,7 @@ pub(super) fn load_expiring(
         let end = (i + LOAD_BATCH).min(keys.end);
         batch.clear();
         for k in i..end {
-            let (key, value) = (key(k), value(k));
+            let (key, value) = (prefixed(prefix, k), value(k));
             let mut args: Vec<&[u8]> = vec![b"SET", key.as_bytes(), value.as_bytes()];
             if let Some(ttl) = &ttl {
                 args.extend([b"EX".as_slice(), ttl.as_bytes()]);
@@ -68,6 +98,16 @@ pub(super) fn load_expiring(
 
 /// `GET key(i)` for every `i` in `keys`, failing if any key is missing.
 pub(super) fn get_all(addr: SocketAddr, keys: Range<u64>, deadline: Instant) -> Result<()> {
+    get_all_prefixed(addr, KEY_PREFIX, keys, deadline)
+}
+
+/// [`get_all`] of the keys [`load_prefixed`] loads.
+pub(super) fn get_all_prefixed(
+    addr: SocketAddr,
+    prefix: &str,
+    keys: Range<u64>,
+    deadline: Instant,
+) -> Result<()> {
     let mut conn = Conn::connect(addr, deadline)?;
     let mut batch = Vec::new();
     let mut i = keys.start;
@@ -79,7 +119,7 @@ pub(super) fn get_all(addr: SocketAddr, keys: Range<u64>, deadline: Instant) -> 
         let end = (i + LOAD_BATCH).min(keys.end);
         batch.clear();
         for k in i..end {
-            resp::encode(&mut batch, &[b"GET", key(k).as_bytes()]);
+            resp::encode(&mut batch, &[b"GET", prefixed(prefix, k).as_bytes()]);
         }
         let replies = conn.pipeline(&batch, end - i)?;
         // Values are digits only, so a nil reply cannot hide in one.
@@ -114,6 +154,7 @@ mod tests {
     fn keys_are_those_of_redis_benchmark() {
         assert_eq!(key(18426), "key:000000018426");
         assert_eq!(key(0).len(), 16);
+        assert_eq!(prefixed("key:{06S}:", 7), "key:{06S}:000000000007");
         assert_eq!(value(7).len(), VALUE_LEN);
     }
 }

@@ -27,9 +27,15 @@
 //!    (`nutcracker`), driven with GET and SET (pipeline 1 and 16) the same
 //!    interleaved way, Redis directly too; skipped, saying so, where
 //!    twemproxy is not installed.
-//! 9. Writes `artifacts/bench/report.md`, `chart.svg` and
-//!    `durable-chart.svg`, and the same tables and the first chart into
-//!    `BENCHMARKS.md` and `docs/bench-chart.svg`.
+//! 9. A Redis Cluster of 3 masters (`kv_tests::RedisCluster`), driven with
+//!    GET and SET (pipeline 1 and 16) the same interleaved way by
+//!    `redis-benchmark --cluster`, a client that sends each request to its
+//!    slot's master, and through `kv proxy --upstream-cluster` with its
+//!    cache off, and with GET through a second one that has every key
+//!    cached; skipped, saying so, where Redis's tools are not installed.
+//! 10. Writes `artifacts/bench/report.md`, `chart.svg` and
+//!     `durable-chart.svg`, and the same tables and the first chart into
+//!     `BENCHMARKS.md` and `docs/bench-chart.svg`.
 //!
 //! `--only PART` (repeatable, see [`Part`]) runs some of these; such a run
 //! writes only `artifacts/bench/`, since `BENCHMARKS.md` would lose the
@@ -54,9 +60,10 @@
 //! - [`memory`](mod@memory) (step 5, and the tracking table's share of
 //!   step 7) and [`durable`](mod@durable) (step 6);
 //! - [`tracking`](mod@tracking) and [`pubsub`](mod@pubsub) (step 7);
-//! - [`proxies`](mod@proxies) (step 8);
-//! - [`report`] (step 9); [`resp`]: the RESP client and the null server.
+//! - [`proxies`](mod@proxies) (step 8); [`cluster`](mod@cluster) (step 9);
+//! - [`report`] (step 10); [`resp`]: the RESP client and the null server.
 
+mod cluster;
 mod codec;
 mod durable;
 mod load;
@@ -77,6 +84,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::cmd::Cmd;
+use cluster::cluster;
 use codec::codec_benchmarks;
 use durable::durable;
 use load::kv_server_args;
@@ -173,6 +181,22 @@ pub enum Target {
     KvProxyCached,
     /// twemproxy (`nutcracker`) in front of Redis.
     Twemproxy,
+    /// A Redis Cluster, driven by `redis-benchmark --cluster`: each request
+    /// goes straight to its slot's master.
+    ClusterDirect,
+    /// `kv proxy --upstream-cluster --cache-ttl 0` in front of the cluster:
+    /// every request routed to its slot's master by the proxy.
+    ClusterProxyUncached,
+    /// `kv proxy --upstream-cluster` that has every key cached.
+    ClusterProxyCached,
+}
+
+impl Target {
+    /// Whether `redis-benchmark` drives it as a Redis Cluster's client
+    /// (`--cluster`) rather than as one server's.
+    fn cluster_client(self) -> bool {
+        self == Target::ClusterDirect
+    }
 }
 
 /// The order targets run in within a round: Redis and kv alternate.
@@ -291,10 +315,13 @@ pub enum Part {
     Pubsub,
     /// GET and SET through kv proxy and twemproxy in front of one Redis.
     Proxies,
+    /// GET and SET through kv proxy in front of a 3-master Redis Cluster,
+    /// beside `redis-benchmark --cluster` driving the cluster directly.
+    Cluster,
 }
 
 /// Every part, in the order they run.
-pub const PARTS: [Part; 10] = [
+pub const PARTS: [Part; 11] = [
     Part::Codec,
     Part::GetSet,
     Part::Commands,
@@ -305,6 +332,7 @@ pub const PARTS: [Part; 10] = [
     Part::TrackingMemory,
     Part::Pubsub,
     Part::Proxies,
+    Part::Cluster,
 ];
 
 /// One run's figures, as `redis-benchmark --csv` reports them.
@@ -437,6 +465,11 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         None
     };
+    let cluster = if options.runs(Part::Cluster) {
+        Some(cluster(&kv, options, &out)?)
+    } else {
+        None
+    };
 
     let report = Report {
         options: options.clone(),
@@ -457,6 +490,7 @@ pub fn run(options: &Options) -> Result<()> {
         tracking_memory,
         pubsub,
         proxies,
+        cluster,
         codec,
     };
     report::write(&report, &out)?;

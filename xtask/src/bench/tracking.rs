@@ -269,6 +269,7 @@ pub(super) fn tracking(
                 let case: &mut Case = &mut cases[c];
                 let sample = redis_benchmark(
                     setup.server.addr,
+                    false,
                     Workload::Set,
                     case.pipeline,
                     case.requests,

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::checks::checks;
 use super::{
-    find, label, paired, ratio, rps_of, thousands, CodecFigure, Durable, Memory, ProxyComparison,
-    ProxyCost, PubSubCase, PubSubSample, Report, RunCosts,
+    find, label, paired, ratio, rps_of, thousands, ClusterComparison, CodecFigure, Durable, Memory,
+    ProxyComparison, ProxyCost, PubSubCase, PubSubSample, Report, RunCosts,
 };
 use crate::bench::{
     median, Case, Part, Target, Workload, COMMANDS, GET_SET, KEYSPACE, MULTI_KEYS, PIPELINES,
@@ -63,6 +63,7 @@ pub(super) fn body(r: &Report, chart: &str, durable_chart: Option<&str>) -> Stri
     s.push_str(&tracking_memory_section(r));
     s.push_str(&pubsub_section(r));
     s.push_str(&proxies_section(r));
+    s.push_str(&cluster_section(r));
 
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(
@@ -885,6 +886,164 @@ fn proxies_section(r: &Report) -> String {
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
     let us = |v: Option<f64>| opt(v, |v| format!("{v:.2}"));
     for cost in &p.costs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            label(cost.target, cost.workload),
+            cost.workload.test(),
+            cost.pipeline,
+            us(cost.proxy_cpu.and_then(|c| cost.micros_per_request(c))),
+            us(cost.micros_per_request(cost.redis_cpu)),
+            opt(ProxyCost::redis_commands_per_request(cost), |v| format!(
+                "{v:.2}"
+            )),
+        );
+    }
+    let _ = writeln!(s);
+    s
+}
+
+/// kv proxy in front of a Redis Cluster: how it ran, a table with the
+/// direct cluster client and the two proxies side by side, and what each
+/// run cost.
+fn cluster_section(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## kv proxy in front of a Redis Cluster\n");
+    let c = match &r.cluster {
+        None => {
+            let _ = writeln!(s, "{NOT_RUN}\n");
+            return s;
+        }
+        Some(ClusterComparison::Missing(why)) => {
+            let _ = writeln!(s, "Not measured: {why}.\n");
+            return s;
+        }
+        Some(ClusterComparison::Measured(c)) => c,
+    };
+    let _ = writeln!(
+        s,
+        "Measured {date} (load average, 1 min, before / after this part: {before} / {after}). \
+         A local Redis Cluster of {masters} masters and no replicas (`kv_tests::RedisCluster`, \
+         the end-to-end tests' fixture: a `redis-server --cluster-enabled yes --cluster-port \
+         BUS` per node on free loopback ports, persistence off, joined by `redis-cli --cluster \
+         create`), with `cluster-node-timeout` raised to {timeout} s for this part (with no \
+         replica to take over, a master flagged as failed would take the cluster down, and a \
+         stall of a busy machine is not a failure), reached three ways:\n",
+        date = c.date,
+        before = opt(c.load.0, |v| format!("{v:.2}")),
+        after = opt(c.load.1, |v| format!("{v:.2}")),
+        masters = c.masters,
+        timeout = c.node_timeout_ms / 1000,
+    );
+    let _ = writeln!(
+        s,
+        "- `direct`: `redis-benchmark --cluster --threads 1 -h 127.0.0.1 -p PORT` with PORT a \
+         master's, the direct cluster client: it reads the slot map and sends each request \
+         straight to its slot's master (`--threads 1`: one event loop, as against every other \
+         target; cluster mode would otherwise start a thread per master);\n\
+         - `cache off`: `redis-benchmark -h 127.0.0.1 -p PORT` against `kv proxy \
+         --upstream-cluster` with `--cache-ttl 0`, which turns its cache off: every request \
+         is routed by the proxy to its slot's master over its cluster pipe and answered from \
+         there;\n\
+         - `cache hit` (GET only): the same against a second `kv proxy --upstream-cluster` \
+         that has read every key before the runs and answers GETs from its cache.\n"
+    );
+    let prefixes: Vec<String> = c
+        .direct_keys
+        .iter()
+        .map(|(_, prefix)| format!("`{prefix}`"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "`-t get|set -c 50 -P 1|16 -d 64 -r 100000 -n N --csv` for all three, N calibrated per \
+         case so that a run lasts about {secs:.0} s: the same clients, random numbers and \
+         64-byte values for every peer, the peers of a test back to back in an order that \
+         changes each round, on the same two cores as the load generator and the three \
+         masters. The key names differ, as `redis-benchmark` makes them: in cluster mode each \
+         client puts the hash tag of the first slot of its master in its keys, so the direct \
+         client's keys are the {keys} numbers under one prefix per master, all in one slot of \
+         it ({prefixes} and 12 digits, 21 bytes), loaded into each master; through the \
+         proxies they are `key:` and 12 digits (16 bytes) across all 16,384 slots, loaded \
+         through the cache-off proxy. \
+         Either way each master serves about a third of the requests, and every GET finds a \
+         64-byte value: the masters held {held} keys before the runs and after them \
+         (checked). Both proxies run `--tracking off`, as in the section above: the caching \
+         proxy would otherwise be told of every SET measured through the other one and miss \
+         its next GET of the key. Over the measured runs the caching proxy counted {hits} \
+         cache hits and {misses} misses; the cache-off proxy {off_hits} hits.\n",
+        secs = r.options.run_seconds(),
+        keys = thousands(KEYSPACE as f64),
+        prefixes = prefixes.join(", "),
+        held = thousands(c.keys as f64),
+        hits = thousands(c.cached_cache.hits as f64),
+        misses = thousands(c.cached_cache.misses as f64),
+        off_hits = thousands(c.uncached_cache.hits as f64),
+    );
+    let _ = writeln!(s, "The proxies, on free loopback ports:\n");
+    for command in &c.servers {
+        let _ = writeln!(s, "    {command}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| Command | Pipeline | direct req/s | cache off req/s | cache off / direct \
+         | cache hit req/s | cache hit / direct | direct p50 ms | cache off p50 ms \
+         | cache hit p50 ms | direct p99 ms | cache off p99 ms | cache hit p99 ms |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let ms = |v: Option<f64>| opt(v, |v| format!("{v:.3}"));
+    let times = |v: Option<f64>| opt(v, |v| format!("{v:.2}×"));
+    for workload in [Workload::Get, Workload::Set] {
+        for pipeline in PIPELINES {
+            let direct = find(&c.cases, Target::ClusterDirect, workload, pipeline);
+            let off = find(&c.cases, Target::ClusterProxyUncached, workload, pipeline);
+            let hit = find(&c.cases, Target::ClusterProxyCached, workload, pipeline);
+            if direct.is_none() && off.is_none() && hit.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {pipeline} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                workload.test(),
+                rps_with_spread(direct),
+                rps_with_spread(off),
+                times(paired(off, direct, rps_of)),
+                rps_with_spread(hit),
+                times(paired(hit, direct, rps_of)),
+                ms(direct.and_then(Case::p50)),
+                ms(off.and_then(Case::p50)),
+                ms(hit.and_then(Case::p50)),
+                ms(direct.and_then(Case::p99)),
+                ms(off.and_then(Case::p99)),
+                ms(hit.and_then(Case::p99)),
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`/ direct` is the median of per-round ratios of req/s, as `vs Redis` above; \
+         `spread` as above. There is no target: the figures are reported side by side.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Where the time goes, over the same measured runs: CPU is user and system time from \
+         `/proc/PID/stat` (10 ms ticks) of the proxy and of the {masters} masters together, \
+         per request sent; the masters' commands are their `total_commands_processed` from \
+         `INFO stats`, added up, per request sent (the proxies' reads of the slot map, one \
+         every 10 s each, are among them).\n",
+        masters = c.masters,
+    );
+    let _ = writeln!(
+        s,
+        "| Target | Command | Pipeline | proxy CPU µs/request | masters' CPU µs/request \
+         | masters' commands per request |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    let us = |v: Option<f64>| opt(v, |v| format!("{v:.2}"));
+    for cost in &c.costs {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",

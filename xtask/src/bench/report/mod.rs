@@ -65,6 +65,9 @@ pub struct Report {
     pub pubsub: Option<PubSubRun>,
     /// kv proxy and twemproxy in front of one Redis, if that part ran.
     pub proxies: Option<ProxyComparison>,
+    /// kv proxy in front of a Redis Cluster and a direct cluster client, if
+    /// that part ran.
+    pub cluster: Option<ClusterComparison>,
     /// The codec micro-benchmarks.
     pub codec: Vec<CodecFigure>,
 }
@@ -270,7 +273,49 @@ pub struct ProxiesRun {
     pub load: (Option<f64>, Option<f64>),
 }
 
-/// What the measured runs of one case of the proxies part cost.
+/// The cluster part: measured, or skipped for want of Redis's tools.
+pub enum ClusterComparison {
+    /// A tool it needs could not be run; why, for the report.
+    Missing(String),
+    /// What was measured.
+    Measured(ClusterRun),
+}
+
+/// GET and SET on a local Redis Cluster: straight from a cluster client,
+/// through `kv proxy` with its cache off, and (GET) through one with every
+/// key cached.
+pub struct ClusterRun {
+    /// When this part started, as `date -u` printed it.
+    pub date: String,
+    /// Masters of the cluster (it has no replicas).
+    pub masters: usize,
+    /// The nodes' `cluster-node-timeout` during the runs, in milliseconds.
+    pub node_timeout_ms: u64,
+    /// Each master's address, with the prefix of the keys
+    /// `redis-benchmark --cluster` sends it (`key:{TAG}:`).
+    pub direct_keys: Vec<(String, String)>,
+    /// How the proxies were started.
+    pub servers: Vec<String>,
+    /// GET cases of [`Target::ClusterDirect`],
+    /// [`Target::ClusterProxyUncached`] and [`Target::ClusterProxyCached`];
+    /// SET cases of the first two.
+    pub cases: Vec<Case>,
+    /// What the measured runs of each case cost, in the order of `cases`;
+    /// the Redis figures are those of all masters together.
+    pub costs: Vec<ProxyCost>,
+    /// The cache-off proxy's cache counters over the measured runs.
+    pub uncached_cache: CacheCounts,
+    /// The caching proxy's cache counters over the measured runs.
+    pub cached_cache: CacheCounts,
+    /// Keys the masters held together, checked before and after the runs:
+    /// every key a run wrote had been loaded, so every GET found a value.
+    pub keys: u64,
+    /// The 1-minute load average before and after this part.
+    pub load: (Option<f64>, Option<f64>),
+}
+
+/// What the measured runs of one case of the proxies or the cluster part
+/// cost.
 pub struct ProxyCost {
     /// The case's target.
     pub target: Target,
@@ -283,9 +328,10 @@ pub struct ProxyCost {
     /// CPU time (user and system) the proxy used during the runs, in
     /// seconds; `None` for Redis measured directly.
     pub proxy_cpu: Option<f64>,
-    /// CPU time Redis used during the runs, in seconds.
+    /// CPU time Redis used during the runs, in seconds (every master's,
+    /// for a cluster).
     pub redis_cpu: f64,
-    /// Commands Redis ran during the runs.
+    /// Commands Redis ran during the runs (every master's, for a cluster).
     pub redis_commands: u64,
 }
 
@@ -419,6 +465,9 @@ pub(super) fn label(target: Target, workload: Workload) -> &'static str {
         (Target::KvProxyUncached, _) => "kv proxy (cache off)",
         (Target::KvProxyCached, _) => "kv proxy (cache hit)",
         (Target::Twemproxy, _) => "twemproxy",
+        (Target::ClusterDirect, _) => "redis-benchmark --cluster (direct)",
+        (Target::ClusterProxyUncached, _) => "kv proxy → cluster (cache off)",
+        (Target::ClusterProxyCached, _) => "kv proxy → cluster (cache hit)",
     }
 }
 
@@ -544,6 +593,7 @@ mod tests {
             tracking_memory: None,
             pubsub: None,
             proxies: None,
+            cluster: None,
             codec: Vec::new(),
         }
     }
@@ -649,7 +699,7 @@ mod tests {
         assert!(!r.options.complete());
         assert_eq!(
             text.matches("Not measured in this run").count(),
-            8,
+            9,
             "{text}"
         );
     }
@@ -839,6 +889,88 @@ mod tests {
         assert!(text.contains(
             "| kv proxy (cache off) SET P16 req/s vs twemproxy | ≥ 1.00× | 1.04 | pass |"
         ));
+    }
+
+    #[test]
+    fn cluster_side_by_side() {
+        let mut r = report(Vec::new());
+        let text = body(&r, "chart.svg", None);
+        assert!(
+            text.contains("## kv proxy in front of a Redis Cluster\n\nNot measured in this run")
+        );
+        r.cluster = Some(ClusterComparison::Missing("no redis-cli".into()));
+        let text = body(&r, "chart.svg", None);
+        assert!(text
+            .contains("## kv proxy in front of a Redis Cluster\n\nNot measured: no redis-cli.\n"));
+
+        let get = |target, pipeline, rps: &[f64]| case_of(target, Workload::Get, pipeline, rps);
+        let set = |target, pipeline, rps: &[f64]| case_of(target, Workload::Set, pipeline, rps);
+        let cost = |target| ProxyCost {
+            target,
+            workload: Workload::Get,
+            pipeline: 1,
+            requests: 100_000,
+            proxy_cpu: (target != Target::ClusterDirect).then_some(2.0),
+            redis_cpu: 1.5,
+            redis_commands: 400_000,
+        };
+        r.cluster = Some(ClusterComparison::Measured(ClusterRun {
+            date: "tonight".into(),
+            masters: 3,
+            node_timeout_ms: 60_000,
+            direct_keys: vec![
+                ("127.0.0.1:1".into(), "key:{06S}:".into()),
+                ("127.0.0.1:2".into(), "key:{8M}}:".into()),
+            ],
+            servers: vec!["kv proxy --upstream-cluster 127.0.0.1:1".into()],
+            cases: vec![
+                get(Target::ClusterDirect, 1, &[30_000.0, 30_000.0]),
+                get(Target::ClusterProxyUncached, 1, &[15_000.0, 12_000.0]),
+                get(Target::ClusterProxyCached, 1, &[30_000.0, 36_000.0]),
+                set(Target::ClusterDirect, 16, &[200_000.0, 200_000.0]),
+                set(Target::ClusterProxyUncached, 16, &[100_000.0, 100_000.0]),
+            ],
+            costs: vec![
+                cost(Target::ClusterDirect),
+                cost(Target::ClusterProxyUncached),
+            ],
+            uncached_cache: CacheCounts { hits: 0, misses: 7 },
+            cached_cache: CacheCounts {
+                hits: 2_000_000,
+                misses: 0,
+            },
+            keys: 400_000,
+            load: (Some(2.25), Some(3.5)),
+        }));
+        let text = body(&r, "chart.svg", None);
+        assert!(
+            text.contains("before / after this part: 2.25 / 3.50"),
+            "{text}"
+        );
+        assert!(text.contains("raised to 60 s"));
+        assert!(
+            text.contains("(`key:{06S}:`, `key:{8M}}:` and 12 digits"),
+            "{text}"
+        );
+        assert!(text.contains("held 400,000 keys"));
+        assert!(text.contains("2,000,000 cache hits and 0 misses; the cache-off proxy 0 hits"));
+        // Per-round ratios 0.50 and 0.40: the median 0.45; 1.00 and 1.20: 1.10.
+        assert!(
+            text.contains(
+                "| GET | 1 | 30,000 ±0 % | 13,500 ±11 % | 0.45× | 33,000 ±9 % | 1.10× \
+                 | 0.500 | 0.500 | 0.500 | 3.000 | 1.350 | 3.300 |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| SET | 16 | 200,000 ±0 % | 100,000 ±0 % | 0.50× | – | – |"));
+        assert!(!text.contains("| GET | 16 |"));
+        assert!(
+            text.contains("| redis-benchmark --cluster (direct) | GET | 1 | – | 15.00 | 4.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| kv proxy → cluster (cache off) | GET | 1 | 20.00 | 15.00 | 4.00 |")
+        );
     }
 
     #[test]
