@@ -550,8 +550,12 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// The proxy driver's settings.
     pub fn options(&self, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty())
-            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
+            self.upstream_cluster
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        });
         let mut options = ProxyOptions {
             listen: self.listen,
             upstream: self.upstream,
@@ -655,8 +659,12 @@ impl UpArgs {
     /// The proxy's settings, forwarding to `upstream` (the server's actual
     /// address).
     pub fn proxy_options(&self, upstream: SocketAddr, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty())
-            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
+            self.upstream_cluster
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        });
         let mut options = ProxyOptions {
             listen: self.proxy_listen,
             upstream,

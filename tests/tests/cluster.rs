@@ -37,15 +37,19 @@ fn cluster_proxy(cluster: &RedisCluster) -> KvProcess {
         &["--upstream-cluster", &seeds, "--cache-ttl", "60s"],
     );
     let mut c = Conn::connect(proxy.addr());
-    wait_until(Duration::from_secs(10), "the proxy reads the cluster", || {
-        call(&mut c, &["SET", "probe", "1"]) == ok()
-    });
-    wait_until(Duration::from_secs(10), "the main lane is tracked", || {
-        match call(&mut c, &["INFO", "tracking"]) {
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy reads the cluster",
+        || call(&mut c, &["SET", "probe", "1"]) == ok(),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the main lane is tracked",
+        || match call(&mut c, &["INFO", "tracking"]) {
             Value::Bulk(t) => String::from_utf8_lossy(&t).contains("upstream_main_tracking:on"),
             _ => false,
-        }
-    });
+        },
+    );
     proxy
 }
 
@@ -157,7 +161,9 @@ fn multi_key_commands(c: &mut Conn) {
         call(c, &["MSETNX", "multi:a", "1", "multi:b", "2"]),
         Value::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
     );
-    println!("multi-key commands split across slots: MSET/MGET of 50 keys, EXISTS, TOUCH, DEL, UNLINK");
+    println!(
+        "multi-key commands split across slots: MSET/MGET of 50 keys, EXISTS, TOUCH, DEL, UNLINK"
+    );
 }
 
 /// Keys with one hash tag share a slot, so commands that need one slot
@@ -169,7 +175,16 @@ fn hash_tags_and_transactions(cluster: &RedisCluster, c: &mut Conn) {
         assert_eq!(cluster.key_slot(key), slot, "{key}");
     }
     assert_eq!(
-        call(c, &["MSETNX", "{user:1}:name", "ada", "{user:1}:mail", "ada@example.org"]),
+        call(
+            c,
+            &[
+                "MSETNX",
+                "{user:1}:name",
+                "ada",
+                "{user:1}:mail",
+                "ada@example.org"
+            ]
+        ),
         Value::Integer(1)
     );
     assert_eq!(
@@ -209,7 +224,12 @@ fn hash_tags_and_transactions(cluster: &RedisCluster, c: &mut Conn) {
     );
     let replies = tx(
         c,
-        &[&["MULTI"], &["SET", "tx:a", "1"], &["SET", "tx:b", "1"], &["EXEC"]],
+        &[
+            &["MULTI"],
+            &["SET", "tx:a", "1"],
+            &["SET", "tx:b", "1"],
+            &["EXEC"],
+        ],
     );
     assert_eq!(
         replies,
@@ -231,18 +251,29 @@ fn a_write_at_the_master_invalidates_the_cached_key(cluster: &RedisCluster, c: &
     assert_eq!(call(c, &["GET", "cached"]), bulk("old"));
     let hits = info_field(&info(c), "cache_hits").unwrap_or(0);
     assert_eq!(call(c, &["GET", "cached"]), bulk("old"));
-    assert_eq!(info_field(&info(c), "cache_hits"), Some(hits + 1), "served from the cache");
+    assert_eq!(
+        info_field(&info(c), "cache_hits"),
+        Some(hits + 1),
+        "served from the cache"
+    );
     let master = cluster.master_for_slot(cluster.key_slot("cached"));
     let written = Instant::now();
-    assert_eq!(Conn::connect(master).call_resp2(&["SET", "cached", "new"]), ok());
+    assert_eq!(
+        Conn::connect(master).call_resp2(&["SET", "cached", "new"]),
+        ok()
+    );
     let mut seen = None;
-    wait_until(Duration::from_secs(5), "the proxy reads the new value", || {
-        let fresh = call(c, &["GET", "cached"]) == bulk("new");
-        if fresh {
-            seen = Some(written.elapsed());
-        }
-        fresh
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy reads the new value",
+        || {
+            let fresh = call(c, &["GET", "cached"]) == bulk("new");
+            if fresh {
+                seen = Some(written.elapsed());
+            }
+            fresh
+        },
+    );
     println!(
         "a write straight at the master reached the proxy's cache within {:.1} ms",
         seen.unwrap_or_default().as_secs_f64() * 1e3
@@ -292,8 +323,13 @@ impl Load {
         let started = Instant::now();
         let threads = (0..clients)
             .map(|client| {
-                let (stop, pause, paused, ops, seen) =
-                    (stop.clone(), pause.clone(), paused.clone(), ops.clone(), seen.clone());
+                let (stop, pause, paused, ops, seen) = (
+                    stop.clone(),
+                    pause.clone(),
+                    paused.clone(),
+                    ops.clone(),
+                    seen.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut c = Conn::connect(proxy);
                     let mut round = 0u64;
@@ -318,22 +354,41 @@ impl Load {
                                 seen.slowest = seen.slowest.max(took);
                             }
                             if set != ok() {
-                                seen.lock().unwrap().errors.push((started.elapsed(), format!("SET {key}: {set:?}")));
+                                seen.lock()
+                                    .unwrap()
+                                    .errors
+                                    .push((started.elapsed(), format!("SET {key}: {set:?}")));
                                 continue;
                             }
                             let get = c.call_resp2(&["GET", &key]);
                             ops.fetch_add(1, Ordering::Relaxed);
                             match get {
-                                Value::Error(e) => seen.lock().unwrap().errors.push((started.elapsed(), format!("GET {key}: {e}"))),
+                                Value::Error(e) => seen
+                                    .lock()
+                                    .unwrap()
+                                    .errors
+                                    .push((started.elapsed(), format!("GET {key}: {e}"))),
                                 v if v == bulk(&value) => {}
-                                v => seen.lock().unwrap().stale.push(format!("GET {key}: {v:?}, wrote {value}")),
+                                v => seen
+                                    .lock()
+                                    .unwrap()
+                                    .stale
+                                    .push(format!("GET {key}: {v:?}, wrote {value}")),
                             }
                         }
                     }
                 })
             })
             .collect();
-        Load { stop, pause, paused, ops, seen, threads, started }
+        Load {
+            stop,
+            pause,
+            paused,
+            ops,
+            seen,
+            threads,
+            started,
+        }
     }
 
     /// Holds every loader between two requests, until [`Load::resume`].
@@ -361,7 +416,11 @@ impl Load {
             t.join().expect("a loader panicked");
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap());
-        (seen, self.ops.load(Ordering::Relaxed), self.started.elapsed())
+        (
+            seen,
+            self.ops.load(Ordering::Relaxed),
+            self.started.elapsed(),
+        )
     }
 }
 
@@ -378,7 +437,11 @@ fn resharding_under_load(cluster: &RedisCluster, proxy: &KvProcess) {
     load.wait_for_ops(2_000);
     let (seen, ops, ran) = load.stop();
     assert!(seen.stale.is_empty(), "stale reads: {:?}", seen.stale);
-    assert!(seen.errors.is_empty(), "errors during the resharding: {:?}", &seen.errors[..seen.errors.len().min(10)]);
+    assert!(
+        seen.errors.is_empty(),
+        "errors during the resharding: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
     let moved = cluster.slots_of(masters[1]).len();
     assert!(moved >= 1000 + 5000, "{moved} slots at the target");
     let mut c = Conn::connect(proxy.addr());
@@ -427,12 +490,20 @@ fn failover_under_load(cluster: &mut RedisCluster, proxy: &KvProcess) {
     assert!(seen.stale.is_empty(), "wrong reads: {:?}", seen.stale);
     let window = match (seen.errors.first(), seen.errors.last()) {
         (Some(first), Some(last)) => {
-            assert!(first.0 >= killed_at, "an error before the kill: {:?}", first);
+            assert!(
+                first.0 >= killed_at,
+                "an error before the kill: {:?}",
+                first
+            );
             last.0 - first.0
         }
         _ => Duration::ZERO,
     };
-    assert!(window < Duration::from_secs(15), "errors for {window:?}: {:?}", &seen.errors[..seen.errors.len().min(10)]);
+    assert!(
+        window < Duration::from_secs(15),
+        "errors for {window:?}: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
     let hits = info_field(&info(&mut c), "cache_hits").unwrap_or(0);
     assert_eq!(call(&mut c, &["GET", &survivor_key]), bulk("kept"));
     assert_eq!(

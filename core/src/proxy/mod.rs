@@ -831,7 +831,13 @@ impl Proxy {
                 }
             };
             let spec = Some(cmd.spec());
-            let routed = route(cmd.spec());
+            let routed = match route(cmd.spec()) {
+                // With no cache to fill, a read is forwarded as it is: the
+                // fill's transaction (to read the key's time to live with
+                // its value) would cost the server three more commands.
+                Route::CachedRead if self.cache.disabled() => Route::Forward { write: false },
+                routed => routed,
+            };
             let cmd = match self.config.upstream_cluster && client.tunnel.is_none() {
                 false => cmd,
                 true => match batch_step(client, cmd) {
@@ -1990,12 +1996,36 @@ mod tests {
     }
 
     #[test]
+    fn with_the_cache_off_a_get_is_forwarded_as_it_is() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            cache: CacheConfig {
+                ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(&sent[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        p.handle_upstream_input(Lane::Main, b"$1\r\nv\r\n", t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        assert_eq!(p.cache_len(), 0);
+    }
+
+    #[test]
     fn in_front_of_a_cluster_a_transaction_is_queued_here_and_sent_whole_at_exec() {
         let t = Instant::from_millis;
         let resp = |lines: &[&str]| -> Vec<u8> {
             let mut out = BytesMut::new();
             for line in lines {
-                let args: Vec<Bytes> = line.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+                let args: Vec<Bytes> = line
+                    .split(' ')
+                    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                    .collect();
                 encode_resp_args(&args, &mut out);
             }
             out.to_vec()
@@ -2010,7 +2040,11 @@ mod tests {
         let other = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, &resp(&["MULTI", "SET {u}a 1", "INCR {u}a"]), t(1));
         assert_eq!(output(&mut p, c), "+OK\r\n+QUEUED\r\n+QUEUED\r\n");
-        assert_eq!(p.poll_upstream_transmit(Lane::Main), None, "nothing sent yet");
+        assert_eq!(
+            p.poll_upstream_transmit(Lane::Main),
+            None,
+            "nothing sent yet"
+        );
         // Another client's request goes on meanwhile, outside the
         // transaction.
         p.handle_client_input(other, &resp(&["SET b 2"]), t(2));
@@ -2025,7 +2059,11 @@ mod tests {
         );
         p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(4));
         assert_eq!(output(&mut p, other), "+OK\r\n");
-        p.handle_upstream_input(Lane::Main, b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n", t(5));
+        p.handle_upstream_input(
+            Lane::Main,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n",
+            t(5),
+        );
         assert_eq!(output(&mut p, c), "*2\r\n+OK\r\n:2\r\n");
         // Keys of two slots: refused as queued, and EXEC aborts unsent.
         p.handle_client_input(c, &resp(&["MULTI", "SET x 1", "SET y 1", "EXEC"]), t(6));
@@ -2037,7 +2075,10 @@ mod tests {
         assert_eq!(p.poll_upstream_transmit(Lane::Main), None);
         p.handle_client_input(c, &resp(&["EXEC", "WATCH x"]), t(7));
         let out = output(&mut p, c);
-        assert!(out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"), "{out}");
+        assert!(
+            out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -503,24 +503,28 @@ impl Upstream {
                 // The client was told QUEUED by the proxy: an EXECABORT
                 // says which command the server refused, and why.
                 match (queue_error, reply) {
-                    (Some(Reply::Error(why)), Reply::Error(abort)) if abort.starts_with(b"EXECABORT") => {
+                    (Some(Reply::Error(why)), Reply::Error(abort))
+                        if abort.starts_with(b"EXECABORT") =>
+                    {
                         let why = String::from_utf8_lossy(&why);
-                        let text = format!("EXECABORT Transaction discarded because of previous errors: {why}");
+                        let text = format!(
+                            "EXECABORT Transaction discarded because of previous errors: {why}"
+                        );
                         (Reply::Error(Bytes::from(text)), None)
                     }
                     (_, reply) => (reply, None),
                 }
             } else {
                 match (queue_error, reply) {
-                (Some(error), _) => (error, None),
-                (None, Reply::Array(mut pair)) if pair.len() == 2 => {
-                    let ttl = match pair.pop() {
-                        Some(Reply::Integer(t)) => Some(t),
-                        _ => None,
-                    };
-                    (pair.pop().unwrap_or(Reply::Nil), ttl)
-                }
-                (None, other) => (other, None),
+                    (Some(error), _) => (error, None),
+                    (None, Reply::Array(mut pair)) if pair.len() == 2 => {
+                        let ttl = match pair.pop() {
+                            Some(Reply::Integer(t)) => Some(t),
+                            _ => None,
+                        };
+                        (pair.pop().unwrap_or(Reply::Nil), ttl)
+                    }
+                    (None, other) => (other, None),
                 }
             }
         } else {
