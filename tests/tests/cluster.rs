@@ -9,7 +9,9 @@
 //! under load. Each phase prints what it measured.
 
 use kv_tests::RedisCluster;
-use kv_tests::{info_field, resp_command, start_proxy, wait_until, Conn, KvProcess, Value};
+use kv_tests::{
+    http_get, info_field, resp_command, start_proxy, up_args, wait_until, Conn, KvProcess, Value,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,8 +86,33 @@ fn the_proxy_in_front_of_a_redis_cluster() {
     multi_key_commands(&mut c);
     hash_tags_and_transactions(&cluster, &mut c);
     a_write_at_the_master_invalidates_the_cached_key(&cluster, &mut c);
+    kv_up_in_front_of_the_cluster(&cluster);
     resharding_under_load(&cluster, &proxy);
     failover_under_load(&mut cluster, &proxy);
+}
+
+/// `kv up --upstream-cluster` starts the proxy and the console, and no
+/// server: what is written through it is in the cluster.
+fn kv_up_in_front_of_the_cluster(cluster: &RedisCluster) {
+    let seeds = cluster.seeds();
+    let up = KvProcess::spawn(up_args(&["--upstream-cluster", &seeds]));
+    assert!(
+        !up.stdout_text().contains("kv server listening"),
+        "no server of kv's: {}",
+        up.stdout_text()
+    );
+    let mut c = Conn::connect(up.proxy_addr());
+    wait_until(Duration::from_secs(10), "kv up reads the cluster", || {
+        call(&mut c, &["SET", "up:key", "through kv up"]) == ok()
+    });
+    let master = cluster.master_for_slot(cluster.key_slot("up:key"));
+    assert_eq!(
+        Conn::connect(master).call_resp2(&["GET", "up:key"]),
+        bulk("through kv up")
+    );
+    let page = http_get(up.console_addr(), "/");
+    assert_eq!(page.status, 200, "the console is served");
+    println!("kv up in front of the cluster: proxy and console, no server");
 }
 
 /// 10,000 keys written and read back through the proxy land on every
