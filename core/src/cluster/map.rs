@@ -126,7 +126,7 @@ impl SlotMap {
             let master = items(field(b"nodes").ok_or_else(bad)?)
                 .ok_or_else(bad)?
                 .iter()
-                .filter_map(|node| pairs(node))
+                .filter_map(pairs)
                 .find(|node| {
                     let get = |name: &[u8]| node.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
                     get(b"role").and_then(text) == Some(b"master")

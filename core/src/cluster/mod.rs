@@ -907,7 +907,7 @@ impl Cluster {
             Err(MapError::Refused(e)) if !slots && e.to_ascii_lowercase().contains("unknown") => {
                 // Older than Redis 7: no SHARDS.
                 self.no_shards = true;
-                return self.send_discover(id, true);
+                self.send_discover(id, true);
             }
             Err(e) => {
                 self.map_error = Some(e.to_string());
