@@ -60,7 +60,7 @@ pub use db::{Db, Effect};
 pub use errors::{CommandError, DecodeError, ExecError, UpstreamError};
 pub use proxy::{
     AnnotatedReply, ClientId, ClientKind, ClientStatus, Lane, Proxy, ProxyConfig, ProxyEvent,
-    ProxyStats, Source, TunnelState, UpstreamState, UpstreamTracking,
+    ProxyStats, Source, TunnelState, UpstreamServer, UpstreamState, UpstreamTracking,
 };
 pub use reply::{Proto, Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};
