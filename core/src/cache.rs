@@ -339,6 +339,12 @@ impl TtlCache {
         self.insert_at(key, value, now, 0);
     }
 
+    /// Whether the settings let nothing be cached (a zero lifetime, no
+    /// room).
+    pub fn disabled(&self) -> bool {
+        self.config.ttl.is_zero() || self.config.max_entries == 0 || self.config.max_bytes == 0
+    }
+
     /// [`TtlCache::insert`], noting the `epoch` of the request the value
     /// came from: an epoch is a number its user counts up, to tell
     /// entries that come from requests sent before some event from those

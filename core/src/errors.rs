@@ -267,6 +267,15 @@ pub enum UpstreamError {
     /// server's own words, so the operator sees which side is wrong.
     #[error("ERR upstream refused the proxy's password ({0})")]
     RefusedPassword(String),
+    /// The upstream refused the proxy's `--upstream-user` with its
+    /// password (Redis does not say which of the two is wrong).
+    #[error("ERR upstream refused the proxy's user '{user}' with its password ({why})")]
+    RefusedUser {
+        /// The user the proxy gave.
+        user: String,
+        /// The server's words.
+        why: String,
+    },
     /// The upstream is at its `--max-clients` cap and turned the proxy away.
     #[error("ERR upstream is at its client limit ({0})")]
     AtClientLimit(String),
@@ -279,6 +288,20 @@ pub enum UpstreamError {
     /// The upstream sent a reply with no request waiting for it.
     #[error("ERR upstream sent a reply nobody asked for")]
     Unasked,
+    /// A command of kv's own sent through the proxy to a server that is
+    /// not kv (see [`KvOnly`](crate::command::table::KvOnly)).
+    #[error(
+        "ERR the upstream server ({server}) has no {what}; it is a kv server command. {instead}"
+    )]
+    NotKv {
+        /// The server, as its `HELLO` named it (`redis 7.0.15`), or
+        /// `not kv` when it did not.
+        server: String,
+        /// What the command does.
+        what: &'static str,
+        /// What to use there instead.
+        instead: &'static str,
+    },
 }
 
 /// Longest part of a server's error line quoted in an [`UpstreamError`]:
@@ -301,12 +324,25 @@ impl UpstreamError {
         }
     }
 
+    /// What the server's error line in answer to the proxy's `AUTH` means,
+    /// `user` being the user the proxy gave, if it gave one.
+    pub fn auth_refusal(line: &[u8], user: Option<&[u8]>) -> UpstreamError {
+        match (UpstreamError::refusal(line, true), user) {
+            (UpstreamError::RefusedPassword(why), Some(user)) => UpstreamError::RefusedUser {
+                user: quote_server_line(user),
+                why,
+            },
+            (refusal, _) => refusal,
+        }
+    }
+
     /// Whether the server turned the proxy away (so retrying soon is
     /// pointless and requests meanwhile fail at once with this error).
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             UpstreamError::RefusedPassword(_)
+                | UpstreamError::RefusedUser { .. }
                 | UpstreamError::AtClientLimit(_)
                 | UpstreamError::Refused(_)
                 | UpstreamError::Malformed
@@ -448,6 +484,18 @@ mod tests {
             UpstreamError::refusal(b"NOAUTH Authentication required.", false),
             UpstreamError::Refused("NOAUTH Authentication required.".into())
         );
+        // With a user, the refusal names it: Redis's words do not say
+        // whether the user or the password is wrong.
+        let redis = b"WRONGPASS invalid username-password pair or user is disabled.";
+        assert_eq!(
+            UpstreamError::auth_refusal(redis, Some(b"alice")).to_string(),
+            "ERR upstream refused the proxy's user 'alice' with its password (WRONGPASS invalid username-password pair or user is disabled.)"
+        );
+        assert_eq!(
+            UpstreamError::auth_refusal(cap, Some(b"alice")),
+            UpstreamError::refusal(cap, true)
+        );
+        assert!(UpstreamError::auth_refusal(redis, Some(b"alice")).is_refusal());
         let long = UpstreamError::refusal(&[b'x'; 1_000], false).to_string();
         assert!(
             long.len() < 260,

@@ -34,8 +34,8 @@ pub mod auth;
 pub mod backoff;
 pub mod bridge;
 pub mod cache;
-pub mod cluster;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod conn;
@@ -60,7 +60,7 @@ pub use db::{Db, Effect};
 pub use errors::{CommandError, DecodeError, ExecError, UpstreamError};
 pub use proxy::{
     AnnotatedReply, ClientId, ClientKind, ClientStatus, Lane, Proxy, ProxyConfig, ProxyEvent,
-    ProxyStats, Source, TunnelState, UpstreamState, UpstreamTracking,
+    ProxyStats, Source, TunnelState, UpstreamServer, UpstreamState, UpstreamTracking,
 };
 pub use reply::{Proto, Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 pub use server::{Server, ServerConfig, ServerConnection, ServerStats};

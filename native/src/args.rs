@@ -12,6 +12,7 @@ use crate::config::{ConfigError, ConfigFile};
 use crate::persist::{FsyncPolicy, PersistOptions};
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
+use bytes::Bytes;
 use clap::builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -108,7 +109,7 @@ where
     let (Some(path), Some((sub, sub_matches))) =
         (matches.get_one::<PathBuf>("config"), matches.subcommand())
     else {
-        return Ok(KvArgs::from_arg_matches(&matches)?);
+        return checked(KvArgs::from_arg_matches(&matches)?);
     };
     let file = ConfigFile::load(path, &cmd)?;
     let explicit = |id: &str| {
@@ -119,7 +120,26 @@ where
     };
     let cmd = file.apply(cmd, sub, explicit)?;
     let mut matches = cmd.try_get_matches_from(&argv)?;
-    Ok(KvArgs::from_arg_matches_mut(&mut matches)?)
+    checked(KvArgs::from_arg_matches_mut(&mut matches)?)
+}
+
+/// The arguments, once the checks across flags that clap cannot make
+/// pass: a refusal is a usage error, printed as clap prints its own.
+fn checked(args: KvArgs) -> Result<KvArgs, ArgsError> {
+    let problem = match &args.command {
+        KvCommand::Proxy(p) => p.check().err().map(|e| ("proxy", e)),
+        _ => None,
+    };
+    let Some((sub, message)) = problem else {
+        return Ok(args);
+    };
+    let mut cmd = command();
+    let kind = clap::error::ErrorKind::MissingRequiredArgument;
+    Err(match cmd.find_subcommand_mut(sub) {
+        Some(sub) => sub.error(kind, message),
+        None => cmd.error(kind, message),
+    }
+    .into())
 }
 
 /// The `kv` command line.
@@ -531,6 +551,12 @@ pub struct ProxyArgs {
     /// Authentication of clients (the proxy answers AUTH itself).
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// User the proxy authenticates as on each upstream connection
+    /// (`AUTH USER PASSWORD`, a Redis 6+ ACL user); without it, the
+    /// password is the default user's (`AUTH PASSWORD`). Needs
+    /// --upstream-password or --upstream-password-file.
+    #[arg(long, value_name = "USER")]
+    pub upstream_user: Option<String>,
     /// Password the proxy sends the server (`AUTH`) on each connection.
     #[arg(
         long,
@@ -548,10 +574,28 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// What clap cannot check, as settings may come from the config file
+    /// (its values are defaults, which clap's `requires` ignores).
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, as the message to print.
+    pub fn check(&self) -> Result<(), String> {
+        let password = self.upstream_password.is_some() || self.upstream_password_file.is_some();
+        if self.upstream_user.is_some() && !password {
+            return Err("--upstream-user needs the user's password: give --upstream-password or --upstream-password-file too (upstream-password in the config file)".to_owned());
+        }
+        Ok(())
+    }
+
     /// The proxy driver's settings.
     pub fn options(&self, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty())
-            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
+            self.upstream_cluster
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        });
         let mut options = ProxyOptions {
             listen: self.listen,
             upstream: self.upstream,
@@ -567,6 +611,10 @@ impl ProxyArgs {
                     .as_ref()
                     .or(self.upstream_password_file.as_ref())
                     .map(|p| Password::new(p.clone().into_bytes())),
+                upstream_user: self
+                    .upstream_user
+                    .as_ref()
+                    .map(|u| Bytes::from(u.clone().into_bytes())),
                 inline_replies: self.conn.inline_replies.into(),
                 ..self.cache.proxy_config(self.limits.limits(), hash_seed)
             },
@@ -655,8 +703,12 @@ impl UpArgs {
     /// The proxy's settings, forwarding to `upstream` (the server's actual
     /// address).
     pub fn proxy_options(&self, upstream: SocketAddr, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty())
-            .then(|| self.upstream_cluster.iter().map(|a| a.to_string()).collect());
+        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
+            self.upstream_cluster
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        });
         let mut options = ProxyOptions {
             listen: self.proxy_listen,
             upstream,
@@ -1148,6 +1200,67 @@ mod tests {
         assert_eq!(p.auth.requirepass.as_deref(), Some("-starts-with-a-dash"));
         assert_eq!(p.upstream_password.as_deref(), Some("up=pw"));
         assert!(p.options(0).proxy.upstream_password.is_some());
+        assert_eq!(p.options(0).proxy.upstream_user, None);
+    }
+
+    #[test]
+    fn the_file_or_a_flag_sets_the_upstream_user() {
+        let p = proxy_with(
+            "[proxy]\nupstream-user = \"alice\"\nupstream-password = \"secret\"\n",
+            &[],
+        );
+        assert_eq!(p.upstream_user.as_deref(), Some("alice"));
+        let config = p.options(0).proxy;
+        assert_eq!(config.upstream_user.as_deref(), Some(&b"alice"[..]));
+        assert_eq!(
+            config.upstream_password.as_ref().map(|p| &p.expose()[..]),
+            Some(&b"secret"[..])
+        );
+        // The command line overrides the file's user.
+        let p = proxy_with(
+            "[proxy]\nupstream-user = \"alice\"\nupstream-password = \"secret\"\n",
+            &["--upstream-user", "bob"],
+        );
+        assert_eq!(p.upstream_user.as_deref(), Some("bob"));
+        // With the password from a file.
+        let pw = std::env::temp_dir().join(format!("kv-args-{}-user-pw", std::process::id()));
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let p = proxy_with(
+            "",
+            &[
+                "--upstream-user",
+                "carol",
+                "--upstream-password-file",
+                pw.to_str().unwrap(),
+            ],
+        );
+        std::fs::remove_file(&pw).unwrap();
+        assert_eq!(p.upstream_password_file.as_deref(), Some("from-file"));
+        assert!(p.options(0).proxy.upstream_user.is_some());
+    }
+
+    #[test]
+    fn an_upstream_user_without_a_password_is_refused() {
+        let message = |r: Result<KvArgs, ArgsError>| match r {
+            Err(ArgsError::Clap(e)) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+                e.to_string()
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        let flag = message(parse_from(["kv", "proxy", "--upstream-user", "alice"]));
+        assert!(
+            flag.contains("--upstream-user needs the user's password"),
+            "{flag}"
+        );
+        let toml = "[proxy]\nupstream-user = \"alice\"\n";
+        assert!(matches!(
+            with_config(toml, &["proxy"]),
+            Err(ArgsError::Clap(e)) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument
+        ));
+        // The password given on the command line completes the file's user.
+        let p = proxy_with(toml, &["--upstream-password", "secret"]);
+        assert!(p.check().is_ok());
     }
 
     #[test]
@@ -1354,6 +1467,10 @@ mod tests {
         assert_eq!(
             env_of("proxy", "upstream_password").as_deref(),
             Some("KV_UPSTREAM_PASSWORD")
+        );
+        assert_eq!(
+            env_of("proxy", "upstream_user").as_deref(),
+            Some("KV_UPSTREAM_USER")
         );
         assert_eq!(
             env_of("proxy", "cache_ttl").as_deref(),

@@ -220,7 +220,10 @@ impl KvProcess {
             .into_iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())
             .collect();
-        let expected = if args.first().map(String::as_str) == Some("up") {
+        // `kv up` announces its server and its proxy; in front of a
+        // cluster, only the proxy.
+        let in_front_of_cluster = args.iter().any(|a| a == "--upstream-cluster");
+        let expected = if args.first().map(String::as_str) == Some("up") && !in_front_of_cluster {
             2
         } else {
             1

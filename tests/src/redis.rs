@@ -33,8 +33,9 @@ impl Drop for RedisServer {
 }
 
 /// Starts `redis-server` with `extra` arguments on a free port and waits
-/// (up to [`STARTUP_TIMEOUT`]) until it answers `PING`. `None` when the
-/// tool is missing and [`require_tool`] allows skipping.
+/// (up to [`STARTUP_TIMEOUT`]) until it answers `PING` (with `PONG`, or
+/// with `NOAUTH` when its default user needs a password or is off).
+/// `None` when the tool is missing and [`require_tool`] allows skipping.
 ///
 /// # Panics
 ///
@@ -82,7 +83,8 @@ pub fn start_redis_server(extra: &[&str]) -> Option<RedisServer> {
             let mut c = Conn::try_connect(server.addr).ok()?;
             c.try_send(b"PING\r\n").ok()?;
             match c.try_read_line_within(Duration::from_secs(1)) {
-                Ok(line) if line == "+PONG" => Some(Ok(())),
+                // Up, and its default user needs a password (or is off).
+                Ok(line) if line == "+PONG" || line.starts_with("-NOAUTH") => Some(Ok(())),
                 _ => None,
             }
         });

@@ -9,7 +9,9 @@
 //! under load. Each phase prints what it measured.
 
 use kv_tests::RedisCluster;
-use kv_tests::{info_field, resp_command, start_proxy, wait_until, Conn, KvProcess, Value};
+use kv_tests::{
+    http_get, info_field, resp_command, start_proxy, up_args, wait_until, Conn, KvProcess, Value,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,15 +39,19 @@ fn cluster_proxy(cluster: &RedisCluster) -> KvProcess {
         &["--upstream-cluster", &seeds, "--cache-ttl", "60s"],
     );
     let mut c = Conn::connect(proxy.addr());
-    wait_until(Duration::from_secs(10), "the proxy reads the cluster", || {
-        call(&mut c, &["SET", "probe", "1"]) == ok()
-    });
-    wait_until(Duration::from_secs(10), "the main lane is tracked", || {
-        match call(&mut c, &["INFO", "tracking"]) {
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy reads the cluster",
+        || call(&mut c, &["SET", "probe", "1"]) == ok(),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the main lane is tracked",
+        || match call(&mut c, &["INFO", "tracking"]) {
             Value::Bulk(t) => String::from_utf8_lossy(&t).contains("upstream_main_tracking:on"),
             _ => false,
-        }
-    });
+        },
+    );
     proxy
 }
 
@@ -80,8 +86,33 @@ fn the_proxy_in_front_of_a_redis_cluster() {
     multi_key_commands(&mut c);
     hash_tags_and_transactions(&cluster, &mut c);
     a_write_at_the_master_invalidates_the_cached_key(&cluster, &mut c);
+    kv_up_in_front_of_the_cluster(&cluster);
     resharding_under_load(&cluster, &proxy);
     failover_under_load(&mut cluster, &proxy);
+}
+
+/// `kv up --upstream-cluster` starts the proxy and the console, and no
+/// server: what is written through it is in the cluster.
+fn kv_up_in_front_of_the_cluster(cluster: &RedisCluster) {
+    let seeds = cluster.seeds();
+    let up = KvProcess::spawn(up_args(&["--upstream-cluster", &seeds]));
+    assert!(
+        !up.stdout_text().contains("kv server listening"),
+        "no server of kv's: {}",
+        up.stdout_text()
+    );
+    let mut c = Conn::connect(up.proxy_addr());
+    wait_until(Duration::from_secs(10), "kv up reads the cluster", || {
+        call(&mut c, &["SET", "up:key", "through kv up"]) == ok()
+    });
+    let master = cluster.master_for_slot(cluster.key_slot("up:key"));
+    assert_eq!(
+        Conn::connect(master).call_resp2(&["GET", "up:key"]),
+        bulk("through kv up")
+    );
+    let page = http_get(up.console_addr(), "/");
+    assert_eq!(page.status, 200, "the console is served");
+    println!("kv up in front of the cluster: proxy and console, no server");
 }
 
 /// 10,000 keys written and read back through the proxy land on every
@@ -157,7 +188,9 @@ fn multi_key_commands(c: &mut Conn) {
         call(c, &["MSETNX", "multi:a", "1", "multi:b", "2"]),
         Value::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
     );
-    println!("multi-key commands split across slots: MSET/MGET of 50 keys, EXISTS, TOUCH, DEL, UNLINK");
+    println!(
+        "multi-key commands split across slots: MSET/MGET of 50 keys, EXISTS, TOUCH, DEL, UNLINK"
+    );
 }
 
 /// Keys with one hash tag share a slot, so commands that need one slot
@@ -169,7 +202,16 @@ fn hash_tags_and_transactions(cluster: &RedisCluster, c: &mut Conn) {
         assert_eq!(cluster.key_slot(key), slot, "{key}");
     }
     assert_eq!(
-        call(c, &["MSETNX", "{user:1}:name", "ada", "{user:1}:mail", "ada@example.org"]),
+        call(
+            c,
+            &[
+                "MSETNX",
+                "{user:1}:name",
+                "ada",
+                "{user:1}:mail",
+                "ada@example.org"
+            ]
+        ),
         Value::Integer(1)
     );
     assert_eq!(
@@ -209,7 +251,12 @@ fn hash_tags_and_transactions(cluster: &RedisCluster, c: &mut Conn) {
     );
     let replies = tx(
         c,
-        &[&["MULTI"], &["SET", "tx:a", "1"], &["SET", "tx:b", "1"], &["EXEC"]],
+        &[
+            &["MULTI"],
+            &["SET", "tx:a", "1"],
+            &["SET", "tx:b", "1"],
+            &["EXEC"],
+        ],
     );
     assert_eq!(
         replies,
@@ -231,18 +278,29 @@ fn a_write_at_the_master_invalidates_the_cached_key(cluster: &RedisCluster, c: &
     assert_eq!(call(c, &["GET", "cached"]), bulk("old"));
     let hits = info_field(&info(c), "cache_hits").unwrap_or(0);
     assert_eq!(call(c, &["GET", "cached"]), bulk("old"));
-    assert_eq!(info_field(&info(c), "cache_hits"), Some(hits + 1), "served from the cache");
+    assert_eq!(
+        info_field(&info(c), "cache_hits"),
+        Some(hits + 1),
+        "served from the cache"
+    );
     let master = cluster.master_for_slot(cluster.key_slot("cached"));
     let written = Instant::now();
-    assert_eq!(Conn::connect(master).call_resp2(&["SET", "cached", "new"]), ok());
+    assert_eq!(
+        Conn::connect(master).call_resp2(&["SET", "cached", "new"]),
+        ok()
+    );
     let mut seen = None;
-    wait_until(Duration::from_secs(5), "the proxy reads the new value", || {
-        let fresh = call(c, &["GET", "cached"]) == bulk("new");
-        if fresh {
-            seen = Some(written.elapsed());
-        }
-        fresh
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy reads the new value",
+        || {
+            let fresh = call(c, &["GET", "cached"]) == bulk("new");
+            if fresh {
+                seen = Some(written.elapsed());
+            }
+            fresh
+        },
+    );
     println!(
         "a write straight at the master reached the proxy's cache within {:.1} ms",
         seen.unwrap_or_default().as_secs_f64() * 1e3
@@ -292,8 +350,13 @@ impl Load {
         let started = Instant::now();
         let threads = (0..clients)
             .map(|client| {
-                let (stop, pause, paused, ops, seen) =
-                    (stop.clone(), pause.clone(), paused.clone(), ops.clone(), seen.clone());
+                let (stop, pause, paused, ops, seen) = (
+                    stop.clone(),
+                    pause.clone(),
+                    paused.clone(),
+                    ops.clone(),
+                    seen.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut c = Conn::connect(proxy);
                     let mut round = 0u64;
@@ -318,22 +381,41 @@ impl Load {
                                 seen.slowest = seen.slowest.max(took);
                             }
                             if set != ok() {
-                                seen.lock().unwrap().errors.push((started.elapsed(), format!("SET {key}: {set:?}")));
+                                seen.lock()
+                                    .unwrap()
+                                    .errors
+                                    .push((started.elapsed(), format!("SET {key}: {set:?}")));
                                 continue;
                             }
                             let get = c.call_resp2(&["GET", &key]);
                             ops.fetch_add(1, Ordering::Relaxed);
                             match get {
-                                Value::Error(e) => seen.lock().unwrap().errors.push((started.elapsed(), format!("GET {key}: {e}"))),
+                                Value::Error(e) => seen
+                                    .lock()
+                                    .unwrap()
+                                    .errors
+                                    .push((started.elapsed(), format!("GET {key}: {e}"))),
                                 v if v == bulk(&value) => {}
-                                v => seen.lock().unwrap().stale.push(format!("GET {key}: {v:?}, wrote {value}")),
+                                v => seen
+                                    .lock()
+                                    .unwrap()
+                                    .stale
+                                    .push(format!("GET {key}: {v:?}, wrote {value}")),
                             }
                         }
                     }
                 })
             })
             .collect();
-        Load { stop, pause, paused, ops, seen, threads, started }
+        Load {
+            stop,
+            pause,
+            paused,
+            ops,
+            seen,
+            threads,
+            started,
+        }
     }
 
     /// Holds every loader between two requests, until [`Load::resume`].
@@ -361,7 +443,11 @@ impl Load {
             t.join().expect("a loader panicked");
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap());
-        (seen, self.ops.load(Ordering::Relaxed), self.started.elapsed())
+        (
+            seen,
+            self.ops.load(Ordering::Relaxed),
+            self.started.elapsed(),
+        )
     }
 }
 
@@ -378,7 +464,11 @@ fn resharding_under_load(cluster: &RedisCluster, proxy: &KvProcess) {
     load.wait_for_ops(2_000);
     let (seen, ops, ran) = load.stop();
     assert!(seen.stale.is_empty(), "stale reads: {:?}", seen.stale);
-    assert!(seen.errors.is_empty(), "errors during the resharding: {:?}", &seen.errors[..seen.errors.len().min(10)]);
+    assert!(
+        seen.errors.is_empty(),
+        "errors during the resharding: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
     let moved = cluster.slots_of(masters[1]).len();
     assert!(moved >= 1000 + 5000, "{moved} slots at the target");
     let mut c = Conn::connect(proxy.addr());
@@ -427,12 +517,20 @@ fn failover_under_load(cluster: &mut RedisCluster, proxy: &KvProcess) {
     assert!(seen.stale.is_empty(), "wrong reads: {:?}", seen.stale);
     let window = match (seen.errors.first(), seen.errors.last()) {
         (Some(first), Some(last)) => {
-            assert!(first.0 >= killed_at, "an error before the kill: {:?}", first);
+            assert!(
+                first.0 >= killed_at,
+                "an error before the kill: {:?}",
+                first
+            );
             last.0 - first.0
         }
         _ => Duration::ZERO,
     };
-    assert!(window < Duration::from_secs(15), "errors for {window:?}: {:?}", &seen.errors[..seen.errors.len().min(10)]);
+    assert!(
+        window < Duration::from_secs(15),
+        "errors for {window:?}: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
     let hits = info_field(&info(&mut c), "cache_hits").unwrap_or(0);
     assert_eq!(call(&mut c, &["GET", &survivor_key]), bulk("kept"));
     assert_eq!(

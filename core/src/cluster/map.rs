@@ -126,7 +126,7 @@ impl SlotMap {
             let master = items(field(b"nodes").ok_or_else(bad)?)
                 .ok_or_else(bad)?
                 .iter()
-                .filter_map(|node| pairs(node))
+                .filter_map(pairs)
                 .find(|node| {
                     let get = |name: &[u8]| node.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
                     get(b"role").and_then(text) == Some(b"master")
@@ -140,10 +140,14 @@ impl SlotMap {
                 .or_else(|| get(b"tls-port"))
                 .and_then(integer)
                 .ok_or_else(bad)?;
-            let host = get(b"endpoint").and_then(text).or(get(b"ip").and_then(text));
+            let host = get(b"endpoint")
+                .and_then(text)
+                .or(get(b"ip").and_then(text));
             let addr = address(host, port, asked).ok_or_else(bad)?;
             for pair in slots.chunks(2) {
-                let [start, end] = pair else { return Err(bad()) };
+                let [start, end] = pair else {
+                    return Err(bad());
+                };
                 let (start, end) = (slot_number(start), slot_number(end));
                 let (Some(start), Some(end)) = (start, end) else {
                     return Err(bad());
@@ -241,7 +245,11 @@ impl Redirect {
         let text = std::str::from_utf8(error).ok()?;
         let mut words = text.split(' ');
         let kind = words.next()?;
-        let slot = words.next()?.parse().ok().filter(|s| usize::from(*s) < SLOTS)?;
+        let slot = words
+            .next()?
+            .parse()
+            .ok()
+            .filter(|s| usize::from(*s) < SLOTS)?;
         let addr = words.next()?.to_owned();
         if words.next().is_some() || !addr.contains(':') {
             return None;
@@ -297,12 +305,18 @@ mod tests {
         let reply = Reply::Array(vec![
             shard(
                 &[(0, 5460), (10923, 10923)],
-                vec![node(7001, "master", "online"), node(7004, "replica", "online")],
+                vec![
+                    node(7001, "master", "online"),
+                    node(7004, "replica", "online"),
+                ],
             ),
             shard(&[(5461, 10922)], vec![node(7002, "master", "online")]),
             shard(
                 &[(10924, 16383)],
-                vec![node(7003, "master", "fail"), node(7006, "replica", "online")],
+                vec![
+                    node(7003, "master", "fail"),
+                    node(7006, "replica", "online"),
+                ],
             ),
         ]);
         let map = SlotMap::from_shards(&reply, "127.0.0.1:7001").unwrap();
@@ -351,22 +365,32 @@ mod tests {
 
     #[test]
     fn errors_and_odd_shapes_are_told_apart() {
-        let refused = Reply::Error(Bytes::from_static(b"ERR This instance has cluster support disabled"));
+        let refused = Reply::Error(Bytes::from_static(
+            b"ERR This instance has cluster support disabled",
+        ));
         assert_eq!(
             SlotMap::from_shards(&refused, "h:1"),
-            Err(MapError::Refused("ERR This instance has cluster support disabled".into()))
+            Err(MapError::Refused(
+                "ERR This instance has cluster support disabled".into()
+            ))
         );
         assert_eq!(
             SlotMap::from_slots(&Reply::Integer(3), "h:1"),
             Err(MapError::Malformed("CLUSTER SLOTS"))
         );
-        assert_eq!(SlotMap::from_slots(&Reply::Array(vec![]), "h:1"), Err(MapError::Empty));
+        assert_eq!(
+            SlotMap::from_slots(&Reply::Array(vec![]), "h:1"),
+            Err(MapError::Empty)
+        );
     }
 
     #[test]
     fn redirects_are_parsed_and_anything_else_is_not_one() {
         let parse = |s: &'static str| Redirect::parse(&Bytes::from_static(s.as_bytes()));
-        assert_eq!(parse("MOVED 3999 127.0.0.1:6381"), Some(Redirect::Moved(3999, "127.0.0.1:6381".into())));
+        assert_eq!(
+            parse("MOVED 3999 127.0.0.1:6381"),
+            Some(Redirect::Moved(3999, "127.0.0.1:6381".into()))
+        );
         assert_eq!(parse("ASK 1 h:2"), Some(Redirect::Ask(1, "h:2".into())));
         assert_eq!(parse("MOVED 16384 h:2"), None);
         assert_eq!(parse("ERR MOVED 1 h:2"), None);

@@ -67,10 +67,10 @@ pub use slot::{hash_tag, key_slot, SLOTS};
 
 use crate::codec::{Decoder, Limits};
 use crate::command::{encode_resp_args, table::Flags, Command};
+use crate::db::Hasher;
 use crate::reply::{Proto, Reply, ReplyDecoder, ReplyLimits};
 use crate::time::Instant;
 use bytes::{Bytes, BytesMut};
-use crate::db::Hasher;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -682,15 +682,12 @@ impl Cluster {
         let args = args_of(&cmd);
         let hello = crate::families::connection::hello_switches_to(&cmd);
         if cmd.spec().name == "client|tracking" {
-            self.tracking = args
-                .get(2)
-                .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+            self.tracking = args.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
         }
         // The newest of each kind is what a new connection needs.
         let name = cmd.spec().name;
-        self.preamble.retain(|old| {
-            Command::build(old).map_or(true, |old| old.spec().name != name)
-        });
+        self.preamble
+            .retain(|old| Command::build(old).map_or(true, |old| old.spec().name != name));
         self.preamble.push(args.clone());
         // Every other node known now gets it too; the one that answers
         // gets it as the request.
@@ -715,7 +712,10 @@ impl Cluster {
     }
 
     fn transaction(&mut self, tx: Vec<Command>, now: Instant) {
-        let slots: Vec<u16> = tx.iter().flat_map(|c| c.keys().map(|k| key_slot(k))).collect();
+        let slots: Vec<u16> = tx
+            .iter()
+            .flat_map(|c| c.keys().map(|k| key_slot(k)))
+            .collect();
         let one_slot = slots.first().map(|s| slots.iter().all(|o| o == s));
         if one_slot == Some(false) {
             self.stats.crossslot += 1;
@@ -736,7 +736,8 @@ impl Cluster {
             return self.local(replies, now);
         }
         let readonly = tx.iter().all(|c| {
-            c.spec().flags.contains(Flags::READONLY) || matches!(c.spec().name, "multi" | "exec" | "discard")
+            c.spec().flags.contains(Flags::READONLY)
+                || matches!(c.spec().name, "multi" | "exec" | "discard")
         });
         let target = slots.first().map_or(Target::Any, |s| Target::Slot(*s));
         let cmds = tx.iter().map(args_of).collect();
@@ -760,7 +761,10 @@ impl Cluster {
             return Some(self.node(&addr));
         }
         let id = self.discovering.or_else(|| {
-            let seed = self.seeds.get(self.next_seed % self.seeds.len().max(1))?.clone();
+            let seed = self
+                .seeds
+                .get(self.next_seed % self.seeds.len().max(1))?
+                .clone();
             Some(self.node(&seed))
         })?;
         self.wake_node(id, now);
@@ -860,7 +864,10 @@ impl Cluster {
         let id = match up {
             Some(id) => id,
             None => {
-                let Some(seed) = self.seeds.get(self.next_seed % self.seeds.len().max(1)).cloned()
+                let Some(seed) = self
+                    .seeds
+                    .get(self.next_seed % self.seeds.len().max(1))
+                    .cloned()
                 else {
                     return;
                 };
@@ -900,7 +907,7 @@ impl Cluster {
             Err(MapError::Refused(e)) if !slots && e.to_ascii_lowercase().contains("unknown") => {
                 // Older than Redis 7: no SHARDS.
                 self.no_shards = true;
-                return self.send_discover(id, true);
+                self.send_discover(id, true);
             }
             Err(e) => {
                 self.map_error = Some(e.to_string());
@@ -1300,12 +1307,13 @@ impl Cluster {
 /// What a request's parts' replies make together.
 fn merge(parts: Vec<Part>, how: Merge) -> Vec<Reply> {
     let mut replies: Vec<Vec<Reply>> = parts.into_iter().map(|p| p.replies).collect();
-    let first_error = replies
-        .iter()
-        .flatten()
-        .find(|r| r.is_error())
-        .cloned();
-    let mut one = |i: usize| replies.get_mut(i).and_then(|r| r.pop()).unwrap_or(Reply::Nil);
+    let first_error = replies.iter().flatten().find(|r| r.is_error()).cloned();
+    let mut one = |i: usize| {
+        replies
+            .get_mut(i)
+            .and_then(|r| r.pop())
+            .unwrap_or(Reply::Nil)
+    };
     match how {
         Merge::Local(replies) => replies,
         Merge::One => vec![one(0)],
@@ -1375,11 +1383,13 @@ fn merge(parts: Vec<Part>, how: Merge) -> Vec<Reply> {
             } else {
                 0
             };
-            vec![Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), keys])]
+            vec![Reply::Array(vec![
+                Reply::Bulk(Bytes::from(next.to_string())),
+                keys,
+            ])]
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1393,7 +1403,10 @@ mod tests {
     }
 
     fn resp(args: &[&str]) -> Vec<u8> {
-        let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+        let args: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
         let mut out = BytesMut::new();
         encode_resp_args(&args, &mut out);
         out.to_vec()
@@ -1423,7 +1436,10 @@ mod tests {
     /// `SHARDS` as a Redis 6 would) and connected to both masters.
     fn mapped() -> Cluster {
         let mut c = Cluster::new(vec![A.into()], ClusterConfig::default(), t(0));
-        assert_eq!(c.poll_event(), Some(ClusterEvent::Connect(NodeId(0), A.into())));
+        assert_eq!(
+            c.poll_event(),
+            Some(ClusterEvent::Connect(NodeId(0), A.into()))
+        );
         c.handle_node_connected(NodeId(0), t(1));
         assert!(sent(&mut c, 0).contains("SHARDS"));
         c.handle_node_input(NodeId(0), b"-ERR unknown subcommand 'SHARDS'\r\n", t(2));
@@ -1432,7 +1448,10 @@ mod tests {
         assert_eq!(c.slot_map().map(SlotMap::served), Some(SLOTS));
         // `foo` is in slot 12182: B's, connected on first use.
         c.handle_proxy_input(&resp(&["GET", "foo"]), t(4));
-        assert_eq!(c.poll_event(), Some(ClusterEvent::Connect(NodeId(1), B.into())));
+        assert_eq!(
+            c.poll_event(),
+            Some(ClusterEvent::Connect(NodeId(1), B.into()))
+        );
         c.handle_node_connected(NodeId(1), t(5));
         assert_eq!(sent(&mut c, 1), "*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n");
         c.handle_node_input(NodeId(1), b"$1\r\n1\r\n", t(6));
@@ -1445,14 +1464,20 @@ mod tests {
         let mut c = mapped();
         // `bar` is in slot 5061: A's.
         c.handle_proxy_input(&resp(&["SET", "bar", "v"]), t(10));
-        assert_eq!(sent(&mut c, 0), "*3\r\n$3\r\nSET\r\n$3\r\nbar\r\n$1\r\nv\r\n");
+        assert_eq!(
+            sent(&mut c, 0),
+            "*3\r\n$3\r\nSET\r\n$3\r\nbar\r\n$1\r\nv\r\n"
+        );
         assert_eq!(sent(&mut c, 1), "");
     }
 
     #[test]
     fn replies_come_back_in_request_order_whichever_master_answers_first() {
         let mut c = mapped();
-        c.handle_proxy_input(&[resp(&["GET", "foo"]), resp(&["GET", "bar"])].concat(), t(10));
+        c.handle_proxy_input(
+            &[resp(&["GET", "foo"]), resp(&["GET", "bar"])].concat(),
+            t(10),
+        );
         c.handle_node_input(NodeId(0), b"$3\r\nBAR\r\n", t(11));
         assert_eq!(replies(&mut c), "", "held behind foo's");
         c.handle_node_input(NodeId(1), b"$3\r\nFOO\r\n", t(12));
@@ -1463,7 +1488,10 @@ mod tests {
     fn a_split_command_missing_a_value_is_refused_without_sending() {
         let mut c = mapped();
         c.handle_proxy_input(&resp(&["MSET", "foo", "1", "bar"]), t(10));
-        assert_eq!(replies(&mut c), "-ERR wrong number of arguments for 'mset' command\r\n");
+        assert_eq!(
+            replies(&mut c),
+            "-ERR wrong number of arguments for 'mset' command\r\n"
+        );
         assert_eq!(sent(&mut c, 0) + &sent(&mut c, 1), "");
     }
 
@@ -1471,10 +1499,17 @@ mod tests {
     fn mget_across_slots_is_split_and_put_back_in_order() {
         let mut c = mapped();
         c.handle_proxy_input(&resp(&["MGET", "foo", "bar", "foo{x}"]), t(10));
-        assert_eq!(sent(&mut c, 0), String::from_utf8(resp(&["MGET", "bar"])).unwrap());
+        assert_eq!(
+            sent(&mut c, 0),
+            String::from_utf8(resp(&["MGET", "bar"])).unwrap()
+        );
         let b = sent(&mut c, 1);
         // foo and foo{x} (slot of "x": 16287) are both B's, in two slots.
-        assert_eq!(b, String::from_utf8([resp(&["MGET", "foo"]), resp(&["MGET", "foo{x}"])].concat()).unwrap());
+        assert_eq!(
+            b,
+            String::from_utf8([resp(&["MGET", "foo"]), resp(&["MGET", "foo{x}"])].concat())
+                .unwrap()
+        );
         c.handle_node_input(NodeId(1), b"*1\r\n$1\r\nf\r\n*1\r\n$-1\r\n", t(11));
         c.handle_node_input(NodeId(0), b"*1\r\n$1\r\nb\r\n", t(12));
         assert_eq!(replies(&mut c), "*3\r\n$1\r\nf\r\n$1\r\nb\r\n$-1\r\n");
@@ -1498,12 +1533,31 @@ mod tests {
     #[test]
     fn a_transaction_goes_whole_to_its_slots_master_or_is_crossslot() {
         let mut c = mapped();
-        let tx = [resp(&["MULTI"]), resp(&["GET", "bar"]), resp(&["PTTL", "bar"]), resp(&["EXEC"])].concat();
+        let tx = [
+            resp(&["MULTI"]),
+            resp(&["GET", "bar"]),
+            resp(&["PTTL", "bar"]),
+            resp(&["EXEC"]),
+        ]
+        .concat();
         c.handle_proxy_input(&tx, t(10));
         assert_eq!(sent(&mut c, 0), String::from_utf8(tx).unwrap());
-        c.handle_node_input(NodeId(0), b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n", t(11));
-        assert_eq!(replies(&mut c), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n");
-        let cross = [resp(&["MULTI"]), resp(&["SET", "foo", "1"]), resp(&["SET", "bar", "1"]), resp(&["EXEC"])].concat();
+        c.handle_node_input(
+            NodeId(0),
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n",
+            t(11),
+        );
+        assert_eq!(
+            replies(&mut c),
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nv\r\n:-1\r\n"
+        );
+        let cross = [
+            resp(&["MULTI"]),
+            resp(&["SET", "foo", "1"]),
+            resp(&["SET", "bar", "1"]),
+            resp(&["EXEC"]),
+        ]
+        .concat();
         c.handle_proxy_input(&cross, t(12));
         assert_eq!(
             replies(&mut c),
@@ -1517,7 +1571,10 @@ mod tests {
         c.handle_proxy_input(&resp(&["GET", "bar"]), t(10));
         let _ = sent(&mut c, 0);
         c.handle_node_input(NodeId(0), b"-MOVED 5061 127.0.0.1:7002\r\n", t(11));
-        assert_eq!(sent(&mut c, 1), String::from_utf8(resp(&["GET", "bar"])).unwrap());
+        assert_eq!(
+            sent(&mut c, 1),
+            String::from_utf8(resp(&["GET", "bar"])).unwrap()
+        );
         c.handle_node_input(NodeId(1), b"$1\r\nv\r\n", t(12));
         assert_eq!(replies(&mut c), "$1\r\nv\r\n");
         assert_eq!(c.slot_map().and_then(|m| m.owner(5061)), Some(B));
@@ -1530,11 +1587,17 @@ mod tests {
         c.handle_proxy_input(&resp(&["GET", "bar"]), t(10));
         let _ = sent(&mut c, 0);
         c.handle_node_input(NodeId(0), b"-ASK 5061 127.0.0.1:7002\r\n", t(11));
-        assert_eq!(sent(&mut c, 1), String::from_utf8([resp(&["ASKING"]), resp(&["GET", "bar"])].concat()).unwrap());
+        assert_eq!(
+            sent(&mut c, 1),
+            String::from_utf8([resp(&["ASKING"]), resp(&["GET", "bar"])].concat()).unwrap()
+        );
         c.handle_node_input(NodeId(1), b"+OK\r\n$1\r\nv\r\n", t(12));
         assert_eq!(replies(&mut c), "$1\r\nv\r\n");
         c.handle_proxy_input(&resp(&["GET", "bar"]), t(13));
-        assert_eq!(sent(&mut c, 0), String::from_utf8(resp(&["GET", "bar"])).unwrap());
+        assert_eq!(
+            sent(&mut c, 0),
+            String::from_utf8(resp(&["GET", "bar"])).unwrap()
+        );
     }
 
     #[test]
@@ -1542,14 +1605,21 @@ mod tests {
         let mut c = mapped();
         c.handle_proxy_input(&resp(&["GET", "bar"]), t(10));
         let _ = sent(&mut c, 0);
-        c.handle_node_input(NodeId(0), b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", t(11));
+        c.handle_node_input(
+            NodeId(0),
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            t(11),
+        );
         assert_eq!(sent(&mut c, 0), "");
         let at = c.poll_timeout().unwrap();
         assert!(at <= t(111));
         c.handle_timeout(t(111));
         // The map is read again first (by SLOTS: SHARDS was refused).
         let again = sent(&mut c, 0);
-        assert!(again.find("SLOTS").unwrap() < again.find("GET").unwrap(), "{again}");
+        assert!(
+            again.find("SLOTS").unwrap() < again.find("GET").unwrap(),
+            "{again}"
+        );
         c.handle_node_input(NodeId(0), &two_masters(), t(112));
         c.handle_node_input(NodeId(0), b"$1\r\nv\r\n", t(112));
         assert_eq!(replies(&mut c), "$1\r\nv\r\n");
@@ -1559,7 +1629,10 @@ mod tests {
     fn a_lost_master_fails_its_writes_retries_its_reads_and_flushes_tracking() {
         let mut c = Cluster::new(vec![A.into()], ClusterConfig::default(), t(0));
         let _ = c.poll_event();
-        c.handle_proxy_input(&[resp(&["HELLO", "3"]), resp(&["CLIENT", "TRACKING", "ON"])].concat(), t(0));
+        c.handle_proxy_input(
+            &[resp(&["HELLO", "3"]), resp(&["CLIENT", "TRACKING", "ON"])].concat(),
+            t(0),
+        );
         c.handle_node_connected(NodeId(0), t(1));
         // The connection state first, then the map.
         let first = sent(&mut c, 0);
@@ -1569,52 +1642,95 @@ mod tests {
         let _ = sent(&mut c, 0);
         c.handle_node_input(NodeId(0), &two_masters(), t(3));
         assert_eq!(replies(&mut c), "%1\r\n+server\r\n+redis\r\n+OK\r\n");
-        c.handle_proxy_input(&[resp(&["SET", "bar", "1"]), resp(&["GET", "bar"])].concat(), t(4));
+        c.handle_proxy_input(
+            &[resp(&["SET", "bar", "1"]), resp(&["GET", "bar"])].concat(),
+            t(4),
+        );
         let _ = sent(&mut c, 0);
         c.handle_node_lost(NodeId(0), "connection reset", t(5));
         let out = replies(&mut c);
         assert!(out.contains("may or may not have been applied"), "{out}");
-        assert!(!out.contains("invalidate"), "nothing was read through A: {out}");
+        assert!(
+            !out.contains("invalidate"),
+            "nothing was read through A: {out}"
+        );
         // The read waits for A to come back, and is answered then.
         c.handle_timeout(t(200));
-        assert_eq!(c.poll_event(), Some(ClusterEvent::Connect(NodeId(0), A.into())));
+        assert_eq!(
+            c.poll_event(),
+            Some(ClusterEvent::Connect(NodeId(0), A.into()))
+        );
         c.handle_node_connected(NodeId(0), t(201));
         let again = sent(&mut c, 0);
-        assert!(again.contains("HELLO") && again.contains("TRACKING") && again.contains("GET"), "{again}");
+        assert!(
+            again.contains("HELLO") && again.contains("TRACKING") && again.contains("GET"),
+            "{again}"
+        );
     }
 
     #[test]
     fn a_lost_master_invalidates_what_was_read_through_it_and_nothing_else() {
         let mut c = Cluster::new(vec![A.into()], ClusterConfig::default(), t(0));
         let _ = c.poll_event();
-        c.handle_proxy_input(&[resp(&["HELLO", "3"]), resp(&["CLIENT", "TRACKING", "ON"])].concat(), t(0));
+        c.handle_proxy_input(
+            &[resp(&["HELLO", "3"]), resp(&["CLIENT", "TRACKING", "ON"])].concat(),
+            t(0),
+        );
         c.handle_node_connected(NodeId(0), t(1));
         let _ = sent(&mut c, 0);
         c.handle_node_input(NodeId(0), b"%0\r\n+OK\r\n-ERR unknown subcommand\r\n", t(2));
         let _ = sent(&mut c, 0);
         c.handle_node_input(NodeId(0), &two_masters(), t(3));
         // bar and bar2 read through A (bar2 then invalidated by A), foo through B.
-        c.handle_proxy_input(&[resp(&["GET", "bar"]), resp(&["GET", "foo"]), resp(&["MGET", "bar2"])].concat(), t(4));
+        c.handle_proxy_input(
+            &[
+                resp(&["GET", "bar"]),
+                resp(&["GET", "foo"]),
+                resp(&["MGET", "bar2"]),
+            ]
+            .concat(),
+            t(4),
+        );
         let _ = c.poll_event();
         c.handle_node_connected(NodeId(1), t(5));
         c.handle_node_input(NodeId(0), b"$1\r\na\r\n*1\r\n$1\r\nb\r\n", t(6));
-        assert!(sent(&mut c, 1).starts_with("*2\r\n$5\r\nHELLO"), "B's state first");
+        assert!(
+            sent(&mut c, 1).starts_with("*2\r\n$5\r\nHELLO"),
+            "B's state first"
+        );
         c.handle_node_input(NodeId(1), b"%0\r\n+OK\r\n$1\r\nf\r\n", t(6));
-        c.handle_node_input(NodeId(0), b">2\r\n$10\r\ninvalidate\r\n*1\r\n$4\r\nbar2\r\n", t(7));
+        c.handle_node_input(
+            NodeId(0),
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$4\r\nbar2\r\n",
+            t(7),
+        );
         let _ = replies(&mut c);
         c.handle_node_lost(NodeId(0), "connection reset", t(8));
-        assert_eq!(replies(&mut c), ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nbar\r\n");
+        assert_eq!(
+            replies(&mut c),
+            ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nbar\r\n"
+        );
         assert_eq!(c.stats().keys_invalidated_on_loss, 1);
         c.handle_node_lost(NodeId(1), "connection reset", t(9));
-        assert_eq!(replies(&mut c), ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nfoo\r\n");
+        assert_eq!(
+            replies(&mut c),
+            ">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nfoo\r\n"
+        );
     }
 
     #[test]
     fn a_push_follows_the_replies_its_master_sent_before_it() {
         let mut c = mapped();
-        c.handle_proxy_input(&[resp(&["GET", "foo"]), resp(&["GET", "bar"])].concat(), t(10));
+        c.handle_proxy_input(
+            &[resp(&["GET", "foo"]), resp(&["GET", "bar"])].concat(),
+            t(10),
+        );
         // A answers bar, then invalidates it; foo (B's) is still owed.
-        c.handle_node_input(NodeId(0), b"$1\r\nv\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nbar\r\n", t(11));
+        c.handle_node_input(
+            NodeId(0),
+            b"$1\r\nv\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nbar\r\n",
+            t(11),
+        );
         assert_eq!(replies(&mut c), "");
         c.handle_node_input(NodeId(1), b"$1\r\nf\r\n", t(12));
         assert_eq!(
@@ -1636,12 +1752,21 @@ mod tests {
         assert!(sent(&mut c, 0).contains("SCAN"));
         c.handle_node_input(NodeId(0), b"*2\r\n$1\r\n0\r\n*1\r\n$1\r\na\r\n", t(13));
         let next = (1u64 << 48).to_string();
-        assert_eq!(replies(&mut c), format!("*2\r\n${}\r\n{next}\r\n*1\r\n$1\r\na\r\n", next.len()));
+        assert_eq!(
+            replies(&mut c),
+            format!("*2\r\n${}\r\n{next}\r\n*1\r\n$1\r\na\r\n", next.len())
+        );
         c.handle_proxy_input(&resp(&["SCAN", &next]), t(14));
-        assert_eq!(sent(&mut c, 1), String::from_utf8(resp(&["SCAN", "0"])).unwrap());
+        assert_eq!(
+            sent(&mut c, 1),
+            String::from_utf8(resp(&["SCAN", "0"])).unwrap()
+        );
         c.handle_proxy_input(&resp(&["DUMP"]), t(15));
         c.handle_node_input(NodeId(1), b"*2\r\n$1\r\n0\r\n*0\r\n", t(16));
         let out = replies(&mut c);
-        assert!(out.starts_with("*2\r\n$1\r\n0\r\n*0\r\n-ERR kv's DUMP"), "{out}");
+        assert!(
+            out.starts_with("*2\r\n$1\r\n0\r\n*0\r\n-ERR kv's DUMP"),
+            "{out}"
+        );
     }
 }

@@ -426,6 +426,18 @@ impl Shape {
     }
 }
 
+/// What the proxy tells a client that sends one of kv's own commands
+/// through it to a server that is not kv (Redis): that server would
+/// refuse it with an error that does not say why, or run its own command
+/// of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvOnly {
+    /// What the command does, as the error names it (`DUMP of every pair`).
+    pub what: &'static str,
+    /// What to use instead on such a server, a sentence.
+    pub instead: &'static str,
+}
+
 /// Everything about one command.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {
@@ -465,6 +477,10 @@ pub struct Spec {
     /// The keyspace event a key it writes raises (`set`, `incrby` …, as
     /// Redis names them; see `server/notify.rs`).
     pub notify: &'static str,
+    /// Set for kv's own commands, which a Redis server does not have (or
+    /// has under the same name for another job): what the proxy says in
+    /// front of such a server instead of forwarding it.
+    pub kv_only: Option<KvOnly>,
     /// Where the `|` of a subcommand's name is (the name's length for a
     /// top-level command): worked out once, here, rather than per request.
     bar: usize,
@@ -498,6 +514,7 @@ impl Spec {
             handler,
             subcommands: &[],
             notify: "set",
+            kv_only: None,
             bar: bar_at(name),
         }
     }
@@ -521,6 +538,12 @@ impl Spec {
             Handler::Local(super::docs::container_help),
         )
         .since("5.0.0")
+    }
+
+    /// A command of kv's own (see [`KvOnly`]).
+    pub const fn kv_only(mut self, what: &'static str, instead: &'static str) -> Spec {
+        self.kv_only = Some(KvOnly { what, instead });
+        self
     }
 
     /// Its subcommands.

@@ -152,7 +152,7 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
         // other name); kv says what it is in `kv_version` and `kv_role`.
         (text("server"), text("redis")),
         (text("version"), text(REDIS_VERSION)),
-        (text("kv_version"), text(env!("CARGO_PKG_VERSION"))),
+        (text(KV_VERSION_FIELD), text(env!("CARGO_PKG_VERSION"))),
         (
             text("proto"),
             Reply::Integer(if proto == Proto::Resp3 { 3 } else { 2 }),
@@ -167,6 +167,10 @@ fn hello(local: &mut Local<'_>, cmd: &Command) -> Reply {
         (text("modules"), Reply::Array(Vec::new())),
     ])
 }
+
+/// The field of kv's `HELLO` answer that Redis's lacks, by which a proxy
+/// tells a kv server from another (both say `server: redis`).
+pub const KV_VERSION_FIELD: &str = "kv_version";
 
 /// Appends `HELLO 3`, which a connection the proxy opens for a RESP3
 /// client starts with (one reply).

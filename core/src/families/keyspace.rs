@@ -799,7 +799,12 @@ const DUMP: Spec = Spec::new(
 )
 .since("0.1.0")
 .complexity("O(N log N) where N is the number of keys.")
-.shape(Shape::Pairs);
+.shape(Shape::Pairs)
+// Redis's DUMP takes a key and serializes that key's value.
+.kv_only(
+    "DUMP of every pair",
+    "Use SCAN (or KEYS) for the keys, then MGET for their values",
+);
 
 fn dump(db: &mut Db, _cmd: &Command, out: &mut dyn ReplyOut) {
     if let Some(whole) = out.offer_stream(db.dump()) {

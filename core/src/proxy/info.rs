@@ -3,7 +3,7 @@
 //! client's session can be changed while the node is read.
 
 use super::tracking::Tracking;
-use super::{ProxyConfig, ProxyStats, UpstreamState, UpstreamTracking};
+use super::{ProxyConfig, ProxyStats, UpstreamServer, UpstreamState, UpstreamTracking};
 use crate::auth::Password;
 use crate::cache::TtlCache;
 use crate::errors::ProxyTrackingError;
@@ -25,6 +25,7 @@ pub(super) struct View<'a> {
     pub cache: &'a TtlCache,
     pub stats: &'a ProxyStats,
     pub upstream: UpstreamState,
+    pub upstream_server: &'a UpstreamServer,
     pub upstream_in_flight: usize,
     pub clients: usize,
     pub host: &'a HostFacts,
@@ -152,8 +153,11 @@ impl Node for View<'_> {
             );
         }
         info + &format!(
-            "# Proxy\nrole:proxy\nupstream:{}\nupstream_in_flight:{}\nclients:{}\ndedicated_connections:{}\ndedicated_connections_max:{}\ndedicated_connections_opened:{}\ndedicated_connections_refused:{}\ndedicated_connections_released:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
+            "# Proxy\nrole:proxy\nupstream:{}\nupstream_server:{}\nupstream_server_version:{}\nupstream_in_flight:{}\nclients:{}\ndedicated_connections:{}\ndedicated_connections_max:{}\ndedicated_connections_opened:{}\ndedicated_connections_refused:{}\ndedicated_connections_released:{}\n# Cache\ncache_ttl_ms:{}\ncache_entries:{}\ncache_bytes:{}\ncache_hits:{}\ncache_misses:{}\ncache_expirations:{}\ncache_evictions:{}\ncache_invalidations:{}\n# Stats\nrequests:{}\nupstream_requests:{}\ncoalesced:{}\nupstream_timeouts:{}\nupstream_resets:{}\nupstream_connections:{}\nerrors:{}\nconnections_total:{}\nconnections_rejected:{}\nconnections_timed_out:{}\nclient_output_buffer_limit_disconnections:{}\n",
             self.upstream.name(),
+            // One line each, whatever the server said.
+            self.upstream_server.name().replace(['\r', '\n'], " "),
+            self.upstream_server.version().replace(['\r', '\n'], " "),
             self.upstream_in_flight,
             self.clients,
             s.dedicated,

@@ -65,6 +65,16 @@
 //! (`Client::push_message`) so that a value read before a change never
 //! reaches its client after the change's invalidation.
 //!
+//! # Which server it is in front of
+//! The main lane's `HELLO 3` answer says whether the server is kv or
+//! another of the Redis protocol (Redis 6+: [`UpstreamServer`]); the bulk
+//! lane and the dedicated connections, which send no `HELLO`, go by it. A
+//! command of kv's own ([`KvOnly`](crate::command::table::KvOnly): the
+//! `DUMP` of every pair) is answered at the proxy with an error that says
+//! so and what to use instead when the server is known not to be kv; sent
+//! before that is known, the server's refusal of it is replaced by the
+//! same error.
+//!
 //! # Driving it
 //! Inputs: [`Proxy::add_client`], [`Proxy::handle_client_input`],
 //! [`Proxy::remove_client`], [`Proxy::handle_upstream_connected`],
@@ -100,11 +110,11 @@ use crate::cache::{CacheConfig, CacheStats, Lookup, TtlCache};
 use crate::codec::{Dialect, Limits};
 use crate::command::table::Cache;
 use crate::command::table::Flags;
-use crate::command::{admit, encode_resp_args, Command};
+use crate::command::{admit, Command};
 use crate::conn::{OutputLimit, Owed};
 use crate::db::Effect;
 use crate::errors::{rejected_message, ExecError, UpstreamError};
-use crate::reply::{encode_value_proto, Proto, Reply};
+use crate::reply::{encode_value_proto, Reply};
 use crate::server::{reply_dialect, InlineReplies};
 use crate::session::{HostFacts, Local};
 use crate::stats::CommandStats;
@@ -115,7 +125,7 @@ use route::{route, GetRoute, KeyState, Route};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tracking::{invalidation, Tracking};
-use upstream::{InFlight, Incoming, Job, Upstream};
+use upstream::{Credentials, InFlight, Incoming, Job, Upstream};
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -139,6 +149,12 @@ pub struct ProxyConfig {
     pub password: Option<Password>,
     /// Password the proxy gives the upstream server on every connection.
     pub upstream_password: Option<Password>,
+    /// The user that password is for (a Redis ACL user): with it, every
+    /// connection the proxy opens sends `AUTH <user> <password>`, without
+    /// it `AUTH <password>` (Redis's `default` user). Ignored without
+    /// [`ProxyConfig::upstream_password`], which `kv proxy` refuses at
+    /// startup.
+    pub upstream_user: Option<Bytes>,
     /// How much output one client may hold. The proxy applies it to the
     /// replies it passes through: one that would take a client past the
     /// hard limit cuts the client off, and so does holding up the bulk
@@ -183,6 +199,7 @@ impl Default for ProxyConfig {
             hash_seed: 0,
             password: None,
             upstream_password: None,
+            upstream_user: None,
             output_limit: OutputLimit::default(),
             inline_replies: InlineReplies::Human,
             tracking: false,
@@ -363,6 +380,117 @@ impl UpstreamTracking {
             UpstreamTracking::On => "on",
             UpstreamTracking::Fallback(_) => "fallback",
         }
+    }
+}
+
+/// Which server the proxy is in front of, as the main lane's `HELLO`
+/// answer says (the lane that tracks sends one; the bulk lane and the
+/// dedicated connections go to the same address and use what it learnt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamServer {
+    /// No `HELLO` answered on the main lane's connection (yet): tracking
+    /// is off, the connection is new, or the server refused it.
+    Unknown,
+    /// A kv server, with its version.
+    Kv {
+        /// kv's version.
+        version: String,
+    },
+    /// Another server of the Redis protocol.
+    Other {
+        /// The name it gives (`redis`, `valkey` …).
+        name: String,
+        /// Its version.
+        version: String,
+    },
+}
+
+impl UpstreamServer {
+    /// What a `HELLO` answer says: kv's carries a field Redis's lacks (both
+    /// say `server: redis`, as client libraries expect).
+    pub fn from_hello(reply: &Reply) -> UpstreamServer {
+        let pairs: Vec<(&Reply, &Reply)> = match reply {
+            Reply::Map(entries) => entries.iter().map(|(k, v)| (k, v)).collect(),
+            // RESP2's flat array, in case a server answers in it.
+            Reply::Array(items) => items
+                .chunks_exact(2)
+                .map(|pair| (&pair[0], &pair[1]))
+                .collect(),
+            _ => return UpstreamServer::Unknown,
+        };
+        let field = |name: &str| {
+            pairs.iter().find_map(|(k, v)| match (k, v) {
+                (Reply::Bulk(k) | Reply::Status(k), Reply::Bulk(v) | Reply::Status(v))
+                    if k.eq_ignore_ascii_case(name.as_bytes()) =>
+                {
+                    Some(crate::errors::quote_server_line(v))
+                }
+                _ => None,
+            })
+        };
+        if let Some(version) = field(crate::families::connection::KV_VERSION_FIELD) {
+            return UpstreamServer::Kv { version };
+        }
+        match field("server") {
+            Some(name) => UpstreamServer::Other {
+                name,
+                version: field("version").unwrap_or_default(),
+            },
+            None => UpstreamServer::Unknown,
+        }
+    }
+
+    /// The server's name, as `INFO` says it: `kv`, `redis` …, or
+    /// `unknown`.
+    pub fn name(&self) -> &str {
+        match self {
+            UpstreamServer::Unknown => "unknown",
+            UpstreamServer::Kv { .. } => "kv",
+            UpstreamServer::Other { name, .. } => name,
+        }
+    }
+
+    /// Its version (empty if unknown).
+    pub fn version(&self) -> &str {
+        match self {
+            UpstreamServer::Unknown => "",
+            UpstreamServer::Kv { version } | UpstreamServer::Other { version, .. } => version,
+        }
+    }
+
+    /// Whether it is known not to be kv.
+    pub fn is_other(&self) -> bool {
+        matches!(self, UpstreamServer::Other { .. })
+    }
+
+    /// The error for one of kv's own commands sent to it (see
+    /// [`KvOnly`](crate::command::table::KvOnly)).
+    fn lacks(&self, kv_only: &crate::command::table::KvOnly) -> UpstreamError {
+        let server = match self {
+            UpstreamServer::Other { name, version } if !version.is_empty() => {
+                format!("{name} {version}")
+            }
+            UpstreamServer::Other { name, .. } => name.clone(),
+            _ => "not kv".to_owned(),
+        };
+        UpstreamError::NotKv {
+            server,
+            what: kv_only.what,
+            instead: kv_only.instead,
+        }
+    }
+}
+
+/// Whether an upstream's error answer to one of kv's own commands says it
+/// has no such command (or not with those arguments): Redis's words for
+/// it, which kv never answers its own commands with.
+fn says_unknown_command(reply: &Reply) -> bool {
+    match reply {
+        Reply::Error(line) => {
+            line.starts_with(b"ERR unknown command")
+                || line.starts_with(b"ERR wrong number of arguments")
+        }
+        _ => false,
     }
 }
 
@@ -587,6 +715,12 @@ impl Proxy {
         self.upstream.state()
     }
 
+    /// Which server the proxy is in front of, as far as the main lane's
+    /// connection has said.
+    pub fn upstream_server(&self) -> &UpstreamServer {
+        self.upstream.server()
+    }
+
     fn lane(&self, lane: Lane) -> &Upstream {
         match lane {
             Lane::Main => &self.upstream,
@@ -645,7 +779,7 @@ impl Proxy {
         let tunnel_room = c
             .tunnel
             .as_ref()
-            .is_none_or(|t| t.out.len() < BULK_HIGH_WATER);
+            .is_none_or(|t| t.queued() < BULK_HIGH_WATER);
         let room = !c.closing() && c.pending() < self.config.max_pending_per_client && tunnel_room;
         // A parked request waits for replies, not for room.
         let parked = c
@@ -831,7 +965,13 @@ impl Proxy {
                 }
             };
             let spec = Some(cmd.spec());
-            let routed = route(cmd.spec());
+            let routed = match route(cmd.spec()) {
+                // With no cache to fill, a read is forwarded as it is: the
+                // fill's transaction (to read the key's time to live with
+                // its value) would cost the server three more commands.
+                Route::CachedRead if self.cache.disabled() => Route::Forward { write: false },
+                routed => routed,
+            };
             let cmd = match self.config.upstream_cluster && client.tunnel.is_none() {
                 false => cmd,
                 true => match batch_step(client, cmd) {
@@ -869,8 +1009,7 @@ impl Proxy {
                 // (AUTH excepted: the client authenticates with the proxy,
                 // which authenticated the connection itself).
                 if !crate::families::connection::is_auth(&cmd) {
-                    encode_resp_args(cmd.args(), &mut tunnel.out);
-                    tunnel.sent(&cmd);
+                    tunnel.send(&cmd);
                     client.tunnel_dialect = dialect;
                     if let Some(proto) = crate::families::connection::hello_switches_to(&cmd) {
                         // What comes back from now on is in that protocol.
@@ -904,13 +1043,9 @@ impl Proxy {
                     self.complete(waiter, reply, Source::Proxy, now);
                     continue;
                 }
-                let proto = client.session.proto;
-                let mut tunnel = tunnel::Tunnel::new(
-                    tunnel_handshake(&self.config, proto),
-                    handshake_replies(&self.config, proto),
-                );
-                encode_resp_args(cmd.args(), &mut tunnel.out);
-                tunnel.sent(&cmd);
+                let mut tunnel =
+                    tunnel::Tunnel::new(Credentials::of(&self.config), client.session.proto);
+                tunnel.send(&cmd);
                 client.tunnel_dialect = dialect;
                 client.tunnel = Some(tunnel);
                 self.stats.dedicated += 1;
@@ -945,6 +1080,7 @@ impl Proxy {
                         cache: &self.cache,
                         stats: &self.stats,
                         upstream: self.upstream.state(),
+                        upstream_server: self.upstream.server(),
                         upstream_in_flight: self.upstream.len(),
                         clients: client_count,
                         host: &self.host,
@@ -1002,6 +1138,15 @@ impl Proxy {
                 Route::Forward { write } => {
                     let waiter = client.push_slot(id, dialect, spec, now);
                     let min_epoch = client.min_epoch;
+                    if let (Some(kv_only), true) =
+                        (&cmd.spec().kv_only, self.upstream.server().is_other())
+                    {
+                        // Known not to be kv: it would be refused there
+                        // without a word of why, or run as another command.
+                        let reply = self.upstream.server().lacks(kv_only).into();
+                        self.complete(waiter, reply, Source::Proxy, now);
+                        continue;
+                    }
                     if let Some((reply, age)) = self.values_from_cache(&cmd, min_epoch, now) {
                         self.complete(waiter, reply, Source::Cache { age }, now);
                         continue;
@@ -1215,15 +1360,19 @@ impl Proxy {
     /// queued meanwhile go out, one at a time.
     pub fn handle_upstream_connected(&mut self, lane: Lane, now: Instant) {
         let now = self.clock.advance(now);
-        let password = self.config.upstream_password.clone();
         if lane == Lane::Main {
             self.tracking_lost(now);
             self.cache.clear();
             self.stats.upstream_connections += 1;
         }
         let track = self.config.tracking && lane == Lane::Main;
-        self.lane_mut(lane)
-            .handle_connected(password.as_ref(), track, now);
+        // The fields apart, not `lane_mut`: the credentials are borrowed
+        // from the config meanwhile.
+        let upstream = match lane {
+            Lane::Main => &mut self.upstream,
+            Lane::Bulk => &mut self.bulk,
+        };
+        upstream.handle_connected(Credentials::of(&self.config), track, now);
         if lane == Lane::Bulk {
             self.pump_bulk(now);
         }
@@ -1631,6 +1780,15 @@ impl Proxy {
                     }
                 }
                 reply = cmd.spec().shape.restore(reply);
+                // Sent before the main lane's HELLO said which server
+                // this is (or with none said): its refusal says it.
+                if let Some(kv_only) = &cmd.spec().kv_only {
+                    let server = self.upstream.server();
+                    if says_unknown_command(&reply) && !matches!(server, UpstreamServer::Kv { .. })
+                    {
+                        reply = server.lacks(kv_only).into();
+                    }
+                }
             }
             Job::Tx { cmds } => {
                 for key in cmds.iter().flat_map(Command::keys) {
@@ -1811,27 +1969,6 @@ impl clients::Client {
     }
 }
 
-/// How many replies a dedicated connection's handshake gets.
-fn handshake_replies(config: &ProxyConfig, proto: Proto) -> usize {
-    usize::from(config.upstream_password.is_some()) + usize::from(proto == Proto::Resp3)
-}
-
-/// The requests a dedicated connection starts with: the proxy's own
-/// password, and the client's protocol (see `tunnel.rs`).
-fn tunnel_handshake(config: &ProxyConfig, proto: Proto) -> BytesMut {
-    let mut out = BytesMut::new();
-    if let Some(password) = &config.upstream_password {
-        encode_resp_args(
-            &[Bytes::from_static(b"AUTH"), password.expose().clone()],
-            &mut out,
-        );
-    }
-    if proto == Proto::Resp3 {
-        crate::families::connection::encode_hello3(&mut out);
-    }
-    out
-}
-
 impl Proxy {
     /// The driver connected the client's dedicated connection.
     pub fn handle_tunnel_connected(&mut self, id: ClientId, now: Instant) {
@@ -1868,16 +2005,23 @@ impl Proxy {
         let Some(t) = c.tunnel.as_mut() else {
             return;
         };
-        if t.take_input(data, dialect, proto, &mut c.out).is_err() {
-            // Nothing after it can be paired or trusted: as if the
-            // connection broke.
-            c.failed = true;
-        } else if t.releasable() {
-            // Its transaction is over: back to the shared pipe, and the
-            // driver closes the connection (see `tunnel.rs`).
-            c.tunnel = None;
-            self.stats.dedicated -= 1;
-            self.stats.dedicated_released += 1;
+        match t.take_input(data, dialect, proto, &mut c.out) {
+            // Nothing after it can be paired or trusted, or nothing may be
+            // sent on it: as if the connection broke.
+            Err(fault) => {
+                if let tunnel::TunnelFault::Refused(n) = fault {
+                    self.stats.errors += n;
+                }
+                c.failed = true;
+            }
+            Ok(()) if t.releasable() => {
+                // Its transaction is over: back to the shared pipe, and the
+                // driver closes the connection (see `tunnel.rs`).
+                c.tunnel = None;
+                self.stats.dedicated -= 1;
+                self.stats.dedicated_released += 1;
+            }
+            Ok(()) => {}
         }
         self.events.push_back(ProxyEvent::ClientReady(id));
     }
@@ -1990,12 +2134,36 @@ mod tests {
     }
 
     #[test]
+    fn with_the_cache_off_a_get_is_forwarded_as_it_is() {
+        let t = Instant::from_millis;
+        let config = ProxyConfig {
+            cache: CacheConfig {
+                ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", t(1));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(&sent[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        p.handle_upstream_input(Lane::Main, b"$1\r\nv\r\n", t(2));
+        assert_eq!(output(&mut p, c), "$1\r\nv\r\n");
+        assert_eq!(p.cache_len(), 0);
+    }
+
+    #[test]
     fn in_front_of_a_cluster_a_transaction_is_queued_here_and_sent_whole_at_exec() {
         let t = Instant::from_millis;
         let resp = |lines: &[&str]| -> Vec<u8> {
             let mut out = BytesMut::new();
             for line in lines {
-                let args: Vec<Bytes> = line.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+                let args: Vec<Bytes> = line
+                    .split(' ')
+                    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                    .collect();
                 encode_resp_args(&args, &mut out);
             }
             out.to_vec()
@@ -2010,7 +2178,11 @@ mod tests {
         let other = p.add_client(ClientKind::Stream, t(0));
         p.handle_client_input(c, &resp(&["MULTI", "SET {u}a 1", "INCR {u}a"]), t(1));
         assert_eq!(output(&mut p, c), "+OK\r\n+QUEUED\r\n+QUEUED\r\n");
-        assert_eq!(p.poll_upstream_transmit(Lane::Main), None, "nothing sent yet");
+        assert_eq!(
+            p.poll_upstream_transmit(Lane::Main),
+            None,
+            "nothing sent yet"
+        );
         // Another client's request goes on meanwhile, outside the
         // transaction.
         p.handle_client_input(other, &resp(&["SET b 2"]), t(2));
@@ -2025,7 +2197,11 @@ mod tests {
         );
         p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(4));
         assert_eq!(output(&mut p, other), "+OK\r\n");
-        p.handle_upstream_input(Lane::Main, b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n", t(5));
+        p.handle_upstream_input(
+            Lane::Main,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n",
+            t(5),
+        );
         assert_eq!(output(&mut p, c), "*2\r\n+OK\r\n:2\r\n");
         // Keys of two slots: refused as queued, and EXEC aborts unsent.
         p.handle_client_input(c, &resp(&["MULTI", "SET x 1", "SET y 1", "EXEC"]), t(6));
@@ -2037,7 +2213,10 @@ mod tests {
         assert_eq!(p.poll_upstream_transmit(Lane::Main), None);
         p.handle_client_input(c, &resp(&["EXEC", "WATCH x"]), t(7));
         let out = output(&mut p, c);
-        assert!(out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"), "{out}");
+        assert!(
+            out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -2572,5 +2751,206 @@ mod tests {
         let _ = output(&mut p, d);
         let why = refused(&mut p, d);
         assert!(why.contains("upstream refused client tracking (CLIENT TRACKING ON: ERR unknown subcommand 'TRACKING')"), "{why}");
+    }
+
+    /// A proxy that gives the server `alice`'s password `secret`.
+    fn alices(config: ProxyConfig) -> ProxyConfig {
+        ProxyConfig {
+            upstream_password: Some(Password::new(Bytes::from_static(b"secret"))),
+            upstream_user: Some(Bytes::from_static(b"alice")),
+            ..config
+        }
+    }
+
+    /// `AUTH alice secret`, as the proxy sends it.
+    const AUTH_ALICE: &[u8] = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n";
+    /// Redis's refusal of an ACL user's `AUTH`.
+    const REDIS_WRONGPASS: &[u8] =
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+    #[test]
+    fn with_a_user_every_upstream_connection_authenticates_as_that_user() {
+        let t = Instant::from_millis;
+        let config = alices(ProxyConfig {
+            tracking: true,
+            max_dedicated: 1,
+            ..ProxyConfig::default()
+        });
+        let mut p = Proxy::new(config, t(0));
+        // The main lane: the AUTH, then the tracking handshake.
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
+        assert_eq!(&sent[..], [AUTH_ALICE, TRACKING_HANDSHAKE].concat());
+        p.handle_upstream_input(Lane::Main, b"+OK\r\n", t(1));
+        assert!(p.upstream_verified(Lane::Main));
+        // The bulk lane: the AUTH alone.
+        p.handle_upstream_connected(Lane::Bulk, t(1));
+        let sent = p.poll_upstream_transmit(Lane::Bulk).unwrap();
+        assert_eq!(&sent[..], AUTH_ALICE);
+        // A dedicated connection: the AUTH, and the client's HELLO 3.
+        let c = p.add_client(ClientKind::Stream, t(1));
+        p.handle_client_input(c, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", t(1));
+        let _ = output(&mut p, c);
+        p.handle_client_input(c, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n", t(2));
+        p.handle_tunnel_connected(c, t(2));
+        let sent = p.poll_tunnel_transmit(c).unwrap();
+        assert_eq!(
+            &sent[..],
+            [AUTH_ALICE, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"].concat(),
+            "the SUBSCRIBE waits for the AUTH's answer"
+        );
+        p.handle_tunnel_input(c, b"+OK\r\n", t(3));
+        assert_eq!(
+            &p.poll_tunnel_transmit(c).unwrap()[..],
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n"
+        );
+        // HELLO's answer is the proxy's; the subscription's the client's.
+        p.handle_tunnel_input(
+            c,
+            b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n>3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+            t(4),
+        );
+        assert_eq!(
+            output(&mut p, c),
+            ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_user_fails_requests_naming_the_user_in_the_servers_words() {
+        let t = Instant::from_millis;
+        let config = alices(ProxyConfig {
+            max_dedicated: 1,
+            ..ProxyConfig::default()
+        });
+        let refused = UpstreamError::RefusedUser {
+            user: "alice".into(),
+            why: "WRONGPASS invalid username-password pair or user is disabled.".into(),
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        let c = p.add_client(ClientKind::Stream, t(0));
+        p.handle_client_input(c, GET_K, t(1));
+        p.handle_upstream_input(Lane::Main, REDIS_WRONGPASS, t(2));
+        assert_eq!(output(&mut p, c), format!("-{refused}\r\n"));
+        assert_eq!(p.upstream_fault(Lane::Main), Some(&refused));
+        assert!(!p.upstream_verified(Lane::Main));
+        // A dedicated connection refused: the client's requests are never
+        // sent, each gets the refusal, and the client is closed.
+        let d = p.add_client(ClientKind::Stream, t(3));
+        p.handle_client_input(
+            d,
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$4\r\nEXEC\r\n",
+            t(3),
+        );
+        p.handle_tunnel_connected(d, t(3));
+        assert_eq!(&p.poll_tunnel_transmit(d).unwrap()[..], AUTH_ALICE);
+        p.handle_tunnel_input(d, REDIS_WRONGPASS, t(4));
+        assert_eq!(p.poll_tunnel_transmit(d), None, "nothing more is sent");
+        assert_eq!(output(&mut p, d), format!("-{refused}\r\n").repeat(3));
+        assert!(p.client_should_close(d));
+    }
+
+    /// kv's own `HELLO 3` answer, as its server gives it.
+    fn kv_hello() -> Reply {
+        let mut server = crate::server::Server::new(crate::server::ServerConfig::default());
+        let mut conn = crate::server::ServerConnection::new(Limits::default());
+        conn.handle_input(&mut server, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        let out = conn.transmit_all(&mut server);
+        let mut decoder = crate::reply::ReplyDecoder::new(crate::reply::ReplyLimits::default());
+        decoder.feed(&out);
+        decoder.next_reply().unwrap().unwrap()
+    }
+
+    /// Redis 7.0.15's `HELLO 3` answer.
+    const REDIS_HELLO: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:5\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
+
+    #[test]
+    fn hello_tells_a_kv_server_from_redis() {
+        let kv = UpstreamServer::from_hello(&kv_hello());
+        assert_eq!(
+            kv,
+            UpstreamServer::Kv {
+                version: env!("CARGO_PKG_VERSION").into()
+            }
+        );
+        let mut decoder = crate::reply::ReplyDecoder::new(crate::reply::ReplyLimits::default());
+        decoder.feed(REDIS_HELLO);
+        let redis = UpstreamServer::from_hello(&decoder.next_reply().unwrap().unwrap());
+        assert_eq!((redis.name(), redis.version()), ("redis", "7.0.15"));
+        assert!(redis.is_other() && !kv.is_other());
+        assert_eq!(
+            UpstreamServer::from_hello(&Reply::error("ERR unknown command 'HELLO'")),
+            UpstreamServer::Unknown
+        );
+    }
+
+    /// A tracking proxy whose main lane was answered by `hello`.
+    fn in_front_of(hello: &[u8], t: impl Fn(u64) -> Instant) -> Proxy {
+        let config = ProxyConfig {
+            tracking: true,
+            ..ProxyConfig::default()
+        };
+        let mut p = Proxy::new(config, t(0));
+        p.handle_upstream_connected(Lane::Main, t(0));
+        p.handle_upstream_connected(Lane::Bulk, t(0));
+        let _ = p.poll_upstream_transmit(Lane::Main);
+        p.handle_upstream_input(Lane::Main, &[hello, b"+OK\r\n"].concat(), t(0));
+        p
+    }
+
+    const DUMP: &[u8] = b"*1\r\n$4\r\nDUMP\r\n";
+    const NOT_KV_DUMP: &str = "-ERR the upstream server (redis 7.0.15) has no DUMP of every pair; it is a kv server command. Use SCAN (or KEYS) for the keys, then MGET for their values\r\n";
+
+    #[test]
+    fn kvs_own_dump_is_refused_in_front_of_redis_saying_why() {
+        let t = Instant::from_millis;
+        let mut p = in_front_of(REDIS_HELLO, t);
+        assert_eq!(p.upstream_server().name(), "redis");
+        let c = p.add_client(ClientKind::Stream, t(1));
+        p.handle_client_input(c, &[DUMP, b"*1\r\n$4\r\nPING\r\n"].concat(), t(1));
+        assert_eq!(output(&mut p, c), format!("{NOT_KV_DUMP}+PONG\r\n"));
+        assert_eq!(p.poll_upstream_transmit(Lane::Bulk), None, "not sent");
+        p.handle_client_input(c, b"INFO proxy\r\n", t(2));
+        let info = output(&mut p, c);
+        assert!(
+            info.contains("upstream_server:redis\r\nupstream_server_version:7.0.15\r\n"),
+            "{info}"
+        );
+        // Before the server is known, Redis's refusal says it.
+        let mut p = Proxy::new(ProxyConfig::default(), t(0));
+        p.handle_upstream_connected(Lane::Bulk, t(0));
+        let c = p.add_client(ClientKind::Stream, t(1));
+        p.handle_client_input(c, DUMP, t(1));
+        assert_eq!(&p.poll_upstream_transmit(Lane::Bulk).unwrap()[..], DUMP);
+        p.handle_upstream_input(
+            Lane::Bulk,
+            b"-ERR wrong number of arguments for 'dump' command\r\n",
+            t(2),
+        );
+        assert_eq!(
+            output(&mut p, c),
+            NOT_KV_DUMP.replace("redis 7.0.15", "not kv")
+        );
+    }
+
+    #[test]
+    fn kvs_own_dump_goes_to_a_kv_server() {
+        let t = Instant::from_millis;
+        let hello = {
+            let mut out = BytesMut::new();
+            kv_hello().encode_as(Dialect::Resp, crate::reply::Proto::Resp3, &mut out);
+            out
+        };
+        let mut p = in_front_of(&hello, t);
+        assert_eq!(p.upstream_server().name(), "kv");
+        let c = p.add_client(ClientKind::Stream, t(1));
+        p.handle_client_input(c, DUMP, t(1));
+        assert_eq!(&p.poll_upstream_transmit(Lane::Bulk).unwrap()[..], DUMP);
+        p.handle_upstream_input(Lane::Bulk, b"*2\r\n$1\r\nk\r\n$1\r\nv\r\n", t(2));
+        assert_eq!(output(&mut p, c), "*2\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        p.handle_client_input(c, b"INFO proxy\r\n", t(2));
+        let info = output(&mut p, c);
+        assert!(info.contains("upstream_server:kv\r\n"), "{info}");
     }
 }

@@ -23,18 +23,24 @@
 //!
 //! The connection is the driver's to open and carry bytes on
 //! ([`ClientStatus::tunnel`](super::ClientStatus::tunnel)); the proxy says
-//! what to send and takes what arrives. The handshake (the upstream
-//! password, and `HELLO 3` for a RESP3 client) goes first; its replies are
-//! the proxy's, not the client's.
+//! what to send and takes what arrives. The handshake (the proxy's `AUTH`
+//! for the server, and `HELLO 3` for a RESP3 client) goes first; its
+//! replies are the proxy's, not the client's. The client's requests wait
+//! for the `AUTH`'s answer: refused, they are never sent (a server whose
+//! `default` user is open would run them as that user, not the proxy's),
+//! and each gets the refusal, in the server's words, before the client is
+//! closed, as the shared lanes fail theirs.
 //!
 //! [`ProxyConfig::max_dedicated`]: super::ProxyConfig::max_dedicated
 
+use super::upstream::Credentials;
 use crate::codec::Dialect;
 use crate::command::table::Handler;
 use crate::command::Command;
-use crate::reply::{Proto, Reply, ReplyDecoder, ReplyLimits};
+use crate::errors::UpstreamError;
+use crate::reply::{Proto, Reply, ReplyDecodeError, ReplyDecoder, ReplyLimits};
 use crate::server::TxOp;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// Where a dedicated connection stands, as the driver sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,11 +61,17 @@ pub(super) struct Tunnel {
     pub state: TunnelState,
     /// Bytes for the server: the handshake, then the client's requests.
     pub out: BytesMut,
+    /// The client's requests while the handshake's `AUTH` is unanswered.
+    held: BytesMut,
     decoder: ReplyDecoder,
     /// Replies of the handshake still to come (dropped: they are the
-    /// proxy's; a refused password shows in the server's answers to the
-    /// client's own requests).
+    /// proxy's).
     handshake: usize,
+    /// The handshake's first reply is the `AUTH`'s, given for this user
+    /// (`Some(None)`: the default user).
+    auth: Option<Option<Bytes>>,
+    /// The server refused the proxy's `AUTH` here.
+    refused: bool,
     /// Requests sent, and their replies received (pushes aside).
     sent: u64,
     received: u64,
@@ -71,15 +83,35 @@ pub(super) struct Tunnel {
     sticky: bool,
 }
 
+/// Why what came on a dedicated connection ends it.
+#[derive(Debug)]
+pub(super) enum TunnelFault {
+    /// Not RESP: nothing after it can be paired or trusted.
+    Malformed,
+    /// The server refused the proxy's `AUTH`: this many requests of the
+    /// client's, never sent, were answered with the refusal.
+    Refused(u64),
+}
+
 impl Tunnel {
-    /// A connection to open, whose handshake is `handshake` (encoded
-    /// requests) with `replies` replies to take.
-    pub fn new(handshake: BytesMut, replies: usize) -> Tunnel {
+    /// A connection to open, which authenticates with `auth` and speaks
+    /// `proto`, the client's protocol.
+    pub fn new(auth: Option<Credentials<'_>>, proto: Proto) -> Tunnel {
+        let mut out = BytesMut::new();
+        if let Some(auth) = &auth {
+            auth.encode(&mut out);
+        }
+        if proto == Proto::Resp3 {
+            crate::families::connection::encode_hello3(&mut out);
+        }
         Tunnel {
             state: TunnelState::Wanted,
-            out: handshake,
+            out,
+            held: BytesMut::new(),
             decoder: ReplyDecoder::new(ReplyLimits::default()),
-            handshake: replies,
+            handshake: usize::from(auth.is_some()) + usize::from(proto == Proto::Resp3),
+            auth: auth.map(|a| a.user.cloned()),
+            refused: false,
             sent: 0,
             received: 0,
             in_multi: false,
@@ -88,9 +120,26 @@ impl Tunnel {
         }
     }
 
+    /// Bytes the client has queued for the server, sent or held.
+    pub fn queued(&self) -> usize {
+        self.out.len() + self.held.len()
+    }
+
+    /// Queues the client's request for the server: after the `AUTH`'s
+    /// answer, if that is still to come. Sent under its canonical name,
+    /// as on the shared lanes (kv's `PUT` is `SET`).
+    pub fn send(&mut self, cmd: &Command) {
+        if self.auth.is_some() {
+            cmd.encode_resp(&mut self.held);
+        } else {
+            cmd.encode_resp(&mut self.out);
+        }
+        self.sent(cmd);
+    }
+
     /// Notes a request sent on the connection: what it does to the
     /// connection's state.
-    pub fn sent(&mut self, cmd: &Command) {
+    fn sent(&mut self, cmd: &Command) {
         self.sent += 1;
         match cmd.spec().handler {
             Handler::Data(_) => {}
@@ -118,18 +167,41 @@ impl Tunnel {
     }
 
     /// Takes bytes from the server and writes what they hold for the client
-    /// into `out` (in `dialect` and `proto`); an error if they are not RESP.
+    /// into `out` (in `dialect` and `proto`); an error if they end the
+    /// connection (see [`TunnelFault`]).
     pub fn take_input(
         &mut self,
         data: &[u8],
         dialect: Dialect,
         proto: Proto,
         out: &mut BytesMut,
-    ) -> Result<(), crate::reply::ReplyDecodeError> {
+    ) -> Result<(), TunnelFault> {
+        if self.refused {
+            return Ok(());
+        }
         self.decoder.feed(data);
-        while let Some(reply) = self.decoder.next_reply()? {
+        while let Some(reply) = self
+            .decoder
+            .next_reply()
+            .map_err(|_: ReplyDecodeError| TunnelFault::Malformed)?
+        {
             if self.handshake > 0 {
                 self.handshake -= 1;
+                if let Some(user) = self.auth.take() {
+                    if let Reply::Error(line) = &reply {
+                        self.refused = true;
+                        self.held.clear();
+                        let refusal =
+                            Reply::from(UpstreamError::auth_refusal(line, user.as_deref()));
+                        for _ in 0..self.sent {
+                            refusal.encode_as(dialect, proto, out);
+                        }
+                        return Err(TunnelFault::Refused(self.sent));
+                    }
+                    // Accepted: the client's requests may go.
+                    let held = std::mem::take(&mut self.held);
+                    self.out.unsplit(held);
+                }
                 continue;
             }
             if !matches!(reply, Reply::Push(_)) {

@@ -11,10 +11,12 @@
 //!
 //! # The handshake
 //! On each new connection the proxy sends, ahead of any request and
-//! without waiting for their answers: `AUTH <password>` if it has one for
-//! the server, then, on a lane that tracks, `HELLO 3` and
-//! `CLIENT TRACKING ON`. Only a refused `AUTH` (or the server's client-cap
-//! line) refuses the proxy. A refused `HELLO 3` or `CLIENT TRACKING ON`
+//! without waiting for their answers: `AUTH <password>` (or
+//! `AUTH <user> <password>`) if it has one for the server, then, on a lane
+//! that tracks, `HELLO 3` and `CLIENT TRACKING ON`. `HELLO`'s answer also
+//! says which server this is ([`UpstreamServer`]). Only a refused `AUTH`
+//! (or the server's client-cap line) refuses the proxy. A refused
+//! `HELLO 3` or `CLIENT TRACKING ON`
 //! (a server too old for them, or one that does not track) leaves the
 //! connection working without tracking: in RESP2 if `HELLO 3` was refused,
 //! and then whatever the `CLIENT TRACKING ON` behind it answers does not
@@ -25,7 +27,7 @@
 
 use super::clients::Waiter;
 use super::framer::Framer;
-use super::{UpstreamState, UpstreamTracking};
+use super::{ProxyConfig, UpstreamServer, UpstreamState, UpstreamTracking};
 use crate::auth::Password;
 use crate::command::{encode_resp_args, Command};
 use crate::errors::{quote_server_line, UpstreamError};
@@ -75,10 +77,42 @@ pub(super) struct InFlight {
     pub epoch: u64,
 }
 
+/// What the proxy authenticates with on each connection it opens to the
+/// server: its password, and the user to give it for, if any.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Credentials<'a> {
+    pub user: Option<&'a Bytes>,
+    pub password: &'a Password,
+}
+
+impl<'a> Credentials<'a> {
+    /// The configured ones; none without a password (a user alone is
+    /// refused by the driver at startup, as `AUTH` needs a password).
+    pub fn of(config: &'a ProxyConfig) -> Option<Credentials<'a>> {
+        config
+            .upstream_password
+            .as_ref()
+            .map(|password| Credentials {
+                user: config.upstream_user.as_ref(),
+                password,
+            })
+    }
+
+    /// Appends the `AUTH` that gives them (one reply).
+    pub fn encode(&self, out: &mut BytesMut) {
+        let auth = Bytes::from_static(b"AUTH");
+        let password = self.password.expose().clone();
+        match self.user {
+            Some(user) => encode_resp_args(&[auth, user.clone(), password], out),
+            None => encode_resp_args(&[auth, password], out),
+        }
+    }
+}
+
 /// What a request of the handshake asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// `AUTH <password>`.
+    /// `AUTH [user] <password>`.
     Auth,
     /// `HELLO 3`.
     Hello,
@@ -165,6 +199,10 @@ pub(super) struct Upstream {
     raw: Option<Raw>,
     /// Whether the server tracks the keys read on this connection.
     tracking: UpstreamTracking,
+    /// The user the handshake's `AUTH` gives, for the refusal's words.
+    user: Option<Bytes>,
+    /// Which server answered this connection's `HELLO`.
+    server: UpstreamServer,
 }
 
 impl Upstream {
@@ -187,6 +225,8 @@ impl Upstream {
             down_cause: UpstreamError::Unavailable,
             raw: None,
             tracking: UpstreamTracking::Off,
+            user: None,
+            server: UpstreamServer::Unknown,
         }
     }
 
@@ -326,10 +366,16 @@ impl Upstream {
         false
     }
 
+    /// Which server this connection's `HELLO` was answered by; unknown
+    /// until then, and on a connection that sends none.
+    pub fn server(&self) -> &UpstreamServer {
+        &self.server
+    }
+
     /// The driver connected: the handshake (see the module docs) goes
     /// ahead of what was queued; with `track`, it asks the server to
     /// track what is read on the connection.
-    pub fn handle_connected(&mut self, password: Option<&Password>, track: bool, now: Instant) {
+    pub fn handle_connected(&mut self, auth: Option<Credentials<'_>>, track: bool, now: Instant) {
         self.state = UpstreamState::Up;
         // The connection this one replaces may have ended with its
         // handshake unanswered, without the proxy being told (the driver
@@ -346,9 +392,11 @@ impl Upstream {
         if let Some(raw) = &mut self.raw {
             *raw = Raw::default();
         }
-        self.verified = password.is_none();
+        self.verified = auth.is_none();
         self.answered = false;
         self.fault = None;
+        self.user = auth.and_then(|a| a.user.cloned());
+        self.server = UpstreamServer::Unknown;
         self.tracking = if track {
             UpstreamTracking::Pending
         } else {
@@ -356,11 +404,8 @@ impl Upstream {
         };
         let mut out = BytesMut::new();
         let deadline = now + self.request_timeout;
-        if let Some(password) = password {
-            encode_resp_args(
-                &[Bytes::from_static(b"AUTH"), password.expose().clone()],
-                &mut out,
-            );
+        if let Some(auth) = auth {
+            auth.encode(&mut out);
             self.handshake.push_back(Handshake {
                 step: Step::Auth,
                 deadline,
@@ -503,24 +548,28 @@ impl Upstream {
                 // The client was told QUEUED by the proxy: an EXECABORT
                 // says which command the server refused, and why.
                 match (queue_error, reply) {
-                    (Some(Reply::Error(why)), Reply::Error(abort)) if abort.starts_with(b"EXECABORT") => {
+                    (Some(Reply::Error(why)), Reply::Error(abort))
+                        if abort.starts_with(b"EXECABORT") =>
+                    {
                         let why = String::from_utf8_lossy(&why);
-                        let text = format!("EXECABORT Transaction discarded because of previous errors: {why}");
+                        let text = format!(
+                            "EXECABORT Transaction discarded because of previous errors: {why}"
+                        );
                         (Reply::Error(Bytes::from(text)), None)
                     }
                     (_, reply) => (reply, None),
                 }
             } else {
                 match (queue_error, reply) {
-                (Some(error), _) => (error, None),
-                (None, Reply::Array(mut pair)) if pair.len() == 2 => {
-                    let ttl = match pair.pop() {
-                        Some(Reply::Integer(t)) => Some(t),
-                        _ => None,
-                    };
-                    (pair.pop().unwrap_or(Reply::Nil), ttl)
-                }
-                (None, other) => (other, None),
+                    (Some(error), _) => (error, None),
+                    (None, Reply::Array(mut pair)) if pair.len() == 2 => {
+                        let ttl = match pair.pop() {
+                            Some(Reply::Integer(t)) => Some(t),
+                            _ => None,
+                        };
+                        (pair.pop().unwrap_or(Reply::Nil), ttl)
+                    }
+                    (None, other) => (other, None),
                 }
             }
         } else {
@@ -535,13 +584,20 @@ impl Upstream {
 
     /// What the answer to one request of the handshake means.
     fn handshake_answered(&mut self, step: Step, reply: Reply) -> Incoming {
+        if step == Step::Hello {
+            self.server = UpstreamServer::from_hello(&reply);
+        }
         let refused = match reply {
             Reply::Error(line) => {
+                if step == Step::Auth {
+                    return Incoming::Fault(UpstreamError::auth_refusal(
+                        &line,
+                        self.user.as_deref(),
+                    ));
+                }
                 // The client-cap line comes where the first answer would.
-                if step == Step::Auth
-                    || (!self.answered && UpstreamError::is_client_limit_line(&line))
-                {
-                    return Incoming::Fault(UpstreamError::refusal(&line, step == Step::Auth));
+                if !self.answered && UpstreamError::is_client_limit_line(&line) {
+                    return Incoming::Fault(UpstreamError::refusal(&line, false));
                 }
                 Some(line)
             }

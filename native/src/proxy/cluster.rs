@@ -23,6 +23,9 @@ use tracing::{debug, info, warn};
 /// Room made in a node's receive buffer before each read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A node's connection task, and the wake-up of its writer.
+type NodeTask = (JoinHandle<()>, Rc<Notify>);
+
 /// What the lane's task and its node tasks share.
 struct Shared {
     cluster: RefCell<Cluster>,
@@ -31,7 +34,7 @@ struct Shared {
     /// deadline.
     lane: Notify,
     /// Per node, its task and the wake-up of its writer.
-    nodes: RefCell<HashMap<NodeId, (JoinHandle<()>, Rc<Notify>)>>,
+    nodes: RefCell<HashMap<NodeId, NodeTask>>,
     connect_timeout: std::time::Duration,
 }
 

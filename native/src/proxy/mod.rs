@@ -409,6 +409,17 @@ impl ProxyHandle {
         (matches!(now, T::On | T::Fallback(_)) && Some(now) != last).then(|| now.clone())
     }
 
+    /// Which server the main lane's connection says this is, if it said
+    /// and that differs from `last`.
+    fn server_news(
+        &self,
+        last: Option<&kv_core::UpstreamServer>,
+    ) -> Option<kv_core::UpstreamServer> {
+        let proxy = self.inner.proxy.borrow();
+        let now = proxy.upstream_server();
+        (*now != kv_core::UpstreamServer::Unknown && Some(now) != last).then(|| now.clone())
+    }
+
     fn handle_upstream_lost(&self, lane: Lane) {
         let now = self.inner.epoch.now();
         self.inner

@@ -9,7 +9,7 @@
 use super::ProxyHandle;
 use bytes::BytesMut;
 use kv_core::backoff::Lost;
-use kv_core::{Lane, Reconnect, UpstreamError, UpstreamTracking};
+use kv_core::{Lane, Reconnect, UpstreamError, UpstreamServer, UpstreamTracking};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,12 +57,30 @@ fn report_tracking(handle: &ProxyHandle, lane: Lane, last: &mut Option<UpstreamT
     *last = Some(now);
 }
 
+/// Logs which server the proxy is in front of, when it is news: what
+/// works through the proxy depends on it (kv's own commands need kv).
+fn report_server(handle: &ProxyHandle, last: &mut Option<UpstreamServer>) {
+    let Some(now) = handle.server_news(last.as_ref()) else {
+        return;
+    };
+    match &now {
+        UpstreamServer::Kv { version } => info!("upstream is kv {version}"),
+        other => info!(
+            "upstream is {} {} (not kv: kv's own commands, such as DUMP of every pair, are refused)",
+            other.name(),
+            other.version()
+        ),
+    }
+    *last = Some(now);
+}
+
 /// Runs the lane's connection forever.
 pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
     let epoch = handle.epoch();
     let connect_timeout = Reconnect::connect_timeout(handle.request_timeout());
     let mut reconnect = Reconnect::new(handle.reconnect_seed());
     let mut tracking = None;
+    let mut server = None;
     loop {
         if lane == Lane::Bulk {
             // The bulk lane connects once the server has accepted the main
@@ -91,7 +109,11 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
                     // No handshake to wait for.
                     handle.wake(Lane::Bulk).main_verified.notify_one();
                 }
-                let end = connection(&handle, stream, &mut reconnect, &mut tracking, lane).await;
+                let mut news = News {
+                    tracking: &mut tracking,
+                    server: &mut server,
+                };
+                let end = connection(&handle, stream, &mut reconnect, &mut news, lane).await;
                 // Whatever comes next, what was cached through a tracked
                 // connection goes now: its invalidations stopped with it.
                 handle.handle_upstream_closed(lane);
@@ -151,6 +173,13 @@ pub(super) async fn run(handle: ProxyHandle, addr: SocketAddr, lane: Lane) {
     }
 }
 
+/// What the lane last logged about its server, so that each connection
+/// logs only what changed.
+struct News<'a> {
+    tracking: &'a mut Option<UpstreamTracking>,
+    server: &'a mut Option<UpstreamServer>,
+}
+
 /// Drives one upstream connection until it fails or a reset is asked for.
 /// Reading and writing run concurrently: writing only while not reading could
 /// deadlock with a server that stops reading while its replies are not read.
@@ -158,7 +187,7 @@ async fn connection(
     handle: &ProxyHandle,
     mut stream: TcpStream,
     reconnect: &mut Reconnect,
-    tracking: &mut Option<UpstreamTracking>,
+    news: &mut News<'_>,
     lane: Lane,
 ) -> End {
     let (mut rd, mut wr) = stream.split();
@@ -175,7 +204,10 @@ async fn connection(
                 Ok(_) => {
                     handle.handle_upstream_input(lane, &buf);
                     buf.clear();
-                    report_tracking(handle, lane, tracking);
+                    report_tracking(handle, lane, news.tracking);
+                    if lane == Lane::Main {
+                        report_server(handle, news.server);
+                    }
                     // Only a server that answered properly ends the backoff:
                     // one that accepts and then refuses is still failing.
                     if !verified && handle.upstream_verified(lane) {
