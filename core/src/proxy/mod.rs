@@ -2197,7 +2197,7 @@ mod tests {
         p.handle_client_input(other, &resp("SET b 2"), t(2));
         let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
         assert_eq!(&sent[..], b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n");
-        p.handle_client_input(c, &resp("EXEC"), t(3));
+        p.handle_client_input(c, &resp("EXEC\n"), t(3));
         let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&sent),
