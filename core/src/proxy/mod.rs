@@ -1903,29 +1903,38 @@ enum Batched {
 /// Queues `cmd` in the client's transaction, opens or closes one, or
 /// passes it on, as a cluster node would answer each.
 fn batch_step(client: &mut clients::Client, cmd: Command) -> Batched {
-    let name = cmd.spec().name;
+    use crate::command::table::Handler;
+    use crate::server::TxOp;
+    let op = match cmd.spec().handler {
+        Handler::Tx(op) => Some(op),
+        _ => None,
+    };
     let Some(batch) = &mut client.tx else {
-        return match name {
-            "multi" => {
+        return match op {
+            Some(TxOp::Multi) => {
                 client.tx = Some(clients::Batch::default());
                 Batched::Answered(Reply::ok())
             }
-            "exec" => Batched::Answered(Reply::error("ERR EXEC without MULTI")),
-            "discard" => Batched::Answered(Reply::error("ERR DISCARD without MULTI")),
-            "watch" | "unwatch" => Batched::Answered(
-                ExecError::NeedsDedicatedConnection(name.to_ascii_uppercase()).into(),
+            Some(TxOp::Exec | TxOp::Discard) => {
+                let name = cmd.spec().name.to_ascii_uppercase();
+                Batched::Answered(Reply::error(format!("ERR {name} without MULTI")))
+            }
+            Some(TxOp::Watch | TxOp::Unwatch) => Batched::Answered(
+                ExecError::NeedsDedicatedConnection(cmd.spec().name.to_ascii_uppercase()).into(),
             ),
-            _ => Batched::Pass(cmd),
+            None => Batched::Pass(cmd),
         };
     };
-    let reply = match name {
-        "exec" => return Batched::Exec(cmd),
-        "discard" => {
+    let reply = match op {
+        Some(TxOp::Exec) => return Batched::Exec(cmd),
+        Some(TxOp::Discard) => {
             client.tx = None;
             return Batched::Answered(Reply::ok());
         }
-        "multi" => return Batched::Answered(Reply::error("ERR MULTI calls can not be nested")),
-        "watch" => Reply::error("ERR WATCH inside MULTI is not allowed"),
+        Some(TxOp::Multi) => {
+            return Batched::Answered(Reply::error("ERR MULTI calls can not be nested"))
+        }
+        Some(TxOp::Watch) => Reply::error("ERR WATCH inside MULTI is not allowed"),
         _ if matches!(route(cmd.spec()), Route::Refused | Route::Local(_)) => {
             // Connection commands act on the proxy's session, not in the
             // transaction at the server.
@@ -2157,14 +2166,14 @@ mod tests {
     #[test]
     fn in_front_of_a_cluster_a_transaction_is_queued_here_and_sent_whole_at_exec() {
         let t = Instant::from_millis;
-        let resp = |lines: &[&str]| -> Vec<u8> {
+        let resp = |lines: &str| -> Vec<u8> {
             let mut out = BytesMut::new();
-            for line in lines {
+            for line in lines.lines() {
                 let args: Vec<Bytes> = line
                     .split(' ')
                     .map(|a| Bytes::copy_from_slice(a.as_bytes()))
                     .collect();
-                encode_resp_args(&args, &mut out);
+                crate::command::encode_resp_args(&args, &mut out);
             }
             out.to_vec()
         };
@@ -2176,7 +2185,7 @@ mod tests {
         p.handle_upstream_connected(Lane::Main, t(0));
         let c = p.add_client(ClientKind::Stream, t(0));
         let other = p.add_client(ClientKind::Stream, t(0));
-        p.handle_client_input(c, &resp(&["MULTI", "SET {u}a 1", "INCR {u}a"]), t(1));
+        p.handle_client_input(c, &resp("MULTI\nSET {u}a 1\nINCR {u}a"), t(1));
         assert_eq!(output(&mut p, c), "+OK\r\n+QUEUED\r\n+QUEUED\r\n");
         assert_eq!(
             p.poll_upstream_transmit(Lane::Main),
@@ -2185,10 +2194,10 @@ mod tests {
         );
         // Another client's request goes on meanwhile, outside the
         // transaction.
-        p.handle_client_input(other, &resp(&["SET b 2"]), t(2));
+        p.handle_client_input(other, &resp("SET b 2"), t(2));
         let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
         assert_eq!(&sent[..], b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n");
-        p.handle_client_input(c, &resp(&["EXEC"]), t(3));
+        p.handle_client_input(c, &resp("EXEC\n"), t(3));
         let sent = p.poll_upstream_transmit(Lane::Main).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&sent),
@@ -2204,14 +2213,14 @@ mod tests {
         );
         assert_eq!(output(&mut p, c), "*2\r\n+OK\r\n:2\r\n");
         // Keys of two slots: refused as queued, and EXEC aborts unsent.
-        p.handle_client_input(c, &resp(&["MULTI", "SET x 1", "SET y 1", "EXEC"]), t(6));
+        p.handle_client_input(c, &resp("MULTI\nSET x 1\nSET y 1\nEXEC"), t(6));
         assert_eq!(
             output(&mut p, c),
             "+OK\r\n+QUEUED\r\n-CROSSSLOT Keys in request don't hash to the same slot\r\n\
              -EXECABORT Transaction discarded because of previous errors.\r\n"
         );
         assert_eq!(p.poll_upstream_transmit(Lane::Main), None);
-        p.handle_client_input(c, &resp(&["EXEC", "WATCH x"]), t(7));
+        p.handle_client_input(c, &resp("EXEC\nWATCH x"), t(7));
         let out = output(&mut p, c);
         assert!(
             out.starts_with("-ERR EXEC without MULTI\r\n-ERR 'WATCH' is not available"),

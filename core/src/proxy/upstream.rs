@@ -306,13 +306,7 @@ impl Upstream {
                 crate::families::keyspace::encode_value_and_ttl_query(cmd, &mut self.out);
             }
             Job::Forward { cmd, .. } => cmd.encode_resp(&mut self.out),
-            Job::Tx { cmds } => {
-                encode_resp_args(&[Bytes::from_static(b"MULTI")], &mut self.out);
-                for cmd in cmds {
-                    cmd.encode_resp(&mut self.out);
-                }
-                encode_resp_args(&[Bytes::from_static(b"EXEC")], &mut self.out);
-            }
+            Job::Tx { cmds } => crate::server::encode_transaction(cmds, &mut self.out),
         }
         let seq = self.head_seq + self.in_flight.len() as u64;
         self.in_flight.push_back(InFlight {

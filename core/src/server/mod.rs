@@ -20,7 +20,7 @@ pub use conn::{reply_dialect, InlineReplies, ServerConnection, OUTPUT_HIGH_WATER
 pub use mail::{Mailbox, Posted};
 pub use memory::MaxMemory;
 pub use pubsub::PubSubOp;
-pub use tx::{Transaction, TxOp, MAX_QUEUED};
+pub use tx::{encode_transaction, Transaction, TxOp, MAX_QUEUED};
 
 use crate::aof::{self, Journal, LogStatus, WriteOutcome};
 use crate::auth::Password;

@@ -227,3 +227,15 @@ fn exec(server: &mut Server, session: &mut Session, out: &mut dyn ReplyOut) {
     }
     out.reply(Reply::Array(replies));
 }
+
+/// Appends `cmds` as one transaction: `MULTI`, each, `EXEC`. Their
+/// replies come back as `+OK`, one `+QUEUED` (or the error refusing it)
+/// each, and `EXEC`'s (the proxy sends a client's transaction so, whole,
+/// in front of a cluster).
+pub fn encode_transaction(cmds: &[crate::command::Command], out: &mut bytes::BytesMut) {
+    crate::command::encode_resp_args(&[bytes::Bytes::from_static(b"MULTI")], out);
+    for cmd in cmds {
+        cmd.encode_resp(out);
+    }
+    crate::command::encode_resp_args(&[bytes::Bytes::from_static(b"EXEC")], out);
+}
