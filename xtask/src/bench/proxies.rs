@@ -4,9 +4,8 @@
 //! One `redis-server` (persistence off) with the 100,000 keys loaded, and
 //! in front of it three proxies, each with one connection to it:
 //!
-//! - `kv proxy --cache-ttl 0`: the cache is off, so every GET is forwarded
-//!   (as a fill: `MULTI`, `GET`, `PTTL`, `EXEC`, which is how the proxy
-//!   reads a value it might cache), and so is every SET;
+//! - `kv proxy --cache-ttl 0`: the cache is off, so every GET and SET is
+//!   forwarded as it is;
 //! - a second `kv proxy` that has read every key and answers GETs from its
 //!   cache (`--tracking off`: the SETs measured through the other proxies
 //!   change values of the same length, and an invalidation would turn the

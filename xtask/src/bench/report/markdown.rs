@@ -802,10 +802,9 @@ fn proxies_section(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "A GET the cache-off proxy forwards is the read it makes of any value it may cache: \
-         `MULTI`, `GET`, `PTTL`, `EXEC` in one write (the value and its time to live from one \
-         moment), so Redis runs four commands for it where twemproxy's GET is one; its SETs \
-         are forwarded as they are. Both kv proxies run `--tracking off`: with the cache off \
+        "With its cache off the proxy forwards each GET and SET as it is, one command for \
+         Redis as through twemproxy (a caching proxy's miss is `MULTI`, `GET`, `PTTL`, \
+         `EXEC`: the value and its time to live from one moment). Both kv proxies run `--tracking off`: with the cache off \
          there is nothing to invalidate, and the caching proxy would otherwise be told of \
          every SET measured through the other peers (they write values of the same length) \
          and miss its next GET of the key. Over the measured runs the caching proxy counted \
