@@ -42,13 +42,12 @@ use kv_tests::{which, RedisCluster};
 use super::load::{get_all, get_all_prefixed, load, load_prefixed};
 use super::machine::load_average;
 use super::measure::{
-    calibrate, measure_rounds_observed, redis_benchmark, CacheCounts, Calibration, Stage,
-    SLOWEST_RPS,
+    calibrate_all, measure_rounds_observed, redis_benchmark, CacheCounts, Stage, SLOWEST_RPS,
 };
 use super::processes::{cpu_seconds, Processes, Service};
 use super::report::{ClusterComparison, ClusterRun, ProxyCost};
 use super::resp::{info_number, Conn};
-use super::{Case, Options, Target, Workload, KEYSPACE, PIPELINES};
+use super::{Case, Options, Target, Workload, KEYSPACE};
 use crate::cmd::Cmd;
 
 /// Masters of the cluster: Redis's minimum, and the issue's.
@@ -290,43 +289,13 @@ pub(super) fn cluster(kv: &Path, options: &Options, out: &Path) -> Result<Cluste
         }
     };
 
-    let mut cases = Vec::new();
-    for (workload, targets) in [
+    let plan = [
         (Workload::Get, &GET_TARGETS[..]),
         (Workload::Set, &SET_TARGETS[..]),
-    ] {
-        for pipeline in PIPELINES {
-            for &target in targets {
-                let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
-                let calibration = Calibration {
-                    warm_up,
-                    floor: warm_up,
-                    slowest_rps: SLOWEST_RPS,
-                };
-                cases.push(calibrate(
-                    addr(target)?,
-                    target,
-                    workload,
-                    pipeline,
-                    calibration,
-                    options,
-                )?);
-            }
-        }
-    }
+    ];
+    let mut cases = calibrate_all(plan, addr, options)?;
 
-    let mut costs: Vec<ProxyCost> = cases
-        .iter()
-        .map(|c| ProxyCost {
-            target: c.target,
-            workload: c.workload,
-            pipeline: c.pipeline,
-            requests: 0,
-            proxy_cpu: None,
-            redis_cpu: 0.0,
-            redis_commands: 0,
-        })
-        .collect();
+    let mut costs: Vec<ProxyCost> = cases.iter().map(ProxyCost::of).collect();
     let cache_before = [cache_counts(uncached.addr)?, cache_counts(cached.addr)?];
     // What was read right before the run under way: proxy CPU, the masters'
     // CPU, their command count.

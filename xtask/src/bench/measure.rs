@@ -131,27 +131,8 @@ pub(super) fn throughput(
         (target, _) => bail!("{target:?} was not started"),
     };
 
-    let mut cases = Vec::new();
-    for &workload in workloads {
-        for pipeline in PIPELINES {
-            for &target in workload.targets() {
-                let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
-                let calibration = Calibration {
-                    warm_up,
-                    floor: warm_up,
-                    slowest_rps: SLOWEST_RPS,
-                };
-                cases.push(calibrate(
-                    addr(target)?,
-                    target,
-                    workload,
-                    pipeline,
-                    calibration,
-                    options,
-                )?);
-            }
-        }
-    }
+    let plan = workloads.iter().map(|&w| (w, w.targets()));
+    let mut cases = calibrate_all(plan, addr, options)?;
     measure_rounds(&mut cases, addr, SLOWEST_RPS, options, "")?;
 
     if let Some((.., scraper)) = &mut proxy {
@@ -240,6 +221,38 @@ pub(super) struct Calibration {
 
 /// Calibration doubles as warm-up: one short run, whose rate sets `-n` so
 /// that the measured runs of the case last about `run_seconds`.
+/// Calibrates a case for every workload, pipeline and target of `plan`,
+/// in that order, each at the usual warm-up (more at pipeline 16, which
+/// gets through requests faster).
+pub(super) fn calibrate_all<'t>(
+    plan: impl IntoIterator<Item = (Workload, &'t [Target])>,
+    addr: impl Fn(Target) -> Result<SocketAddr>,
+    options: &Options,
+) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for (workload, targets) in plan {
+        for pipeline in PIPELINES {
+            for &target in targets {
+                let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
+                let calibration = Calibration {
+                    warm_up,
+                    floor: warm_up,
+                    slowest_rps: SLOWEST_RPS,
+                };
+                cases.push(calibrate(
+                    addr(target)?,
+                    target,
+                    workload,
+                    pipeline,
+                    calibration,
+                    options,
+                )?);
+            }
+        }
+    }
+    Ok(cases)
+}
+
 pub(super) fn calibrate(
     addr: SocketAddr,
     target: Target,

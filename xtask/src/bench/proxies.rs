@@ -32,13 +32,11 @@ use kv_tests::{try_free_port, which};
 
 use super::load::{get_all, load};
 use super::machine::load_average;
-use super::measure::{
-    calibrate, measure_rounds_observed, CacheCounts, Calibration, Stage, SLOWEST_RPS,
-};
+use super::measure::{calibrate_all, measure_rounds_observed, CacheCounts, Stage, SLOWEST_RPS};
 use super::processes::{cpu_seconds, Processes, Service};
 use super::report::{ProxiesRun, ProxyComparison, ProxyCost};
 use super::resp::{info_number, Conn};
-use super::{Case, Options, Target, Workload, KEYSPACE, PIPELINES};
+use super::{Case, Options, Target, Workload, KEYSPACE};
 use crate::cmd::Cmd;
 
 /// The targets of the GET tests, in the order their cases are stored.
@@ -224,43 +222,13 @@ pub(super) fn proxies(kv: &Path, options: &Options, out: &Path) -> Result<ProxyC
          be hits"
     );
 
-    let mut cases = Vec::new();
-    for (workload, targets) in [
+    let plan = [
         (Workload::Get, &GET_TARGETS[..]),
         (Workload::Set, &SET_TARGETS[..]),
-    ] {
-        for pipeline in PIPELINES {
-            for &target in targets {
-                let warm_up = if pipeline == 1 { 10_000 } else { 100_000 };
-                let calibration = Calibration {
-                    warm_up,
-                    floor: warm_up,
-                    slowest_rps: SLOWEST_RPS,
-                };
-                cases.push(calibrate(
-                    peers.addr(target)?,
-                    target,
-                    workload,
-                    pipeline,
-                    calibration,
-                    options,
-                )?);
-            }
-        }
-    }
+    ];
+    let mut cases = calibrate_all(plan, |target| peers.addr(target), options)?;
 
-    let mut costs: Vec<ProxyCost> = cases
-        .iter()
-        .map(|c| ProxyCost {
-            target: c.target,
-            workload: c.workload,
-            pipeline: c.pipeline,
-            requests: 0,
-            proxy_cpu: None,
-            redis_cpu: 0.0,
-            redis_commands: 0,
-        })
-        .collect();
+    let mut costs: Vec<ProxyCost> = cases.iter().map(ProxyCost::of).collect();
     let cache_before = [
         cache_counts(peers.uncached.addr)?,
         cache_counts(peers.cached.addr)?,

@@ -336,6 +336,19 @@ pub struct ProxyCost {
 }
 
 impl ProxyCost {
+    /// The cost of `case`, nothing counted yet.
+    pub fn of(case: &crate::bench::Case) -> ProxyCost {
+        ProxyCost {
+            target: case.target,
+            workload: case.workload,
+            pipeline: case.pipeline,
+            requests: 0,
+            proxy_cpu: None,
+            redis_cpu: 0.0,
+            redis_commands: 0,
+        }
+    }
+
     /// `seconds` of CPU per request, in microseconds.
     pub fn micros_per_request(&self, seconds: f64) -> Option<f64> {
         (self.requests > 0).then(|| seconds * 1e6 / self.requests as f64)
