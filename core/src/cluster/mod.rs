@@ -1626,7 +1626,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_master_fails_its_writes_retries_its_reads_and_flushes_tracking() {
+    fn a_lost_master_fails_its_writes_and_retries_its_reads() {
         let mut c = Cluster::new(vec![A.into()], ClusterConfig::default(), t(0));
         let _ = c.poll_event();
         c.handle_proxy_input(
