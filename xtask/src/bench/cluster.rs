@@ -42,7 +42,8 @@ use kv_tests::{which, RedisCluster};
 use super::load::{get_all, get_all_prefixed, load, load_prefixed};
 use super::machine::load_average;
 use super::measure::{
-    calibrate_all, measure_rounds_observed, redis_benchmark, CacheCounts, Stage, SLOWEST_RPS,
+    add_run_cost, calibrate_all, measure_rounds_observed, redis_benchmark, CacheCounts, Reading,
+    Stage, SLOWEST_RPS,
 };
 use super::processes::{cpu_seconds, Processes, Service};
 use super::report::{ClusterComparison, ClusterRun, ProxyCost};
@@ -143,17 +144,6 @@ fn start_cluster() -> Result<RedisCluster> {
             bail!("the local Redis Cluster did not start: {why}")
         }
     }
-}
-
-/// A kv proxy's cache counters now.
-fn cache_counts(addr: SocketAddr) -> Result<CacheCounts> {
-    // A connection per look: one kept open across the rounds would be
-    // closed by the proxy's idle timeout.
-    let info = Conn::connect(addr, Instant::now() + Duration::from_secs(10))?.info(None)?;
-    Ok(CacheCounts {
-        hits: info_number(&info, "cache_hits")?,
-        misses: info_number(&info, "cache_misses")?,
-    })
 }
 
 /// `INFO stats` field `field`, added up over `nodes`.
@@ -296,54 +286,35 @@ pub(super) fn cluster(kv: &Path, options: &Options, out: &Path) -> Result<Cluste
     let mut cases = calibrate_all(plan, addr, options)?;
 
     let mut costs: Vec<ProxyCost> = cases.iter().map(ProxyCost::of).collect();
-    let cache_before = [cache_counts(uncached.addr)?, cache_counts(cached.addr)?];
+    let cache_before = [
+        CacheCounts::read(uncached.addr)?,
+        CacheCounts::read(cached.addr)?,
+    ];
     // What was read right before the run under way: proxy CPU, the masters'
     // CPU, their command count.
-    let mut started: Option<(Option<f64>, f64, u64)> = None;
+    let mut started: Option<Reading> = None;
     let observe = |case: &Case, stage: Stage| -> Result<()> {
         let proxy_cpu = match case.target {
             Target::ClusterDirect => None,
             other => Some(cpu_seconds(peer(other)?.pid)?),
         };
-        let now = (
+        let now = Reading {
             proxy_cpu,
-            cpu_sum(&pids)?,
-            stats_sum(&masters, "total_commands_processed")?,
-        );
+            redis_cpu: cpu_sum(&pids)?,
+            commands: stats_sum(&masters, "total_commands_processed")?,
+        };
         match stage {
             Stage::Before => started = Some(now),
             Stage::After => {
-                let (proxy, redis, commands) =
-                    started.take().context("a run ended that never started")?;
-                let cost = costs
-                    .iter_mut()
-                    .find(|c| {
-                        (c.target, c.workload, c.pipeline)
-                            == (case.target, case.workload, case.pipeline)
-                    })
-                    .context("a run of a case that has no costs")?;
-                cost.requests += case.requests;
-                if let (Some(after), Some(before)) = (now.0, proxy) {
-                    *cost.proxy_cpu.get_or_insert(0.0) += after - before;
-                }
-                cost.redis_cpu += now.1 - redis;
-                // Less the INFO on each master that read the count before
-                // the run.
-                cost.redis_commands += (now.2 - commands).saturating_sub(MASTERS as u64);
+                let before = started.take().context("a run ended that never started")?;
+                add_run_cost(&mut costs, case, before, now, MASTERS as u64)?;
             }
         }
         Ok(())
     };
     measure_rounds_observed(&mut cases, addr, SLOWEST_RPS, options, "cluster: ", observe)?;
-    let counts = |before: CacheCounts, addr| -> Result<CacheCounts> {
-        let after = cache_counts(addr)?;
-        Ok(CacheCounts {
-            hits: after.hits.saturating_sub(before.hits),
-            misses: after.misses.saturating_sub(before.misses),
-        })
-    };
-    let uncached_cache = counts(cache_before[0], uncached.addr)?;
-    let cached_cache = counts(cache_before[1], cached.addr)?;
+    let uncached_cache = cache_before[0].since_then(uncached.addr)?;
+    let cached_cache = cache_before[1].since_then(cached.addr)?;
     let after = keys_held(&masters)?;
     ensure!(
         after == keys,

@@ -34,6 +34,61 @@ pub struct CacheCounts {
     pub misses: u64,
 }
 
+impl CacheCounts {
+    /// The proxy's counters at `addr` now, from its `INFO`.
+    pub(super) fn read(addr: SocketAddr) -> Result<CacheCounts> {
+        // A connection per look: one kept open across the rounds would be
+        // closed by the proxy's idle timeout.
+        let info = Conn::connect(addr, Instant::now() + Duration::from_secs(10))?.info(None)?;
+        Ok(CacheCounts {
+            hits: info_number(&info, "cache_hits")?,
+            misses: info_number(&info, "cache_misses")?,
+        })
+    }
+
+    /// The proxy's counters at `addr` counted since `self` was read.
+    pub(super) fn since_then(self, addr: SocketAddr) -> Result<CacheCounts> {
+        let now = CacheCounts::read(addr)?;
+        Ok(CacheCounts {
+            hits: now.hits.saturating_sub(self.hits),
+            misses: now.misses.saturating_sub(self.misses),
+        })
+    }
+}
+
+/// What is read around a measured run of a proxy's part: the proxy's CPU
+/// seconds (none for a server measured directly), the servers' CPU
+/// seconds and the commands they have run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reading {
+    pub proxy_cpu: Option<f64>,
+    pub redis_cpu: f64,
+    pub commands: u64,
+}
+
+/// Adds what the run of `case` cost between `before` and `after` to its
+/// entry in `costs`, less the `info_reads` commands that read the count
+/// before the run (one `INFO` per server).
+pub(super) fn add_run_cost(
+    costs: &mut [report::ProxyCost],
+    case: &Case,
+    before: Reading,
+    after: Reading,
+    info_reads: u64,
+) -> Result<()> {
+    let cost = costs
+        .iter_mut()
+        .find(|c| (c.target, c.workload, c.pipeline) == (case.target, case.workload, case.pipeline))
+        .context("a run of a case that has no costs")?;
+    cost.requests += case.requests;
+    if let (Some(after), Some(before)) = (after.proxy_cpu, before.proxy_cpu) {
+        *cost.proxy_cpu.get_or_insert(0.0) += after - before;
+    }
+    cost.redis_cpu += after.redis_cpu - before.redis_cpu;
+    cost.redis_commands += (after.commands - before.commands).saturating_sub(info_reads);
+    Ok(())
+}
+
 /// What [`throughput`] measured.
 pub(super) struct Throughput {
     /// Every case of every target, with its samples.

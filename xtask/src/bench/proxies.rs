@@ -32,7 +32,9 @@ use kv_tests::{try_free_port, which};
 
 use super::load::{get_all, load};
 use super::machine::load_average;
-use super::measure::{calibrate_all, measure_rounds_observed, CacheCounts, Stage, SLOWEST_RPS};
+use super::measure::{
+    add_run_cost, calibrate_all, measure_rounds_observed, CacheCounts, Reading, Stage, SLOWEST_RPS,
+};
 use super::processes::{cpu_seconds, Processes, Service};
 use super::report::{ProxiesRun, ProxyComparison, ProxyCost};
 use super::resp::{info_number, Conn};
@@ -122,17 +124,6 @@ impl Peers {
     fn proxy_pid(&self, target: Target) -> Result<Option<u32>> {
         Ok((target != Target::Redis).then_some(self.service(target)?.pid))
     }
-}
-
-/// A kv proxy's cache counters now.
-fn cache_counts(addr: SocketAddr) -> Result<CacheCounts> {
-    // A connection per look: one kept open across the rounds would be
-    // closed by the proxy's idle timeout.
-    let info = Conn::connect(addr, Instant::now() + Duration::from_secs(10))?.info(None)?;
-    Ok(CacheCounts {
-        hits: info_number(&info, "cache_hits")?,
-        misses: info_number(&info, "cache_misses")?,
-    })
 }
 
 /// Commands Redis has run since it started.
@@ -230,41 +221,27 @@ pub(super) fn proxies(kv: &Path, options: &Options, out: &Path) -> Result<ProxyC
 
     let mut costs: Vec<ProxyCost> = cases.iter().map(ProxyCost::of).collect();
     let cache_before = [
-        cache_counts(peers.uncached.addr)?,
-        cache_counts(peers.cached.addr)?,
+        CacheCounts::read(peers.uncached.addr)?,
+        CacheCounts::read(peers.cached.addr)?,
     ];
     // What was read right before the run under way: proxy CPU, Redis CPU,
     // Redis's command count.
-    let mut started: Option<(Option<f64>, f64, u64)> = None;
+    let mut started: Option<Reading> = None;
     let observe = |case: &Case, stage: Stage| -> Result<()> {
         let proxy_cpu = match peers.proxy_pid(case.target)? {
             Some(pid) => Some(cpu_seconds(pid)?),
             None => None,
         };
-        let now = (
+        let now = Reading {
             proxy_cpu,
-            cpu_seconds(peers.redis.pid)?,
-            redis_commands(peers.redis.addr)?,
-        );
+            redis_cpu: cpu_seconds(peers.redis.pid)?,
+            commands: redis_commands(peers.redis.addr)?,
+        };
         match stage {
             Stage::Before => started = Some(now),
             Stage::After => {
-                let (proxy, redis, commands) =
-                    started.take().context("a run ended that never started")?;
-                let cost = costs
-                    .iter_mut()
-                    .find(|c| {
-                        (c.target, c.workload, c.pipeline)
-                            == (case.target, case.workload, case.pipeline)
-                    })
-                    .context("a run of a case that has no costs")?;
-                cost.requests += case.requests;
-                if let (Some(after), Some(before)) = (now.0, proxy) {
-                    *cost.proxy_cpu.get_or_insert(0.0) += after - before;
-                }
-                cost.redis_cpu += now.1 - redis;
-                // Less the INFO that read the count before the run.
-                cost.redis_commands += (now.2 - commands).saturating_sub(1);
+                let before = started.take().context("a run ended that never started")?;
+                add_run_cost(&mut costs, case, before, now, 1)?;
             }
         }
         Ok(())
@@ -277,15 +254,8 @@ pub(super) fn proxies(kv: &Path, options: &Options, out: &Path) -> Result<ProxyC
         "proxies: ",
         observe,
     )?;
-    let counts = |before: CacheCounts, addr| -> Result<CacheCounts> {
-        let after = cache_counts(addr)?;
-        Ok(CacheCounts {
-            hits: after.hits.saturating_sub(before.hits),
-            misses: after.misses.saturating_sub(before.misses),
-        })
-    };
-    let uncached_cache = counts(cache_before[0], peers.uncached.addr)?;
-    let cached_cache = counts(cache_before[1], peers.cached.addr)?;
+    let uncached_cache = cache_before[0].since_then(peers.uncached.addr)?;
+    let cached_cache = cache_before[1].since_then(peers.cached.addr)?;
     let load_after = load_average();
     drop(peers);
     drop(procs);
