@@ -590,16 +590,10 @@ impl ProxyArgs {
 
     /// The proxy driver's settings.
     pub fn options(&self, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
-            self.upstream_cluster
-                .iter()
-                .map(|a| a.to_string())
-                .collect()
-        });
-        let mut options = ProxyOptions {
+        ProxyOptions {
             listen: self.listen,
             upstream: self.upstream,
-            upstream_cluster: cluster,
+            upstream_cluster: cluster_seeds(&self.upstream_cluster),
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             output_limit: self.conn.client_output_buffer_limit,
@@ -620,15 +614,14 @@ impl ProxyArgs {
             },
             http: self.http.map(|addr| self.web.options(addr, &self.conn)),
             metrics: self.metrics,
-        };
-        if options.upstream_cluster.is_some() {
-            // A dedicated connection goes to one server, and through a
-            // cluster there is none to name: such commands are refused.
-            options.proxy.max_dedicated = 0;
-            options.proxy.upstream_cluster = true;
         }
-        options
     }
+}
+
+/// `--upstream-cluster`'s addresses as the proxy driver takes them; none
+/// given: no cluster.
+fn cluster_seeds(addrs: &[SocketAddr]) -> Option<Vec<String>> {
+    (!addrs.is_empty()).then(|| addrs.iter().map(SocketAddr::to_string).collect())
 }
 
 /// `kv up`.
@@ -703,16 +696,10 @@ impl UpArgs {
     /// The proxy's settings, forwarding to `upstream` (the server's actual
     /// address).
     pub fn proxy_options(&self, upstream: SocketAddr, hash_seed: u64) -> ProxyOptions {
-        let cluster = (!self.upstream_cluster.is_empty()).then(|| {
-            self.upstream_cluster
-                .iter()
-                .map(|a| a.to_string())
-                .collect()
-        });
         let mut options = ProxyOptions {
             listen: self.proxy_listen,
             upstream,
-            upstream_cluster: cluster,
+            upstream_cluster: cluster_seeds(&self.upstream_cluster),
             max_clients: self.conn.max_clients,
             idle_timeout: self.conn.idle_timeout(),
             output_limit: self.conn.client_output_buffer_limit,
@@ -729,8 +716,6 @@ impl UpArgs {
         if options.upstream_cluster.is_some() {
             // The password guards the proxy; the cluster is not kv's own.
             options.proxy.upstream_password = None;
-            options.proxy.max_dedicated = 0;
-            options.proxy.upstream_cluster = true;
         }
         options
     }

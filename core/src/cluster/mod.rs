@@ -359,11 +359,6 @@ impl Cluster {
         self.map.as_ref()
     }
 
-    /// Why the slot map could not be read last time, if it could not.
-    pub fn map_error(&self) -> Option<&str> {
-        self.map_error.as_deref()
-    }
-
     /// The counters.
     pub fn stats(&self) -> &ClusterStats {
         &self.stats
@@ -380,22 +375,12 @@ impl Cluster {
         }
     }
 
-    /// The address of a node connection.
-    pub fn node_addr(&self, id: NodeId) -> Option<&str> {
-        self.nodes.get(id.0 as usize).map(|n| n.addr.as_str())
-    }
-
     /// Node connections up now.
     pub fn nodes_up(&self) -> usize {
         self.nodes
             .iter()
             .filter(|n| n.state == NodeState::Up)
             .count()
-    }
-
-    /// Requests not answered yet.
-    pub fn in_flight(&self) -> usize {
-        self.requests.len()
     }
 
     /// The next thing the driver must do.
@@ -471,11 +456,6 @@ impl Cluster {
             return None;
         }
         Some(self.out.split())
-    }
-
-    /// Whether [`Cluster::poll_proxy_transmit`] has something.
-    pub fn has_proxy_output(&self) -> bool {
-        !self.out.is_empty()
     }
 
     /// The pipe's user dropped its side (a reset): what it asked is
@@ -989,6 +969,13 @@ impl Cluster {
         if self.discovering == Some(id) {
             self.send_discover(id, self.no_shards);
         }
+    }
+
+    /// Whether [`Cluster::poll_node_transmit`] has bytes for the node.
+    pub fn node_has_output(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(id.0 as usize)
+            .is_some_and(|n| n.state == NodeState::Up && !n.out.is_empty())
     }
 
     /// Bytes for the node's connection.

@@ -9,7 +9,7 @@
 use super::ProxyHandle;
 use crate::runtime::clock::Epoch;
 use bytes::BytesMut;
-use kv_core::cluster::{Cluster, ClusterConfig, ClusterEvent, NodeId};
+use kv_core::cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterFacts, NodeId};
 use kv_core::{Lane, Reconnect};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,6 +35,8 @@ struct Shared {
     lane: Notify,
     /// Per node, its task and the wake-up of its writer.
     nodes: RefCell<HashMap<NodeId, NodeTask>>,
+    /// What the proxy's `INFO` was last given of the pipe.
+    facts: RefCell<Option<ClusterFacts>>,
     connect_timeout: std::time::Duration,
 }
 
@@ -46,6 +48,9 @@ pub(super) async fn run(handle: ProxyHandle, seeds: Vec<String>, lane: Lane) {
         // The pipe answers a request that cannot be carried out before
         // the proxy gives up on it (which would reset the whole lane).
         request_timeout: timeout.mul_f64(0.8),
+        // What the proxy admitted, the pipe reads.
+        limits: handle.limits(),
+        hash_seed: handle.hash_seed(),
         ..ClusterConfig::default()
     };
     let shared = Rc::new(Shared {
@@ -53,6 +58,7 @@ pub(super) async fn run(handle: ProxyHandle, seeds: Vec<String>, lane: Lane) {
         epoch,
         lane: Notify::new(),
         nodes: RefCell::new(HashMap::new()),
+        facts: RefCell::new(None),
         connect_timeout: Reconnect::connect_timeout(timeout),
     });
     loop {
@@ -115,11 +121,17 @@ fn pump(handle: &ProxyHandle, shared: &Rc<Shared>, lane: Lane) {
                 }
             }
         }
-        for (_, writer) in shared.nodes.borrow().values() {
-            writer.notify_one();
+        for (id, (_, writer)) in shared.nodes.borrow().iter() {
+            if shared.cluster.borrow().node_has_output(*id) {
+                writer.notify_one();
+            }
         }
         if lane == Lane::Main {
-            handle.set_cluster_facts(shared.cluster.borrow().facts());
+            let facts = shared.cluster.borrow().facts();
+            if shared.facts.borrow().as_ref() != Some(&facts) {
+                handle.set_cluster_facts(facts.clone());
+                *shared.facts.borrow_mut() = Some(facts);
+            }
         }
         if !moved {
             return;

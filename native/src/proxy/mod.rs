@@ -323,6 +323,11 @@ impl ProxyHandle {
         self.inner.proxy.borrow().config().request_timeout
     }
 
+    /// The proxy's hash seed (the driver's random one).
+    fn hash_seed(&self) -> u64 {
+        self.inner.proxy.borrow().config().hash_seed
+    }
+
     /// The seed of the upstream task's reconnection jitter: derived from
     /// the proxy's random hash seed, as the core reads no random source.
     fn reconnect_seed(&self) -> u64 {
@@ -534,7 +539,14 @@ async fn refresh_host_facts(handle: ProxyHandle, port: u16) {
 /// Creates the proxy and spawns its upstream and timer tasks on the current
 /// `LocalSet`. Client drivers then join through the returned handle.
 fn start(options: &ProxyOptions) -> ProxyHandle {
-    let handle = ProxyHandle::new(options.proxy.clone(), Epoch::new());
+    let mut config = options.proxy.clone();
+    if options.upstream_cluster.is_some() {
+        config.upstream_cluster = true;
+        // A dedicated connection goes to one server, and through a cluster
+        // there is none to name: such commands are refused.
+        config.max_dedicated = 0;
+    }
+    let handle = ProxyHandle::new(config, Epoch::new());
     for lane in Lane::ALL {
         if let Some(seeds) = &options.upstream_cluster {
             let span = tracing::info_span!("cluster", seeds = %seeds.join(","), lane = lane.name());
